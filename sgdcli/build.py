@@ -1,0 +1,206 @@
+"""The one place where config objects become runtime objects: data, model, loss, optimizer, schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sgdcli import config as cfg
+from sgdcli import data as datasets
+from sgdcli.engine import activations, init, layers, losses, optimizers, schedules
+from sgdcli.engine.model import Sequential
+from sgdcli.errors import ConfigError, DataError
+
+ACTIVATIONS = {
+    "relu": lambda slope: activations.ReLU(),
+    "leaky_relu": lambda slope: activations.LeakyReLU(slope),
+    "sigmoid": lambda slope: activations.Sigmoid(),
+    "tanh": lambda slope: activations.Tanh(),
+    "identity": lambda slope: activations.Identity(),
+}
+INITS = {
+    "glorot_uniform": init.glorot_uniform,
+    "glorot_normal": init.glorot_normal,
+    "he_uniform": init.he_uniform,
+    "he_normal": init.he_normal,
+    "small_normal": init.small_normal,
+}
+LOSSES = {
+    cfg.MseConfig: lambda c: losses.MeanSquaredError(),
+    cfg.MaeConfig: lambda c: losses.MeanAbsoluteError(),
+    cfg.HuberConfig: lambda c: losses.Huber(delta=c.delta),
+    cfg.BinaryCrossEntropyConfig: lambda c: losses.BinaryCrossEntropy(),
+    cfg.CrossEntropyConfig: lambda c: losses.CrossEntropy(),
+}
+OPTIMIZERS = {
+    cfg.SgdConfig: lambda c: optimizers.SGD(momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay),
+    cfg.AdagradConfig: lambda c: optimizers.AdaGrad(
+        epsilon=c.epsilon, initial_accumulator=c.initial_accumulator, weight_decay=c.weight_decay),
+    cfg.RmspropConfig: lambda c: optimizers.RMSProp(
+        rho=c.rho, epsilon=c.epsilon, momentum=c.momentum, weight_decay=c.weight_decay),
+    cfg.AdamConfig: lambda c: optimizers.Adam(
+        beta1=c.beta1, beta2=c.beta2, epsilon=c.epsilon, weight_decay=c.weight_decay),
+    cfg.AdamwConfig: lambda c: optimizers.AdamW(
+        beta1=c.beta1, beta2=c.beta2, epsilon=c.epsilon, weight_decay=c.weight_decay),
+}
+
+
+# ---------------------------------------------------------------- random streams
+@dataclass
+class Rngs:
+    """Independent seeded streams, so that e.g. the initial weights do not depend on batch mode."""
+
+    init: np.random.Generator
+    split: np.random.Generator
+    data: np.random.Generator
+    shuffle: np.random.Generator
+    dropout: np.random.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Rngs":
+        return cls(*(np.random.default_rng([seed, stream]) for stream in range(5)))
+
+
+# ---------------------------------------------------------------- data
+@dataclass(frozen=True)
+class PreparedData:
+    """Scaled float arrays for training, with what is needed to treat new data the same way."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    scaler: datasets.Scaler
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...] | None
+    source: str
+
+
+def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
+                 path: Path | None = None, class_names: tuple[str, ...] | None = None) -> datasets.Dataset:
+    """Read the config's training file (or `path`, a file in the same format)."""
+    if isinstance(data, cfg.CsvDataConfig):
+        return datasets.load_csv(path or data.path, data.target, data.features, classification, class_names)
+    if isinstance(data, cfg.NpzDataConfig):
+        return datasets.load_npz(path or data.path, classification, class_names)
+    if path is not None:
+        raise DataError("a built-in synthetic dataset has no file format to read other files in", source=str(path))
+    assert rng is not None
+    return datasets.synthetic(data.dataset, data.samples, data.noise, rng)
+
+
+def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The training and validation sets, unscaled: a separate file, or a seeded (stratified) split."""
+    data, classification = config.data, config.is_classification
+    full = load_dataset(data, classification, rngs.data)
+    _check_targets(config, full)
+    validation_file = getattr(data, "validation_file", None)
+    if validation_file is not None:
+        return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names)
+    return datasets.split(full, data.validation, rngs.split, stratify=classification)
+
+
+def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
+    """Load, split and scale (the scaler is fit on the training split only)."""
+    train, val = split_data(config, rngs)
+    scaler = datasets.Scaler.fit(train.x, config.data.scale)
+    dtype = np.dtype(config.model.dtype)
+    return PreparedData(
+        x_train=scaler.transform(train.x, dtype),
+        y_train=target_array(train.y, config, dtype),
+        x_val=None if val is None else scaler.transform(val.x, dtype),
+        y_val=None if val is None else target_array(val.y, config, dtype),
+        scaler=scaler,
+        feature_names=train.feature_names,
+        class_names=train.class_names,
+        source=train.source,
+    )
+
+
+def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -> np.ndarray:
+    """Targets as the loss wants them: class indices for cross-entropy, (N, 1) floats for binary."""
+    if isinstance(config.loss, cfg.CrossEntropyConfig):
+        return y
+    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
+        return y.reshape(-1, 1).astype(dtype)
+    return y.astype(dtype)
+
+
+def _check_targets(config: cfg.ExperimentConfig, data: datasets.Dataset) -> None:
+    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(data.class_names or ()) != 2:
+        raise DataError(f"binary_cross_entropy needs exactly 2 classes, the data has {len(data.class_names or ())}"
+                        f" ({', '.join((data.class_names or ())[:10])})", source=data.source)
+
+
+def output_width(config: cfg.ExperimentConfig, prepared: PreparedData) -> int:
+    """How many outputs the last layer must have for this data and loss."""
+    if isinstance(config.loss, cfg.CrossEntropyConfig):
+        return len(prepared.class_names or ())
+    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
+        return 1
+    return prepared.y_train.shape[1]
+
+
+# ---------------------------------------------------------------- model
+def build_model(model: cfg.ModelConfig, in_features: int, out_features: int, rng: np.random.Generator) -> Sequential:
+    """Layers in config order; the last dense layer's units must match the targets."""
+    last_dense = max(i for i, layer in enumerate(model.layers) if isinstance(layer, cfg.DenseConfig))
+    if model.layers[last_dense].units != out_features:
+        raise ConfigError(f"model.layers.{last_dense}.units: expected {out_features} (the number of "
+                          f"{'classes' if out_features > 1 else 'outputs'} the data and loss need), "
+                          f"received {model.layers[last_dense].units}")
+    dtype = np.dtype(model.dtype)
+    width, built = in_features, []
+    for spec in model.layers:
+        if isinstance(spec, cfg.DenseConfig):
+            activation = ACTIVATIONS[spec.activation](spec.negative_slope)
+            relu_like = spec.activation in ("relu", "leaky_relu")
+            initializer = INITS[spec.init or ("he_uniform" if relu_like else "glorot_uniform")]
+            built.append(layers.Dense.create(width, spec.units, activation, initializer, rng, dtype))
+            width = spec.units
+        elif isinstance(spec, cfg.ActivationConfig):
+            built.append(layers.ActivationLayer(ACTIVATIONS[spec.function](spec.negative_slope)))
+        else:
+            built.append(layers.Dropout(spec.rate))
+    return Sequential(built)
+
+
+def build_loss(loss: cfg.LossConfig) -> losses.Loss:
+    return LOSSES[type(loss)](loss)
+
+
+def build_optimizer(optimizer: cfg.OptimizerConfig) -> optimizers.Optimizer:
+    return OPTIMIZERS[type(optimizer)](optimizer)
+
+
+def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:
+    """The batch mode becomes a number once: sgd -> 1, minibatch -> size, full -> N."""
+    mode = training.batch.mode
+    if mode == "sgd":
+        return 1
+    if mode == "full":
+        return n_train
+    if training.batch.size > n_train:
+        raise ConfigError(f"training.batch.size: expected at most the {n_train} training samples, "
+                          f"received {training.batch.size}")
+    return training.batch.size
+
+
+def build_schedule(optimizer: cfg.OptimizerConfig, updates_per_epoch: int, epochs: int) -> schedules.Schedule:
+    """Epoch-based schedule settings become update counts here."""
+    spec, lr, per_epoch = optimizer.schedule, optimizer.learning_rate, updates_per_epoch
+    if isinstance(spec, cfg.StepDecayConfig):
+        schedule: schedules.Schedule = schedules.StepDecay(lr, max(1, round(spec.every_epochs * per_epoch)), spec.factor)
+    elif isinstance(spec, cfg.ExponentialConfig):
+        schedule = schedules.ExponentialDecay(lr, spec.decay_rate, per_epoch)
+    elif isinstance(spec, cfg.InverseTimeConfig):
+        schedule = schedules.InverseTimeDecay(lr, spec.decay_rate, per_epoch)
+    elif isinstance(spec, cfg.CosineConfig):
+        schedule = schedules.CosineDecay(lr, per_epoch * epochs, spec.min_learning_rate)
+    else:
+        schedule = schedules.Constant(lr)
+    warmup = math.ceil(spec.warmup_epochs * per_epoch)
+    return schedules.Warmup(schedule, warmup) if warmup > 0 else schedule

@@ -1,0 +1,178 @@
+"""Layers in the cs231n pattern: ``forward -> (out, cache)``, ``backward(dout, cache) -> (dx, grads)``.
+
+Parameters live in ``layer.params`` (local names such as "weight", "bias"); nothing else is
+stored on a layer between calls, so forward is re-entrant and ``backward`` depends only on
+the cache it is handed. ``backward`` never writes into ``dout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from .activations import Activation
+
+Initializer = Callable[[np.random.Generator, int, int, DTypeLike], np.ndarray]
+
+
+class Layer:
+    """Base class. ``params`` maps local names to the layer's arrays ({} for parameter-free layers)."""
+
+    params: dict[str, np.ndarray]
+
+    def __init__(self) -> None:
+        self.params = {}
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, object]:
+        """Return ``(out, cache)``; ``cache`` is whatever ``backward`` needs."""
+        raise NotImplementedError
+
+    def backward(
+        self, dout: np.ndarray, cache: object, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """Return ``(dx, grads)`` with ``grads`` keyed like ``params``; ``dx`` is None when not ``need_dx``."""
+        raise NotImplementedError
+
+
+class Dense(Layer):
+    """Fully connected layer with a fused activation: ``y = activation(x @ weight + bias)``.
+
+    Shapes: x (N, D), weight (D, M), bias (M,), y (N, M). Backward, with z = x @ weight + bias:
+    dz = activation.backward(dout, z, y); dweight = x.T @ dz; dbias = sum_n dz; dx = dz @ weight.T.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, activation: Activation) -> None:
+        super().__init__()
+        if weight.ndim != 2:
+            raise ValueError(f"Dense weight must have shape (D, M), got shape {weight.shape}")
+        if bias.shape != (weight.shape[1],):
+            raise ValueError(f"Dense bias must have shape ({weight.shape[1]},) to match weight {weight.shape}, got {bias.shape}")
+        if bias.dtype != weight.dtype:
+            raise ValueError(f"Dense weight and bias must share a dtype, got {weight.dtype} and {bias.dtype}")
+        if not isinstance(activation, Activation):
+            raise TypeError(f"Dense activation must be an Activation instance, got {activation!r}")
+        self.params = {"weight": weight, "bias": bias}
+        self.activation = activation
+
+    @classmethod
+    def create(
+        cls,
+        in_features: int,
+        units: int,
+        activation: Activation,
+        init: Initializer,
+        rng: np.random.Generator,
+        dtype: DTypeLike,
+    ) -> Dense:
+        """A new layer with ``weight = init(rng, in_features, units, dtype)`` and zero bias."""
+        weight = np.ascontiguousarray(init(rng, in_features, units, dtype))
+        return cls(weight, np.zeros(units, dtype=weight.dtype), activation)
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self.params["bias"]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def units(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"Dense layer expects inputs of shape (N, {self.in_features}), got shape {x.shape}"
+            )
+        z = x @ self.weight
+        z += self.bias
+        out = self.activation.forward(z)
+        return out, (x, z, out)
+
+    def backward(
+        self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        x, z, out = cache
+        dz = self.activation.backward(dout, z, out)
+        grads = {"weight": x.T @ dz, "bias": dz.sum(axis=0)}
+        dx = dz @ self.weight.T if need_dx else None
+        return dx, grads
+
+    def __repr__(self) -> str:
+        return f"Dense(in_features={self.in_features}, units={self.units}, activation={self.activation!r})"
+
+
+class ActivationLayer(Layer):
+    """A standalone activation: ``y = activation(x)``, any shape, no parameters."""
+
+    def __init__(self, activation: Activation) -> None:
+        super().__init__()
+        if not isinstance(activation, Activation):
+            raise TypeError(f"ActivationLayer needs an Activation instance, got {activation!r}")
+        self.activation = activation
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        out = self.activation.forward(x)
+        return out, (x, out)
+
+    def backward(
+        self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray], *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        if not need_dx:
+            return None, {}
+        x, out = cache
+        return self.activation.backward(dout, x, out), {}
+
+    def __repr__(self) -> str:
+        return f"ActivationLayer({self.activation!r})"
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``.
+
+    The mask is drawn from the ``rng`` passed to ``forward`` (required when training with
+    rate > 0), in float64 so the same seed drops the same units in float32 and float64.
+    Outside training, or with rate 0, the layer is the identity. Backward: dx = dout * mask / (1 - rate).
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if not training or self.rate == 0.0:
+            return x, None
+        if rng is None:
+            raise ValueError("Dropout needs a random generator (rng) in training mode")
+        # The scaled mask doubles as the cache: backward is one multiply.
+        scaled_mask = np.multiply(rng.random(x.shape) >= self.rate, 1.0 / (1.0 - self.rate), dtype=x.dtype)
+        return x * scaled_mask, scaled_mask
+
+    def backward(
+        self, dout: np.ndarray, cache: np.ndarray | None, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        if not need_dx:
+            return None, {}
+        if cache is None:
+            return dout, {}
+        return dout * cache, {}
+
+    def __repr__(self) -> str:
+        return f"Dropout(rate={self.rate})"

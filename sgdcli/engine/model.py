@@ -1,0 +1,138 @@
+"""Sequential model: a list of layers with named parameters ("0.weight", "2.bias", ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import Layer
+
+
+class ParameterMismatch(ValueError):
+    """Parameter values that do not fit a model: missing, unexpected or wrongly shaped keys."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        wrong_shape: list[tuple[str, tuple, tuple]],
+    ) -> None:
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.wrong_shape = list(wrong_shape)
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append("missing " + ", ".join(self.missing))
+        if self.unexpected:
+            parts.append("unexpected " + ", ".join(self.unexpected))
+        if self.wrong_shape:
+            parts.append(
+                "wrong shape "
+                + ", ".join(f"{key} (expected {expected}, got {got})" for key, expected, got in self.wrong_shape)
+            )
+        return "parameters do not match the model: " + "; ".join(parts)
+
+    def __str__(self) -> str:
+        return self._describe()
+
+
+class Sequential:
+    """Layers applied in order. ``parameters()`` names each layer array ``f"{index}.{name}"``.
+
+    Inputs are converted to the model dtype on entry (a no-op when they already have it), so
+    integer or float64 data never silently turns a float32 model's activations into float64.
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = list(layers)
+        for index, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {index} is not a Layer: {layer!r}")
+        dtypes = {array.dtype for array in self.parameters().values()}
+        if len(dtypes) > 1:
+            raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        for layer in self.layers:
+            for array in layer.params.values():
+                return array.dtype
+        return np.dtype(np.float32)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The layers' own arrays (not copies) under stable keys, in layer order."""
+        return {
+            f"{index}.{name}": array
+            for index, layer in enumerate(self.layers)
+            for name, array in layer.params.items()
+        }
+
+    def num_parameters(self) -> int:
+        return sum(array.size for array in self.parameters().values())
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, list]:
+        """Return ``(out, caches)`` with one cache per layer, for ``backward``."""
+        out = np.asarray(x, dtype=self.dtype)
+        caches = []
+        for layer in self.layers:
+            out, cache = layer.forward(out, training=training, rng=rng)
+            caches.append(cache)
+        return out, caches
+
+    def backward(self, dout: np.ndarray, caches: list) -> dict[str, np.ndarray]:
+        """Gradients keyed like ``parameters()``, given dL/dout and the caches of one ``forward``.
+
+        Layers below the first one with parameters are not visited, and that layer computes no dx.
+        """
+        if len(caches) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} caches (one per layer), got {len(caches)}")
+        first = next((index for index, layer in enumerate(self.layers) if layer.params), len(self.layers))
+        per_layer: dict[int, dict[str, np.ndarray]] = {}
+        for index in range(len(self.layers) - 1, first - 1, -1):
+            dout, per_layer[index] = self.layers[index].backward(dout, caches[index], need_dx=index > first)
+        return {
+            f"{index}.{name}": per_layer[index][name]
+            for index, layer in enumerate(self.layers)
+            for name in layer.params
+        }
+
+    def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Outputs in evaluation mode, keeping no caches; ``batch_size`` bounds the rows per pass."""
+        x = np.asarray(x, dtype=self.dtype)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if batch_size is None or len(x) <= batch_size:
+            return self._infer(x)
+        return np.concatenate([self._infer(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x, _ = layer.forward(x, training=False)
+        return x
+
+    def load_parameters(self, values: dict[str, np.ndarray]) -> None:
+        """Copy ``values`` into the existing arrays, cast to the model dtype.
+
+        Raises ParameterMismatch (changing nothing) unless the keys and shapes match exactly.
+        """
+        params = self.parameters()
+        missing = [key for key in params if key not in values]
+        unexpected = [key for key in values if key not in params]
+        wrong_shape = [
+            (key, array.shape, tuple(np.shape(values[key])))
+            for key, array in params.items()
+            if key in values and np.shape(values[key]) != array.shape
+        ]
+        if missing or unexpected or wrong_shape:
+            raise ParameterMismatch(missing, unexpected, wrong_shape)
+        # Convert everything first so an uncastable value (e.g. complex) fails before any copy.
+        converted = {key: np.asarray(values[key]).astype(array.dtype, casting="same_kind", copy=False) for key, array in params.items()}
+        for key, array in params.items():
+            np.copyto(array, converted[key])
+
+    def __repr__(self) -> str:
+        return "Sequential([" + ", ".join(map(repr, self.layers)) + "])"

@@ -1,0 +1,314 @@
+"""Gradient-descent optimizers: a base class owning the loop and state, one formula per subclass.
+
+Symbols in the update rules: w is a parameter array, g its gradient, lr the learning rate
+passed to ``step``, t the 1-based number of the step being taken. Every update writes into
+the parameter arrays in place; the caller's gradient arrays are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
+
+    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` and
+    implements ``_update(w, g, state, lr)`` in place. While ``_update`` runs,
+    ``self.iterations`` already counts the step in progress (so it equals t).
+
+    ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
+    (``AdamW`` overrides this with decoupled decay).
+    """
+
+    def __init__(self, weight_decay: float = 0.0) -> None:
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
+        self.iterations = 0
+        self._state: dict[str, dict[str, np.ndarray]] = {}
+        # True after load_state_dict until the next step has matched the state to the parameters.
+        self._loaded_unverified = False
+
+    # --- what a subclass provides -------------------------------------------------------------
+
+    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        """Fresh state for one parameter, e.g. ``{"velocity": zeros_like(param)}``."""
+        return {}
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+        raise NotImplementedError
+
+    def _apply_weight_decay(self, param: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
+        """L2 penalty: return g + weight_decay * w as a new array (the caller's g is untouched)."""
+        if not self.weight_decay:
+            return grad
+        decayed = param * self.weight_decay
+        decayed += grad
+        return decayed
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], learning_rate: float) -> None:
+        """Apply one update to every array in ``params`` in place, using ``grads`` with the same keys."""
+        if grads.keys() != params.keys():
+            missing = [key for key in params if key not in grads]
+            unexpected = [key for key in grads if key not in params]
+            raise ValueError(f"gradients do not match parameters: missing {missing}, unexpected {unexpected}")
+        for key, param in params.items():
+            if grads[key].shape != param.shape:
+                raise ValueError(f"gradient for {key!r} has shape {grads[key].shape}, parameter has {param.shape}")
+        if self._loaded_unverified:
+            self._verify_loaded_state(params)
+        # A plain float keeps float32 arrays float32 (an np.float64 scalar would upcast temporaries).
+        learning_rate = float(learning_rate)
+        self.iterations += 1
+        for key, param in params.items():
+            state = self._state.get(key)
+            if state is None:
+                state = self._state[key] = self._init_state(param)
+            grad = self._apply_weight_decay(param, grads[key], learning_rate)
+            self._update(param, grad, state, learning_rate)
+
+    # --- saving and restoring -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat copy of the state: ``"<state name>/<parameter key>"`` arrays plus ``"iterations"``."""
+        state = {
+            f"{name}/{key}": array.copy()
+            for key, per_param in self._state.items()
+            for name, array in per_param.items()
+        }
+        state["iterations"] = np.array(self.iterations, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the state with a copy of ``state`` (as produced by ``state_dict``).
+
+        Raises ValueError, changing nothing, if an entry is malformed or names state this
+        optimizer does not keep. Matching against the parameters happens on the next ``step``.
+        """
+        if "iterations" not in state:
+            raise ValueError("optimizer state has no 'iterations' entry")
+        iterations = np.asarray(state["iterations"])
+        if iterations.size != 1 or not np.issubdtype(iterations.dtype, np.integer) or iterations.item() < 0:
+            raise ValueError(f"optimizer 'iterations' must be one non-negative integer, got {iterations!r}")
+        loaded: dict[str, dict[str, np.ndarray]] = {}
+        for entry, value in state.items():
+            if entry == "iterations":
+                continue
+            name, _, key = entry.partition("/")
+            if not name or not key:
+                raise ValueError(f"unexpected optimizer state entry {entry!r}; expected 'iterations' or '<state>/<parameter>'")
+            loaded.setdefault(key, {})[name] = np.array(value, copy=True)
+        for key, arrays in loaded.items():
+            expected = sorted(self._init_state(next(iter(arrays.values()))))
+            if sorted(arrays) != expected:
+                raise ValueError(
+                    f"optimizer state for parameter {key!r} has {sorted(arrays)}, but "
+                    f"{type(self).__name__} keeps {expected or 'no state'}"
+                )
+        self.iterations = int(iterations.item())
+        self._state = loaded
+        self._loaded_unverified = True
+
+    def _verify_loaded_state(self, params: dict[str, np.ndarray]) -> None:
+        """Match state restored by ``load_state_dict`` to the parameters of the first step after it."""
+        unexpected = sorted(self._state.keys() - params.keys())
+        # After at least one step an optimizer that keeps state has it for every parameter.
+        keeps_state = bool(params) and bool(self._init_state(next(iter(params.values()))))
+        missing = sorted(params.keys() - self._state.keys()) if keeps_state and self.iterations else []
+        if unexpected or missing:
+            raise ValueError(f"optimizer state does not match parameters: missing {missing}, unexpected {unexpected}")
+        for key, per_param in self._state.items():
+            param = params[key]
+            for name, array in per_param.items():
+                if array.shape != param.shape:
+                    raise ValueError(f"optimizer state {name}/{key} has shape {array.shape}, parameter has {param.shape}")
+                per_param[name] = array.astype(param.dtype, copy=False)
+        self._loaded_unverified = False
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "iterations")
+        return f"{type(self).__name__}({settings})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum.
+
+    momentum == 0:  w -= lr * g
+    momentum > 0:   v = momentum * v - lr * g;  w += v
+    nesterov:       v = momentum * v - lr * g;  w += momentum * v - lr * g
+    (v is the "velocity" state, starting at 0.)
+    """
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
+        super().__init__(weight_decay)
+        if not momentum >= 0:
+            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        return {"velocity": np.zeros_like(param)} if self.momentum else {}
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+        step = grad * learning_rate
+        if not self.momentum:
+            param -= step
+            return
+        velocity = state["velocity"]
+        velocity *= self.momentum
+        velocity -= step
+        if self.nesterov:
+            param += velocity * self.momentum
+            param -= step
+        else:
+            param += velocity
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad: per-coordinate step sizes shrinking with the accumulated squared gradients.
+
+    G += g * g;  w -= lr * g / (sqrt(G) + epsilon)
+    (G is the "accumulator" state, starting at ``initial_accumulator``.)
+    """
+
+    def __init__(self, epsilon: float = 1e-10, initial_accumulator: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(weight_decay)
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        if not initial_accumulator >= 0:
+            raise ValueError(f"initial_accumulator must be >= 0, got {initial_accumulator}")
+        self.epsilon = float(epsilon)
+        self.initial_accumulator = float(initial_accumulator)
+
+    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        return {"accumulator": np.full_like(param, self.initial_accumulator)}
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+        accumulator = state["accumulator"]
+        accumulator += np.square(grad)
+        step = np.sqrt(accumulator)
+        step += self.epsilon
+        np.divide(grad, step, out=step)
+        step *= learning_rate
+        param -= step
+
+
+class RMSProp(Optimizer):
+    """RMSProp (PyTorch convention for momentum).
+
+    s = rho * s + (1 - rho) * g * g
+    momentum == 0:  w -= lr * g / (sqrt(s) + epsilon)
+    momentum > 0:   b = momentum * b + g / (sqrt(s) + epsilon);  w -= lr * b
+    (s is the "mean_square" state and b the "momentum_buffer" state, both starting at 0.)
+    """
+
+    def __init__(self, rho: float = 0.9, epsilon: float = 1e-8, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(weight_decay)
+        if not 0 <= rho < 1:
+            raise ValueError(f"rho must be in [0, 1), got {rho}")
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        if not momentum >= 0:
+            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        self.rho = float(rho)
+        self.epsilon = float(epsilon)
+        self.momentum = float(momentum)
+
+    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        state = {"mean_square": np.zeros_like(param)}
+        if self.momentum:
+            state["momentum_buffer"] = np.zeros_like(param)
+        return state
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+        mean_square = state["mean_square"]
+        mean_square *= self.rho
+        mean_square += np.square(grad) * (1 - self.rho)
+        direction = np.sqrt(mean_square)
+        direction += self.epsilon
+        np.divide(grad, direction, out=direction)
+        if self.momentum:
+            buffer = state["momentum_buffer"]
+            buffer *= self.momentum
+            buffer += direction
+            direction = buffer * learning_rate
+        else:
+            direction *= learning_rate
+        param -= direction
+
+
+class Adam(Optimizer):
+    """Adam, with epsilon outside the square root (as PyTorch and Keras).
+
+    m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**t);        v_hat = v / (1 - beta2**t)
+    w -= lr * m_hat / (sqrt(v_hat) + epsilon)
+    (m is the "first_moment" state and v the "second_moment" state, both starting at 0.)
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(weight_decay)
+        for label, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0 <= beta < 1:
+                raise ValueError(f"{label} must be in [0, 1), got {beta}")
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.epsilon = float(epsilon)
+
+    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        return {"first_moment": np.zeros_like(param), "second_moment": np.zeros_like(param)}
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+        t = self.iterations
+        m, v = state["first_moment"], state["second_moment"]
+        m *= self.beta1
+        m += grad * (1 - self.beta1)
+        v *= self.beta2
+        v += np.square(grad) * (1 - self.beta2)
+        # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2**t); m_hat's correction folds into the step size.
+        step = np.sqrt(v)
+        step *= 1 / math.sqrt(1 - self.beta2**t)
+        step += self.epsilon
+        np.divide(m, step, out=step)
+        step *= learning_rate / (1 - self.beta1**t)
+        param -= step
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch convention), applied before the Adam step:
+
+    w -= lr * weight_decay * w;  then the Adam update with the raw gradient g.
+    """
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(beta1, beta2, epsilon, weight_decay)
+
+    def _apply_weight_decay(self, param: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
+        if self.weight_decay:
+            param *= 1 - learning_rate * self.weight_decay
+        return grad
+
+
+def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale all ``grads`` in place by max_norm / norm when their global L2 norm exceeds ``max_norm``.
+
+    norm = sqrt(sum over arrays of sum(g * g)). Returns the norm before clipping. A non-finite
+    norm is returned as is and the gradients are left alone, so the caller can detect divergence.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / norm
+        for g in grads.values():
+            g *= scale
+    return norm

@@ -1,0 +1,69 @@
+"""Evaluation metrics: accuracy, per-class precision/recall/F1, confusion matrix, MSE/MAE/R²."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sgdcli.engine.losses import Loss
+from sgdcli.engine.model import Sequential
+
+EVAL_BATCH = 4096
+
+
+def predict_labels(outputs: np.ndarray) -> np.ndarray:
+    """Class indices from logits: argmax over C outputs, or logit > 0 for one binary output."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0).astype(np.int64)
+    return outputs.argmax(axis=1)
+
+
+def loss_and_accuracy(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,
+                      classification: bool) -> tuple[float, float | None]:
+    """Mean loss over the whole set (in chunks, weighted by chunk size) and accuracy if it applies."""
+    total, correct = 0.0, 0
+    for start in range(0, len(x), EVAL_BATCH):
+        outputs = model.predict(x[start : start + EVAL_BATCH])
+        target = y[start : start + EVAL_BATCH]
+        total += loss.value(outputs, target) * len(outputs)
+        if classification:
+            correct += int((predict_labels(outputs) == _labels(target)).sum())
+    return total / len(x), (correct / len(x) if classification else None)
+
+
+def _labels(target: np.ndarray) -> np.ndarray:
+    return target.reshape(-1).astype(np.int64) if target.ndim == 2 and target.shape[1] == 1 else target
+
+
+def classification_report(true: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, confusion matrix (rows: true class, columns: predicted) and per-class scores."""
+    count = len(class_names)
+    confusion = np.zeros((count, count), dtype=np.int64)
+    np.add.at(confusion, (true, predicted), 1)
+    per_class = []
+    for c, name in enumerate(class_names):
+        tp = confusion[c, c]
+        predicted_c, actual_c = confusion[:, c].sum(), confusion[c, :].sum()
+        precision = tp / predicted_c if predicted_c else 0.0
+        recall = tp / actual_c if actual_c else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"class": name, "precision": float(precision), "recall": float(recall),
+                          "f1": float(f1), "support": int(actual_c)})
+    return {
+        "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+        "macro_f1": float(np.mean([row["f1"] for row in per_class])),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def regression_report(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """MSE, MAE and R² = 1 - SS_res / SS_tot (averaged over output columns)."""
+    true, predicted = true.astype(np.float64), predicted.astype(np.float64)
+    residual = true - predicted
+    ss_tot = ((true - true.mean(axis=0)) ** 2).sum(axis=0)
+    ss_res = (residual**2).sum(axis=0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+    return {"mse": float((residual**2).mean()), "mae": float(np.abs(residual).mean()), "r2": float(r2.mean())}

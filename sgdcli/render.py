@@ -1,0 +1,178 @@
+"""Terminal output with rich: training progress, summaries, evaluation reports, comparison tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# Off a terminal (logs, pipes, CI) rich would wrap at 80 columns; tables stay at their natural width.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def plain(text: str) -> None:
+    """Machine-readable output (JSON, CSV, YAML): exact text, never wrapped or styled."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
+
+
+# ---------------------------------------------------------------- training
+class TrainingReporter:
+    """Progress bar per epoch on a terminal; one plain line per epoch otherwise (logs, CI)."""
+
+    def __init__(self, console: Console = err) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+        self.info: dict[str, Any] = {}
+        self._last_draw = 0.0
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.console.print(
+            f"training [bold]{info['name']}[/]: {info['train_samples']} training / {info['val_samples']} validation "
+            f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
+            f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs")
+        if self.live:
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                     console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=1, loss="-")
+
+    def batch(self, done: int, total: int, loss: float) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_draw > 0.1 or done == total:  # redraw at most 10 times a second
+            self._last_draw = now
+            self.progress.update(self.task, completed=done, loss=f"{loss:.4f}")
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        parts = [f"epoch {row['epoch']}/{self.info.get('epochs', '?')}", f"train_loss {_num(row['train_loss'])}"]
+        for key in ("train_loss_full", "val_loss", "train_accuracy", "val_accuracy"):
+            if row.get(key) is not None:
+                parts.append(f"{key} {_num(row[key])}")
+        parts.append(f"lr {_num(row['learning_rate'])}")
+        parts.append(f"{row['seconds']:.2f}s")
+        line = "  ".join(parts)
+        if self.progress is not None:
+            self.progress.console.print(line)
+            self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-")
+        else:
+            self.console.print(line)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def training_summary(summary: dict[str, Any], run_dir: str) -> None:
+    table = Table(title=f"{summary['name']}: {summary['status']}", show_header=True)
+    table.add_column("")
+    table.add_column("final", justify="right")
+    table.add_column(f"best (epoch {summary.get('best_epoch') or '-'})", justify="right")
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    for key in ("train_loss", "train_loss_full", "val_loss", "train_accuracy", "val_accuracy"):
+        if final.get(key) is not None or best.get(key) is not None:
+            table.add_row(key, _num(final.get(key)), _num(best.get(key)))
+    table.add_row("epochs", str(summary["epochs"]), "")
+    table.add_row("updates", str(summary["updates"]), "")
+    per_epoch = summary.get("seconds_per_epoch")
+    table.add_row("seconds", f"{summary['wall_seconds']:.2f} ({_num(per_epoch)} per epoch)", "")
+    err.print(table)
+    if summary.get("message"):
+        (warning if summary["status"] != "completed" else err.print)(summary["message"])
+    plain(run_dir)
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluation(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        plain(json.dumps(report))
+        return
+    out.print(f"{report['checkpoint']} (epoch {report['epoch']}) on {report['data']} [{report['split']}], "
+              f"{report['samples']} samples", markup=False)
+    table = Table(show_header=False)
+    table.add_row(f"loss ({report['loss_type']})", _num(report["loss"]))
+    for key in ("accuracy", "macro_f1", "mse", "mae", "r2"):
+        if key in report:
+            table.add_row(key, _num(report[key]))
+    out.print(table)
+    if "per_class" in report:
+        classes = Table(title="per class")
+        for column in ("class", "precision", "recall", "f1", "support"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for row in report["per_class"]:
+            classes.add_row(row["class"], _num(row["precision"]), _num(row["recall"]), _num(row["f1"]),
+                            str(row["support"]))
+        out.print(classes)
+        confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
+        confusion.add_column("")
+        for name in report["class_names"]:
+            confusion.add_column(name[:10], justify="right")
+        for name, counts in zip(report["class_names"], report["confusion_matrix"]):
+            confusion.add_row(name, *(str(c) for c in counts))
+        out.print(confusion)
+
+
+# ---------------------------------------------------------------- comparison
+def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot: str | None) -> None:
+    columns = list(rows[0]) if rows else []
+    if not any(row.get("problems") for row in rows):
+        columns = [c for c in columns if c != "problems"]
+    if fmt == "json":
+        plain(json.dumps({"differing": differing, "runs": rows, "plot": plot}))
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[("" if row.get(c) is None else row.get(c)) for c in columns] for row in rows])
+        plain(buffer.getvalue())
+        return
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        plain("\n".join(lines))
+    else:
+        table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
+        for column in columns:
+            table.add_column(column.replace("_", " ") if column not in differing else column, justify="left" if column in ("run", "status", "problems") or column in differing
+                             else "right", overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+    if plot:
+        err.print(f"plot: {plot}")
+
+
+def _cell(value: Any) -> str:
+    return _num(value) if isinstance(value, float) else ("-" if value is None else str(value))

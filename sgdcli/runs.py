@@ -1,0 +1,187 @@
+"""The run directory: config snapshot, metrics.csv, checkpoints, summary.json — writing and reading."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgdcli.errors import CheckpointError, RunDirError, SgdcliError
+from sgdcli.fileio import atomic_write_text, remove_stale_temps, write_error
+from sgdcli.yamlio import dump_yaml, read_yaml
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LOSS_PLOT = "loss.png"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+
+# metrics.csv columns; `seconds` is the only wall-clock column.
+BASE_COLUMNS = ["epoch", "updates", "samples", "seconds", "learning_rate", "train_loss", "train_loss_full", "val_loss"]
+ACCURACY_COLUMNS = ["train_accuracy", "val_accuracy"]
+WALL_CLOCK_COLUMNS = {"seconds"}
+
+
+def metric_columns(classification: bool) -> list[str]:
+    return BASE_COLUMNS + (ACCURACY_COLUMNS if classification else [])
+
+
+def create_run_dir(runs_dir: Path, name: str, now: float | None = None) -> Path:
+    """runs_dir/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... if taken; never reuses a directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the runs directory: {exc.strerror}", source=str(runs_dir)) from None
+    for attempt in range(1, 1000):
+        path = runs_dir / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}")
+        try:
+            path.mkdir()  # atomic: exactly one process gets each name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        (path / CHECKPOINTS).mkdir()
+        return path
+    raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
+
+
+class MetricsWriter:
+    """Appends one row per epoch to metrics.csv, flushed as training goes."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        try:
+            self._handle = open(path, "a", newline="", encoding="utf-8")
+            if self._handle.tell() == 0:
+                self._handle.write(",".join(columns) + "\n")
+                self._handle.flush()
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def write(self, row: dict[str, Any]) -> None:
+        line = ",".join(_format_cell(row.get(column)) for column in self.columns) + "\n"
+        try:
+            self._handle.write(line)
+            self._handle.flush()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip form: identical runs give identical bytes
+    return str(value)
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / CONFIG, dump_yaml(config))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+
+
+def checkpoint_path(run_dir: Path, kind: str) -> Path:
+    return run_dir / CHECKPOINTS / kind
+
+
+def prepare_existing(run_dir: Path) -> None:
+    remove_stale_temps(run_dir)
+    remove_stale_temps(run_dir / CHECKPOINTS)
+
+
+# ---------------------------------------------------------------- reading
+@dataclass
+class RunRecord:
+    """What `compare` and `eval` read from a run directory (they never write into it)."""
+
+    path: Path
+    config: dict[str, Any] | None = None
+    metrics: list[dict[str, float | None]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_run(path: Path) -> RunRecord:
+    """Read whatever of a run is readable; missing or damaged files become `problems`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError("expected a run directory (with config.yaml and metrics.csv)", source=str(path))
+    record = RunRecord(path)
+    try:
+        config = read_yaml(path / CONFIG)
+        record.config = config if isinstance(config, dict) else None
+        if record.config is None:
+            record.problems.append(f"{CONFIG} is not a mapping")
+    except SgdcliError as exc:
+        record.problems.append(f"{CONFIG}: {exc.message}")
+    try:
+        record.metrics = read_metrics(path / METRICS)
+    except SgdcliError as exc:
+        record.problems.append(f"{METRICS}: {exc.message}")
+    try:
+        record.summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        record.problems.append(f"{SUMMARY} is missing (the run may still be going, or was killed)")
+    except (OSError, ValueError, UnicodeDecodeError):
+        record.problems.append(f"{SUMMARY} is damaged")
+    return record
+
+
+def read_metrics(path: Path) -> list[dict[str, float | None]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunDirError("missing", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"cannot read ({exc})", source=str(path)) from None
+    rows = []
+    for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        try:
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k is not None})
+        except ValueError:
+            if number == len(text.splitlines()):  # a row cut short by a killed process
+                break
+            raise RunDirError(f"row {number}: expected numbers", source=str(path)) from None
+    return rows
+
+
+def find_checkpoint(target: Path) -> Path:
+    """A checkpoint file as given, or a run directory's best checkpoint (else its last)."""
+    target = Path(target)
+    if target.is_file():
+        return target
+    if not target.exists():
+        raise CheckpointError("no such run directory or checkpoint file", source=str(target))
+    for kind in (BEST, LAST):
+        candidate = checkpoint_path(target, kind)
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no checkpoint in {CHECKPOINTS}/ (expected {BEST} or {LAST}); "
+                          "was the run stopped before its first epoch ended?", source=str(target))
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+
+    from sgdcli import __version__
+
+    return {"sgdcli": __version__, "numpy": numpy.__version__, "python": platform.python_version()}

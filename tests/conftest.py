@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs written into a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(**changes) -> dict:
+    """A config that trains in well under a second (synthetic moons, 2-8-2 network)."""
+    config = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"source": "synthetic", "dataset": "moons", "samples": 120, "noise": 0.1, "validation": 0.25},
+        "model": {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]},
+        "loss": {"type": "cross_entropy"},
+        "optimizer": {"type": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+        "training": {"epochs": 4, "batch": {"mode": "minibatch", "size": 16}},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return config
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(dict, name='c.yaml') -> path of the YAML file in tmp_path."""
+
+    def write(config: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,64 @@
+"""Checkpoints: round trip, checksums, and files that are not ours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgdcli import checkpoint
+from sgdcli.errors import CheckpointError
+
+
+def sample() -> checkpoint.Checkpoint:
+    rng = np.random.default_rng(0)
+    return checkpoint.Checkpoint(
+        params={"0.weight": rng.standard_normal((3, 4)).astype(np.float32), "0.bias": np.zeros(4, np.float32)},
+        optimizer={"velocity/0.weight": np.ones((3, 4), np.float32), "iterations": np.array(7, np.int64)},
+        shift=np.zeros(3), scale=np.ones(3), meta={"epoch": 2, "rng": {"state": 2**100}},
+    )
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, sample())
+    loaded = checkpoint.load(path)
+    original = sample()
+    assert loaded.meta == original.meta
+    for key, value in original.params.items():
+        assert np.array_equal(loaded.params[key], value) and loaded.params[key].dtype == value.dtype
+    assert int(loaded.optimizer["iterations"]) == 7
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_flipped_bit_anywhere_in_the_tensors_is_caught(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, sample())
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01  # inside the tensor data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(path)
+
+
+def test_every_truncation_is_refused_cleanly(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, sample())
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    for length in range(0, len(raw), 7):
+        cut.write_bytes(raw[:length])
+        with pytest.raises(CheckpointError):
+            checkpoint.load(cut)
+
+
+@pytest.mark.parametrize("payload,expected", [
+    (b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00", "pickle"),
+    (b"PK\x03\x04" + b"\x00" * 40, "zip archive"),
+    (b"\xff" * 8 + b"{}", "unknown bytes"),
+    (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "sgdcli metadata"),
+])
+def test_foreign_files_are_refused(tmp_path, payload, expected):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(payload)
+    with pytest.raises(CheckpointError, match=expected):
+        checkpoint.load(path)
