@@ -171,6 +171,7 @@ class _Session:
             "rng": {"shuffle": self.rngs.shuffle.bit_generator.state, "dropout": self.rngs.dropout.bit_generator.state},
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
+            "sample_shape": list(self.prepared.sample_shape),
             "outputs": build.output_width(self.config, self.prepared),
             "config": self.config.to_dict(),
             "versions": runs.versions(),
@@ -306,14 +307,13 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
             raise DataError(f"expected {len(trained.feature_names)} feature columns like the training data, "
                             f"received {dataset.x.shape[1]}", source=dataset.source)
         return dataset, "file"
-    test_file = getattr(config.data, "test_file", None)
-    split = split or ("test" if test_file else "val")
+    split = split or ("test" if build.has_test_set(config) else "val")
     if split == "test":
-        if test_file is None:
-            raise ConfigError("--split test: the run's config has no data.test_file; "
-                              "pass --data FILE or use --split val")
-        return build.load_dataset(config.data, config.is_classification, path=test_file,
-                                  class_names=trained.class_names), "test"
+        test_set = build.load_test_set(config, trained.class_names)
+        if test_set is None:
+            raise ConfigError("--split test: the run's config names no test data (data.test_file, or an IDX "
+                              "test pair); pass --data FILE or use --split val")
+        return test_set, "test"
     train_set, val_set = build.split_data(config, build.Rngs.from_seed(config.seed))
     if split == "val":
         if val_set is None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from sgdcli import config as cfg
 from sgdcli import data as datasets
+from sgdcli import idx
 from sgdcli.engine import activations, init, layers, losses, optimizers, schedules
 from sgdcli.engine.model import Sequential
 from sgdcli.errors import ConfigError, DataError
@@ -77,11 +78,24 @@ class PreparedData:
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] | None
     source: str
+    sample_shape: tuple[int, ...]
 
 
 def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
                  path: Path | None = None, class_names: tuple[str, ...] | None = None) -> datasets.Dataset:
-    """Read the config's training file (or `path`, a file in the same format)."""
+    """Read the config's training data, or `path`: another file (a folder for IDX) in the same format.
+
+    `class_names` are a trained model's classes: labels outside them are a data error.
+    """
+    if isinstance(data, cfg.IdxDataConfig):
+        if not classification:
+            raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy")
+        if path is not None:
+            found = idx.find_idx_files(path)
+            images, labels = found.get("test", found["train"])
+        else:
+            images, labels = _idx_files(data, "train")
+        return datasets.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
     if isinstance(data, cfg.CsvDataConfig):
         return datasets.load_csv(path or data.path, data.target, data.features, classification, class_names)
     if isinstance(data, cfg.NpzDataConfig):
@@ -90,6 +104,33 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
         raise DataError("a built-in synthetic dataset has no file format to read other files in", source=str(path))
     assert rng is not None
     return datasets.synthetic(data.dataset, data.samples, data.noise, rng)
+
+
+def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None) -> datasets.Dataset | None:
+    """The config's held-out test set (data.test_file, or the IDX test pair), if it names one."""
+    data = config.data
+    if isinstance(data, cfg.IdxDataConfig):
+        files = _idx_files(data, "test")
+        return None if files is None else datasets.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
+    test_file = getattr(data, "test_file", None)
+    if test_file is None:
+        return None
+    return load_dataset(data, config.is_classification, path=test_file, class_names=class_names)
+
+
+def has_test_set(config: cfg.ExperimentConfig) -> bool:
+    data = config.data
+    if isinstance(data, cfg.IdxDataConfig):
+        return data.test_images is not None or (data.path is not None and "test" in idx.find_idx_files(data.path))
+    return getattr(data, "test_file", None) is not None
+
+
+def _idx_files(data: cfg.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
+    if data.path is not None:
+        return idx.find_idx_files(data.path).get(split)
+    if split == "train":
+        return data.train_images, data.train_labels
+    return None if data.test_images is None else (data.test_images, data.test_labels)
 
 
 def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -117,6 +158,7 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
         feature_names=train.feature_names,
         class_names=train.class_names,
         source=train.source,
+        sample_shape=train.sample_shape or (train.x.shape[1],),
     )
 
 

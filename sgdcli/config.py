@@ -74,7 +74,37 @@ class SyntheticDataConfig(DataBase):
     noise: float = Field(0.1, ge=0, le=10)
 
 
-DataConfig = Annotated[Union[CsvDataConfig, NpzDataConfig, SyntheticDataConfig], Field(discriminator="source")]
+class IdxDataConfig(DataBase):
+    """Images and labels in the IDX format of MNIST and Fashion-MNIST (gzip-compressed or not)."""
+
+    source: Literal["idx"]
+    path: Path | None = Field(None, description="folder holding the standard file names (train-images-idx3-ubyte[.gz], ...)")
+    train_images: Path | None = None
+    train_labels: Path | None = None
+    test_images: Path | None = None
+    test_labels: Path | None = None
+    class_names: list[str] | None = Field(None, min_length=2, description="a name per label 0, 1, ...")
+    scale: Literal["unit", "standard", "minmax", "none"] = Field(
+        "unit", description="unit: pixel values divided by 255, to [0, 1]")
+
+    _paths = field_validator("path", "train_images", "train_labels", "test_images", "test_labels")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_files(self) -> "IdxDataConfig":
+        explicit = (self.train_images, self.train_labels)
+        if self.path is None and None in explicit:
+            raise ValueError("give data.path (a folder with the standard file names) "
+                             "or both data.train_images and data.train_labels")
+        if self.path is not None and any(v is not None for v in (*explicit, self.test_images, self.test_labels)):
+            raise ValueError("give data.path or the explicit file paths, not both")
+        if (self.test_images is None) != (self.test_labels is None):
+            raise ValueError("give both data.test_images and data.test_labels, or neither")
+        return self
+
+
+DataConfig = Annotated[
+    Union[CsvDataConfig, NpzDataConfig, SyntheticDataConfig, IdxDataConfig], Field(discriminator="source")
+]
 
 
 # ---------------------------------------------------------------- model

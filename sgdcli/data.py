@@ -16,13 +16,19 @@ MAX_NPZ_BYTES = 4 * 1024**3  # refuse to inflate more than this from an .npz (zi
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features x (N, D) float64 and targets y: class indices (N,) int64, or values (N, K) float64."""
+    """Features x (N, D) and targets y: class indices (N,) int64, or values (N, K) float64.
+
+    x is float64 for tables and stays in its stored type (uint8) for images until scaling, so a
+    large image set is converted to float once, straight into the training dtype.
+    `sample_shape` is the shape of one sample before flattening ((28, 28) for an image).
+    """
 
     x: np.ndarray
     y: np.ndarray
     source: str
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] | None = None  # None for regression targets
+    sample_shape: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.x)
@@ -198,6 +204,28 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     return Dataset(x, y, source, names)
 
 
+# ---------------------------------------------------------------- IDX images
+def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
+             known_classes: tuple[str, ...] | None = None) -> Dataset:
+    """An IDX image/label pair; labels are class indices, named by `class_names` when given."""
+    from sgdcli import idx
+
+    pixels, raw_labels = idx.load_idx_pair(images, labels, cache_dir=idx.default_cache_dir())
+    source = str(images)
+    sample_shape = tuple(pixels.shape[1:])
+    if raw_labels.min() < 0:
+        raise DataError(f"label {int(raw_labels.min())} is negative; expected class indices 0, 1, ...",
+                        source=str(labels))
+    count = int(raw_labels.max()) + 1
+    names = known_classes or class_names or tuple(str(i) for i in range(count))
+    if count > len(names):
+        what = "the model was trained on" if known_classes else "data.class_names gives"
+        raise DataError(f"label {count - 1} is out of range: {what} {len(names)} classes", source=str(labels))
+    width = int(np.prod(sample_shape))
+    return Dataset(pixels.reshape(len(pixels), width), raw_labels.astype(np.int64), source,
+                   tuple(f"pixel_{i}" for i in range(width)), tuple(names), sample_shape)
+
+
 # ---------------------------------------------------------------- built-in sets
 def synthetic(name: str, samples: int, noise: float, rng: np.random.Generator) -> Dataset:
     """Small generated problems: xor, spirals, moons, circles (2-D, 2 classes) and sine (1-D regression)."""
@@ -247,6 +275,9 @@ def split(data: Dataset, fraction: float, rng: np.random.Generator, stratify: bo
     return data.subset(np.flatnonzero(train_mask)), data.subset(val_index)
 
 
+CHUNK = 4096  # rows converted at a time: temporaries stay a few MB whatever the data size
+
+
 @dataclass(frozen=True)
 class Scaler:
     """x -> (x - shift) / scale per feature, fit on the training split."""
@@ -256,16 +287,40 @@ class Scaler:
 
     @classmethod
     def fit(cls, x: np.ndarray, kind: str) -> "Scaler":
+        """standard: mean and standard deviation; minmax: to [0, 1]; unit: integer pixels / their
+        type's maximum (uint8: 255); none: unchanged."""
         width = x.shape[1]
+        shift, scale = np.zeros(width), np.ones(width)
         if kind == "standard":
-            shift, scale = x.mean(axis=0), x.std(axis=0)
+            shift, variance = _moments(x)
+            scale = np.sqrt(variance)
         elif kind == "minmax":
-            shift, scale = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
-        else:
-            shift, scale = np.zeros(width), np.ones(width)
+            shift = x.min(axis=0).astype(np.float64)
+            scale = x.max(axis=0) - shift
+        elif kind == "unit" and x.dtype.kind in "ui":
+            scale = np.full(width, float(np.iinfo(x.dtype).max))
         scale = np.where(scale > 0, scale, 1.0)  # constant features stay constant (0)
         return cls(shift.astype(np.float64), scale.astype(np.float64))
 
     def transform(self, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        out = (x - self.shift) / self.scale
-        return out.astype(dtype, copy=False)
+        """A new array of `dtype`, filled chunk by chunk (no full-size float64 temporary)."""
+        out = np.empty(x.shape, dtype=dtype)
+        for start in range(0, len(x), CHUNK):
+            out[start : start + CHUNK] = (x[start : start + CHUNK] - self.shift) / self.scale
+        return out
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and variance in float64, merging chunk statistics (Chan et al.)."""
+    count, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start in range(0, len(x), CHUNK):
+        chunk = x[start : start + CHUNK].astype(np.float64)
+        n = len(chunk)
+        chunk_mean = chunk.mean(axis=0)
+        chunk_m2 = ((chunk - chunk_mean) ** 2).sum(axis=0)
+        delta = chunk_mean - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + chunk_m2 + delta**2 * (count * n / total)
+        count = total
+    return mean, m2 / max(count, 1)

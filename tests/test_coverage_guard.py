@@ -70,5 +70,5 @@ def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     keys = all_config_keys()
     assert {"optimizer.learning_rate", "model.layers.N.units", "training.batch.mode", "data.path"} <= keys
-    missing = sorted(k for k in keys if f"`{k}`" not in readme)
+    missing = sorted(k for k in keys if f"`{k}`" not in readme)  # each key in backticks, e.g. `data.path`
     assert not missing, f"README's config table lacks: {missing}"
