@@ -15,27 +15,11 @@ from sgdcli import build, checkpoint, metrics, plots, runs
 from sgdcli.config import ExperimentConfig, flatten, load_config
 from sgdcli.data import Scaler
 from sgdcli.engine.model import ParameterMismatch, Sequential
-from sgdcli.errors import CheckpointError, ConfigError, DataError, DivergenceError
-from sgdcli.train import EpochResult, Interrupted, Position, Problem, train_epochs
+from sgdcli.errors import CheckpointError, ConfigError, DataError
+from sgdcli.session import Reporter, Session, TrainResult
 
-__all__ = ["load_config", "train", "load_trained", "evaluate", "compare", "TrainedModel", "TrainResult",
-           "Comparison", "Reporter"]
-
-
-class Reporter(Protocol):
-    """What training tells its caller (the CLI draws progress bars from it)."""
-
-    def start(self, info: dict[str, Any]) -> None: ...
-    def batch(self, done: int, total: int, loss: float) -> None: ...
-    def epoch(self, row: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str  # completed | diverged | interrupted
-    summary: dict[str, Any]
-    message: str | None = None
+__all__ = ["load_config", "train", "resume", "load_trained", "evaluate", "compare", "TrainedModel",
+           "TrainResult", "Comparison", "Reporter"]
 
 
 # ---------------------------------------------------------------- training
@@ -47,181 +31,18 @@ def train(config: ExperimentConfig, runs_dir: Path | str = "runs", name: str | N
     return a result with that status; the run keeps its last good checkpoint.
     """
     if name is not None:
-        config = _renamed(config, name)
-    rngs = build.Rngs.from_seed(config.seed)
-    prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
-    batch_size = build.batch_size(config.training, len(prepared.x_train))
-    updates_per_epoch = math.ceil(len(prepared.x_train) / batch_size)
-    problem = Problem(
-        model=model,
-        loss=build.build_loss(config.loss),
-        optimizer=build.build_optimizer(config.optimizer),
-        schedule=build.build_schedule(config.optimizer, updates_per_epoch, config.training.epochs),
-        x=prepared.x_train,
-        y=prepared.y_train,
-        batch_size=batch_size,
-        shuffle=config.training.shuffle,
-        clip_norm=config.optimizer.clip_norm,
-    )
-    run_dir = runs.create_run_dir(Path(runs_dir), config.name)
-    session = _Session(config, prepared, problem, run_dir, rngs, reporter)
-    return session.run(should_stop)
+        config = load_config({**config.to_dict(), "name": name})
+    return Session.start(config, Path(runs_dir), reporter).run(should_stop)
 
 
-def _renamed(config: ExperimentConfig, name: str) -> ExperimentConfig:
-    return load_config({**config.to_dict(), "name": name}, base_dir=Path.cwd())
+def resume(run_dir: Path | str, config: ExperimentConfig | None = None, overrides: Sequence[str] = (),
+           reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Continue a run from its newest valid checkpoint, bit for bit as if it had never stopped.
 
-
-class _Session:
-    """One run: the loop's epochs turned into metrics rows, checkpoints and a summary."""
-
-    def __init__(self, config: ExperimentConfig, prepared: build.PreparedData, problem: Problem, run_dir: Path,
-                 rngs: build.Rngs, reporter: Reporter | None) -> None:
-        self.config, self.prepared, self.problem, self.run_dir = config, prepared, problem, run_dir
-        self.rngs, self.reporter = rngs, reporter
-        self.position = Position()
-        self.classification = config.is_classification
-        self.best: dict[str, Any] | None = None
-        self.last_row: dict[str, Any] | None = None
-        self.train_seconds = 0.0
-
-    def run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
-        runs.write_config(self.run_dir, self.config.to_dict())
-        writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
-        started = time.perf_counter()
-        status, message, stopped_early = "completed", None, False
-        if self.reporter:
-            self.reporter.start(self._info())
-        on_batch = None
-        if self.reporter:
-            total = self.problem.updates_per_epoch
-            on_batch = lambda done, value: self.reporter.batch(done, total, value)  # noqa: E731
-        epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
-                              self.rngs.dropout, on_batch, should_stop)
-        try:
-            resumed = time.perf_counter()
-            for result in epochs:
-                self.train_seconds += time.perf_counter() - resumed
-                row = self._measure(result)
-                writer.write(row)
-                self._checkpoint(row)
-                if self.reporter:
-                    self.reporter.epoch(row)
-                if self._patience_exhausted():
-                    stopped_early = True
-                    break
-                if should_stop is not None and should_stop():
-                    raise Interrupted()
-                resumed = time.perf_counter()
-        except DivergenceError as exc:
-            status, message = "diverged", exc.message
-        except Interrupted:
-            status, message = "interrupted", "interrupted; the last checkpoint is from the last completed epoch"
-        finally:
-            writer.close()
-        summary = self._summary(status, message, stopped_early, time.perf_counter() - started)
-        runs.write_summary(self.run_dir, summary)
-        _plot_run(self.run_dir)
-        return TrainResult(self.run_dir, status, summary, message)
-
-    def _info(self) -> dict[str, Any]:
-        p = self.problem
-        return {"run_dir": str(self.run_dir), "name": self.config.name, "train_samples": len(p.x),
-                "val_samples": 0 if self.prepared.x_val is None else len(self.prepared.x_val),
-                "batch_size": p.batch_size, "updates_per_epoch": p.updates_per_epoch,
-                "epochs": self.config.training.epochs, "parameters": p.model.num_parameters(),
-                "classification": self.classification}
-
-    def _measure(self, result: EpochResult) -> dict[str, Any]:
-        p, prepared = self.problem, self.prepared
-        row: dict[str, Any] = {
-            "epoch": result.epoch, "updates": self.position.updates, "samples": self.position.samples,
-            "seconds": round(self.train_seconds, 4), "learning_rate": result.learning_rate,
-            "train_loss": result.train_loss,
-        }
-        if self.config.training.eval_train:
-            row["train_loss_full"], row["train_accuracy"] = metrics.loss_and_accuracy(
-                p.model, p.loss, p.x, p.y, self.classification)
-        if prepared.x_val is not None:
-            row["val_loss"], row["val_accuracy"] = metrics.loss_and_accuracy(
-                p.model, p.loss, prepared.x_val, prepared.y_val, self.classification)
-        self.last_row = row
-        return row
-
-    def _checkpoint(self, row: dict[str, Any]) -> None:
-        score = _score(row)
-        improved = score is not None and (self.best is None or score < self.best["score"])
-        if improved:
-            self.best = {"score": score, "epoch": row["epoch"], "row": row}
-        data = self._checkpoint_data(row)
-        folder = self.run_dir / runs.CHECKPOINTS
-        checkpoint.save(folder / runs.LAST, data)
-        if improved:
-            checkpoint.save(folder / runs.BEST, data)
-        every = self.config.training.checkpoint_every
-        if every and row["epoch"] % every == 0:
-            checkpoint.save(folder / f"epoch-{row['epoch']:04d}{checkpoint.SUFFIX}", data)
-
-    def _checkpoint_data(self, row: dict[str, Any]) -> checkpoint.Checkpoint:
-        meta = {
-            "epoch": self.position.epoch, "updates": self.position.updates, "samples": self.position.samples,
-            "metrics": row, "best_epoch": self.best["epoch"] if self.best else None,
-            "best_score": self.best["score"] if self.best else None,
-            "rng": {"shuffle": self.rngs.shuffle.bit_generator.state, "dropout": self.rngs.dropout.bit_generator.state},
-            "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
-            "feature_names": list(self.prepared.feature_names),
-            "sample_shape": list(self.prepared.sample_shape),
-            "outputs": build.output_width(self.config, self.prepared),
-            "config": self.config.to_dict(),
-            "versions": runs.versions(),
-        }
-        return checkpoint.Checkpoint(
-            params={k: v.copy() for k, v in self.problem.model.parameters().items()},
-            optimizer=self.problem.optimizer.state_dict(),
-            shift=self.prepared.scaler.shift, scale=self.prepared.scaler.scale, meta=meta,
-        )
-
-    def _patience_exhausted(self) -> bool:
-        patience = self.config.training.patience
-        return bool(patience and self.best and self.position.epoch - self.best["epoch"] >= patience)
-
-    def _summary(self, status: str, message: str | None, stopped_early: bool, wall: float) -> dict[str, Any]:
-        epochs = self.position.epoch
-        return {
-            "name": self.config.name,
-            "status": status,
-            "message": message,
-            "stopped_early": stopped_early,
-            "epochs": epochs,
-            "epochs_planned": self.config.training.epochs,
-            "updates": self.position.updates,
-            "samples": self.position.samples,
-            "train_seconds": round(self.train_seconds, 3),
-            "wall_seconds": round(wall, 3),
-            "seconds_per_epoch": round(self.train_seconds / epochs, 4) if epochs else None,
-            "batch_size": self.problem.batch_size,
-            "parameters": self.problem.model.num_parameters(),
-            "final": self.last_row,
-            "best": self.best["row"] if self.best else None,
-            "best_epoch": self.best["epoch"] if self.best else None,
-            "versions": runs.versions(),
-        }
-
-
-def _score(row: dict[str, Any]) -> float | None:
-    """What 'best' means: validation loss, else the whole-training-set loss; never NaN."""
-    for key in ("val_loss", "train_loss_full", "train_loss"):
-        value = row.get(key)
-        if value is not None:
-            return value if math.isfinite(value) else None
-    return None
-
-
-def _plot_run(run_dir: Path) -> None:
-    rows = runs.read_metrics(run_dir / runs.METRICS)
-    if rows:
-        plots.loss_curves([plots.Curve.from_rows(run_dir.name, rows, "epoch")], "epoch", run_dir / runs.LOSS_PLOT)
+    `config` (or the run's own config with `overrides`) must equal the run's, except that
+    training.epochs may grow.
+    """
+    return Session.resume(Path(run_dir), config, tuple(overrides), reporter).run(should_stop)
 
 
 # ---------------------------------------------------------------- loading and prediction
@@ -302,7 +123,7 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
         if split is not None:
             raise ConfigError("give either --data or --split, not both")
         dataset = build.load_dataset(config.data, config.is_classification, path=Path(data),
-                                     class_names=trained.class_names)
+                                     class_names=trained.class_names, features=trained.feature_names)
         if dataset.x.shape[1] != len(trained.feature_names):
             raise DataError(f"expected {len(trained.feature_names)} feature columns like the training data, "
                             f"received {dataset.x.shape[1]}", source=dataset.source)

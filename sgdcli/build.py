@@ -82,10 +82,12 @@ class PreparedData:
 
 
 def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
-                 path: Path | None = None, class_names: tuple[str, ...] | None = None) -> datasets.Dataset:
+                 path: Path | None = None, class_names: tuple[str, ...] | None = None,
+                 features: tuple[str, ...] | None = None) -> datasets.Dataset:
     """Read the config's training data, or `path`: another file (a folder for IDX) in the same format.
 
-    `class_names` are a trained model's classes: labels outside them are a data error.
+    `class_names` and `features` are a trained model's classes and CSV columns: labels outside
+    them are a data error, and columns are found by name.
     """
     if isinstance(data, cfg.IdxDataConfig):
         if not classification:
@@ -97,7 +99,7 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
             images, labels = _idx_files(data, "train")
         return datasets.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
     if isinstance(data, cfg.CsvDataConfig):
-        return datasets.load_csv(path or data.path, data.target, data.features, classification, class_names)
+        return datasets.load_csv(path or data.path, data.target, features or data.features, classification, class_names)
     if isinstance(data, cfg.NpzDataConfig):
         return datasets.load_npz(path or data.path, classification, class_names)
     if path is not None:

@@ -3,8 +3,8 @@
 Layout (readable by any safetensors reader): tensors `model/<layer>.<param>` (the weights),
 `optimizer/<state>/<layer>.<param>` and `optimizer/iterations` (the optimizer state),
 `data/shift` and `data/scale` (feature scaling). The header's `__metadata__` holds
-`format` = "sgdcli-checkpoint", `format_version`, `sha256` (over every tensor's name, dtype,
-shape and bytes, in name order) and `meta`, a JSON object: epoch, updates, samples, RNG states,
+`format` = "sgdcli-checkpoint", `format_version`, `sha256` (over the `meta` text, then every
+tensor's name, dtype, shape and bytes, in name order) and `meta`, a JSON object: epoch, updates, samples, RNG states,
 best validation loss, class and feature names, and the resolved config.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,9 @@ def _contiguous(array: np.ndarray) -> np.ndarray:
     return np.array(array, order="C", copy=None)
 
 
-def checksum(tensors: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
+def checksum(tensors: dict[str, np.ndarray], meta: str) -> str:
+    """sha256 over the `meta` JSON text, then each tensor's name, dtype, shape and bytes in name order."""
+    digest = hashlib.sha256(meta.encode("utf-8"))
     for name in sorted(tensors):
         array = _contiguous(tensors[name])
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
@@ -58,17 +60,14 @@ def encode(checkpoint: Checkpoint) -> bytes:
     tensors.update({f"optimizer/{k}": v for k, v in checkpoint.optimizer.items()})
     tensors["data/shift"], tensors["data/scale"] = checkpoint.shift, checkpoint.scale
     tensors = {k: _contiguous(v) for k, v in tensors.items()}
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "sha256": checksum(tensors),
-        "meta": json.dumps(checkpoint.meta, sort_keys=True),
-    }
+    meta = json.dumps(checkpoint.meta, sort_keys=True)
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "sha256": checksum(tensors, meta), "meta": meta}
     return save_tensors(tensors, metadata=metadata)
 
 
-def save(path: Path, checkpoint: Checkpoint) -> None:
-    atomic_write(path, encode(checkpoint))
+def save(path: Path, checkpoint: Checkpoint, before_replace: Callable[[], None] | None = None) -> None:
+    """Write atomically; `before_replace` runs when the new file is on disk, before it takes the name."""
+    atomic_write(path, encode(checkpoint), before_replace)
 
 
 def load(path: Path) -> Checkpoint:
@@ -87,11 +86,13 @@ def load(path: Path) -> Checkpoint:
         tensors = load_tensors(raw)
     except Exception as exc:  # safetensors raises its own error types for every malformed layout
         raise CheckpointError(f"damaged checkpoint: {exc}", source=source) from None
-    if checksum(tensors) != metadata.get("sha256"):
+    if not isinstance(metadata.get("meta"), str) or checksum(tensors, metadata["meta"]) != metadata.get("sha256"):
         raise CheckpointError("checksum mismatch: the file is damaged", source=source)
     try:
         meta = json.loads(metadata["meta"])
-    except (KeyError, ValueError):
+        if not isinstance(meta, dict):
+            raise ValueError
+    except ValueError:
         raise CheckpointError("damaged checkpoint: metadata is not valid JSON", source=source) from None
     try:
         return Checkpoint(
@@ -111,9 +112,15 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if len(raw) < 8:
         raise CheckpointError(f"{what}; received {len(raw)} bytes)", source=source)
     (size,) = struct.unpack("<Q", raw[:8])
-    if raw[:2] == b"\x80\x04" or raw[:2] == b"PK" or size > min(MAX_HEADER_BYTES, len(raw) - 8):
-        kind = "a pickle" if raw[:1] == b"\x80" else "a zip archive (PyTorch?)" if raw[:2] == b"PK" else "unknown bytes"
-        raise CheckpointError(f"{what}; received {kind})", source=source)
+    if raw[:1] == b"\x80":
+        raise CheckpointError(f"{what}; received a pickle, which sgdcli never loads)", source=source)
+    if raw[:2] == b"PK":
+        raise CheckpointError(f"{what}; received a zip archive (PyTorch?))", source=source)
+    if size > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{what}; received unknown bytes claiming a {size}-byte header)", source=source)
+    if size > len(raw) - 8:
+        raise CheckpointError(f"damaged (truncated?): the header needs {size} bytes, the file holds {len(raw) - 8}",
+                              source=source)
     try:
         header = json.loads(raw[8 : 8 + size])
         metadata = header["__metadata__"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 
 INTERRUPTED = 130
+DIVERGED = 5
 
 
 def _boundary(command: Callable) -> Callable:
@@ -69,27 +71,39 @@ SET_HELP = "Override a config value by dotted path, e.g. optimizer.momentum=0.9 
 @app.command()
 @_boundary
 def train(
-    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    config: Optional[Path] = typer.Argument(None, help="Experiment config (YAML). Optional with --resume."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="Continue this run from its newest valid checkpoint, exactly where it "
+                                               "stopped. A CONFIG or --set may only raise training.epochs."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
     from sgdcli import api, render
+    from sgdcli.errors import UsageError
     from sgdcli.interrupts import graceful_stop
 
-    experiment = api.load_config(config, set_)
+    if config is None and resume is None:
+        raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
+    if resume is not None and name is not None:
+        raise UsageError("--name cannot rename a run being resumed")
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
-            result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop)
+            if resume is not None:
+                experiment = api.load_config(config, set_) if config is not None else None
+                result = api.resume(resume, experiment, set_, reporter=reporter, should_stop=stop)
+            else:
+                experiment = api.load_config(config, set_)
+                result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop)
     finally:
         reporter.close()
     render.training_summary(result.summary, str(result.run_dir))
     if result.status == "diverged":
-        raise typer.Exit(5)
+        raise typer.Exit(DIVERGED)
     if result.status == "interrupted":
-        raise typer.Exit(INTERRUPTED if stop.signal in (None, 2) else 128 + stop.signal)
+        raise typer.Exit(INTERRUPTED if stop.signal in (None, signal.SIGINT) else 128 + stop.signal)
 
 
 @app.command("eval")
@@ -136,4 +150,7 @@ def validate(
 
 
 def main() -> None:
+    # Past a file-size limit, fail the write (EFBIG -> exit 6, previous files intact) instead of
+    # letting SIGXFSZ kill the process mid-write.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     app()

@@ -5,21 +5,31 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sgdcli.errors import DiskError, RunDirError
 
 TEMP_PREFIX = ".tmp-"
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader sees either the old or the new file, never half."""
+def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    """Replace `path` with `data` so that a reader sees either the old or the new file, never half.
+
+    `before_replace` runs once the new bytes are safely on disk, just before they take the name.
+    """
     path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file respects the umask
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(temp, path)
     except BaseException as exc:
         try:
@@ -30,6 +40,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             raise write_error(path, exc) from None
         raise
     fsync_dir(path.parent)
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))

@@ -52,8 +52,16 @@ class TrainingReporter:
         self.info: dict[str, Any] = {}
         self._last_draw = 0.0
 
+    def warn(self, message: str) -> None:
+        warning(message)
+
     def start(self, info: dict[str, Any]) -> None:
         self.info = info
+        if info.get("resumed_from") is not None:
+            position = info["position"]
+            where = f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}" if position["batch"] else \
+                f"the end of epoch {position['epoch']}"
+            self.console.print(f"resuming [bold]{info['name']}[/] at {where} (update {position['updates']})")
         self.console.print(
             f"training [bold]{info['name']}[/]: {info['train_samples']} training / {info['val_samples']} validation "
             f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
@@ -63,7 +71,8 @@ class TrainingReporter:
                                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
                                      console=self.console, transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=1, loss="-")
+            self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=info["position"]["epoch"] + 1,
+                                               completed=info["position"]["batch"], loss="-")
 
     def batch(self, done: int, total: int, loss: float) -> None:
         if self.progress is None:

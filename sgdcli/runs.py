@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,10 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 LOSS_PLOT = "loss.png"
 LAST = "last.safetensors"
+PREVIOUS = "previous.safetensors"  # the last checkpoint before `last`: the fallback if `last` is damaged
+INITIAL = "initial.safetensors"  # the state before the first update
 BEST = "best.safetensors"
+LOCK = "run.lock"
 
 # metrics.csv columns; `seconds` is the only wall-clock column.
 BASE_COLUMNS = ["epoch", "updates", "samples", "seconds", "learning_rate", "train_loss", "train_loss_full", "val_loss"]
@@ -52,29 +57,99 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None) -> Path:
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
 
+def lock_run(run_dir: Path):
+    """Hold an exclusive lock on the run (released by the kernel if this process dies).
+
+    Returns the open lock file; closing it releases the lock.
+    """
+    path = run_dir / LOCK
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"the run is being written by {holder}; wait for it to finish", source=str(run_dir)) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"sgdcli process {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class MetricsWriter:
-    """Appends one row per epoch to metrics.csv, flushed as training goes."""
+    """Appends one row per epoch to metrics.csv, flushed as training goes; a row that cannot be
+    written whole is taken back, so the file never ends in half a row."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
         try:
             self._handle = open(path, "a", newline="", encoding="utf-8")
-            if self._handle.tell() == 0:
-                self._handle.write(",".join(columns) + "\n")
-                self._handle.flush()
         except OSError as exc:
             raise write_error(path, exc) from None
+        if self._handle.tell() == 0:
+            self._append(",".join(columns) + "\n")
 
     def write(self, row: dict[str, Any]) -> None:
-        line = ",".join(_format_cell(row.get(column)) for column in self.columns) + "\n"
+        self._append(",".join(_format_cell(row.get(column)) for column in self.columns) + "\n")
+
+    def _append(self, line: str) -> None:
+        size = self._handle.tell()
         try:
             self._handle.write(line)
             self._handle.flush()
         except OSError as exc:
+            self._take_back(size)
             raise write_error(self.path, exc) from None
 
+    def _take_back(self, size: int) -> None:
+        try:
+            os.truncate(self.path, size)
+            self._handle.close()
+            self._handle = open(self.path, "a", newline="", encoding="utf-8")
+        except OSError:
+            pass
+
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError:
+            pass
+
+
+def keep_metrics_until(path: Path, epoch: int) -> None:
+    """Keep exactly one whole row for each epoch 1..`epoch` (rows written after the checkpoint a
+    run resumes from, or cut short by a kill, go)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = lines[:1]
+    for line in lines[1:]:
+        if len(kept) <= epoch and line.endswith("\n") and line.split(",", 1)[0] == str(len(kept)):
+            kept.append(line)
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
+def keep_previous(folder: Path) -> None:
+    """Before `last` is replaced, keep it as `previous` (a hard link: no copy, never a moment
+    without `last`)."""
+    last, previous = folder / LAST, folder / PREVIOUS
+    if not last.exists():
+        return
+    temp = folder / f".tmp-previous-{os.getpid()}"
+    try:
+        os.link(last, temp)
+        os.replace(temp, previous)
+    except OSError:
+        try:
+            temp.unlink()
+        except OSError:
+            pass
 
 
 def _format_cell(value: Any) -> str:
@@ -175,6 +250,26 @@ def find_checkpoint(target: Path) -> Path:
             return candidate
     raise CheckpointError(f"no checkpoint in {CHECKPOINTS}/ (expected {BEST} or {LAST}); "
                           "was the run stopped before its first epoch ended?", source=str(target))
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, "checkpoint.Checkpoint", list[str]]:
+    """The valid checkpoint with the most updates, and a warning for each damaged one skipped."""
+    from sgdcli import checkpoint
+
+    valid, warnings = [], []
+    for path in sorted((run_dir / CHECKPOINTS).glob("*" + checkpoint.SUFFIX)):
+        try:
+            valid.append((path, checkpoint.load(path)))
+        except CheckpointError as exc:
+            warnings.append(f"{exc}; skipped")
+    if not valid:
+        found = "; ".join(warnings) or f"{CHECKPOINTS}/ holds no checkpoint"
+        raise CheckpointError(f"no valid checkpoint to resume from ({found})", source=str(run_dir))
+    preference = {LAST: 2, PREVIOUS: 1}  # among equally advanced states, the rolling ones
+    path, state = max(valid, key=lambda item: (int(item[1].meta.get("updates", -1)), preference.get(item[0].name, 0)))
+    if warnings:
+        warnings.append(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
+    return path, state, warnings
 
 
 def versions() -> dict[str, str]:

@@ -36,11 +36,18 @@ class Problem:
 
 @dataclass
 class Position:
-    """How far training has gone; saved in checkpoints."""
+    """How far training has gone, down to the batch: saved in checkpoints, so a run can resume
+    mid-epoch exactly where it stopped."""
 
     epoch: int = 0  # completed epochs
+    batch: int = 0  # completed batches of the current epoch
     updates: int = 0
     samples: int = 0
+    loss_sum: float = 0.0  # sum of batch loss x batch size so far in the current epoch
+    epoch_rng: dict | None = None  # mid-epoch: the shuffle state the epoch's order was drawn from
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,24 @@ def train_epochs(
 ) -> Iterator[EpochResult]:
     """Train from `position` up to `epochs` completed epochs, yielding after each one.
 
-    `position` is updated in place as updates happen. A non-finite loss or gradient raises
-    DivergenceError before the update that would apply it.
+    `position` is updated in place after every update, so the state after an interruption
+    (`should_stop` returning True raises Interrupted between two updates) can be saved and
+    resumed bit for bit. A non-finite loss or gradient raises DivergenceError before the update
+    that would apply it.
     """
     model, x, y, size = problem.model, problem.x, problem.y, problem.batch_size
     params = model.parameters()
     n = len(x)
+    shuffled = problem.shuffle and size < n  # full batch: one update whatever the order, so no copies
     while position.epoch < epochs:
-        order = shuffle_rng.permutation(n) if problem.shuffle and size < n else None
-        loss_sum, learning_rate = 0.0, 0.0
-        for batch, start in enumerate(range(0, n, size)):
-            if order is None:  # full batch or unshuffled: slices, no copies
+        if shuffled:
+            if position.batch == 0:
+                position.epoch_rng = shuffle_rng.bit_generator.state
+            else:  # resuming mid-epoch: draw the interrupted epoch's order again
+                shuffle_rng.bit_generator.state = position.epoch_rng
+        order = shuffle_rng.permutation(n) if shuffled else None
+        for start in range(position.batch * size, n, size):
+            if order is None:  # slices, no copies
                 xb, yb = x[start : start + size], y[start : start + size]
             else:
                 index = order[start : start + size]
@@ -88,32 +102,32 @@ def train_epochs(
             _check_gradients(grads, position)
             if problem.clip_norm is not None:
                 clip_by_global_norm(grads, problem.clip_norm)
-            learning_rate = problem.schedule(position.updates)
-            problem.optimizer.step(params, grads, learning_rate)
+            problem.optimizer.step(params, grads, problem.schedule(position.updates))
             position.updates += 1
             position.samples += len(xb)
-            loss_sum += value * len(xb)
+            position.batch += 1
+            position.loss_sum += value * len(xb)
             if on_batch is not None:
-                on_batch(batch + 1, value)
+                on_batch(position.batch, value)
             if should_stop is not None and should_stop():
                 raise Interrupted()
-        position.epoch += 1
-        yield EpochResult(position.epoch, loss_sum / n, learning_rate)
+        result = EpochResult(position.epoch + 1, position.loss_sum / n, problem.schedule(position.updates - 1))
+        position.epoch, position.batch, position.loss_sum, position.epoch_rng = position.epoch + 1, 0, 0.0, None
+        yield result
 
 
 def _check_gradients(grads: dict[str, np.ndarray], position: Position) -> None:
     for name, grad in grads.items():
         flat = grad.reshape(-1)
         if not math.isfinite(float(np.dot(flat, flat))):
+            layer = f"layer {name.split('.')[0]} ({name})"
             if np.isfinite(grad).all():  # finite, only its square overflowed: still a blow-up
-                raise _diverged(position, f"the gradient of {name} overflowed")
-            raise _diverged(position, f"the gradient of {name} is not finite")
+                raise _diverged(position, f"the gradient of {layer} overflowed")
+            raise _diverged(position, f"the gradient of {layer} is not finite")
 
 
 def _diverged(position: Position, what: str) -> DivergenceError:
-    error = DivergenceError(
+    return DivergenceError(
         f"training diverged in epoch {position.epoch + 1}, update {position.updates + 1}: {what}. "
         "The update was not applied. Try a smaller optimizer.learning_rate (or set optimizer.clip_norm)."
     )
-    error.position = position  # type: ignore[attr-defined]
-    return error

@@ -45,10 +45,33 @@ def test_every_truncation_is_refused_cleanly(tmp_path):
     checkpoint.save(path, sample())
     raw = path.read_bytes()
     cut = tmp_path / "cut.safetensors"
-    for length in range(0, len(raw), 7):
+    for length in range(len(raw)):  # every prefix
         cut.write_bytes(raw[:length])
         with pytest.raises(CheckpointError):
             checkpoint.load(cut)
+
+
+def test_a_flipped_bit_in_any_byte_is_refused(tmp_path):
+    # Header length, JSON header, metadata, checksum text or tensor data: one flipped bit anywhere
+    # must be refused (or, in JSON padding whitespace, change nothing that is read).
+    path = tmp_path / "c.safetensors"
+    checkpoint.save(path, sample())
+    raw = path.read_bytes()
+    original = checkpoint.load(path)
+    flipped = tmp_path / "flipped.safetensors"
+    accepted = []
+    for position in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[position] ^= 1 << (position % 8)
+        flipped.write_bytes(bytes(damaged))
+        try:
+            loaded = checkpoint.load(flipped)
+        except CheckpointError:
+            continue
+        accepted.append(position)
+        assert loaded.meta == original.meta and all(
+            np.array_equal(loaded.params[k], v) for k, v in original.params.items())
+    assert len(accepted) < 8, f"bit flips accepted at {accepted}"
 
 
 @pytest.mark.parametrize("payload,expected", [

@@ -1,0 +1,186 @@
+"""Resume: bit-identical to an uninterrupted run, from any interruption point, in every batch mode."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sgdcli import api, checkpoint, runs
+from sgdcli.config import load_config
+from sgdcli.errors import CheckpointError, ConfigError, RunDirError
+
+from conftest import tiny_config
+
+# Dropout (uses its random stream), Adam (state + step count) and a cosine schedule (position
+# dependent): everything a resume must restore exactly.
+LAYERS = [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dropout", "rate": 0.2},
+          {"type": "dense", "units": 2}]
+
+
+def config_for(mode: str, epochs: int = 5):
+    return load_config(tiny_config(
+        model__layers=LAYERS, training__epochs=epochs, training__batch__mode=mode,
+        optimizer={"type": "adam", "learning_rate": 0.01, "schedule": {"type": "cosine", "warmup_epochs": 1}}))
+
+
+class StopAfter:
+    """Reporter + should_stop: asks to stop once `updates` updates have been applied."""
+
+    def __init__(self, updates: int) -> None:
+        self.updates, self.done, self.warnings = updates, 0, []
+
+    def start(self, info): pass
+    def epoch(self, row): pass
+    def warn(self, message): self.warnings.append(message)
+
+    def batch(self, done, total, loss):
+        self.done += 1
+
+    def __call__(self) -> bool:
+        return self.done >= self.updates
+
+
+def interrupt(config, runs_dir, updates):
+    stopper = StopAfter(updates)
+    return api.train(config, runs_dir=runs_dir, reporter=stopper, should_stop=stopper)
+
+
+def resume(run_dir, updates=None, **kwargs):
+    stopper = StopAfter(updates if updates is not None else 10**9)
+    return api.resume(run_dir, reporter=stopper, should_stop=stopper, **kwargs)
+
+
+def metrics_without_wall_clock(run_dir):
+    rows = list(csv.reader((run_dir / "metrics.csv").open()))
+    seconds = rows[0].index("seconds")
+    return [row[:seconds] + row[seconds + 1:] for row in rows]
+
+
+def final_weights(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.safetensors").params
+
+
+def assert_identical(a, b):
+    assert metrics_without_wall_clock(a) == metrics_without_wall_clock(b)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert wa[key].tobytes() == wb[key].tobytes(), key
+
+
+# 90 training samples: sgd mode has 90 updates an epoch, minibatch (16) 6, full 1.
+CASES = [
+    ("sgd", 180, "epoch boundary"), ("sgd", 200, "mid-epoch"),
+    ("minibatch", 12, "epoch boundary"), ("minibatch", 15, "mid-epoch"), ("minibatch", 1, "after one update"),
+    ("full", 2, "epoch boundary"), ("full", 4, "epoch boundary, later"),
+]
+
+
+@pytest.mark.parametrize("mode,updates,where", CASES, ids=[f"{m}-{w}" for m, _, w in CASES])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, mode, updates, where):
+    config = config_for(mode)
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+    interrupted = interrupt(config, tmp_path / "runs", updates)
+    assert interrupted.status == "interrupted"
+    saved = checkpoint.load(interrupted.run_dir / "checkpoints" / "last.safetensors")
+    assert saved.meta["updates"] == updates
+    summary = json.loads((interrupted.run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "--resume" in summary["message"]
+    resumed = api.resume(interrupted.run_dir)
+    assert resumed.status == "completed" and resumed.summary["resumed_from_epoch"] == saved.meta["epoch"]
+    assert_identical(reference.run_dir, resumed.run_dir)
+
+
+def test_resume_twice_and_grow_the_epochs(tmp_path):
+    reference = api.train(config_for("minibatch", epochs=7), runs_dir=tmp_path / "reference")
+    first = interrupt(config_for("minibatch", epochs=7), tmp_path / "runs", 9)
+    assert resume(first.run_dir, updates=10).status == "interrupted"
+    final = api.resume(first.run_dir)
+    assert_identical(reference.run_dir, final.run_dir)
+    # Continuing a finished run for longer is allowed; the rows go on from where they were.
+    longer = api.resume(first.run_dir, overrides=["training.epochs=9"])
+    assert longer.status == "completed"
+    epochs = [int(row[0]) for row in metrics_without_wall_clock(longer.run_dir)[1:]]
+    assert epochs == list(range(1, 10))
+
+
+def test_a_row_written_after_the_checkpoint_is_not_duplicated(tmp_path):
+    reference = api.train(config_for("minibatch"), runs_dir=tmp_path / "reference")
+    run = interrupt(config_for("minibatch"), tmp_path / "runs", 14)  # epoch 3 under way
+    metrics = run.run_dir / "metrics.csv"
+    rows = metrics.read_text().splitlines(keepends=True)
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
+    # As if killed after a row for epoch 3 was appended, then again half-way through the next row.
+    metrics.write_text("".join(rows) + "3" + rows[-1][1:] + "4,24,36")
+    resumed = api.resume(run.run_dir)
+    assert_identical(reference.run_dir, resumed.run_dir)
+
+
+def test_damaged_last_checkpoint_falls_back_to_previous(tmp_path):
+    reference = api.train(config_for("minibatch"), runs_dir=tmp_path / "reference")
+    run = interrupt(config_for("minibatch"), tmp_path / "runs", 18)
+    folder = run.run_dir / "checkpoints"
+    last = folder / "last.safetensors"
+    raw = bytearray(last.read_bytes())
+    raw[-3] ^= 0x10
+    last.write_bytes(bytes(raw))
+    stopper = StopAfter(10**9)
+    resumed = api.resume(run.run_dir, reporter=stopper)
+    warnings = stopper.warnings
+    assert any("last.safetensors" in w and "checksum mismatch" in w for w in warnings)
+    assert any("resuming from previous.safetensors" in w for w in warnings)
+    assert_identical(reference.run_dir, resumed.run_dir)
+
+
+def test_resume_refuses_a_different_experiment(tmp_path):
+    run = interrupt(config_for("minibatch"), tmp_path, 3)
+    with pytest.raises(ConfigError) as info:
+        api.resume(run.run_dir, overrides=["optimizer.learning_rate=0.5", "training.batch.mode=full"])
+    message = str(info.value)
+    assert "optimizer.learning_rate: 0.01 in the run, 0.5 now" in message and "training.batch.mode" in message
+    with pytest.raises(ConfigError, match="training.epochs"):
+        api.resume(run.run_dir, overrides=["training.epochs=2"])  # shrinking is not continuing
+
+
+def test_resume_without_a_valid_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    run = interrupt(config_for("minibatch"), tmp_path, 3)
+    for path in (run.run_dir / "checkpoints").iterdir():
+        path.write_bytes(b"garbage")
+    before = (run.run_dir / "metrics.csv").read_bytes()
+    with pytest.raises(CheckpointError, match="no valid checkpoint to resume from"):
+        api.resume(run.run_dir)
+    assert (run.run_dir / "metrics.csv").read_bytes() == before
+    with pytest.raises(RunDirError, match="not a run directory"):
+        api.resume(tmp_path / "nowhere")
+
+
+def test_a_run_being_written_is_locked(tmp_path):
+    run = interrupt(config_for("minibatch"), tmp_path, 3)
+    holder = runs.lock_run(run.run_dir)
+    try:
+        with pytest.raises(RunDirError, match="being written by sgdcli process"):
+            api.resume(run.run_dir)
+    finally:
+        holder.close()
+    assert api.resume(run.run_dir).status == "completed"
+
+
+def test_stale_temporary_files_are_cleaned_at_resume(tmp_path):
+    run = interrupt(config_for("minibatch"), tmp_path, 3)
+    stale = run.run_dir / "checkpoints" / ".tmp-abc123"
+    stale.write_bytes(b"half a checkpoint")
+    api.resume(run.run_dir)
+    assert not stale.exists()
+
+
+def test_initial_checkpoint_holds_the_starting_weights(tmp_path):
+    run = api.train(config_for("full", epochs=1), runs_dir=tmp_path)
+    initial = checkpoint.load(run.run_dir / "checkpoints" / "initial.safetensors")
+    last = checkpoint.load(run.run_dir / "checkpoints" / "last.safetensors")
+    assert initial.meta["updates"] == 0 and last.meta["updates"] == 1
+    assert not np.array_equal(initial.params["0.weight"], last.params["0.weight"])
+    shutil.rmtree(run.run_dir)
