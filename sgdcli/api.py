@@ -11,8 +11,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sgdcli import build, checkpoint, metrics, plots, runs
-from sgdcli.config import ExperimentConfig, flatten, load_config
+from sgdcli import build, checkpoint, descent, metrics, plots, runs
+from sgdcli import gradcheck as gradcheck_module
+from sgdcli import landscape as landscape_module
+from sgdcli import sweep as sweep_module
+from sgdcli.config import AnyConfig, ExperimentConfig, ObjectiveConfig, flatten, load_config
 from sgdcli.data import Scaler
 from sgdcli.engine.model import ParameterMismatch, Sequential
 from sgdcli.errors import CheckpointError, ConfigError, DataError
@@ -23,15 +26,18 @@ __all__ = ["load_config", "train", "resume", "load_trained", "evaluate", "compar
 
 
 # ---------------------------------------------------------------- training
-def train(config: ExperimentConfig, runs_dir: Path | str = "runs", name: str | None = None,
+def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = None,
           reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train `config` into a new run directory under `runs_dir`.
 
     Data and config problems raise before anything is written. Divergence and interruption
-    return a result with that status; the run keeps its last good checkpoint.
+    return a result with that status; the run keeps its last good checkpoint. An objective
+    config records the path of its few parameters instead.
     """
     if name is not None:
         config = load_config({**config.to_dict(), "name": name})
+    if isinstance(config, ObjectiveConfig):
+        return descent.run(config, Path(runs_dir), should_stop)
     return Session.start(config, Path(runs_dir), reporter).run(should_stop)
 
 
@@ -43,6 +49,71 @@ def resume(run_dir: Path | str, config: ExperimentConfig | None = None, override
     training.epochs may grow.
     """
     return Session.resume(Path(run_dir), config, tuple(overrides), reporter).run(should_stop)
+
+
+def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",
+          jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
+          on_done: Callable[[sweep_module.Member], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> Comparison:
+    """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
+    own process, at most `jobs` at once; return their comparison. Failed or diverged members are
+    rows of the comparison, not errors. The same seed gives every member the same initial weights.
+    """
+    base = load_config(config, list(overrides))  # the sweep's own config must be valid
+    members = sweep_module.members(name or base.name, sweep_module.parse(list(sweeps)))
+    sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
+    finished = [m.run_dir for m in members if m.run_dir is not None]
+    swept = [key for key, _ in sweep_module.parse(list(sweeps))]
+    result = compare(finished, plot=plot, keys=swept) if finished else Comparison([], swept, [], None)
+    for member in members:
+        if member.run_dir is None:
+            result.rows.append({"run": member.name, **dict(o.split("=", 1) for o in member.overrides),
+                                "status": member.status, "problems": member.message or ""})
+        elif member.status != "completed" and member.message:
+            row = next(r for r in result.rows if r["run"] == member.run_dir.name)
+            row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
+    return result
+
+
+# ---------------------------------------------------------------- gradient check
+def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entries: int = 200,
+              rtol: float = 1e-5) -> list[gradcheck_module.TensorCheck]:
+    """Backprop against central differences (float64) for every parameter tensor of the config's own
+    model on a batch of its own training data (dropout on, with one fixed mask) — or, for an
+    objective config, the objective's gradient at its starting point.
+
+    Tensors with more than `max_entries` entries are checked on a seeded random subset plus one
+    random direction.
+    """
+    rng = np.random.default_rng(config.seed)
+    if isinstance(config, ObjectiveConfig):
+        objective = build.build_objective(config.objective)
+        w = np.array(config.objective.start, dtype=np.float64)
+        return gradcheck_module.check_gradients(lambda: objective.value(w), {"w": w}, {"w": objective.gradient(w)},
+                                                eps=eps, rtol=rtol, rng=rng)
+    rngs = build.Rngs.from_seed(config.seed)
+    prepared = build.prepare_data(config, rngs)
+    model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), prepared.x_train.shape[1],
+                              build.output_width(config, prepared), rngs.init)
+    pick = rng.choice(len(prepared.x_train), size=min(samples, len(prepared.x_train)), replace=False)
+    x = prepared.x_train[pick].astype(np.float64)
+    y = prepared.y_train[pick]
+    y = y.astype(np.float64) if y.dtype.kind == "f" else y
+    return gradcheck_module.check_model(model, build.build_loss(config.loss), x, y, eps=eps, rtol=rtol,
+                                        max_entries=max_entries, rng=rng, training=True, seed=config.seed)
+
+
+# ---------------------------------------------------------------- landscape
+def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "init-to-final",
+              span: tuple[float, float] | None = None, points: int = 51, split: str = "train",
+              samples: int | None = None, seed: int = 0, out: Path | str | None = None):
+    """The loss along a line through weight space (see sgdcli.landscape); writes OUT.csv and OUT.png
+    (default ./landscape-<run>-<direction>) and returns (the Landscape, csv path, png path)."""
+    result = landscape_module.compute(run, checkpoint=checkpoint, direction=direction, span=span, points=points,
+                                      split=split, samples=samples, seed=seed)
+    prefix = out if out is not None else landscape_module.default_prefix(run, direction)
+    csv_path, png_path = landscape_module.write(result, prefix)
+    return result, csv_path, png_path
 
 
 # ---------------------------------------------------------------- loading and prediction
@@ -144,7 +215,8 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
 
 
 # ---------------------------------------------------------------- comparison
-X_AXES = {"epoch": "epoch", "step": "updates", "updates": "updates", "samples": "samples", "seconds": "seconds"}
+X_AXES = {"epoch": "epoch", "step": "updates", "updates": "updates", "samples": "samples",
+          "forward_passes": "forward_passes", "seconds": "seconds"}
 IGNORED_KEYS = {"name"}
 
 
@@ -156,16 +228,19 @@ class Comparison:
     plot: Path | None
 
 
-def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png") -> Comparison:
-    """One row per run (the config values that differ, losses, accuracy, effort) and one overlay plot."""
+def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",
+            keys: Sequence[str] = ()) -> Comparison:
+    """One row per run (the config values that differ, and `keys`; losses, accuracy, effort) and one
+    overlay plot."""
     if x not in X_AXES:
         raise ConfigError(f"--x: expected one of {', '.join(X_AXES)}, received {x!r}")
     if not paths:
         raise ConfigError("expected at least one run directory")
     records = [runs.read_run(Path(p)) for p in paths]
     flat = [flatten(r.config) if r.config else {} for r in records]
-    keys = sorted({k for f in flat for k in f} - IGNORED_KEYS)
-    differing = [k for k in keys if len({repr(f.get(k)) for f in flat if f}) > 1] if len(records) > 1 else []
+    all_keys = sorted({k for f in flat for k in f} - IGNORED_KEYS)
+    differing = [k for k in all_keys if len({repr(f.get(k)) for f in flat if f}) > 1] if len(records) > 1 else []
+    differing = list(dict.fromkeys([*keys, *differing]))
     rows = [_compare_row(r, f, differing) for r, f in zip(records, flat)]
     plot_path = None
     if plot is not None:
@@ -191,6 +266,7 @@ def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[s
         "epochs": int(last["epoch"]) if last else 0,
         "updates": int(last["updates"]) if last else 0,
         "samples": int(last["samples"]) if last else 0,
+        "forward_passes": int(last["forward_passes"]) if last.get("forward_passes") is not None else None,
         "seconds": last.get("seconds"),
         "final_train_loss": last.get(train_col),
         "best_train_loss": best(train_col, min),

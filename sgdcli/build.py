@@ -11,7 +11,8 @@ import numpy as np
 from sgdcli import config as cfg
 from sgdcli import data as datasets
 from sgdcli import idx
-from sgdcli.engine import activations, init, layers, losses, optimizers, schedules
+from sgdcli.engine import activations, init, layers, losses, objectives, optimizers, schedules
+from sgdcli.engine.search import CoordinateSearch
 from sgdcli.engine.model import Sequential
 from sgdcli.errors import ConfigError, DataError
 
@@ -46,6 +47,12 @@ OPTIMIZERS = {
         beta1=c.beta1, beta2=c.beta2, epsilon=c.epsilon, weight_decay=c.weight_decay),
     cfg.AdamwConfig: lambda c: optimizers.AdamW(
         beta1=c.beta1, beta2=c.beta2, epsilon=c.epsilon, weight_decay=c.weight_decay),
+    cfg.PerturbConfig: lambda c: CoordinateSearch(),
+}
+OBJECTIVES = {
+    cfg.DoubleWellConfig: lambda c: objectives.DoubleWell(),
+    cfg.ValleyConfig: lambda c: objectives.Valley(c.condition),
+    cfg.RosenbrockConfig: lambda c: objectives.Rosenbrock(),
 }
 
 
@@ -216,8 +223,12 @@ def build_loss(loss: cfg.LossConfig) -> losses.Loss:
     return LOSSES[type(loss)](loss)
 
 
-def build_optimizer(optimizer: cfg.OptimizerConfig) -> optimizers.Optimizer:
+def build_optimizer(optimizer: cfg.OptimizerConfig) -> optimizers.Optimizer | CoordinateSearch:
     return OPTIMIZERS[type(optimizer)](optimizer)
+
+
+def build_objective(spec: cfg.ObjectiveSpec) -> objectives.Objective:
+    return OBJECTIVES[type(spec)](spec)
 
 
 def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:
@@ -235,7 +246,7 @@ def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:
 
 def build_schedule(optimizer: cfg.OptimizerConfig, updates_per_epoch: int, epochs: int) -> schedules.Schedule:
     """Epoch-based schedule settings become update counts here."""
-    spec, lr, per_epoch = optimizer.schedule, optimizer.learning_rate, updates_per_epoch
+    spec, lr, per_epoch = optimizer.schedule, optimizer.step_size, updates_per_epoch
     if isinstance(spec, cfg.StepDecayConfig):
         schedule: schedules.Schedule = schedules.StepDecay(lr, max(1, round(spec.every_epochs * per_epoch)), spec.factor)
     elif isinstance(spec, cfg.ExponentialConfig):

@@ -6,7 +6,7 @@ import functools
 import signal
 from enum import Enum
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import typer
 
@@ -55,6 +55,7 @@ class XAxis(str, Enum):
     step = "step"
     updates = "updates"
     samples = "samples"
+    forward_passes = "forward_passes"
     seconds = "seconds"
 
 
@@ -78,6 +79,11 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue this run from its newest valid checkpoint, exactly where it "
                                                "stopped. A CONFIG or --set may only raise training.epochs."),
+    sweep: List[str] = typer.Option([], "--sweep", metavar="KEY=V1,V2,...",
+                                    help="Train every combination of the listed values (repeatable), each a normal "
+                                         "run named after its values, then print their comparison."),
+    jobs: int = typer.Option(1, "--jobs", help="Sweep members trained at the same time (separate processes)."),
+    plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
     from sgdcli import api, render
@@ -86,8 +92,16 @@ def train(
 
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
-    if resume is not None and name is not None:
-        raise UsageError("--name cannot rename a run being resumed")
+    if resume is not None and (name is not None or sweep):
+        raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
+    if sweep:
+        with graceful_stop() as stop:
+            result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
+                               on_done=render.sweep_member, should_stop=stop)
+        render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
+        if stop():
+            raise typer.Exit(INTERRUPTED)
+        return
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
@@ -147,6 +161,56 @@ def validate(
     from sgdcli.yamlio import dump_yaml
 
     render.plain(dump_yaml(api.load_config(config, set_).to_dict()))
+
+
+@app.command()
+@_boundary
+def gradcheck(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
+    samples: int = typer.Option(16, "--samples", min=1, help="Training samples in the checked batch."),
+    eps: float = typer.Option(1e-6, "--eps", min=1e-12, max=1e-1, help="Finite-difference step."),
+    max_entries: int = typer.Option(200, "--max-entries", min=1,
+                                    help="Larger tensors: this many random entries plus a random direction."),
+) -> None:
+    """Compare backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
+    for every parameter tensor of the config's model on a batch of its own data. Exit 1 on failure."""
+    from sgdcli import api, render
+
+    checks = api.gradcheck(api.load_config(config, set_), samples=samples, eps=eps, max_entries=max_entries)
+    render.gradient_checks(checks)
+    if not all(check.passed for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_boundary
+def landscape(
+    run: Path = typer.Argument(..., help="A run directory (or a checkpoint file)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best (default), last, initial, epoch-NNNN or a path."),
+    direction: str = typer.Option("init-to-final", "--direction",
+                                  help="init-to-final, gradient, random, or one coefficient such as 0.weight[3,5]."),
+    span: Optional[Tuple[float, float]] = typer.Option(None, "--span", help="From and to, in steps along the direction."),
+    points: int = typer.Option(51, "--points", help="Resolution: points along the line."),
+    split: Split = typer.Option(Split.train, "--split", help="Which data the loss is measured on."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
+) -> None:
+    """Loss along a line through weight space: initial to final weights, the negative gradient, a random
+    direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""
+    from sgdcli import api, render
+
+    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
+    render.landscape(result, csv_path, png_path)
+
+
+@app.command()
+def optimizers() -> None:
+    """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
+    from sgdcli import reference, render
+
+    render.optimizer_reference(reference.optimizers(), reference.WEIGHT_DECAY, reference.EFFECTIVE_STEP)
 
 
 def main() -> None:

@@ -224,6 +224,10 @@ class OptimizerBase(Section):
     clip_norm: PositiveFloat | None = Field(None, description="clip gradients to this global L2 norm")
     schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
 
+    @property
+    def step_size(self) -> float:
+        return self.learning_rate
+
 
 class SgdConfig(OptimizerBase):
     type: Literal["sgd"]
@@ -262,9 +266,22 @@ class AdamwConfig(AdamConfig):
     weight_decay: float = Field(0.01, ge=0, description="decoupled decay: w -= learning_rate * weight_decay * w")
 
 
+class PerturbConfig(Section):
+    """The slow way, without gradients: nudge one coefficient at a time by ±delta, keep what helps."""
+
+    type: Literal["perturb"]
+    delta: PositiveFloat = Field(description="how far each coefficient is nudged up and down")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
+
+    @property
+    def step_size(self) -> float:
+        return self.delta
+
+
 OptimizerConfig = Annotated[
-    Union[SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, AdamwConfig], Field(discriminator="type")
+    Union[SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, AdamwConfig, PerturbConfig], Field(discriminator="type")
 ]
+GRADIENT_OPTIMIZERS = (SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, AdamwConfig)
 
 
 # ---------------------------------------------------------------- training
@@ -301,12 +318,59 @@ class ExperimentConfig(Section):
         return self.model_dump(mode="json")
 
 
+# ---------------------------------------------------------------- objectives
+class DoubleWellConfig(Section):
+    """f(w) = w^4 - 4 w^2 + w: a local minimum near w = 1.35 and the global one near w = -1.47."""
+
+    type: Literal["double_well"]
+    start: list[float] = Field(min_length=1, max_length=1, description="the starting parameter [w]")
+
+
+class ValleyConfig(Section):
+    """f(x, y) = (x^2 + condition * y^2) / 2: a narrow valley, ill-conditioned for large `condition`."""
+
+    type: Literal["valley"]
+    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+    condition: float = Field(50.0, ge=1, le=1e6, description="curvature ratio across / along the valley")
+
+
+class RosenbrockConfig(Section):
+    """f(x, y) = (1 - x)^2 + 100 (y - x^2)^2: a curved valley with its minimum at (1, 1)."""
+
+    type: Literal["rosenbrock"]
+    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+
+
+ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig], Field(discriminator="type")]
+
+
+class StepsConfig(Section):
+    steps: int = Field(ge=1, le=1_000_000, description="how many updates to take")
+
+
+class ObjectiveConfig(Section):
+    """A built-in function of a few parameters replaces data, model and loss: watch the path."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    objective: ObjectiveSpec
+    optimizer: OptimizerConfig
+    training: StepsConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+AnyConfig = Union[ExperimentConfig, ObjectiveConfig]
+
+
 # ---------------------------------------------------------------- loading
 def load_config(
     source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), base_dir: Path | None = None
-) -> ExperimentConfig:
+) -> AnyConfig:
     """Load a config from a YAML file or a dict, apply `KEY=VALUE` overrides, validate.
 
+    A config with an `objective:` section is an ObjectiveConfig (no data, model or loss).
     Relative data paths resolve against the config file's folder (or `base_dir`, default the
     current directory, for a dict).
     """
@@ -323,10 +387,11 @@ def load_config(
         raise ConfigError(f"expected a mapping of config keys at the top level, received {_kind(raw)}", source=where)
     for item in overrides:
         apply_override(raw, item)
+    schema = ObjectiveConfig if "objective" in raw else ExperimentConfig
     try:
-        return ExperimentConfig.model_validate(raw, context={"base_dir": base})
+        return schema.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as exc:
-        raise ConfigError(format_validation_error(exc), source=where) from None
+        raise ConfigError(format_validation_error(exc, schema), source=where) from None
 
 
 def _deep_copy(value: Any) -> Any:
@@ -374,11 +439,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             node = node[index]
 
 
-def format_validation_error(exc: pydantic.ValidationError) -> str:
+def format_validation_error(exc: pydantic.ValidationError, schema: type[BaseModel]) -> str:
     """One line per problem: dotted path, what was expected, what was received."""
     lines = []
     for error in exc.errors():
-        path, owner = _walk(error["loc"])
+        path, owner = _walk(error["loc"], schema)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             key = str((error.get("ctx") or {}).get("discriminator", "type")).strip("'")
             path = f"{path}.{key}" if path else key
@@ -386,13 +451,13 @@ def format_validation_error(exc: pydantic.ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _walk(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+def _walk(loc: tuple, schema: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
     """Follow pydantic's loc (which includes union tags) through the schema.
 
     Returns the dotted path without the tags, and the model class owning the last key.
     """
     parts: list[str] = []
-    current: Any = ExperimentConfig
+    current: Any = schema
     owner: type[BaseModel] | None = None
     for element in loc:
         current = _unwrap(current)

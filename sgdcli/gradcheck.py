@@ -165,12 +165,17 @@ def check_gradients(
     A tensor with more than ``max_entries`` entries is checked on a random subset of that
     many entries (drawn from ``rng``, seeded 0 when None) plus one random-direction
     directional derivative, reported as an extra check named "<name> (random direction)".
+    ``atol`` is raised to the rounding noise of the differences, 100 * |f| * eps_machine / eps.
     """
     if not rtol > 0:
         raise ValueError(f"rtol must be positive, got {rtol}")
     if max_entries is not None and max_entries < 1:
         raise ValueError(f"max_entries must be a positive integer, got {max_entries}")
     rng = np.random.default_rng(0) if rng is None else rng
+    # A central difference cannot resolve better than rounding in f itself allows: about
+    # |f| * machine epsilon / eps. A loss in the thousands (regression on raw targets) would
+    # otherwise fail tiny gradient entries on rounding noise alone.
+    atol = max(atol, 100 * abs(float(f())) * np.finfo(np.float64).eps / eps)
     checks = []
     for name, array in arrays.items():
         _require_float64(name, array)

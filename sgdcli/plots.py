@@ -1,4 +1,4 @@
-"""PNG loss curves (matplotlib is imported only when a plot is drawn)."""
+"""PNG plots: loss curves and optimizer paths (matplotlib is imported only when a plot is drawn)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from sgdcli.fileio import atomic_write
 
 AXIS_LABELS = {"epoch": "epoch", "step": "updates (optimizer steps)", "updates": "updates (optimizer steps)",
-               "samples": "samples seen", "seconds": "training seconds"}
+               "samples": "samples seen", "forward_passes": "forward passes", "seconds": "training seconds"}
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,57 @@ def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
 def _spread(curves: list[Curve]) -> float:
     values = [v for c in curves for v in c.train + c.val if v is not None and v > 0]
     return max(values) / min(values) if values else 1.0
+
+
+def objective_path(objective, path: np.ndarray, losses: np.ndarray, title: str, out: Path) -> Path:
+    """The parameters' path drawn over the function: a curve in 1-D, a contour map in 2-D."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=110)
+    try:
+        window = [_window(low, high, path[:, d]) for d, (low, high) in enumerate(objective.view)]
+        shown = np.all([(path[:, d] >= window[d][0]) & (path[:, d] <= window[d][1]) for d in range(path.shape[1])],
+                       axis=0)
+        if path.shape[1] == 1:
+            xs = np.linspace(*window[0], 400)
+            axes.plot(xs, [objective.value(np.array([x])) for x in xs], color="0.4", label="f(w)")
+            axes.plot(path[shown, 0], losses[shown], "-o", color="C1", markersize=3, linewidth=0.8, label="path")
+            axes.set_xlabel("w")
+            axes.set_ylabel("f(w)")
+        else:
+            xs, ys = np.linspace(*window[0], 300), np.linspace(*window[1], 300)
+            grid = np.array([[objective.value(np.array([x, y])) for x in xs] for y in ys])
+            lowest = min(grid.min(), min(objective.value(np.array(m)) for m in objective.minima))
+            axes.contour(xs, ys, np.log1p(grid - lowest), levels=25, cmap="viridis", linewidths=0.7)
+            axes.plot(path[shown, 0], path[shown, 1], "-o", color="C1", markersize=2.5, linewidth=0.8, label="path")
+            axes.set_xlabel("x")
+            axes.set_ylabel("y")
+        start, end = path[0], path[shown][-1] if shown.any() else path[0]
+        first = (start[0], losses[0]) if path.shape[1] == 1 else tuple(start)
+        last = (end[0], objective.value(end)) if path.shape[1] == 1 else tuple(end)
+        axes.plot(*first, "s", color="C3", markersize=7, label="start")
+        axes.plot(*last, "*", color="C2", markersize=12, label=f"end (step {len(path) - 1})")
+        hidden = int((~shown).sum())
+        axes.set_title(title + (f"\n({hidden} points off the chart)" if hidden else ""), fontsize=9)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8, loc="best")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    atomic_write(out, buffer.getvalue())
+    return out
+
+
+def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
+    """The plotting range: the function's own window, widened for a path that leaves it (within reason)."""
+    width = high - low
+    near = values[(values > low - 2 * width) & (values < high + 2 * width)]
+    if len(near):
+        low, high = min(low, near.min()), max(high, near.max())
+    pad = 0.03 * (high - low)
+    return low - pad, high + pad

@@ -121,6 +121,13 @@ def training_summary(summary: dict[str, Any], run_dir: str) -> None:
     plain(run_dir)
 
 
+def sweep_member(member) -> None:
+    """One line as each member of a sweep finishes."""
+    colour = {"completed": "green", "diverged": "yellow", "interrupted": "yellow"}.get(member.status, "red")
+    where = member.run_dir or member.message or ""
+    err.print(f"[{colour}]{member.status:>11}[/] {member.name}  {where}", highlight=False)
+
+
 # ---------------------------------------------------------------- evaluation
 def evaluation(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
@@ -153,13 +160,12 @@ def evaluation(report: dict[str, Any], as_json: bool) -> None:
 
 # ---------------------------------------------------------------- comparison
 def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot: str | None) -> None:
-    columns = list(rows[0]) if rows else []
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     if not any(row.get("problems") for row in rows):
         columns = [c for c in columns if c != "problems"]
     if fmt == "json":
         plain(json.dumps({"differing": differing, "runs": rows, "plot": plot}))
         return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -169,19 +175,59 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
         return
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
         plain("\n".join(lines))
     else:
+        # The terminal table keeps the columns a reader compares; problems go below it.
+        shown = [c for c in columns if c not in ("problems", "best_train_loss")]
         table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
-        for column in columns:
-            table.add_column(column.replace("_", " ") if column not in differing else column, justify="left" if column in ("run", "status", "problems") or column in differing
-                             else "right", overflow="fold")
-        for row in cells:
-            table.add_row(*row)
+        for column in shown:
+            table.add_column(column if column in differing else column.replace("_", " "),
+                             justify="left" if column in ("run", "status") or column in differing else "right")
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in shown))
         out.print(table)
+        for row in rows:
+            if row.get("problems"):
+                err.print(f"[yellow]{row['run']}:[/] {row['problems']}")
     if plot:
         err.print(f"plot: {plot}")
 
 
 def _cell(value: Any) -> str:
     return _num(value) if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+# ---------------------------------------------------------------- diagnostics
+def gradient_checks(checks) -> None:
+    table = Table(title="gradient check: backprop vs central differences (float64)")
+    for column in ("tensor", "checked", "max abs error", "max rel error", "worst index", "backprop", "numeric", ""):
+        table.add_column(column, justify="left" if column in ("tensor", "worst index", "") else "right")
+    for check in checks:
+        table.add_row(check.name, str(check.checked), f"{check.max_abs_error:.2e}", f"{check.max_rel_error:.2e}",
+                      str(check.worst_index), f"{check.analytic:.8g}", f"{check.numeric:.8g}",
+                      "[green]pass[/]" if check.passed else "[bold red]FAIL[/]")
+    out.print(table)
+    failed = [check.name for check in checks if not check.passed]
+    if failed:
+        error(f"the gradient of {', '.join(failed)} does not match its finite differences")
+    else:
+        out.print(f"all {len(checks)} checks passed")
+
+
+def optimizer_reference(entries, weight_decay: str, effective_step: str) -> None:
+    for entry in entries:
+        defaults = ", ".join(f"{k}={v}" for k, v in entry.defaults.items())
+        out.print(f"[bold]{entry.type}[/]  ({defaults})")
+        out.print(entry.rule, markup=False, highlight=False)
+        out.print(f"[dim]{entry.conventions}[/]\n")
+    out.print(weight_decay)
+    out.print(effective_step)
+
+
+def landscape(result, csv_path, png_path) -> None:
+    lowest = int(result.losses.argmin())
+    out.print(f"loss along {result.direction} ({result.x_label}) at {result.checkpoint}, on {result.data}", markup=False)
+    out.print(f"at the checkpoint: loss {result.origin_loss:.6g}, slope {result.slope:.6g}; "
+              f"lowest {float(result.losses[lowest]):.6g} at {result.x[lowest]:.4g}", markup=False)
+    err.print(f"wrote {csv_path} and {png_path}")

@@ -28,7 +28,8 @@ BEST = "best.safetensors"
 LOCK = "run.lock"
 
 # metrics.csv columns; `seconds` is the only wall-clock column.
-BASE_COLUMNS = ["epoch", "updates", "samples", "seconds", "learning_rate", "train_loss", "train_loss_full", "val_loss"]
+BASE_COLUMNS = ["epoch", "updates", "samples", "forward_passes", "seconds", "learning_rate", "train_loss",
+                "train_loss_full", "val_loss"]
 ACCURACY_COLUMNS = ["train_accuracy", "val_accuracy"]
 WALL_CLOCK_COLUMNS = {"seconds"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sgdcli import build, checkpoint, plots, runs
-from sgdcli.config import ExperimentConfig, flatten, load_config
+from sgdcli.config import GRADIENT_OPTIMIZERS, ExperimentConfig, flatten, load_config
 from sgdcli.engine.model import ParameterMismatch
 from sgdcli.errors import CheckpointError, ConfigError, DiskError, DivergenceError, RunDirError, SgdcliError
 from sgdcli.metrics import loss_and_accuracy
@@ -51,7 +51,7 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
         y=prepared.y_train,
         batch_size=batch_size,
         shuffle=config.training.shuffle,
-        clip_norm=config.optimizer.clip_norm,
+        clip_norm=config.optimizer.clip_norm if isinstance(config.optimizer, GRADIENT_OPTIMIZERS) else None,
     )
     return prepared, problem, rngs
 
@@ -215,7 +215,7 @@ class Session:
         p, prepared = self.problem, self.prepared
         row: dict[str, Any] = {
             "epoch": result.epoch, "updates": self.position.updates, "samples": self.position.samples,
-            "seconds": round(self.train_seconds, 4), "learning_rate": result.learning_rate,
+            "forward_passes": self.position.forward_passes, "seconds": round(self.train_seconds, 4), "learning_rate": result.learning_rate,
             "train_loss": result.train_loss,
         }
         if self.config.training.eval_train:

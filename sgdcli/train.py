@@ -12,6 +12,7 @@ from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
 from sgdcli.engine.schedules import Schedule
+from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import DivergenceError
 
 
@@ -21,8 +22,8 @@ class Problem:
 
     model: Sequential
     loss: Loss
-    optimizer: Optimizer
-    schedule: Schedule
+    optimizer: Optimizer | CoordinateSearch
+    schedule: Schedule  # the step size (for CoordinateSearch: delta) at each update
     x: np.ndarray
     y: np.ndarray
     batch_size: int
@@ -43,6 +44,7 @@ class Position:
     batch: int = 0  # completed batches of the current epoch
     updates: int = 0
     samples: int = 0
+    forward_passes: int = 0  # what an update costs differs by method: this counts the work
     loss_sum: float = 0.0  # sum of batch loss x batch size so far in the current epoch
     epoch_rng: dict | None = None  # mid-epoch: the shuffle state the epoch's order was drawn from
 
@@ -94,15 +96,23 @@ def train_epochs(
             else:
                 index = order[start : start + size]
                 xb, yb = x[index], y[index]
-            outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
-            value, dout = problem.loss.value_and_grad(outputs, yb)
-            if not math.isfinite(value):
-                raise _diverged(position, f"the loss is {value}")
-            grads = model.backward(dout, caches)
-            _check_gradients(grads, position)
-            if problem.clip_norm is not None:
-                clip_by_global_norm(grads, problem.clip_norm)
-            problem.optimizer.step(params, grads, problem.schedule(position.updates))
+            if isinstance(problem.optimizer, CoordinateSearch):
+                value, passes = problem.optimizer.step(
+                    params, lambda: problem.loss.value(model.predict(xb), yb), problem.schedule(position.updates))
+                if not math.isfinite(value):
+                    raise _diverged(position, f"the loss is {value}")
+                position.forward_passes += passes
+            else:
+                outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
+                value, dout = problem.loss.value_and_grad(outputs, yb)
+                if not math.isfinite(value):
+                    raise _diverged(position, f"the loss is {value}")
+                grads = model.backward(dout, caches)
+                _check_gradients(grads, position)
+                if problem.clip_norm is not None:
+                    clip_by_global_norm(grads, problem.clip_norm)
+                problem.optimizer.step(params, grads, problem.schedule(position.updates))
+                position.forward_passes += 1
             position.updates += 1
             position.samples += len(xb)
             position.batch += 1

@@ -68,7 +68,8 @@ def all_config_keys(model=config.ExperimentConfig, prefix="") -> set[str]:
 
 def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
-    keys = all_config_keys()
-    assert {"optimizer.learning_rate", "model.layers.N.units", "training.batch.mode", "data.path"} <= keys
+    keys = all_config_keys() | all_config_keys(config.ObjectiveConfig)
+    assert {"optimizer.learning_rate", "model.layers.N.units", "training.batch.mode", "data.path",
+            "objective.start", "training.steps"} <= keys
     missing = sorted(k for k in keys if f"`{k}`" not in readme)  # each key in backticks, e.g. `data.path`
     assert not missing, f"README's config table lacks: {missing}"

@@ -12,7 +12,8 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     z >= 0: 1 / (1 + e),  z < 0: e / (1 + e),  with e = exp(-|z|).
     """
     e = np.exp(-np.abs(z))
-    numerator = np.where(z >= 0, 1, e)
+    # The numerator: 1 where z >= 0, else e (as e <= 1, this max is it; np.where is far slower).
+    numerator = np.maximum(e, z >= 0)
     e += 1
     numerator /= e
     return numerator
@@ -24,10 +25,18 @@ class Activation:
     ``backward`` receives dL/da (``dout``), the pre-activation ``z`` and the output ``a``
     of the matching forward call and returns dL/dz as a new array; it never writes into
     ``dout``. Activations hold hyperparameters only, so one instance can be shared.
+
+    ``forward_in_place(z)`` is for a caller that no longer needs z (a Dense layer): an
+    activation whose backward reads only ``a`` computes a in z's own buffer, so the layer
+    keeps one activation-sized array instead of two. By default it is ``forward(z)``.
     """
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def forward_in_place(self, z: np.ndarray) -> np.ndarray:
+        """``forward(z)``, possibly overwriting z; only for activations whose backward never reads z."""
+        return self.forward(z)
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -43,26 +52,38 @@ class Activation:
 
 
 class ReLU(Activation):
-    """a = max(z, 0);  dz = dout * [z > 0]  (subgradient 0 at z = 0)."""
+    """a = max(z, 0);  dz = dout * [a > 0]  (= [z > 0]; subgradient 0 at z = 0).
+
+    Backward reads only a, so ``forward_in_place`` reuses z's buffer. (A multiply by the mask,
+    not np.where, which is ~10x slower on a random mask.)
+    """
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         return np.maximum(z, 0)
 
+    def forward_in_place(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0, out=z)
+
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return np.where(z > 0, dout, 0)
+        return np.multiply(dout, a > 0)
 
 
 class LeakyReLU(Activation):
     """a = z if z > 0 else negative_slope * z;  dz = dout * (1 if z > 0 else negative_slope)."""
 
     def __init__(self, negative_slope: float = 0.01) -> None:
+        if not 0 <= negative_slope <= 1:
+            raise ValueError(f"negative_slope must be in [0, 1], got {negative_slope}")
         self.negative_slope = float(negative_slope)
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        return np.where(z > 0, z, z * self.negative_slope)
+        # With 0 <= negative_slope <= 1 this max is the formula (np.where is ~10x slower).
+        return np.maximum(z, np.multiply(z, self.negative_slope))
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return np.where(z > 0, dout, dout * self.negative_slope)
+        dz = np.multiply(dout, z > 0)
+        dz += np.multiply(dout, self.negative_slope) * (z <= 0)
+        return dz
 
     def __repr__(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope})"
@@ -73,6 +94,10 @@ class Sigmoid(Activation):
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         return sigmoid(z)
+
+    def forward_in_place(self, z: np.ndarray) -> np.ndarray:
+        z[...] = sigmoid(z)
+        return z
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         dz = np.subtract(1, a)
@@ -86,6 +111,9 @@ class Tanh(Activation):
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         return np.tanh(z)
+
+    def forward_in_place(self, z: np.ndarray) -> np.ndarray:
+        return np.tanh(z, out=z)
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         dz = np.square(a)

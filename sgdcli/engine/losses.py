@@ -206,13 +206,12 @@ class CrossEntropy(Loss):
             rows = np.arange(n)
             picked = shifted[rows, target]
             grad = np.exp(shifted, out=shifted)
-            sums = grad.sum(axis=1)
-            grad /= sums[:, None]  # softmax
-            grad[rows, target] -= 1
-            grad *= 1.0 / n
-            lse = np.log(sums, out=sums)
-            lse -= picked
-            return float(np.mean(lse)), grad
+            sums = grad.sum(axis=1, keepdims=True)
+            value = (float(np.log(sums).sum()) - float(picked.sum())) / n
+            # softmax / N in one pass over (N, C): exp(s) * (1 / (N * sum_c exp(s))), then - onehot / N
+            grad *= np.reciprocal(sums * n, out=sums)
+            grad[rows, target] -= 1.0 / n
+            return value, grad
         lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         shifted -= lse  # log-probabilities
         value = -float(np.sum(shifted * target)) / n

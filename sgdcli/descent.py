@@ -1,0 +1,96 @@
+"""Runs of a built-in objective: the parameters' path under an optimizer, drawn over the function."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgdcli import build, plots, runs
+from sgdcli.config import ObjectiveConfig
+from sgdcli.engine.search import CoordinateSearch
+from sgdcli.session import TrainResult
+
+PATH_PLOT = "path.png"
+
+
+def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Take `training.steps` updates from `objective.start`; metrics.csv holds the path (w0, w1, ...)."""
+    objective = build.build_objective(config.objective)
+    optimizer = build.build_optimizer(config.optimizer)
+    schedule = build.build_schedule(config.optimizer, 1, config.training.steps)  # an "epoch" is one step here
+    w = np.array(config.objective.start, dtype=np.float64)
+    params = {"w": w}
+    run_dir = runs.create_run_dir(Path(runs_dir), config.name)
+    lock = runs.lock_run(run_dir)
+    try:
+        runs.write_config(run_dir, config.to_dict())
+        columns = ["epoch", "updates", "samples", "forward_passes", "seconds", "learning_rate", "train_loss"]
+        columns += [f"w{i}" for i in range(len(w))]
+        writer = runs.MetricsWriter(run_dir / runs.METRICS, columns)
+        status, message, passes = "completed", None, 0
+        started = time.perf_counter()
+        path, losses = [w.copy()], [objective.value(w)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for step in range(1, config.training.steps + 1):
+                value, learning_rate = objective.value(w), schedule(step - 1)
+                if isinstance(optimizer, CoordinateSearch):
+                    _, used = optimizer.step(params, lambda: objective.value(w), learning_rate)
+                    passes += used
+                else:
+                    grad = objective.gradient(w)
+                    if not (math.isfinite(value) and np.isfinite(grad).all()):
+                        status = "diverged"
+                        break
+                    optimizer.step(params, {"w": grad}, learning_rate)
+                    passes += 1
+                new_value = objective.value(w)
+                if not (math.isfinite(new_value) and np.isfinite(w).all()):
+                    status = "diverged"
+                    break
+                path.append(w.copy())
+                losses.append(new_value)
+                writer.write({"epoch": step, "updates": step, "samples": 0, "forward_passes": passes,
+                              "seconds": round(time.perf_counter() - started, 6), "learning_rate": learning_rate,
+                              "train_loss": new_value, **{f"w{i}": float(v) for i, v in enumerate(w)}})
+                if should_stop is not None and should_stop():
+                    status = "interrupted"
+                    break
+        writer.close()
+        if status == "diverged":
+            message = (f"diverged at step {len(path)}: the step would leave the finite numbers. "
+                       "Try a smaller optimizer.learning_rate.")
+        summary = _summary(config, status, message, path, losses, time.perf_counter() - started)
+        runs.write_summary(run_dir, summary)
+        plots.objective_path(objective, np.array(path), np.array(losses), f"{config.name}: {config.objective.type}, "
+                             f"{_describe(config)}", run_dir / PATH_PLOT)
+        rows = runs.read_metrics(run_dir / runs.METRICS)
+        if rows:
+            plots.loss_curves([plots.Curve.from_rows(run_dir.name, rows, "epoch")], "step", run_dir / runs.LOSS_PLOT)
+    finally:
+        lock.close()
+    return TrainResult(run_dir, status, summary, message)
+
+
+def _describe(config: ObjectiveConfig) -> str:
+    optimizer = config.optimizer.model_dump(exclude={"schedule"})
+    return ", ".join(f"{k} {v}" for k, v in optimizer.items() if v not in (None, False, 0.0) or k == "type")
+
+
+def _summary(config: ObjectiveConfig, status: str, message: str | None, path: list[np.ndarray],
+             losses: list[float], wall: float) -> dict[str, Any]:
+    best = int(np.argmin(losses))
+    steps = len(path) - 1
+    return {
+        "name": config.name, "status": status, "message": message, "objective": config.objective.type,
+        "epochs": steps, "updates": steps, "start": [float(v) for v in path[0]],
+        "final_params": [float(v) for v in path[-1]], "final_loss": losses[-1],
+        "best_params": [float(v) for v in path[best]], "best_loss": losses[best], "best_epoch": best,
+        "final": {"train_loss": losses[-1]}, "best": {"train_loss": losses[best]},
+        "wall_seconds": round(wall, 4), "seconds_per_epoch": round(wall / steps, 6) if steps else None,
+        "versions": runs.versions(),
+    }

@@ -1,0 +1,105 @@
+"""Sweeps: every combination of listed values, each a normal `sgdcli train` run in its own process."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from sgdcli.errors import UsageError
+
+STATUS_BY_EXIT = {0: "completed", 5: "diverged", 130: "interrupted", 143: "interrupted"}
+
+
+@dataclass
+class Member:
+    """One combination of the sweep and what became of it."""
+
+    name: str
+    overrides: list[str]  # the combination as --set KEY=VALUE arguments
+    run_dir: Path | None = None
+    status: str = "pending"
+    message: str | None = None
+
+
+def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
+    """['training.batch.mode=sgd,full', ...] -> [('training.batch.mode', ['sgd', 'full']), ...]."""
+    parsed = []
+    for item in sweeps:
+        key, sep, values = item.partition("=")
+        choices = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or any(not v for v in choices):
+            raise UsageError(f"--sweep expects KEY=V1,V2,... such as training.batch.mode=sgd,full, received {item!r}")
+        if key.strip() in (k for k, _ in parsed):
+            raise UsageError(f"--sweep names {key.strip()} twice; list all its values once")
+        parsed.append((key.strip(), choices))
+    return parsed
+
+
+def members(base_name: str, sweeps: list[tuple[str, list[str]]]) -> list[Member]:
+    """The Cartesian product, each named after its values: digits-mlp-mode-sgd-learning_rate-0.1."""
+    leaves = [key.rsplit(".", 1)[-1] for key, _ in sweeps]
+    labels = [leaf if leaves.count(leaf) == 1 else key for leaf, (key, _) in zip(leaves, sweeps)]
+    result = []
+    for combination in itertools.product(*(values for _, values in sweeps)):
+        parts = [f"{label}-{re.sub(r'[^A-Za-z0-9._-]', '_', value)}" for label, value in zip(labels, combination)]
+        name = "-".join([base_name, *parts])[:100]
+        result.append(Member(name, [f"{key}={value}" for (key, _), value in zip(sweeps, combination)]))
+    return result
+
+
+def run(config: Path, overrides: list[str], sweep_members: list[Member], runs_dir: Path, jobs: int,
+        on_done: Callable[[Member], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+    """Train every member (at most `jobs` at a time); a failed or diverged member is recorded, not fatal."""
+    if jobs < 1:
+        raise UsageError(f"--jobs expects a whole number of at least 1, received {jobs}")
+    waiting = list(sweep_members)
+    running: list[tuple[Member, subprocess.Popen, IO[str], IO[str]]] = []
+    while waiting or running:
+        while waiting and len(running) < jobs and not (should_stop and should_stop()):
+            member = waiting.pop(0)
+            command = [sys.executable, "-m", "sgdcli", "train", str(config), "--runs-dir", str(runs_dir),
+                       "--name", member.name]
+            for item in [*overrides, *member.overrides]:
+                command += ["--set", item]
+            # Output goes to files, not pipes: a chatty child can never block on a full pipe.
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
+            running.append((member, process, out, err))
+        if should_stop and should_stop():
+            for member in waiting:
+                member.status = "not started"
+            waiting.clear()
+        for entry in list(running):
+            member, process, out, err = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            out.seek(0)
+            err.seek(0)
+            _record(member, process.returncode, out.read(), err.read())
+            out.close()
+            err.close()
+            if on_done:
+                on_done(member)
+        time.sleep(0.05)
+
+
+def _record(member: Member, returncode: int, out: str, err: str) -> None:
+    lines = [line for line in out.splitlines() if line.strip()]
+    if lines and Path(lines[-1]).is_dir():
+        member.run_dir = Path(lines[-1])
+    member.status = STATUS_BY_EXIT.get(returncode, "failed")
+    errors = [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")]
+    warnings = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: ")]
+    if member.status == "failed":
+        member.message = errors[-1] if errors else f"exit status {returncode}"
+    elif member.status != "completed":
+        member.message = (warnings or errors or [None])[-1]

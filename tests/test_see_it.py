@@ -1,0 +1,179 @@
+"""Issue 6: gradcheck, the perturb optimizer, objective demos, sweeps and the optimizer reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sgdcli import api, checkpoint, config as cfg, reference
+from sgdcli.cli import app
+from sgdcli.engine import layers
+
+from conftest import REPO, tiny_config
+from test_idx import FASHION
+
+runner = CliRunner()
+SEE_IT = REPO / "configs" / "see-it"
+
+
+def run_demo(tmp_path: Path, name: str, *extra: str):
+    result = runner.invoke(app, ["train", str(SEE_IT / f"{name}.yaml"), "--runs-dir", str(tmp_path), *extra])
+    run_dir = next(tmp_path.glob(f"{name}-*"))
+    return result, run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- gradcheck
+GRADCHECK_CONFIGS = [p for p in sorted((REPO / "configs").rglob("*.yaml"))
+                     if "fashion" not in p.name and "mnist" not in p.name and p.parent.name != "fashion-batch-modes"]
+
+
+@pytest.mark.parametrize("path", GRADCHECK_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_gradcheck_passes_on_every_shipped_config(path):
+    result = runner.invoke(app, ["gradcheck", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.stdout
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST not installed")
+def test_gradcheck_passes_on_the_fashion_config():
+    checks = api.gradcheck(api.load_config(REPO / "configs" / "fashion-mlp.yaml"), samples=4, max_entries=50)
+    assert all(check.passed for check in checks)
+    assert any("random direction" in check.name for check in checks)  # the big tensors were sampled
+
+
+def test_gradcheck_catches_a_deliberately_broken_layer(monkeypatch):
+    correct = layers.Dense.backward
+
+    def off_by_a_tenth_of_a_percent(self, dout, cache, *, need_dx=True):
+        dx, grads = correct(self, dout, cache, need_dx=need_dx)
+        return dx, {**grads, "weight": grads["weight"] * 1.001}
+
+    monkeypatch.setattr(layers.Dense, "backward", off_by_a_tenth_of_a_percent)
+    result = runner.invoke(app, ["gradcheck", str(REPO / "configs" / "iris.yaml")])
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "0.weight" in result.stderr
+
+
+# ---------------------------------------------------------------- perturb
+def test_perturb_trains_xor_and_counts_its_forward_passes(tmp_path):
+    config = api.load_config(REPO / "configs" / "perturb-xor.yaml")
+    result = api.train(config, runs_dir=tmp_path)
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
+    parameters = 2 * 8 + 8 + 8 * 2 + 2
+    assert int(rows[-1]["forward_passes"]) == int(rows[-1]["updates"]) * (1 + 2 * parameters)
+    assert float(rows[-1]["train_loss_full"]) < 0.6 * float(rows[0]["train_loss_full"])
+    assert float(rows[-1]["val_accuracy"]) >= 0.85
+    gradient = api.train(api.load_config(REPO / "configs" / "xor-gradient.yaml"), runs_dir=tmp_path)
+    grad_rows = list(csv.DictReader((gradient.run_dir / "metrics.csv").open()))
+    assert int(grad_rows[-1]["forward_passes"]) == int(grad_rows[-1]["updates"])  # one per gradient step
+    result = runner.invoke(app, ["compare", str(result.run_dir), str(gradient.run_dir), "--x", "forward_passes",
+                                 "--plot", str(tmp_path / "c.png"), "--format", "json"])
+    assert result.exit_code == 0 and "optimizer.type" in json.loads(result.stdout)["differing"]
+
+
+def test_perturb_tries_both_directions_and_keeps_only_improvements():
+    from sgdcli.engine.search import CoordinateSearch
+
+    # f(w) = (w0 - 1)^2 + (w1 + 1)^2 from (0, 0), delta 0.5: w0 moves up, w1 moves down;
+    # a third coefficient already at its best stays.
+    w = np.array([0.0, 0.0, 2.0])
+    before, passes = CoordinateSearch().step({"w": w}, lambda: (w[0] - 1) ** 2 + (w[1] + 1) ** 2 + (w[2] - 2) ** 2,
+                                             0.5)
+    assert before == 2.0 and passes == 1 + 2 * 3
+    assert w.tolist() == [0.5, -0.5, 2.0]
+
+
+# ---------------------------------------------------------------- step size and momentum, reproducibly
+def test_small_step_stops_in_the_local_minimum(tmp_path):
+    result, _, summary = run_demo(tmp_path, "step-too-small")
+    assert result.exit_code == 0
+    assert summary["final_params"][0] == pytest.approx(1.3473, abs=1e-3)  # local, not global (-1.4734)
+
+
+def test_momentum_carries_past_the_local_minimum_to_the_global_one(tmp_path):
+    result, _, summary = run_demo(tmp_path, "momentum-escapes")
+    assert result.exit_code == 0
+    assert summary["final_params"][0] == pytest.approx(-1.4734, abs=1e-2)
+
+
+def test_too_large_a_step_diverges(tmp_path):
+    result, run_dir, summary = run_demo(tmp_path, "step-too-large")
+    assert result.exit_code == 5 and summary["status"] == "diverged"
+    path = [float(row["w0"]) for row in csv.DictReader((run_dir / "metrics.csv").open())]
+    assert max(abs(w) for w in path) > 100  # it jumped further and further
+    assert (run_dir / "path.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def across_valley(run_dir: Path) -> float:
+    """The largest |y| (across the valley) after the first 10 steps: the zig-zag."""
+    return max(abs(float(row["w1"])) for row in list(csv.DictReader((run_dir / "metrics.csv").open()))[10:])
+
+
+def test_nesterov_damps_the_zigzag_that_classic_momentum_shows(tmp_path):
+    _, classic, _ = run_demo(tmp_path, "valley-momentum")
+    _, nesterov, summary = run_demo(tmp_path, "valley-nesterov")
+    assert across_valley(nesterov) < 0.1 * across_valley(classic)
+    assert summary["final_loss"] < 1e-6
+
+
+def test_plain_gd_crawls_along_the_valley_while_adaptive_methods_arrive(tmp_path):
+    _, _, plain = run_demo(tmp_path, "valley-gd")
+    assert plain["final_params"][0] < -0.5  # still far along the flat direction after 100 steps
+    for name in ("valley-adagrad", "valley-rmsprop", "valley-adam"):
+        _, _, summary = run_demo(tmp_path, name)
+        assert summary["final_loss"] < 0.02 < plain["final_loss"], name
+
+
+def test_rosenbrock_demos_reach_the_minimum(tmp_path):
+    for name in ("rosenbrock-momentum", "rosenbrock-adam"):
+        _, _, summary = run_demo(tmp_path, name)
+        assert np.allclose(summary["final_params"], [1.0, 1.0], atol=0.02), name
+
+
+def test_objective_config_errors_name_the_path():
+    with pytest.raises(Exception) as info:
+        api.load_config({"name": "x", "objective": {"type": "valley", "start": [1.0]},
+                         "optimizer": {"type": "sgd", "learning_rate": 0.1}, "training": {"steps": 3}})
+    assert "objective.start" in str(info.value)
+
+
+# ---------------------------------------------------------------- sweeps
+def test_sweep_trains_every_combination_from_identical_initial_weights(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(training__epochs=2)))
+    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2",
+                                 "--sweep", "training.batch.mode=sgd,minibatch,full",
+                                 "--sweep", "optimizer.momentum=0.5,1.5", "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [r.name.rsplit("-", 2)[0] for r in runs] == sorted(
+        f"tiny-mode-{m}-momentum-0.5" for m in ("sgd", "minibatch", "full"))
+    initial = [checkpoint.load(r / "checkpoints" / "initial.safetensors").params["0.weight"] for r in runs]
+    assert all(np.array_equal(initial[0], w) for w in initial[1:])
+    assert result.stdout.count("failed") == 3  # momentum 1.5 is refused for each mode, not fatal
+    assert "optimizer.momentum: expected less than 1" in result.stderr
+    assert "training.batch.mode" in result.stdout and (tmp_path / "c.png").is_file()
+
+
+def test_sweep_usage_errors():
+    result = runner.invoke(app, ["train", str(REPO / "configs" / "iris.yaml"), "--sweep", "optimizer.momentum"])
+    assert result.exit_code == 2 and "--sweep expects KEY=V1,V2" in result.stderr
+
+
+# ---------------------------------------------------------------- optimizers reference
+def test_optimizers_lists_every_optimizer_with_rule_defaults_and_effective_step():
+    result = runner.invoke(app, ["optimizers"])
+    assert result.exit_code == 0
+    types = {member.model_fields["type"].annotation.__args__[0]
+             for member in cfg.OptimizerConfig.__args__[0].__args__}
+    assert {entry.type for entry in reference.optimizers()} == types
+    for name in types:
+        assert name in result.stdout
+    for fragment in ("w += m * v - lr * g", "sqrt(s) + epsilon", "alpha", "1 / (1 - m)", "beta1^t", "rho=0.9"):
+        assert fragment in result.stdout, fragment
