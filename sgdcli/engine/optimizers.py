@@ -2,7 +2,8 @@
 
 Symbols in the update rules: w is a parameter array, g its gradient, lr the learning rate
 passed to ``step``, t the 1-based number of the step being taken. Every update writes into
-the parameter arrays in place; the caller's gradient arrays are never modified.
+the parameter arrays in place; the caller's gradient arrays are never modified. An update
+allocates nothing: it works in place and in one scratch array per parameter.
 """
 
 from __future__ import annotations
@@ -16,12 +17,24 @@ class Optimizer:
     """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
 
     A subclass sets its hyperparameters, returns its zero state from ``_init_state`` and
-    implements ``_update(w, g, state, lr)`` in place. While ``_update`` runs,
+    implements ``_update(w, g, state, lr, scratch)`` in place. ``scratch`` is a work array
+    shaped like w whose contents mean nothing: kept from step to step so that an update
+    allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs,
     ``self.iterations`` already counts the step in progress (so it equals t).
 
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
     (``AdamW`` overrides this with decoupled decay).
+
+    Subnormal flush: after every ``FLUSH_EVERY`` (16)th step, state values with
+    |x| < finfo.tiny / finfo.eps (9.9e-32 in float32, 1.0e-292 in float64) become 0. A state
+    that only decays (the momentum of a pixel that is 0 in every sample) otherwise ends in
+    subnormal floats, on which sqrt and division (and on many CPUs every operation) run
+    several times slower. Only values that float rounding already makes invisible change:
+    adding such a value to any |w| > 1.7e-24 leaves w unchanged, and beside epsilon >= 1e-10
+    under a square root it is below one rounding unit.
     """
+
+    FLUSH_EVERY = 16
 
     def __init__(self, weight_decay: float = 0.0) -> None:
         if not weight_decay >= 0:
@@ -29,6 +42,7 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.iterations = 0
         self._state: dict[str, dict[str, np.ndarray]] = {}
+        self._scratch: dict[str, np.ndarray] = {}  # work arrays, one per parameter; not state
         # True after load_state_dict until the next step has matched the state to the parameters.
         self._loaded_unverified = False
 
@@ -38,7 +52,8 @@ class Optimizer:
         """Fresh state for one parameter, e.g. ``{"velocity": zeros_like(param)}``."""
         return {}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+                scratch: np.ndarray) -> None:
         raise NotImplementedError
 
     def _apply_weight_decay(self, param: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
@@ -65,12 +80,19 @@ class Optimizer:
         # A plain float keeps float32 arrays float32 (an np.float64 scalar would upcast temporaries).
         learning_rate = float(learning_rate)
         self.iterations += 1
+        flush = self.iterations % self.FLUSH_EVERY == 0
         for key, param in params.items():
             state = self._state.get(key)
             if state is None:
                 state = self._state[key] = self._init_state(param)
+            scratch = self._scratch.get(key)
+            if scratch is None or scratch.shape != param.shape or scratch.dtype != param.dtype:
+                scratch = self._scratch[key] = np.empty_like(param)
             grad = self._apply_weight_decay(param, grads[key], learning_rate)
-            self._update(param, grad, state, learning_rate)
+            self._update(param, grad, state, learning_rate, scratch)
+            if flush:
+                for array in state.values():
+                    _flush_subnormal(array, scratch)
 
     # --- saving and restoring -------------------------------------------------------------------
 
@@ -156,8 +178,9 @@ class SGD(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"velocity": np.zeros_like(param)} if self.momentum else {}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
-        step = grad * learning_rate
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+                scratch: np.ndarray) -> None:
+        step = np.multiply(grad, learning_rate, out=scratch)  # lr * g
         if not self.momentum:
             param -= step
             return
@@ -165,8 +188,8 @@ class SGD(Optimizer):
         velocity *= self.momentum
         velocity -= step
         if self.nesterov:
-            param += velocity * self.momentum
             param -= step
+            param += np.multiply(velocity, self.momentum, out=scratch)
         else:
             param += velocity
 
@@ -190,10 +213,11 @@ class AdaGrad(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"accumulator": np.full_like(param, self.initial_accumulator)}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+                scratch: np.ndarray) -> None:
         accumulator = state["accumulator"]
-        accumulator += np.square(grad)
-        step = np.sqrt(accumulator)
+        accumulator += np.square(grad, out=scratch)
+        step = np.sqrt(accumulator, out=scratch)
         step += self.epsilon
         np.divide(grad, step, out=step)
         step *= learning_rate
@@ -227,18 +251,19 @@ class RMSProp(Optimizer):
             state["momentum_buffer"] = np.zeros_like(param)
         return state
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+                scratch: np.ndarray) -> None:
         mean_square = state["mean_square"]
         mean_square *= self.rho
-        mean_square += np.square(grad) * (1 - self.rho)
-        direction = np.sqrt(mean_square)
+        mean_square += np.multiply(np.square(grad, out=scratch), 1 - self.rho, out=scratch)
+        direction = np.sqrt(mean_square, out=scratch)
         direction += self.epsilon
-        np.divide(grad, direction, out=direction)
+        np.divide(grad, direction, out=direction)  # g / (sqrt(s) + epsilon)
         if self.momentum:
             buffer = state["momentum_buffer"]
             buffer *= self.momentum
             buffer += direction
-            direction = buffer * learning_rate
+            direction = np.multiply(buffer, learning_rate, out=scratch)
         else:
             direction *= learning_rate
         param -= direction
@@ -267,19 +292,21 @@ class Adam(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"first_moment": np.zeros_like(param), "second_moment": np.zeros_like(param)}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float) -> None:
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+                scratch: np.ndarray) -> None:
         t = self.iterations
         m, v = state["first_moment"], state["second_moment"]
         m *= self.beta1
-        m += grad * (1 - self.beta1)
+        m += np.multiply(grad, 1 - self.beta1, out=scratch)
         v *= self.beta2
-        v += np.square(grad) * (1 - self.beta2)
-        # sqrt(v_hat) = sqrt(v) / sqrt(1 - beta2**t); m_hat's correction folds into the step size.
-        step = np.sqrt(v)
-        step *= 1 / math.sqrt(1 - self.beta2**t)
-        step += self.epsilon
+        v += np.multiply(np.square(grad, out=scratch), 1 - self.beta2, out=scratch)
+        # Both bias corrections fold into scalars, with c = sqrt(1 - beta2**t):
+        # lr m_hat / (sqrt(v_hat) + eps) = (lr c / (1 - beta1**t)) m / (sqrt(v) + eps c).
+        c = math.sqrt(1 - self.beta2**t)
+        step = np.sqrt(v, out=scratch)
+        step += self.epsilon * c
         np.divide(m, step, out=step)
-        step *= learning_rate / (1 - self.beta1**t)
+        step *= learning_rate * c / (1 - self.beta1**t)
         param -= step
 
 
@@ -296,6 +323,15 @@ class AdamW(Adam):
         if self.weight_decay:
             param *= 1 - learning_rate * self.weight_decay
         return grad
+
+
+def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
+    """Set the entries of ``array`` with |x| < finfo.tiny / finfo.eps to 0 (see Optimizer)."""
+    if array.dtype.kind != "f":
+        return
+    info = np.finfo(array.dtype)
+    magnitude = np.abs(array, out=scratch)
+    array *= magnitude >= info.tiny / info.eps  # NaN compares False and stays NaN (NaN * 0)
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:

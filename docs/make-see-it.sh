@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Regenerates the pictures in README's "See it" section (about a minute): bash docs/make-see-it.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/see-it
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
+
+for demo in step-too-small step-too-large momentum-escapes valley-gd valley-momentum valley-nesterov \
+            valley-adagrad valley-rmsprop valley-adam rosenbrock-momentum rosenbrock-adam; do
+  sgdcli train "configs/see-it/$demo.yaml" --runs-dir "$runs" > /dev/null 2>&1 || true  # step-too-large exits 5
+  cp "$runs/$demo"-*/path.png "$out/$demo.png"
+done
+
+digits=$(sgdcli train configs/digits-mlp.yaml --runs-dir "$runs" 2> /dev/null)
+sgdcli landscape "$digits" --direction "0.weight[36,5]" --out "$out/landscape-coefficient" > /dev/null
+sgdcli landscape "$digits" --direction gradient --out "$out/landscape-gradient" > /dev/null
+sgdcli landscape "$digits" --direction init-to-final --out "$out/landscape-init-to-final" > /dev/null
+rm -f "$out"/landscape-*.csv
+
+sgdcli train configs/digits-mlp.yaml --runs-dir "$runs/modes" --jobs 2 --plot "$out/batch-modes.png" \
+  --sweep training.batch.mode=sgd,minibatch,full > /dev/null 2>&1
+sgdcli compare "$runs"/modes/* --x samples --plot "$out/batch-modes-samples.png" > /dev/null 2>&1
+
+xp=$(sgdcli train configs/perturb-xor.yaml --runs-dir "$runs" 2> /dev/null)
+xg=$(sgdcli train configs/xor-gradient.yaml --runs-dir "$runs" 2> /dev/null)
+sgdcli compare "$xp" "$xg" --x forward_passes --plot "$out/perturb-vs-gradient.png" > /dev/null 2>&1
+echo "wrote $(ls "$out" | wc -l) pictures to $out"
