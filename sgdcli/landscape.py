@@ -4,7 +4,6 @@ loss (no weight-decay penalty) with dropout off, on a split of the run's own dat
 from __future__ import annotations
 
 import difflib
-import io
 import math
 import re
 from dataclasses import dataclass
@@ -13,11 +12,12 @@ from typing import ClassVar, Union
 
 import numpy as np
 
-from sgdcli import api, build, metrics, runs
+from sgdcli import build, metrics, plots, runs
 from sgdcli import checkpoint as checkpoints
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.errors import CheckpointError, UsageError
+from sgdcli.trained import TrainedModel, load_trained
 from sgdcli.fileio import atomic_write, write_error
 
 Weights = dict[str, np.ndarray]
@@ -182,7 +182,7 @@ def compute(run: str | Path, checkpoint: str | Path | None = None, direction: st
     _check_options(span, points, split, samples)
     run = Path(run)
     path = _find_checkpoint(run, checkpoint)
-    trained = api.load_trained(path)
+    trained = load_trained(path)
     model = _float64_model(trained)
     weights = _copy(model.parameters())
     loss = build.build_loss(trained.config.loss)
@@ -316,7 +316,7 @@ def _find_checkpoint(run: Path, checkpoint: str | Path | None) -> Path:
                           f"folder ({available}); received {str(checkpoint)!r}", source=str(run))
 
 
-def _float64_model(trained: api.TrainedModel) -> Sequential:
+def _float64_model(trained: TrainedModel) -> Sequential:
     """A float64 copy of the trained model, so central differences and slopes are meaningful."""
     spec = trained.config.model.model_copy(update={"dtype": "float64"})
     model = build.build_model(spec, len(trained.feature_names), int(trained.meta["outputs"]),
@@ -334,7 +334,7 @@ def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
     return {key: np.asarray(params[key], dtype=np.float64) for key in expected}
 
 
-def _data(trained: api.TrainedModel, split: str, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _data(trained: TrainedModel, split: str, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Scaled float64 features and targets of one split of the run's own data, and a description."""
     config = trained.config
     if split == "test":
@@ -433,16 +433,11 @@ def csv_text(result: Landscape) -> str:
 
 
 def png_bytes(result: Landscape) -> bytes:
-    """Loss against x; the checkpoint (and other marks) as dots; the tangent dashed (matplotlib imported here)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    """Loss against x; the checkpoint (and other marks) as dots; the tangent dashed."""
     x, losses = result.x, result.losses
     finite = np.isfinite(losses)
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
-    try:
+
+    def draw(axes) -> None:
         axes.plot(x[finite], losses[finite], "-", color="C0", label="loss")
         if result.tangent:
             step = "α" if result.origin_x is None else f"(x {'+' if result.origin_x < 0 else '−'} {abs(result.origin_x):.4g})"
@@ -459,11 +454,5 @@ def png_bytes(result: Landscape) -> bytes:
         axes.set_xlabel(result.x_label, fontsize=8)
         axes.set_ylabel("loss")
         axes.set_title(f"loss along {result.direction}\n{result.checkpoint}\n{result.data}", fontsize=9)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    return buffer.getvalue()
+
+    return plots.png(draw)

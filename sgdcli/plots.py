@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,15 +31,30 @@ class Curve:
         return cls(label, [r[column] for r in rows], [r.get(train_col) for r in rows], [r.get("val_loss") for r in rows])
 
 
-def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
-    """One axes: each run one colour, training loss solid, validation loss dashed."""
+def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> bytes:
+    """Draw on one fresh axes with `draw(axes)`, add a grid and legend, return the PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    figure, axes = plt.subplots(figsize=size, dpi=110)
     try:
+        draw(axes)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
+    """One axes: each run one colour, training loss solid, validation loss dashed."""
+
+    def draw(axes: Any) -> None:
         positive = True
         for index, curve in enumerate(curves):
             colour = f"C{index % 10}"
@@ -54,14 +71,8 @@ def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
         axes.set_xlabel(AXIS_LABELS.get(x_axis, x_axis))
         axes.set_ylabel("loss")
         axes.set_title("training (solid) and validation (dashed) loss")
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    atomic_write(path, buffer.getvalue())
+
+    atomic_write(path, png(draw))
     return path
 
 
@@ -70,19 +81,15 @@ def _spread(curves: list[Curve]) -> float:
     return max(values) / min(values) if values else 1.0
 
 
-def objective_path(objective, path: np.ndarray, losses: np.ndarray, title: str, out: Path) -> Path:
+def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: str, out: Path) -> Path:
     """The parameters' path drawn over the function: a curve in 1-D, a contour map in 2-D."""
-    import matplotlib
+    window = [_window(low, high, path[:, d]) for d, (low, high) in enumerate(objective.view)]
+    shown = np.all([(path[:, d] >= window[d][0]) & (path[:, d] <= window[d][1]) for d in range(path.shape[1])],
+                   axis=0)
+    one_dim = path.shape[1] == 1
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 5), dpi=110)
-    try:
-        window = [_window(low, high, path[:, d]) for d, (low, high) in enumerate(objective.view)]
-        shown = np.all([(path[:, d] >= window[d][0]) & (path[:, d] <= window[d][1]) for d in range(path.shape[1])],
-                       axis=0)
-        if path.shape[1] == 1:
+    def draw(axes: Any) -> None:
+        if one_dim:
             xs = np.linspace(*window[0], 400)
             axes.plot(xs, [objective.value(np.array([x])) for x in xs], color="0.4", label="f(w)")
             axes.plot(path[shown, 0], losses[shown], "-o", color="C1", markersize=3, linewidth=0.8, label="path")
@@ -96,21 +103,14 @@ def objective_path(objective, path: np.ndarray, losses: np.ndarray, title: str, 
             axes.plot(path[shown, 0], path[shown, 1], "-o", color="C1", markersize=2.5, linewidth=0.8, label="path")
             axes.set_xlabel("x")
             axes.set_ylabel("y")
-        start, end = path[0], path[shown][-1] if shown.any() else path[0]
-        first = (start[0], losses[0]) if path.shape[1] == 1 else tuple(start)
-        last = (end[0], objective.value(end)) if path.shape[1] == 1 else tuple(end)
-        axes.plot(*first, "s", color="C3", markersize=7, label="start")
-        axes.plot(*last, "*", color="C2", markersize=12, label=f"end (step {len(path) - 1})")
+        end = path[shown][-1] if shown.any() else path[0]
+        axes.plot(*((path[0, 0], losses[0]) if one_dim else path[0]), "s", color="C3", markersize=7, label="start")
+        axes.plot(*((end[0], objective.value(end)) if one_dim else end), "*", color="C2", markersize=12,
+                  label=f"end (step {len(path) - 1})")
         hidden = int((~shown).sum())
         axes.set_title(title + (f"\n({hidden} points off the chart)" if hidden else ""), fontsize=9)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=8, loc="best")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    atomic_write(out, buffer.getvalue())
+
+    atomic_write(out, png(draw, (7, 5)))
     return out
 
 

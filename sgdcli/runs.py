@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgdcli import checkpoint
 from sgdcli.errors import CheckpointError, RunDirError, SgdcliError
 from sgdcli.fileio import atomic_write_text, remove_stale_temps, write_error
 from sgdcli.yamlio import dump_yaml, read_yaml
@@ -253,10 +254,8 @@ def find_checkpoint(target: Path) -> Path:
                           "was the run stopped before its first epoch ended?", source=str(target))
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[Path, "checkpoint.Checkpoint", list[str]]:
+def newest_checkpoint(run_dir: Path) -> tuple[Path, checkpoint.Checkpoint, list[str]]:
     """The valid checkpoint with the most updates, and a warning for each damaged one skipped."""
-    from sgdcli import checkpoint
-
     valid, warnings = [], []
     for path in sorted((run_dir / CHECKPOINTS).glob("*" + checkpoint.SUFFIX)):
         try:

@@ -98,7 +98,8 @@ def train_epochs(
                 xb, yb = x[index], y[index]
             if isinstance(problem.optimizer, CoordinateSearch):
                 value, passes = problem.optimizer.step(
-                    params, lambda: problem.loss.value(model.predict(xb), yb), problem.schedule(position.updates))
+                    params, lambda xb=xb, yb=yb: problem.loss.value(model.predict(xb), yb),
+                    problem.schedule(position.updates))
                 if not math.isfinite(value):
                     raise _diverged(position, f"the loss is {value}")
                 position.forward_passes += passes

@@ -121,7 +121,9 @@ def test_gradient_direction_descends_at_rate_minus_the_gradient_norm(classifier)
     assert result.slope == pytest.approx(-norm, rel=1e-9)
     step = 0.1 * norm  # the config's learning_rate × ‖∇L‖: one full-batch SGD step
     assert result.alphas[0] == pytest.approx(-2.5 * step) and result.alphas[-1] == pytest.approx(10 * step)
-    assert len(result.alphas) == 51 and step in result.alphas and result.tangent
+    one_step = result.marks[1][0]
+    assert one_step == pytest.approx(step, rel=1e-12)  # the mark is the step; it lies exactly on the grid
+    assert len(result.alphas) == 51 and one_step in result.alphas and result.tangent
     near = landscape.compute(classifier, direction="gradient", span=(0.0, 1e-3 * step), points=5)
     assert np.all(np.diff(near.losses) < 0) and near.losses[0] == near.origin_loss
 

@@ -1,0 +1,62 @@
+"""A trained model rebuilt from a checkpoint, with the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgdcli import build, checkpoint, metrics, runs
+from sgdcli.config import ExperimentConfig, load_config
+from sgdcli.data import Scaler
+from sgdcli.engine.model import ParameterMismatch, Sequential
+from sgdcli.errors import CheckpointError, ConfigError, DataError
+
+
+@dataclass
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with the preprocessing it was trained with."""
+
+    model: Sequential
+    config: ExperimentConfig
+    scaler: Scaler
+    class_names: tuple[str, ...] | None
+    feature_names: tuple[str, ...]
+    checkpoint: Path
+    meta: dict[str, Any] = field(repr=False)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs (logits for classification) for unscaled features x (N, D)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise DataError(f"expected features of shape (N, {len(self.feature_names)}), received {x.shape}")
+        return self.model.predict(self.scaler.transform(x, self.model.dtype), batch_size=metrics.EVAL_BATCH)
+
+    def predict_classes(self, x: np.ndarray) -> list[str]:
+        if self.class_names is None:
+            raise ConfigError("this model does regression; use predict()")
+        return [self.class_names[i] for i in metrics.predict_labels(self.predict(x))]
+
+
+def load_trained(target: Path | str) -> TrainedModel:
+    """A run directory (best checkpoint, else last) or a checkpoint file -> TrainedModel."""
+    path = runs.find_checkpoint(Path(target))
+    saved = checkpoint.load(path)
+    try:
+        config = load_config(saved.meta["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"the config stored in the checkpoint is not valid: {exc}", source=str(path)) from None
+    meta = saved.meta
+    rng = np.random.default_rng(0)  # the weights are overwritten below
+    try:
+        model = build.build_model(config.model, len(meta["feature_names"]), int(meta["outputs"]), rng)
+        model.load_parameters(saved.params)
+    except ParameterMismatch as exc:
+        raise CheckpointError(f"the weights do not fit the saved architecture: {exc}", source=str(path)) from None
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(f"damaged checkpoint metadata ({exc})", source=str(path)) from None
+    class_names = tuple(meta["class_names"]) if meta.get("class_names") else None
+    return TrainedModel(model, config, Scaler(saved.shift, saved.scale), class_names,
+                        tuple(meta["feature_names"]), path, meta)
