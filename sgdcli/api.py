@@ -1,4 +1,5 @@
-"""The library API the CLI and the tests both call: train, load, predict, evaluate, compare."""
+"""The library API the CLI and the tests both call: train, resume, sweep, gradcheck, landscape,
+load and predict, evaluate, compare."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from sgdcli.errors import ConfigError, DataError
 from sgdcli.session import Reporter, Session, TrainResult
 from sgdcli.trained import TrainedModel, load_trained
 
-__all__ = ["load_config", "train", "resume", "load_trained", "evaluate", "compare", "TrainedModel",
-           "TrainResult", "Comparison", "Reporter"]
+__all__ = ["load_config", "train", "resume", "sweep", "gradcheck", "landscape", "load_trained", "evaluate",
+           "compare", "TrainedModel", "TrainResult", "Comparison", "Reporter"]
 
 
 # ---------------------------------------------------------------- training
@@ -58,10 +59,11 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
     """
     base = load_config(config, list(overrides))  # the sweep's own config must be valid
-    members = sweep_module.members(name or base.name, sweep_module.parse(list(sweeps)))
+    parsed = sweep_module.parse(list(sweeps))
+    members = sweep_module.members(name or base.name, parsed)
     sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
     finished = [m.run_dir for m in members if m.run_dir is not None]
-    swept = [key for key, _ in sweep_module.parse(list(sweeps))]
+    swept = [key for key, _ in parsed]
     result = compare(finished, plot=plot, keys=swept) if finished else Comparison([], swept, [], None)
     for member in members:
         if member.run_dir is None:

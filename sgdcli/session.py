@@ -307,9 +307,13 @@ def _score(row: dict[str, Any]) -> float | None:
 def _saved_config(run_dir: Path) -> ExperimentConfig:
     path = run_dir / runs.CONFIG
     try:
-        return load_config(read_yaml(path))
+        config = load_config(read_yaml(path))
     except ConfigError as exc:
         raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
+    if not isinstance(config, ExperimentConfig):
+        raise RunDirError("an objective run is a few hundred steps: train it again instead of resuming",
+                          source=str(run_dir))
+    return config
 
 
 def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
