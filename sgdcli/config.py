@@ -218,11 +218,20 @@ ScheduleConfig = Annotated[
 
 
 # ---------------------------------------------------------------- optimizers
+def _constant_by_default(data: Any) -> Any:
+    """A schedule section without a type is the constant one (`--set optimizer.schedule.warmup_epochs=2`)."""
+    if isinstance(data, dict) and isinstance(data.get("schedule"), dict) and "type" not in data["schedule"]:
+        data = {**data, "schedule": {"type": "constant", **data["schedule"]}}
+    return data
+
+
 class OptimizerBase(Section):
     learning_rate: PositiveFloat = Field(description="the step size")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient (AdamW: decoupled)")
     clip_norm: PositiveFloat | None = Field(None, description="clip gradients to this global L2 norm")
     schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
+
+    _schedule_type = model_validator(mode="before")(_constant_by_default)
 
     @property
     def step_size(self) -> float:
@@ -272,6 +281,8 @@ class PerturbConfig(Section):
     type: Literal["perturb"]
     delta: PositiveFloat = Field(description="how far each coefficient is nudged up and down")
     schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
+
+    _schedule_type = model_validator(mode="before")(_constant_by_default)
 
     @property
     def step_size(self) -> float:

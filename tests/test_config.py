@@ -159,3 +159,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_flatten_gives_dotted_paths():
     assert flatten({"a": {"b": 1}, "l": [{"c": 2}], "e": {}}) == {"a.b": 1, "l.0.c": 2, "e": {}}
+
+
+def test_a_schedule_without_a_type_is_the_constant_one():
+    config = load_config(tiny_config(), ["optimizer.schedule.warmup_epochs=2"])
+    assert config.optimizer.schedule.type == "constant" and config.optimizer.schedule.warmup_epochs == 2
+    with pytest.raises(ConfigError, match="optimizer.schedule.every_epochs: required key is missing"):
+        load_config(tiny_config(), ["optimizer.schedule.type=step"])
