@@ -146,7 +146,7 @@ class ModelConfig(Section):
 
     @field_validator("layers")
     @classmethod
-    def _ends_with_dense(cls, layers: list) -> list:
+    def _has_a_dense_layer(cls, layers: list) -> list:
         if not any(isinstance(layer, DenseConfig) for layer in layers):
             raise ValueError("expected at least one dense layer")
         return layers

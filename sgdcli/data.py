@@ -192,8 +192,11 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
                         source=source)
     names = tuple(f"x{i}" for i in range(x.shape[1]))
     if classification:
+        if y.ndim == 2 and y.dtype.kind in "biuf" and _is_one_hot(y):
+            y = y.argmax(axis=1)
         if y.dtype.kind not in "biuU" or y.ndim != 1:
-            raise DataError(f"y: expected class labels of shape (N,), received {y.dtype} {y.shape}", source=source)
+            raise DataError(f"y: expected class labels of shape (N,) or one-hot rows (N, C), received {y.dtype} "
+                            f"{y.shape}", source=source)
         labels, class_names = encode_labels(y, source, class_names)
         return Dataset(x, labels, source, names, class_names)
     if y.dtype.kind not in "biuf":
@@ -202,6 +205,10 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
     return Dataset(x, y, source, names)
+
+
+def _is_one_hot(y: np.ndarray) -> bool:
+    return bool(np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all())
 
 
 # ---------------------------------------------------------------- IDX images

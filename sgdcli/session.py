@@ -131,48 +131,51 @@ class Session:
 
     # ------------------------------------------------------------ training
     def run(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train to the configured number of epochs; the run's lock is released however this ends."""
+        try:
+            return self._run(should_stop)
+        finally:
+            self.close()
+
+    def _run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         started = resumed = time.perf_counter()
         status, message, stopped_early = "completed", None, False
-        writer = None
+        writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
         try:
-            writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
-            if self.reporter:
-                self.reporter.start(self._info())
-            epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
-                                  self.rngs.dropout, self._on_batch(), should_stop)
-            resumed = time.perf_counter()
-            for result in epochs:
-                self.train_seconds += time.perf_counter() - resumed
-                row = self._measure(result)
-                writer.write(row)
-                self._save_epoch(row)
+            try:
                 if self.reporter:
-                    self.reporter.epoch(row)
-                if self._patience_exhausted():
-                    stopped_early = True
-                    break
-                if should_stop is not None and should_stop():
-                    raise Interrupted()
+                    self.reporter.start(self._info())
+                epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
+                                      self.rngs.dropout, self._on_batch(), should_stop)
                 resumed = time.perf_counter()
-        except DivergenceError as exc:
-            status, message = "diverged", exc.message
-        except Interrupted:
-            if self.position.batch:  # stopped inside an epoch: count its training time
-                self.train_seconds += time.perf_counter() - resumed
-            self._save_last()  # mid-epoch state: `--resume` continues from this very update
-            status = "interrupted"
-            message = (f"interrupted in epoch {self.position.epoch + 1} after update {self.position.updates}; "
-                       f"continue with: sgdcli train --resume {self.run_dir}")
-        except DiskError as exc:
+                for result in epochs:
+                    self.train_seconds += time.perf_counter() - resumed
+                    row = self._measure(result)
+                    writer.write(row)
+                    self._save_epoch(row)
+                    if self.reporter:
+                        self.reporter.epoch(row)
+                    if self._patience_exhausted():
+                        stopped_early = True
+                        break
+                    if should_stop is not None and should_stop():
+                        raise Interrupted()
+                    resumed = time.perf_counter()
+            except DivergenceError as exc:
+                status, message = "diverged", exc.message
+            except Interrupted:
+                if self.position.batch:  # stopped inside an epoch: count its training time
+                    self.train_seconds += time.perf_counter() - resumed
+                self._save_last()  # mid-epoch state: `--resume` continues from this very update
+                status = "interrupted"
+                message = (f"interrupted after update {self.position.updates} (epoch {self.position.epoch + 1}); "
+                           f"continue with: sgdcli train --resume {self.run_dir}")
+        except DiskError as exc:  # the previous checkpoint is intact; say so in the summary if there is room
             self._finish("failed", exc.message, False, started)
             raise
         finally:
-            if writer is not None:
-                writer.close()
-        try:
-            return self._finish(status, message, stopped_early, started)
-        finally:
-            self.close()
+            writer.close()
+        return self._finish(status, message, stopped_early, started)
 
     def close(self) -> None:
         if self._lock is not None:

@@ -206,3 +206,17 @@ def test_usage_error_exit_2(tmp_path):
     assert result.exit_code == 2
     result = run("eval", tmp_path, "--split", "nope")
     assert result.exit_code == 2
+
+
+def test_python_api_predicts_from_raw_features(tmp_path):
+    from sgdcli import api
+    from conftest import REPO
+
+    result = api.train(api.load_config(REPO / "configs" / "iris.yaml", ["training.epochs=60"]), runs_dir=tmp_path)
+    model = api.load_trained(result.run_dir)
+    # Unscaled measurements of a typical flower of each species; the model scales them itself.
+    assert model.predict_classes([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.8, 3.0, 5.7, 2.2]]) == [
+        "setosa", "versicolor", "virginica"]
+    assert model.predict([[5.0, 3.4, 1.5, 0.2]]).shape == (1, 3)
+    with pytest.raises(Exception, match=r"expected features of shape \(N, 4\)"):
+        model.predict([[1.0, 2.0]])

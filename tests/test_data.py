@@ -126,3 +126,14 @@ def test_batch_size_larger_than_the_data_is_refused():
         build.batch_size(config.training, 90)
     assert build.batch_size(load_config(tiny_config(training__batch__mode="full")).training, 90) == 90
     assert build.batch_size(load_config(tiny_config(training__batch__mode="sgd")).training, 90) == 1
+
+
+def test_npz_one_hot_targets_become_class_indices(tmp_path):
+    path = tmp_path / "onehot.npz"
+    np.savez(path, x=np.zeros((3, 2)), y=np.eye(4)[[3, 0, 3]])
+    data = load_npz(path, classification=True)
+    assert data.y.tolist() == [3, 0, 3] and data.class_names == ("0", "1", "2", "3")
+    soft = tmp_path / "soft.npz"
+    np.savez(soft, x=np.zeros((2, 2)), y=np.array([[0.5, 0.5], [1.0, 0.0]]))
+    with pytest.raises(DataError, match="one-hot rows"):
+        load_npz(soft, classification=True)
