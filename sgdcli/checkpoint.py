@@ -23,7 +23,7 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from sgdcli.errors import CheckpointError
-from sgdcli.fileio import atomic_write
+from sgdcli.fileio import atomic_write, read_bytes
 
 FORMAT = "sgdcli-checkpoint"
 FORMAT_VERSION = 1
@@ -73,14 +73,7 @@ def save(path: Path, checkpoint: Checkpoint, before_replace: Callable[[], None] 
 def load(path: Path) -> Checkpoint:
     """Read and verify a checkpoint; CheckpointError naming the file for anything wrong."""
     source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError("checkpoint file not found", source=source) from None
-    except IsADirectoryError:
-        raise CheckpointError("expected a checkpoint file, received a directory", source=source) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read: {exc.strerror}", source=source) from None
+    raw = read_bytes(path, CheckpointError, "a checkpoint file")
     metadata = _read_metadata(raw, source)
     try:
         tensors = load_tensors(raw)

@@ -311,9 +311,20 @@ class TrainingConfig(Section):
     patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
 
 
-class ExperimentConfig(Section):
+class RunConfig(Section):
+    """What every config names: the run and its seed."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
     seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (paths as strings): what config.yaml in a run directory holds."""
+        return self.model_dump(mode="json")
+
+
+class ExperimentConfig(RunConfig):
+    """A network trained on data."""
+
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
@@ -323,10 +334,6 @@ class ExperimentConfig(Section):
     @property
     def is_classification(self) -> bool:
         return isinstance(self.loss, CLASSIFICATION_LOSSES)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (paths as strings): what config.yaml in a run directory holds."""
-        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------- objectives
@@ -359,17 +366,12 @@ class StepsConfig(Section):
     steps: int = Field(ge=1, le=1_000_000, description="how many updates to take")
 
 
-class ObjectiveConfig(Section):
+class ObjectiveConfig(RunConfig):
     """A built-in function of a few parameters replaces data, model and loss: watch the path."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
     objective: ObjectiveSpec
     optimizer: OptimizerConfig
     training: StepsConfig
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
 
 AnyConfig = Union[ExperimentConfig, ObjectiveConfig]

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sgdcli.errors import DiskError, RunDirError
+from sgdcli.errors import DiskError, RunDirError, SgdcliError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -61,6 +61,18 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
+    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise error(f"expected {what}, received a directory", source=str(path)) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+
 
 def write_error(path: Path, exc: OSError) -> Exception:
     """Our error type for an OSError raised while writing `path`."""

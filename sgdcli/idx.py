@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sgdcli.errors import DataError
+from sgdcli.fileio import read_bytes
 
 STANDARD_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -117,14 +118,7 @@ def _dotted(name: str) -> str:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise DataError("is a folder; expected an IDX file", source=str(path)) from None
-    except OSError as exc:
-        raise DataError(f"cannot read file: {exc.strerror or exc}", source=str(path)) from None
+    return read_bytes(path, DataError, "an IDX file")
 
 
 def _decode(raw: bytes, source: str) -> np.ndarray:

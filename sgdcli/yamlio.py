@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from sgdcli.errors import ConfigError
+from sgdcli.fileio import read_bytes
 
 # Caps applied before the parser sees the text: a config is a few hundred bytes, and the
 # pure-Python loader recurses once per nesting level.
@@ -130,14 +131,7 @@ def _check_aliases(node: yaml.Node) -> None:
 
 def read_yaml(path: Path) -> Any:
     """Read and parse a YAML file; errors name the file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError("expected a YAML file, received a directory", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    raw = read_bytes(path, ConfigError, "a YAML file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
