@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train neural networks with gradient descent from YAML configs.\n\n"
     "Exit status: 0 success, 2 bad usage or config, 3 bad data, 4 bad checkpoint or run directory, "
-    "5 training diverged, 6 disk full, 130 interrupted.",
+    "5 training diverged, 6 disk full or file-size limit, 130 interrupted (143 on SIGTERM).",
 )
 
 INTERRUPTED = 130

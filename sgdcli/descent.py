@@ -25,7 +25,7 @@ def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool]
     schedule = build.build_schedule(config.optimizer, 1, config.training.steps)  # an "epoch" is one step here
     w = np.array(config.objective.start, dtype=np.float64)
     params = {"w": w}
-    run_dir = runs.create_run_dir(Path(runs_dir), config.name)
+    run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False)
     lock = runs.lock_run(run_dir)
     try:
         runs.write_config(run_dir, config.to_dict())

@@ -39,7 +39,7 @@ def metric_columns(classification: bool) -> list[str]:
     return BASE_COLUMNS + (ACCURACY_COLUMNS if classification else [])
 
 
-def create_run_dir(runs_dir: Path, name: str, now: float | None = None) -> Path:
+def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoints: bool = True) -> Path:
     """runs_dir/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... if taken; never reuses a directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     try:
@@ -54,7 +54,8 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None) -> Path:
             continue
         except OSError as exc:
             raise write_error(path, exc) from None
-        (path / CHECKPOINTS).mkdir()
+        if checkpoints:
+            (path / CHECKPOINTS).mkdir()
         return path
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
@@ -250,6 +251,9 @@ def find_checkpoint(target: Path) -> Path:
         candidate = checkpoint_path(target, kind)
         if candidate.is_file():
             return candidate
+    if _is_objective_run(target):
+        raise CheckpointError("an objective run has no model to load: its path is in metrics.csv and path.png, "
+                              "its end point in summary.json", source=str(target))
     raise CheckpointError(f"no checkpoint in {CHECKPOINTS}/ (expected {BEST} or {LAST}); "
                           "was the run stopped before its first epoch ended?", source=str(target))
 
@@ -270,6 +274,14 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, checkpoint.Checkpoint, list[
     if warnings:
         warnings.append(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
     return path, state, warnings
+
+
+def _is_objective_run(run_dir: Path) -> bool:
+    try:
+        config = read_yaml(run_dir / CONFIG)
+    except SgdcliError:
+        return False
+    return isinstance(config, dict) and "objective" in config
 
 
 def versions() -> dict[str, str]:

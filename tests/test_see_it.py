@@ -136,6 +136,16 @@ def test_rosenbrock_demos_reach_the_minimum(tmp_path):
         assert np.allclose(summary["final_params"], [1.0, 1.0], atol=0.02), name
 
 
+def test_objective_runs_explain_what_they_hold(tmp_path):
+    _, run_dir, _ = run_demo(tmp_path, "valley-adam")
+    assert not (run_dir / "checkpoints").exists()
+    for args in (["eval", str(run_dir)], ["landscape", str(run_dir)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 4 and "an objective run has no model to load" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", str(run_dir)])
+    assert result.exit_code == 4 and "train it again" in result.stderr
+
+
 def test_objective_config_errors_name_the_path():
     with pytest.raises(Exception) as info:
         api.load_config({"name": "x", "objective": {"type": "valley", "start": [1.0]},
