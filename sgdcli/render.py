@@ -83,13 +83,14 @@ class TrainingReporter:
             self.progress.update(self.task, completed=done, loss=f"{loss:.4f}")
 
     def epoch(self, row: dict[str, Any]) -> None:
-        parts = [f"epoch {row['epoch']}/{self.info.get('epochs', '?')}", f"train_loss {_num(row['train_loss'])}"]
-        for key in ("train_loss_full", "val_loss", "train_accuracy", "val_accuracy"):
-            if row.get(key) is not None:
-                parts.append(f"{key} {_num(row[key])}")
+        parts = [f"epoch {row['epoch']}/{self.info.get('epochs', '?')}", f"batch loss {_num(row['train_loss'])}"]
+        for label, loss, accuracy in (("train", "train_loss_full", "train_accuracy"), ("val", "val_loss", "val_accuracy")):
+            if row.get(loss) is not None:
+                parts.append(f"{label} {_num(row[loss])}" + (f" acc {_num(row[accuracy])}" if row.get(accuracy) is not None
+                                                              else ""))
         parts.append(f"lr {_num(row['learning_rate'])}")
         parts.append(f"{row['seconds']:.2f}s")
-        line = "  ".join(parts)
+        line = " | ".join(parts)
         if self.progress is not None:
             self.progress.console.print(line)
             self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-")
@@ -114,7 +115,7 @@ def training_summary(summary: dict[str, Any], run_dir: str) -> None:
     table.add_row("epochs", str(summary["epochs"]), "")
     table.add_row("updates", str(summary["updates"]), "")
     per_epoch = summary.get("seconds_per_epoch")
-    table.add_row("seconds", f"{summary['wall_seconds']:.2f} ({_num(per_epoch)} per epoch)", "")
+    table.add_row("time", f"{summary['wall_seconds']:.2f} s wall, {_num(per_epoch)} s training per epoch", "")
     err.print(table)
     if summary.get("message"):
         (warning if summary["status"] != "completed" else err.print)(summary["message"])
