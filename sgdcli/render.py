@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,11 +34,11 @@ def plain(text: str) -> None:
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 # ---------------------------------------------------------------- training
@@ -126,7 +127,7 @@ def sweep_member(member) -> None:
     """One line as each member of a sweep finishes."""
     colour = {"completed": "green", "diverged": "yellow", "interrupted": "yellow"}.get(member.status, "red")
     where = member.run_dir or member.message or ""
-    err.print(f"[{colour}]{member.status:>11}[/] {member.name}  {where}", highlight=False)
+    err.print(f"[{colour}]{member.status:>11}[/] {escape(member.name)}  {escape(str(where))}", highlight=False)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -147,15 +148,15 @@ def evaluation(report: dict[str, Any], as_json: bool) -> None:
         for column in ("class", "precision", "recall", "f1", "support"):
             classes.add_column(column, justify="left" if column == "class" else "right")
         for row in report["per_class"]:
-            classes.add_row(row["class"], _num(row["precision"]), _num(row["recall"]), _num(row["f1"]),
+            classes.add_row(escape(row["class"]), _num(row["precision"]), _num(row["recall"]), _num(row["f1"]),
                             str(row["support"]))
         out.print(classes)
         confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
         confusion.add_column("")
         for name in report["class_names"]:
-            confusion.add_column(name[:10], justify="right")
+            confusion.add_column(escape(name[:10]), justify="right")
         for name, counts in zip(report["class_names"], report["confusion_matrix"]):
-            confusion.add_row(name, *(str(c) for c in counts))
+            confusion.add_row(escape(name), *(str(c) for c in counts))
         out.print(confusion)
 
 
@@ -186,11 +187,11 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
             table.add_column(column if column in differing else column.replace("_", " "),
                              justify="left" if column in ("run", "status") or column in differing else "right")
         for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in shown))
+            table.add_row(*(escape(_cell(row.get(c))) for c in shown))
         out.print(table)
         for row in rows:
             if row.get("problems"):
-                err.print(f"[yellow]{row['run']}:[/] {row['problems']}")
+                err.print(f"[yellow]{escape(str(row['run']))}:[/] {escape(row['problems'])}")
     if plot:
         err.print(f"plot: {plot}")
 
