@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgdcli import config as cfg
+from sgdcli import schema as cfg
 from sgdcli import data as datasets
 from sgdcli import idx
 from sgdcli.engine import activations, init, layers, losses, objectives, optimizers, schedules

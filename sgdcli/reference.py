@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sgdcli import config as cfg
+from sgdcli import schema as cfg
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typing
 
-from sgdcli import build, config
+from sgdcli import build
+from sgdcli import schema as config
 
 from conftest import REPO
 from test_gradients import ACTIVATION_CASES, LAYER_CASES, LOSS_CASES

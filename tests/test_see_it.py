@@ -11,7 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sgdcli import api, checkpoint, config as cfg, reference
+from sgdcli import api, checkpoint, reference
+from sgdcli import schema as cfg
 from sgdcli.cli import app
 from sgdcli.engine import layers
 

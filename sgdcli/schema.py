@@ -1,0 +1,371 @@
+"""The config schema: pydantic models of every section, unknown keys and non-finite numbers refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys and non-finite numbers are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative data paths are relative to the config file's folder."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value.resolve()
+
+
+# ---------------------------------------------------------------- data
+class DataBase(Section):
+    scale: Literal["standard", "minmax", "none"] = Field(
+        "standard", description="feature scaling, fit on the training split only")
+    validation: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.2, description="fraction of the training data held out (stratified for classification)")
+
+
+class FileDataBase(DataBase):
+    path: Path = Field(description="training data file (relative to the config file)")
+    validation_file: Path | None = Field(None, description="separate validation file (replaces the fraction)")
+    test_file: Path | None = Field(None, description="held-out test file, used by `sgdcli eval --split test`")
+
+    _paths = field_validator("path", "validation_file", "test_file")(_resolve_path)
+
+
+class CsvDataConfig(FileDataBase):
+    """A CSV file with a header row: numeric feature columns and one target column."""
+
+    source: Literal["csv"]
+    target: str = Field(description="name of the target column")
+    features: list[str] | None = Field(None, description="feature columns (default: every other column)")
+
+
+class NpzDataConfig(FileDataBase):
+    """An .npz file holding arrays `x` (N, D) and `y` (N,) or (N, k)."""
+
+    source: Literal["npz"]
+
+
+class SyntheticDataConfig(DataBase):
+    """A built-in generated dataset for quick experiments."""
+
+    source: Literal["synthetic"]
+    dataset: Literal["xor", "spirals", "moons", "circles", "sine"]
+    samples: int = Field(400, ge=4, le=1_000_000)
+    noise: float = Field(0.1, ge=0, le=10)
+
+
+class IdxDataConfig(DataBase):
+    """Images and labels in the IDX format of MNIST and Fashion-MNIST (gzip-compressed or not)."""
+
+    source: Literal["idx"]
+    path: Path | None = Field(None, description="folder holding the standard file names (train-images-idx3-ubyte[.gz], ...)")
+    train_images: Path | None = None
+    train_labels: Path | None = None
+    test_images: Path | None = None
+    test_labels: Path | None = None
+    class_names: list[str] | None = Field(None, min_length=2, description="a name per label 0, 1, ...")
+    scale: Literal["unit", "standard", "minmax", "none"] = Field(
+        "unit", description="unit: pixel values divided by 255, to [0, 1]")
+
+    _paths = field_validator("path", "train_images", "train_labels", "test_images", "test_labels")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_files(self) -> "IdxDataConfig":
+        explicit = (self.train_images, self.train_labels)
+        if self.path is None and None in explicit:
+            raise ValueError("give data.path (a folder with the standard file names) "
+                             "or both data.train_images and data.train_labels")
+        if self.path is not None and any(v is not None for v in (*explicit, self.test_images, self.test_labels)):
+            raise ValueError("give data.path or the explicit file paths, not both")
+        if (self.test_images is None) != (self.test_labels is None):
+            raise ValueError("give both data.test_images and data.test_labels, or neither")
+        return self
+
+
+DataConfig = Annotated[
+    Union[CsvDataConfig, NpzDataConfig, SyntheticDataConfig, IdxDataConfig], Field(discriminator="source")
+]
+
+
+# ---------------------------------------------------------------- model
+Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh", "identity"]
+Init = Literal["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "small_normal"]
+
+
+class DenseConfig(Section):
+    """A fully connected layer y = activation(x @ weight + bias)."""
+
+    type: Literal["dense"]
+    units: int = Field(ge=1, le=1_000_000)
+    activation: Activation = "identity"
+    negative_slope: float = Field(0.01, ge=0, lt=1, description="slope of leaky_relu for x < 0")
+    init: Init | None = Field(None, description="weight init (default: he_uniform for relu-like, else glorot_uniform)")
+
+
+class ActivationConfig(Section):
+    """A standalone activation function."""
+
+    type: Literal["activation"]
+    function: Activation
+    negative_slope: float = Field(0.01, ge=0, lt=1)
+
+
+class DropoutConfig(Section):
+    """Inverted dropout: zero each input with probability `rate` while training."""
+
+    type: Literal["dropout"]
+    rate: Probability
+
+
+LayerConfig = Annotated[Union[DenseConfig, ActivationConfig, DropoutConfig], Field(discriminator="type")]
+
+
+class ModelConfig(Section):
+    layers: list[LayerConfig] = Field(min_length=1)
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @field_validator("layers")
+    @classmethod
+    def _has_a_dense_layer(cls, layers: list) -> list:
+        if not any(isinstance(layer, DenseConfig) for layer in layers):
+            raise ValueError("expected at least one dense layer")
+        return layers
+
+
+# ---------------------------------------------------------------- loss
+class MseConfig(Section):
+    type: Literal["mse"]
+
+
+class MaeConfig(Section):
+    type: Literal["mae"]
+
+
+class HuberConfig(Section):
+    type: Literal["huber"]
+    delta: PositiveFloat = 1.0
+
+
+class BinaryCrossEntropyConfig(Section):
+    type: Literal["binary_cross_entropy"]
+
+
+class CrossEntropyConfig(Section):
+    type: Literal["cross_entropy"]
+
+
+LossConfig = Annotated[
+    Union[MseConfig, MaeConfig, HuberConfig, BinaryCrossEntropyConfig, CrossEntropyConfig], Field(discriminator="type")
+]
+CLASSIFICATION_LOSSES = (BinaryCrossEntropyConfig, CrossEntropyConfig)
+
+
+# ---------------------------------------------------------------- schedules
+class ConstantConfig(Section):
+    type: Literal["constant"]
+    warmup_epochs: float = Field(0, ge=0)
+
+
+class StepDecayConfig(Section):
+    type: Literal["step"]
+    every_epochs: float = Field(gt=0, description="multiply the step size by `factor` every this many epochs")
+    factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    warmup_epochs: float = Field(0, ge=0)
+
+
+class ExponentialConfig(Section):
+    type: Literal["exponential"]
+    decay_rate: Annotated[float, Field(gt=0, le=1)] = Field(description="step size multiplied by this per epoch")
+    warmup_epochs: float = Field(0, ge=0)
+
+
+class InverseTimeConfig(Section):
+    type: Literal["inverse_time"]
+    decay_rate: float = Field(gt=0, description="lr / (1 + decay_rate * epochs_done)")
+    warmup_epochs: float = Field(0, ge=0)
+
+
+class CosineConfig(Section):
+    type: Literal["cosine"]
+    min_learning_rate: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0, ge=0)
+
+
+ScheduleConfig = Annotated[
+    Union[ConstantConfig, StepDecayConfig, ExponentialConfig, InverseTimeConfig, CosineConfig],
+    Field(discriminator="type"),
+]
+
+
+# ---------------------------------------------------------------- optimizers
+def _constant_by_default(data: Any) -> Any:
+    """A schedule section without a type is the constant one (`--set optimizer.schedule.warmup_epochs=2`)."""
+    if isinstance(data, dict) and isinstance(data.get("schedule"), dict) and "type" not in data["schedule"]:
+        data = {**data, "schedule": {"type": "constant", **data["schedule"]}}
+    return data
+
+
+class OptimizerBase(Section):
+    learning_rate: PositiveFloat = Field(description="the step size")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient (AdamW: decoupled)")
+    clip_norm: PositiveFloat | None = Field(None, description="clip gradients to this global L2 norm")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
+
+    _schedule_type = model_validator(mode="before")(_constant_by_default)
+
+    @property
+    def step_size(self) -> float:
+        return self.learning_rate
+
+
+class SgdConfig(OptimizerBase):
+    type: Literal["sgd"]
+    momentum: Probability = 0.0
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "SgdConfig":
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0")
+        return self
+
+
+class AdagradConfig(OptimizerBase):
+    type: Literal["adagrad"]
+    epsilon: PositiveFloat = 1e-10
+    initial_accumulator: float = Field(0.0, ge=0)
+
+
+class RmspropConfig(OptimizerBase):
+    type: Literal["rmsprop"]
+    rho: Probability = 0.9
+    epsilon: PositiveFloat = 1e-8
+    momentum: Probability = 0.0
+
+
+class AdamConfig(OptimizerBase):
+    type: Literal["adam"]
+    beta1: Probability = 0.9
+    beta2: Probability = 0.999
+    epsilon: PositiveFloat = 1e-8
+
+
+class AdamwConfig(AdamConfig):
+    type: Literal["adamw"]  # type: ignore[assignment]
+    weight_decay: float = Field(0.01, ge=0, description="decoupled decay: w -= learning_rate * weight_decay * w")
+
+
+class PerturbConfig(Section):
+    """The slow way, without gradients: nudge one coefficient at a time by ±delta, keep what helps."""
+
+    type: Literal["perturb"]
+    delta: PositiveFloat = Field(description="how far each coefficient is nudged up and down")
+    schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
+
+    _schedule_type = model_validator(mode="before")(_constant_by_default)
+
+    @property
+    def step_size(self) -> float:
+        return self.delta
+
+
+OptimizerConfig = Annotated[
+    Union[SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, AdamwConfig, PerturbConfig], Field(discriminator="type")
+]
+GRADIENT_OPTIMIZERS = (SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, AdamwConfig)
+
+
+# ---------------------------------------------------------------- training
+class BatchConfig(Section):
+    mode: Literal["sgd", "minibatch", "full"] = Field(
+        "minibatch", description="sgd: one sample per update; minibatch: `size` samples; full: the whole training set")
+    size: int = Field(32, ge=1, description="samples per update in minibatch mode (ignored otherwise)")
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(ge=1, le=1_000_000)
+    batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
+    shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
+    eval_train: bool = Field(True, description="measure the loss on the whole training set after each epoch")
+    checkpoint_every: int = Field(0, ge=0, description="also keep a checkpoint every N epochs (0: only last and best)")
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
+
+
+class RunConfig(Section):
+    """What every config names: the run and its seed."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (paths as strings): what config.yaml in a run directory holds."""
+        return self.model_dump(mode="json")
+
+
+class ExperimentConfig(RunConfig):
+    """A network trained on data."""
+
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig
+    optimizer: OptimizerConfig
+    training: TrainingConfig
+
+    @property
+    def is_classification(self) -> bool:
+        return isinstance(self.loss, CLASSIFICATION_LOSSES)
+
+
+# ---------------------------------------------------------------- objectives
+class DoubleWellConfig(Section):
+    """f(w) = w^4 - 4 w^2 + w: a local minimum near w = 1.35 and the global one near w = -1.47."""
+
+    type: Literal["double_well"]
+    start: list[float] = Field(min_length=1, max_length=1, description="the starting parameter [w]")
+
+
+class ValleyConfig(Section):
+    """f(x, y) = (x^2 + condition * y^2) / 2: a narrow valley, ill-conditioned for large `condition`."""
+
+    type: Literal["valley"]
+    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+    condition: float = Field(50.0, ge=1, le=1e6, description="curvature ratio across / along the valley")
+
+
+class RosenbrockConfig(Section):
+    """f(x, y) = (1 - x)^2 + 100 (y - x^2)^2: a curved valley with its minimum at (1, 1)."""
+
+    type: Literal["rosenbrock"]
+    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+
+
+ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig], Field(discriminator="type")]
+
+
+class StepsConfig(Section):
+    steps: int = Field(ge=1, le=1_000_000, description="how many updates to take")
+
+
+class ObjectiveConfig(RunConfig):
+    """A built-in function of a few parameters replaces data, model and loss: watch the path."""
+
+    objective: ObjectiveSpec
+    optimizer: OptimizerConfig
+    training: StepsConfig
+
+
+AnyConfig = Union[ExperimentConfig, ObjectiveConfig]
