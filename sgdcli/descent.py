@@ -12,6 +12,7 @@ import numpy as np
 
 from sgdcli import build, plots, runs
 from sgdcli.config import ObjectiveConfig
+from sgdcli.engine.objectives import Objective
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.session import TrainResult
 
@@ -21,46 +22,18 @@ PATH_PLOT = "path.png"
 def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Take `training.steps` updates from `objective.start`; metrics.csv holds the path (w0, w1, ...)."""
     objective = build.build_objective(config.objective)
-    optimizer = build.build_optimizer(config.optimizer)
-    schedule = build.build_schedule(config.optimizer, 1, config.training.steps)  # an "epoch" is one step here
-    w = np.array(config.objective.start, dtype=np.float64)
-    params = {"w": w}
     run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False)
     lock = runs.lock_run(run_dir)
     try:
         runs.write_config(run_dir, config.to_dict())
         columns = ["epoch", "updates", "samples", "forward_passes", "seconds", "learning_rate", "train_loss"]
-        columns += [f"w{i}" for i in range(len(w))]
-        writer = runs.MetricsWriter(run_dir / runs.METRICS, columns)
-        status, message, passes = "completed", None, 0
+        writer = runs.MetricsWriter(run_dir / runs.METRICS, columns + [f"w{i}" for i in range(objective.dims)])
         started = time.perf_counter()
-        path, losses = [w.copy()], [objective.value(w)]
-        with np.errstate(over="ignore", invalid="ignore"):
-            for step in range(1, config.training.steps + 1):
-                value, learning_rate = objective.value(w), schedule(step - 1)
-                if isinstance(optimizer, CoordinateSearch):
-                    _, used = optimizer.step(params, lambda: objective.value(w), learning_rate)
-                    passes += used
-                else:
-                    grad = objective.gradient(w)
-                    if not (math.isfinite(value) and np.isfinite(grad).all()):
-                        status = "diverged"
-                        break
-                    optimizer.step(params, {"w": grad}, learning_rate)
-                    passes += 1
-                new_value = objective.value(w)
-                if not (math.isfinite(new_value) and np.isfinite(w).all()):
-                    status = "diverged"
-                    break
-                path.append(w.copy())
-                losses.append(new_value)
-                writer.write({"epoch": step, "updates": step, "samples": 0, "forward_passes": passes,
-                              "seconds": round(time.perf_counter() - started, 6), "learning_rate": learning_rate,
-                              "train_loss": new_value, **{f"w{i}": float(v) for i, v in enumerate(w)}})
-                if should_stop is not None and should_stop():
-                    status = "interrupted"
-                    break
-        writer.close()
+        try:
+            status, path, losses = _descend(config, objective, writer, should_stop)
+        finally:
+            writer.close()
+        message = None
         if status == "diverged":
             message = (f"diverged at step {len(path)}: the step would leave the finite numbers. "
                        "Try a smaller optimizer.learning_rate.")
@@ -74,6 +47,39 @@ def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool]
     finally:
         lock.close()
     return TrainResult(run_dir, status, summary, message)
+
+
+def _descend(config: ObjectiveConfig, objective: Objective, writer: runs.MetricsWriter,
+             should_stop: Callable[[], bool] | None) -> tuple[str, list[np.ndarray], list[float]]:
+    """The loop: one metrics row per step; stops before a step that would leave the finite numbers."""
+    optimizer = build.build_optimizer(config.optimizer)
+    schedule = build.build_schedule(config.optimizer, 1, config.training.steps)  # an "epoch" is one step here
+    w = np.array(config.objective.start, dtype=np.float64)
+    params, passes, started = {"w": w}, 0, time.perf_counter()
+    path, losses = [w.copy()], [objective.value(w)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in range(1, config.training.steps + 1):
+            learning_rate = schedule(step - 1)
+            if isinstance(optimizer, CoordinateSearch):
+                _, used = optimizer.step(params, lambda: objective.value(w), learning_rate)
+                passes += used
+            else:
+                grad = objective.gradient(w)
+                if not np.isfinite(grad).all():
+                    return "diverged", path, losses
+                optimizer.step(params, {"w": grad}, learning_rate)
+                passes += 1
+            value = objective.value(w)
+            if not (math.isfinite(value) and np.isfinite(w).all()):
+                return "diverged", path, losses
+            path.append(w.copy())
+            losses.append(value)
+            writer.write({"epoch": step, "updates": step, "samples": 0, "forward_passes": passes,
+                          "seconds": round(time.perf_counter() - started, 6), "learning_rate": learning_rate,
+                          "train_loss": value, **{f"w{i}": float(v) for i, v in enumerate(w)}})
+            if should_stop is not None and should_stop():
+                return "interrupted", path, losses
+    return "completed", path, losses
 
 
 def _describe(config: ObjectiveConfig) -> str:

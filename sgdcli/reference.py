@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from sgdcli import schema as cfg
@@ -71,11 +72,10 @@ def optimizers() -> list[OptimizerReference]:
     """One entry per optimizer type the config accepts, in schema order."""
     entries = []
     for config_class, (rule, conventions) in RULES.items():
-        fields = config_class.model_fields
+        fields = {name: field for name, field in config_class.model_fields.items() if name not in ("type", "schedule")}
+        required = {name: "required" for name, field in fields.items() if field.is_required()}
         defaults = {name: field.default for name, field in fields.items()
-                    if name not in ("type", "schedule") and field.default is not None and not field.is_required()}
-        required = [name for name, field in fields.items() if field.is_required() and name != "type"]
-        defaults.update({name: "required" for name in required})
-        entries.append(OptimizerReference(config_class.model_fields["type"].annotation.__args__[0], rule,
-                                          defaults, conventions))
+                    if not field.is_required() and field.default is not None}
+        kind = typing.get_args(config_class.model_fields["type"].annotation)[0]
+        entries.append(OptimizerReference(kind, rule, {**required, **defaults}, conventions))
     return entries
