@@ -199,9 +199,10 @@ class RunRecord:
 def read_run(path: Path) -> RunRecord:
     """Read whatever of a run is readable; missing or damaged files become `problems`."""
     path = Path(path)
-    if not path.is_dir():
-        raise RunDirError("expected a run directory (with config.yaml and metrics.csv)", source=str(path))
     record = RunRecord(path)
+    if not path.is_dir():
+        record.problems.append("not a run directory" if path.exists() else "no such run directory")
+        return record
     try:
         config = read_yaml(path / CONFIG)
         record.config = config if isinstance(config, dict) else None

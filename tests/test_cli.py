@@ -89,11 +89,14 @@ def test_compare_reports_a_damaged_run_and_still_compares_the_others(tmp_path, w
     broken = runs / "broken"
     broken.mkdir()
     (broken / "metrics.csv").write_text("epoch,updates\n1,notanumber\n2,3\n")
-    result = run("compare", good, broken, "--format", "json", "--plot", tmp_path / "c.png")
+    stray = runs / "notes.txt"
+    stray.write_text("not a run")
+    result = run("compare", good, broken, stray, tmp_path / "missing", "--format", "json", "--plot", tmp_path / "c.png")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["runs"]
     assert rows[0]["status"] == "completed" and rows[0]["problems"] == ""
     assert "config.yaml" in rows[1]["problems"] and "metrics.csv" in rows[1]["problems"]
+    assert rows[2]["problems"] == "not a run directory" and rows[3]["problems"] == "no such run directory"
 
 
 def test_eval_on_another_file_and_on_a_checkpoint_file(tmp_path):
