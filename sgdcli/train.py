@@ -83,6 +83,7 @@ def train_epochs(
     params = model.parameters()
     n = len(x)
     shuffled = problem.shuffle and size < n  # full batch: one update whatever the order, so no copies
+    search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch
     while position.epoch < epochs:
         if shuffled:
             if position.batch == 0:
@@ -96,7 +97,7 @@ def train_epochs(
             else:
                 index = order[start : start + size]
                 xb, yb = x[index], y[index]
-            if isinstance(problem.optimizer, CoordinateSearch):
+            if search:
                 value, passes = problem.optimizer.step(
                     params, lambda xb=xb, yb=yb: problem.loss.value(model.predict(xb), yb),
                     problem.schedule(position.updates))
