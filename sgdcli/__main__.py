@@ -1,5 +1,5 @@
 """`python -m sgdcli` runs the command line."""
 
-from sgdcli.cli import main
+from sgdcli.cli.app import main
 
 main()

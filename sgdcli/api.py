@@ -11,14 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from sgdcli import build, descent, metrics, plots, runs
-from sgdcli import gradcheck as gradcheck_module
-from sgdcli import landscape as landscape_module
-from sgdcli import sweep as sweep_module
-from sgdcli.config import AnyConfig, ExperimentConfig, ObjectiveConfig, flatten, load_config
+from sgdcli import plots
+from sgdcli.analysis import gradcheck as gradcheck_module
+from sgdcli.analysis import landscape as landscape_module
+from sgdcli.analysis import landscape_files
+from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
+from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
-from sgdcli.session import Reporter, Session, TrainResult
-from sgdcli.trained import TrainedModel, load_trained
+from sgdcli.runs import directory as runs
+from sgdcli.training import build, descent
+from sgdcli.training import sweep as sweep_module
+from sgdcli.training.session import Reporter, Session, TrainResult
+from sgdcli.training.trained import TrainedModel, load_trained
 
 __all__ = ["load_config", "train", "resume", "sweep", "gradcheck", "landscape", "load_trained", "evaluate",
            "compare", "TrainedModel", "TrainResult", "Comparison", "Reporter"]
@@ -107,12 +112,12 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
 def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "init-to-final",
               span: tuple[float, float] | None = None, points: int = 51, split: str = "train",
               samples: int | None = None, seed: int = 0, out: Path | str | None = None):
-    """The loss along a line through weight space (see sgdcli.landscape); writes OUT.csv and OUT.png
+    """The loss along a line through weight space (see sgdcli.analysis.landscape); writes OUT.csv and OUT.png
     (default ./landscape-<run>-<direction>) and returns (the Landscape, csv path, png path)."""
     result = landscape_module.compute(run, checkpoint=checkpoint, direction=direction, span=span, points=points,
                                       split=split, samples=samples, seed=seed)
-    prefix = out if out is not None else landscape_module.default_prefix(run, direction)
-    csv_path, png_path = landscape_module.write(result, prefix)
+    prefix = out if out is not None else landscape_files.default_prefix(run, direction)
+    csv_path, png_path = landscape_files.write(result, prefix)
     return result, csv_path, png_path
 
 

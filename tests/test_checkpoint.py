@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgdcli import checkpoint
 from sgdcli.errors import CheckpointError
+from sgdcli.runs import checkpoint
 
 
 def sample() -> checkpoint.Checkpoint:

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from typer.testing import CliRunner
 
-from sgdcli.cli import app
-
-from conftest import tiny_config
+from sgdcli.cli.app import app
 
 runner = CliRunner()
 
@@ -212,8 +211,9 @@ def test_usage_error_exit_2(tmp_path):
 
 
 def test_python_api_predicts_from_raw_features(tmp_path):
-    from sgdcli import api
     from conftest import REPO
+
+    from sgdcli import api
 
     result = api.train(api.load_config(REPO / "configs" / "iris.yaml", ["training.epochs=60"]), runs_dir=tmp_path)
     model = api.load_trained(result.run_dir)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from sgdcli.config import ExperimentConfig, ObjectiveConfig, flatten, load_config
-from sgdcli.errors import ConfigError
-from sgdcli.yamlio import parse_yaml
-
 from conftest import REPO, tiny_config
+
+from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.schema import ExperimentConfig, ObjectiveConfig
+from sgdcli.config.yamlio import parse_yaml
+from sgdcli.errors import ConfigError
 
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -149,7 +149,7 @@ def test_non_utf8_and_missing_files(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    from sgdcli.yamlio import dump_yaml
+    from sgdcli.config.yamlio import dump_yaml
 
     first = load_config(tiny_config(), ["optimizer.learning_rate=1e-5"])
     path = tmp_path / "resolved.yaml"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typing
 
-from sgdcli import build
-from sgdcli import schema as config
-
 from conftest import REPO
 from test_gradients import ACTIVATION_CASES, LAYER_CASES, LOSS_CASES
+
+from sgdcli.config import schema as config
+from sgdcli.training import build
 
 
 def literal_values(annotation) -> set[str]:

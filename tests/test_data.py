@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sgdcli import build
-from sgdcli.config import load_config
-from sgdcli.data import Scaler, encode_labels, load_csv, load_npz, split, synthetic
-from sgdcli.errors import DataError
-
 from conftest import REPO, tiny_config
+
+from sgdcli.config.loading import load_config
+from sgdcli.data.csvfile import load_csv
+from sgdcli.data.labels import encode_labels
+from sgdcli.data.npzfile import load_npz
+from sgdcli.data.scaling import Scaler
+from sgdcli.data.splits import split
+from sgdcli.data.synthetic import synthetic
+from sgdcli.errors import DataError
+from sgdcli.training import build
 
 
 def write(tmp_path, text, name="d.csv"):

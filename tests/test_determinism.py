@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-
-from sgdcli import api, checkpoint
-from sgdcli.config import load_config
-
 from conftest import tiny_config
+
+from sgdcli import api
+from sgdcli.config.loading import load_config
+from sgdcli.runs import checkpoint
 
 
 def metrics_without_wall_clock(run_dir) -> list[list[str]]:
@@ -36,7 +36,7 @@ def test_two_runs_with_one_seed_are_identical(tmp_path):
 
 
 def test_initial_weights_do_not_depend_on_batch_mode_or_step_size():
-    from sgdcli import build
+    from sgdcli.training import build
 
     weights = []
     for changes in ({}, {"training__batch__mode": "full"}, {"optimizer__learning_rate": 0.5}):

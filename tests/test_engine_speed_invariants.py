@@ -9,24 +9,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from sgdcli.engine import (
-    SGD,
-    AdaGrad,
-    Adam,
-    AdamW,
-    CrossEntropy,
-    Dense,
-    Dropout,
-    Identity,
-    LeakyReLU,
-    ReLU,
-    RMSProp,
-    Sequential,
-    Sigmoid,
-    Tanh,
-    glorot_uniform,
-    he_uniform,
-)
+from sgdcli.engine.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from sgdcli.engine.init import glorot_uniform, he_uniform
+from sgdcli.engine.layers import Dense, Dropout
+from sgdcli.engine.losses import CrossEntropy
+from sgdcli.engine.model import Sequential
+from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 
 OPTIMIZERS = {
     "sgd": SGD,

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from sgdcli import api, checkpoint, runs
-from sgdcli.config import load_config
-
 from conftest import tiny_config
 from test_resume import assert_identical
+
+from sgdcli import api
+from sgdcli.config.loading import load_config
+from sgdcli.runs import checkpoint
+from sgdcli.runs import directory as runs
 
 
 def long_config(epochs: int = 40) -> dict:

@@ -7,27 +7,26 @@ import warnings
 import numpy as np
 import pytest
 
-from sgdcli.engine import (
-    SGD,
-    ActivationLayer,
-    Adam,
+from sgdcli.analysis.gradcheck import (
+    TensorCheck,
+    check_gradients,
+    check_layer,
+    check_loss,
+    check_model,
+    numeric_gradient,
+)
+from sgdcli.engine.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from sgdcli.engine.init import glorot_normal, he_normal
+from sgdcli.engine.layers import ActivationLayer, Dense, Dropout
+from sgdcli.engine.losses import (
     BinaryCrossEntropy,
     CrossEntropy,
-    Dense,
-    Dropout,
     Huber,
-    Identity,
-    LeakyReLU,
     MeanAbsoluteError,
     MeanSquaredError,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    Tanh,
-    glorot_normal,
-    he_normal,
 )
-from sgdcli.gradcheck import TensorCheck, check_gradients, check_layer, check_loss, check_model, numeric_gradient
+from sgdcli.engine.model import Sequential
+from sgdcli.engine.optimizers import SGD, Adam
 
 
 def assert_all_passed(checks: list[TensorCheck]) -> None:

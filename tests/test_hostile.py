@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_config
 from typer.testing import CliRunner
 
-from sgdcli import api, checkpoint, data
-from sgdcli.cli import app
-from sgdcli.config import load_config
-
-from conftest import tiny_config
+from sgdcli import api
+from sgdcli.cli.app import app
+from sgdcli.config.loading import load_config
+from sgdcli.data import npzfile
+from sgdcli.runs import checkpoint
 
 runner = CliRunner()
 GOOD = yaml.safe_dump(tiny_config(), sort_keys=False)
@@ -162,7 +163,7 @@ def test_bad_npz(tmp_path, writer, expected):
 
 
 def test_npz_zip_bomb(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_NPZ_BYTES", 1_000_000)  # the real cap is 4 GiB; same code path
+    monkeypatch.setattr(npzfile, "MAX_NPZ_BYTES", 1_000_000)  # the real cap is 4 GiB; same code path
     config = npz_config(tmp_path, "bomb.npz", lambda p: np.savez_compressed(p, x=np.zeros((100_000, 20)),
                                                                              y=np.zeros(100_000, int)))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000  # 16 MB of zeros squeezed small

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from sgdcli import build
-from sgdcli.cli import app
-from sgdcli.config import load_config
-from sgdcli.errors import ConfigError, DataError
-
 from conftest import REPO, tiny_config
 from test_idx import FASHION, write
+from typer.testing import CliRunner
+
+from sgdcli.cli.app import app
+from sgdcli.config.loading import load_config
+from sgdcli.errors import ConfigError, DataError
+from sgdcli.training import build
 
 runner = CliRunner()
 NAMES = ["dark-left", "dark-right", "bright"]

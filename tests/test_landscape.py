@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sgdcli import api, build, checkpoint, landscape
-from sgdcli.config import load_config
-from sgdcli.errors import CheckpointError, UsageError
-
 from conftest import tiny_config
+
+from sgdcli import api
+from sgdcli.analysis import directions, landscape, landscape_files
+from sgdcli.config.loading import load_config
+from sgdcli.errors import CheckpointError, UsageError
+from sgdcli.runs import checkpoint
+from sgdcli.training import build
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H = 1e-4  # central-difference step: truncation ~H² and rounding ~1e-16/H are both far below 1e-4 relative
@@ -162,16 +164,16 @@ def test_checkpoint_by_name_by_path_or_as_the_run(classifier):
 ])
 def test_unreadable_directions_say_what_was_expected_and_received(text, hint):
     with pytest.raises(UsageError) as caught:
-        landscape.parse_direction(text)
+        directions.parse_direction(text)
     message = str(caught.value)
     assert "expected init-to-final, gradient, random, or one coefficient" in message and repr(text) in message
     assert hint is None or hint in message
 
 
 def test_directions_parse_once_into_objects():
-    assert landscape.parse_direction("gradient") == landscape.Gradient()
-    assert landscape.parse_direction(" 12.weight[ 3 , 5 ] ") == landscape.Coefficient("12.weight", (3, 5))
-    assert str(landscape.parse_direction("2.bias[1]")) == "2.bias[1]"
+    assert directions.parse_direction("gradient") == directions.Gradient()
+    assert directions.parse_direction(" 12.weight[ 3 , 5 ] ") == directions.Coefficient("12.weight", (3, 5))
+    assert str(directions.parse_direction("2.bias[1]")) == "2.bias[1]"
 
 
 @pytest.mark.parametrize("direction, expected", [
@@ -215,7 +217,7 @@ def test_write_makes_a_csv_and_a_png_at_the_prefix_and_leaves_the_run_alone(clas
     before = snapshot(classifier)
     coefficient = landscape.compute(classifier, direction="0.weight[0,1]", points=11)
     line = landscape.compute(classifier, direction="init-to-final", points=21)
-    csv_path, png_path = landscape.write(coefficient, tmp_path / "plots" / "w01")
+    csv_path, png_path = landscape_files.write(coefficient, tmp_path / "plots" / "w01")
     assert (csv_path, png_path) == (tmp_path / "plots" / "w01.csv", tmp_path / "plots" / "w01.png")
     rows = list(csv.reader(csv_path.read_text().splitlines()))
     assert rows[0] == ["alpha", "value", "loss", "tangent"] and len(rows) == 12
@@ -223,15 +225,15 @@ def test_write_makes_a_csv_and_a_png_at_the_prefix_and_leaves_the_run_alone(clas
     np.testing.assert_array_equal(values[:, 0], coefficient.alphas)
     np.testing.assert_array_equal(values[:, 2], coefficient.losses)  # repr(float) round-trips exactly
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
-    csv_path, png_path = landscape.write(line, tmp_path / "line.v2")  # a dot in the prefix is kept
+    csv_path, png_path = landscape_files.write(line, tmp_path / "line.v2")  # a dot in the prefix is kept
     assert csv_path.name == "line.v2.csv" and png_path.read_bytes()[:8] == PNG_SIGNATURE
     assert next(csv.reader(csv_path.read_text().splitlines())) == ["alpha", "loss"]
-    assert landscape.csv_text(landscape.compute(classifier, direction="gradient", points=3)).startswith(
+    assert landscape_files.csv_text(landscape.compute(classifier, direction="gradient", points=3)).startswith(
         "alpha,loss,tangent\n")
     assert snapshot(classifier) == before
 
 
 def test_default_prefix_is_outside_the_run(classifier):
-    prefix = landscape.default_prefix(classifier, "0.weight[3, 5]")
+    prefix = landscape_files.default_prefix(classifier, "0.weight[3, 5]")
     assert prefix == Path(f"landscape-{classifier.name}-0.weight-3-5") and not prefix.is_absolute()
-    assert landscape.default_prefix(classifier, "init-to-final").name == f"landscape-{classifier.name}-init-to-final"
+    assert landscape_files.default_prefix(classifier, "init-to-final").name == f"landscape-{classifier.name}-init-to-final"

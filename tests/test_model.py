@@ -7,22 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from sgdcli.engine import (
-    ActivationLayer,
-    CrossEntropy,
-    Dense,
-    Dropout,
-    Identity,
-    ParameterMismatch,
-    ReLU,
-    Sequential,
-    Tanh,
+from sgdcli.engine.activations import Identity, ReLU, Tanh
+from sgdcli.engine.init import (
     glorot_normal,
     glorot_uniform,
     he_normal,
     he_uniform,
     small_normal,
 )
+from sgdcli.engine.layers import ActivationLayer, Dense, Dropout
+from sgdcli.engine.losses import CrossEntropy
+from sgdcli.engine.model import ParameterMismatch, Sequential
 
 
 def make_model(dtype=np.float32, seed: int = 0) -> Sequential:

@@ -11,7 +11,15 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from sgdcli.engine import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
+from sgdcli.engine.optimizers import (
+    SGD,
+    AdaGrad,
+    Adam,
+    AdamW,
+    Optimizer,
+    RMSProp,
+    clip_by_global_norm,
+)
 
 LR = 0.1
 G = [0.5, -1.0]

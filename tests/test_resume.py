@@ -8,12 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-
-from sgdcli import api, checkpoint, runs
-from sgdcli.config import load_config
-from sgdcli.errors import CheckpointError, ConfigError, RunDirError
-
 from conftest import tiny_config
+
+from sgdcli import api
+from sgdcli.config.loading import load_config
+from sgdcli.errors import CheckpointError, ConfigError, RunDirError
+from sgdcli.runs import checkpoint
+from sgdcli.runs import directory as runs
 
 # Dropout (uses its random stream), Adam (state + step count) and a cosine schedule (position
 # dependent): everything a resume must restore exactly.

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sgdcli.engine import Constant, CosineDecay, ExponentialDecay, InverseTimeDecay, StepDecay, Warmup
+from sgdcli.engine.schedules import (
+    Constant,
+    CosineDecay,
+    ExponentialDecay,
+    InverseTimeDecay,
+    StepDecay,
+    Warmup,
+)
 
 
 def assert_values(schedule, expected: dict[int, float]) -> None:

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from sgdcli import api, checkpoint, reference
-from sgdcli import schema as cfg
-from sgdcli.cli import app
-from sgdcli.engine import layers
-
 from conftest import REPO, tiny_config
 from test_idx import FASHION
+from typer.testing import CliRunner
+
+from sgdcli import api
+from sgdcli.analysis import reference
+from sgdcli.cli.app import app
+from sgdcli.config import schema as cfg
+from sgdcli.engine import layers
+from sgdcli.runs import checkpoint
 
 runner = CliRunner()
 SEE_IT = REPO / "configs" / "see-it"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine.layers import Layer
-from .engine.losses import Loss
-from .engine.model import Sequential
+from sgdcli.engine.layers import Layer
+from sgdcli.engine.losses import Loss
+from sgdcli.engine.model import Sequential
 
 
 @dataclass

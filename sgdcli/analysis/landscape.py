@@ -3,22 +3,27 @@ loss (no weight-decay penalty) with dropout off, on a split of the run's own dat
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Union
 
 import numpy as np
 
-from sgdcli import build, metrics, plots, runs
-from sgdcli import checkpoint as checkpoints
+from sgdcli.analysis.directions import (
+    Coefficient,
+    Gradient,
+    InitToFinal,
+    RandomDirection,
+    parse_direction,
+)
+from sgdcli.engine import metrics
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.errors import CheckpointError, UsageError
-from sgdcli.trained import TrainedModel, load_trained
-from sgdcli.fileio import atomic_write, write_error
+from sgdcli.runs import checkpoint as checkpoints
+from sgdcli.runs import directory as runs
+from sgdcli.training import build
+from sgdcli.training.trained import TrainedModel, load_trained
 
 Weights = dict[str, np.ndarray]
 
@@ -52,64 +57,6 @@ class Landscape:
     @property
     def tangent_losses(self) -> np.ndarray:
         return self.origin_loss + self.slope * self.alphas
-
-
-# ---------------------------------------------------------------- directions
-class _Named:
-    text: ClassVar[str]
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass(frozen=True)
-class InitToFinal(_Named):
-    """α = 0 is the run's initial weights, α = 1 the checkpoint's: d = w_final − w_init."""
-
-    text: ClassVar[str] = "init-to-final"
-
-
-@dataclass(frozen=True)
-class Gradient(_Named):
-    """Steepest descent at the checkpoint: d = −∇L/‖∇L‖, so α is the distance moved in weight space."""
-
-    text: ClassVar[str] = "gradient"
-
-
-@dataclass(frozen=True)
-class RandomDirection(_Named):
-    """A seeded Gaussian direction at the checkpoint, scaled to the length of the weights: ‖d‖ = ‖w‖."""
-
-    text: ClassVar[str] = "random"
-
-
-@dataclass(frozen=True)
-class Coefficient:
-    """One weight, every other frozen: d is 1 at `parameter[index]`, 0 elsewhere; α is that weight's change."""
-
-    parameter: str  # "0.weight"
-    index: tuple[int, ...]  # (3, 5)
-
-    def __str__(self) -> str:
-        return f"{self.parameter}[{','.join(map(str, self.index))}]"
-
-
-Direction = Union[InitToFinal, Gradient, RandomDirection, Coefficient]
-NAMED: dict[str, Direction] = {d.text: d for d in (InitToFinal(), Gradient(), RandomDirection())}
-COEFFICIENT = re.compile(r"\s*(\d+\.[A-Za-z_]\w*)\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]\s*")
-
-
-def parse_direction(text: str) -> Direction:
-    """"init-to-final", "gradient", "random", or one coefficient such as "0.weight[3,5]" or "2.bias[1]"."""
-    if text in NAMED:
-        return NAMED[text]
-    match = COEFFICIENT.fullmatch(text)
-    if match is None:
-        close = difflib.get_close_matches(text, NAMED, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"--direction: expected init-to-final, gradient, random, or one coefficient as "
-                         f"LAYER.PARAM[i,j] (e.g. 0.weight[3,5] or 2.bias[1]); received {text!r}{hint}")
-    return Coefficient(match[1], tuple(int(i) for i in match[2].split(",")))
 
 
 # ---------------------------------------------------------------- the pure computation
@@ -396,63 +343,3 @@ def _dot(a: Weights, b: Weights) -> float:
 
 def _norm(weights: Weights) -> float:
     return math.sqrt(_dot(weights, weights))
-
-
-# ---------------------------------------------------------------- files
-def default_prefix(run: str | Path, direction: str) -> Path:
-    """`landscape-<run name>-<direction>` in the current directory: never inside the run."""
-    run = Path(run)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(parse_direction(direction))).strip("-")
-    return Path(f"landscape-{run.name if run.is_dir() else run.stem}-{slug}")
-
-
-def write(result: Landscape, prefix: str | Path) -> tuple[Path, Path]:
-    """PREFIX.csv and PREFIX.png, each written atomically; both are rendered before either is written."""
-    prefix = Path(prefix)
-    csv_path, png_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
-    table, image = csv_text(result).encode("utf-8"), png_bytes(result)
-    try:
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(prefix.parent, exc) from None
-    atomic_write(csv_path, table)
-    atomic_write(png_path, image)
-    return csv_path, png_path
-
-
-def csv_text(result: Landscape) -> str:
-    """alpha[,value],loss[,tangent]: `value` is the coefficient's value, `tangent` origin_loss + slope·α."""
-    columns = {"alpha": result.alphas}
-    if result.origin_x is not None:
-        columns["value"] = result.x
-    columns["loss"] = result.losses
-    if result.tangent:
-        columns["tangent"] = result.tangent_losses
-    rows = zip(*columns.values())
-    return "".join([",".join(columns) + "\n"] + [",".join(repr(float(v)) for v in row) + "\n" for row in rows])
-
-
-def png_bytes(result: Landscape) -> bytes:
-    """Loss against x; the checkpoint (and other marks) as dots; the tangent dashed."""
-    x, losses = result.x, result.losses
-    finite = np.isfinite(losses)
-
-    def draw(axes) -> None:
-        axes.plot(x[finite], losses[finite], "-", color="C0", label="loss")
-        if result.tangent:
-            step = "α" if result.origin_x is None else f"(x {'+' if result.origin_x < 0 else '−'} {abs(result.origin_x):.4g})"
-            axes.plot(x, result.tangent_losses, "--", color="C1", label=f"tangent (first-order prediction): "
-                      f"{result.origin_loss:.4g} {'+' if result.slope >= 0 else '−'} {abs(result.slope):.4g}·{step}")
-        for number, (alpha, label) in enumerate(result.marks):
-            at = np.flatnonzero(result.alphas == alpha)
-            if len(at) and finite[at[0]]:
-                axes.plot(x[at[0]], losses[at[0]], "o", color=f"C{number + 2}", label=label, zorder=3)
-        if finite.any():  # the tangent may leave the curve's range: keep the curve in view
-            low, high = losses[finite].min(), losses[finite].max()
-            pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
-            axes.set_ylim(low - pad, high + pad)
-        axes.set_xlabel(result.x_label, fontsize=8)
-        axes.set_ylabel("loss")
-        axes.set_title(f"loss along {result.direction}\n{result.checkpoint}\n{result.data}", fontsize=9)
-
-    return plots.png(draw)

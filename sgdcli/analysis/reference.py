@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from sgdcli import schema as cfg
+from sgdcli.config import schema as cfg
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def _boundary(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from sgdcli import render
+        from sgdcli.cli import render
 
         try:
             return command(*args, **kwargs)
@@ -86,9 +86,10 @@ def train(
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
-    from sgdcli import api, render
+    from sgdcli import api
+    from sgdcli.cli import render
     from sgdcli.errors import UsageError
-    from sgdcli.interrupts import graceful_stop
+    from sgdcli.training.interrupts import graceful_stop
 
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
@@ -129,7 +130,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Loss and metrics of a trained model on held-out data."""
-    from sgdcli import api, render
+    from sgdcli import api
+    from sgdcli.cli import render
 
     report = api.evaluate(target, data=data, split=split.value if split else None)
     render.evaluation(report, as_json)
@@ -144,7 +146,8 @@ def compare(
     fmt: Format = typer.Option(Format.table, "--format", help="Table format."),
 ) -> None:
     """Side-by-side table of runs (only the config keys that differ) and overlaid loss curves."""
-    from sgdcli import api, render
+    from sgdcli import api
+    from sgdcli.cli import render
 
     result = api.compare(runs, x=x.value, plot=plot)
     render.comparison(result.rows, result.differing, fmt.value, str(result.plot) if result.plot else None)
@@ -157,8 +160,9 @@ def validate(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
     """Check a config without training; prints the resolved config (defaults filled in)."""
-    from sgdcli import api, render
-    from sgdcli.yamlio import dump_yaml
+    from sgdcli import api
+    from sgdcli.cli import render
+    from sgdcli.config.yamlio import dump_yaml
 
     render.plain(dump_yaml(api.load_config(config, set_).to_dict()))
 
@@ -175,7 +179,8 @@ def gradcheck(
 ) -> None:
     """Compare backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
     for every parameter tensor of the config's model on a batch of its own data. Exit 1 on failure."""
-    from sgdcli import api, render
+    from sgdcli import api
+    from sgdcli.cli import render
 
     checks = api.gradcheck(api.load_config(config, set_), samples=samples, eps=eps, max_entries=max_entries)
     render.gradient_checks(checks)
@@ -199,7 +204,8 @@ def landscape(
 ) -> None:
     """Loss along a line through weight space: initial to final weights, the negative gradient, a random
     direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""
-    from sgdcli import api, render
+    from sgdcli import api
+    from sgdcli.cli import render
 
     result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
     render.landscape(result, csv_path, png_path)
@@ -208,7 +214,8 @@ def landscape(
 @app.command()
 def optimizers() -> None:
     """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
-    from sgdcli import reference, render
+    from sgdcli.analysis import reference
+    from sgdcli.cli import render
 
     render.optimizer_reference(reference.optimizers(), reference.WEIGHT_DECAY, reference.EFFECTIVE_STEP)
 

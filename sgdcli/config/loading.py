@@ -11,9 +11,14 @@ from typing import Annotated, Any, Union
 import pydantic
 from pydantic import BaseModel
 
+from sgdcli.config.schema import (
+    GRADIENT_OPTIMIZERS,
+    AnyConfig,
+    ExperimentConfig,
+    ObjectiveConfig,
+)
+from sgdcli.config.yamlio import parse_scalar, read_yaml
 from sgdcli.errors import ConfigError
-from sgdcli.schema import GRADIENT_OPTIMIZERS, AnyConfig, ExperimentConfig, ObjectiveConfig
-from sgdcli.yamlio import parse_scalar, read_yaml
 
 __all__ = ["load_config", "apply_override", "format_validation_error", "flatten", "AnyConfig", "ExperimentConfig",
            "ObjectiveConfig", "GRADIENT_OPTIMIZERS"]

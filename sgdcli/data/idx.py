@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sgdcli.data.dataset import Dataset
 from sgdcli.errors import DataError
 from sgdcli.fileio import read_bytes
 
@@ -233,3 +234,22 @@ def _write_entry(entry: Path, array: np.ndarray) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
+             known_classes: tuple[str, ...] | None = None) -> Dataset:
+    """An IDX image/label pair; labels are class indices, named by `class_names` when given."""
+    pixels, raw_labels = load_idx_pair(images, labels, cache_dir=default_cache_dir())
+    source = str(images)
+    sample_shape = tuple(pixels.shape[1:])
+    if raw_labels.min() < 0:
+        raise DataError(f"label {int(raw_labels.min())} is negative; expected class indices 0, 1, ...",
+                        source=str(labels))
+    count = int(raw_labels.max()) + 1
+    names = known_classes or class_names or tuple(str(i) for i in range(count))
+    if count > len(names):
+        what = "the model was trained on" if known_classes else "data.class_names gives"
+        raise DataError(f"label {count - 1} is out of range: {what} {len(names)} classes", source=str(labels))
+    width = int(np.prod(sample_shape))
+    return Dataset(pixels.reshape(len(pixels), width), raw_labels.astype(np.int64), source,
+                   tuple(f"pixel_{i}" for i in range(width)), tuple(names), sample_shape)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgdcli import checkpoint
+from sgdcli.runs import checkpoint
 from sgdcli.errors import CheckpointError, RunDirError, SgdcliError
 from sgdcli.fileio import atomic_write_text, remove_stale_temps, write_error
-from sgdcli.yamlio import dump_yaml, read_yaml
+from sgdcli.config.yamlio import dump_yaml, read_yaml
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"

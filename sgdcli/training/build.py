@@ -8,12 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from sgdcli import schema as cfg
-from sgdcli import data as datasets
-from sgdcli import idx
-from sgdcli.engine import activations, init, layers, losses, objectives, optimizers, schedules
-from sgdcli.engine.search import CoordinateSearch
+from sgdcli.config import schema as cfg
+from sgdcli.data import csvfile, idx, npzfile, splits
+from sgdcli.data.dataset import Dataset
+from sgdcli.data.scaling import Scaler
+from sgdcli.data.synthetic import synthetic
+from sgdcli.engine import (
+    activations,
+    init,
+    layers,
+    losses,
+    objectives,
+    optimizers,
+    schedules,
+)
 from sgdcli.engine.model import Sequential
+from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import ConfigError, DataError
 
 ACTIVATIONS = {
@@ -81,7 +91,7 @@ class PreparedData:
     y_train: np.ndarray
     x_val: np.ndarray | None
     y_val: np.ndarray | None
-    scaler: datasets.Scaler
+    scaler: Scaler
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] | None
     source: str
@@ -90,7 +100,7 @@ class PreparedData:
 
 def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
                  path: Path | None = None, class_names: tuple[str, ...] | None = None,
-                 features: tuple[str, ...] | None = None) -> datasets.Dataset:
+                 features: tuple[str, ...] | None = None) -> Dataset:
     """Read the config's training data, or `path`: another file (a folder for IDX) in the same format.
 
     `class_names` and `features` are a trained model's classes and CSV columns: labels outside
@@ -104,23 +114,23 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
             images, labels = found.get("test", found["train"])
         else:
             images, labels = _idx_files(data, "train")
-        return datasets.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
+        return idx.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
     if isinstance(data, cfg.CsvDataConfig):
-        return datasets.load_csv(path or data.path, data.target, features or data.features, classification, class_names)
+        return csvfile.load_csv(path or data.path, data.target, features or data.features, classification, class_names)
     if isinstance(data, cfg.NpzDataConfig):
-        return datasets.load_npz(path or data.path, classification, class_names)
+        return npzfile.load_npz(path or data.path, classification, class_names)
     if path is not None:
         raise DataError("a built-in synthetic dataset has no file format to read other files in", source=str(path))
     assert rng is not None
-    return datasets.synthetic(data.dataset, data.samples, data.noise, rng)
+    return synthetic(data.dataset, data.samples, data.noise, rng)
 
 
-def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None) -> datasets.Dataset | None:
+def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None) -> Dataset | None:
     """The config's held-out test set (data.test_file, or the IDX test pair), if it names one."""
     data = config.data
     if isinstance(data, cfg.IdxDataConfig):
         files = _idx_files(data, "test")
-        return None if files is None else datasets.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
+        return None if files is None else idx.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
     test_file = getattr(data, "test_file", None)
     if test_file is None:
         return None
@@ -142,7 +152,7 @@ def _idx_files(data: cfg.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
     return None if data.test_images is None else (data.test_images, data.test_labels)
 
 
-def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[Dataset, Dataset | None]:
     """The training and validation sets, unscaled: a separate file, or a seeded (stratified) split."""
     data, classification = config.data, config.is_classification
     full = load_dataset(data, classification, rngs.data)
@@ -150,13 +160,13 @@ def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[datasets.Datas
     validation_file = getattr(data, "validation_file", None)
     if validation_file is not None:
         return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names)
-    return datasets.split(full, data.validation, rngs.split, stratify=classification)
+    return splits.split(full, data.validation, rngs.split, stratify=classification)
 
 
 def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
     """Load, split and scale (the scaler is fit on the training split only)."""
     train, val = split_data(config, rngs)
-    scaler = datasets.Scaler.fit(train.x, config.data.scale)
+    scaler = Scaler.fit(train.x, config.data.scale)
     dtype = np.dtype(config.model.dtype)
     return PreparedData(
         x_train=scaler.transform(train.x, dtype),
@@ -180,7 +190,7 @@ def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -
     return y.astype(dtype)
 
 
-def _check_targets(config: cfg.ExperimentConfig, data: datasets.Dataset) -> None:
+def _check_targets(config: cfg.ExperimentConfig, data: Dataset) -> None:
     if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(data.class_names or ()) != 2:
         raise DataError(f"binary_cross_entropy needs exactly 2 classes, the data has {len(data.class_names or ())}"
                         f" ({', '.join((data.class_names or ())[:10])})", source=data.source)

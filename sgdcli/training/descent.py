@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from sgdcli import build, plots, runs
-from sgdcli.config import ObjectiveConfig
+from sgdcli import plots
+from sgdcli.config.schema import ObjectiveConfig
 from sgdcli.engine.objectives import Objective
 from sgdcli.engine.search import CoordinateSearch
-from sgdcli.session import TrainResult
+from sgdcli.runs import directory as runs
+from sgdcli.training import build
+from sgdcli.training.session import TrainResult
 
 PATH_PLOT = "path.png"
 

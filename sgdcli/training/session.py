@@ -9,13 +9,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sgdcli import build, checkpoint, plots, runs
-from sgdcli.config import GRADIENT_OPTIMIZERS, ExperimentConfig, flatten, load_config
+from sgdcli import plots
+from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
+from sgdcli.config.yamlio import read_yaml
+from sgdcli.engine.metrics import loss_and_accuracy
 from sgdcli.engine.model import ParameterMismatch
-from sgdcli.errors import CheckpointError, ConfigError, DiskError, DivergenceError, RunDirError, SgdcliError
-from sgdcli.metrics import loss_and_accuracy
-from sgdcli.train import EpochResult, Interrupted, Position, Problem, train_epochs
-from sgdcli.yamlio import read_yaml
+from sgdcli.errors import (
+    CheckpointError,
+    ConfigError,
+    DiskError,
+    DivergenceError,
+    RunDirError,
+    SgdcliError,
+)
+from sgdcli.runs import checkpoint
+from sgdcli.runs import directory as runs
+from sgdcli.training import build
+from sgdcli.training.loop import (
+    EpochResult,
+    Interrupted,
+    Position,
+    Problem,
+    train_epochs,
+)
 
 
 class Reporter(Protocol):

@@ -8,11 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from sgdcli import build, checkpoint, metrics, runs
-from sgdcli.config import ExperimentConfig, load_config
-from sgdcli.data import Scaler
+from sgdcli.config.loading import load_config
+from sgdcli.config.schema import ExperimentConfig
+from sgdcli.data.scaling import Scaler
+from sgdcli.engine import metrics
 from sgdcli.engine.model import ParameterMismatch, Sequential
 from sgdcli.errors import CheckpointError, ConfigError, DataError
+from sgdcli.runs import checkpoint
+from sgdcli.runs import directory as runs
+from sgdcli.training import build
 
 
 @dataclass

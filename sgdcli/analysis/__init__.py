@@ -1,0 +1,1 @@
+"""Looking at a model or a run: the finite-difference gradient check, loss landscapes and the optimizer reference."""
