@@ -1,8 +1,8 @@
-"""Measures changes to sgdcli/train.py's loop that this benchmark suggests, without editing train.py.
+"""Measures changes to sgdcli/training/loop.py's loop that bench.py suggests, without editing loop.py.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train_variants.py [--epochs N] [--batch 128]
 
-`loop` below is train.py's `train_epochs` for gradient optimizers, cut to one epoch and with
+`loop` below is loop.py's `train_epochs` for gradient optimizers, cut to one epoch and with
 the batch gather and the gradient check made swappable. Each variant trains its own copy of
 the same model from the same weights on the same batch order; their epochs are interleaved
 round by round, and each is compared with the unchanged loop run in the same round.
@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CASES, DATA, SgdcliRun, build, experiment
+from bench_common import CASES, DATA, SgdcliRun, experiment
 
-from sgdcli.train import _check_gradients
+from sgdcli.training import build
+from sgdcli.training.loop import _check_gradients
 
 
-def fancy(x, index, buffer):  # train.py today: x[index], a new array per batch
+def fancy(x, index, buffer):  # loop.py today: x[index], a new array per batch
     return x[index]
 
 
@@ -38,7 +39,7 @@ def sorted_fancy(x, index, buffer):  # the same samples, gathered in memory orde
 
 
 def loop(run: SgdcliRun, order: np.ndarray, gather, check: bool) -> float:
-    """One epoch of train.py's loop (gradient optimizers) with `gather` and the gradient check swappable."""
+    """One epoch of loop.py's loop (gradient optimizers) with `gather` and the gradient check swappable."""
     p = run.problem
     model, x, y, size = p.model, p.x, p.y, p.batch_size
     params = model.parameters()
@@ -71,7 +72,7 @@ def main() -> int:
     prepared = build.prepare_data(config, build.Rngs.from_seed(0))
     x, y = prepared.x_train, prepared.y_train
     variants = {
-        "train.py today (x[index], gradient check)": (fancy, True),
+        "loop.py today (x[index], gradient check)": (fancy, True),
         "np.take(x, index, axis=0, out=buffer)": (take_into, True),
         "x[np.sort(index)]": (sorted_fancy, True),
         "no gradient check (its cost, not a proposal)": (fancy, False),
@@ -85,7 +86,7 @@ def main() -> int:
         names = names[r % len(names):] + names[: r % len(names)]
         for name in names:
             times[name].append(loop(runs[name], order, *variants[name]))
-    base = "train.py today (x[index], gradient check)"
+    base = "loop.py today (x[index], gradient check)"
     updates = math.ceil(len(x) / args.batch)
     print(f"batch {args.batch}, {args.optimizer}, {args.epochs} interleaved epochs of {updates} updates")
     for name in variants:
