@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,16 +63,86 @@ def fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
-    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable."""
+def read_bytes(path: Path | str, error: type[SgdcliError], what: str, limit: int | None = None) -> bytes:
+    """The file's bytes, or `error` naming the file: missing, a directory, unreadable, or (with
+    `limit`) longer than `limit` bytes.
+
+    The limit is applied while reading, so a device or pipe that never ends (/dev/zero) costs at
+    most `limit` + 1 bytes of memory.
+    """
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            if limit is None:
+                return handle.read()
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         raise error("file not found", source=str(path)) from None
     except IsADirectoryError:
         raise error(f"expected {what}, received a directory", source=str(path)) from None
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if len(data) > limit:
+        raise error(f"expected at most {limit} bytes ({what}), received more", source=str(path))
+    return data
+
+
+def regular_file_size(path: Path | str, error: type[SgdcliError], what: str) -> int:
+    """The size of a regular file in bytes: what it declares before anything is read.
+
+    A missing file, a folder, a device or a pipe (no size to check before reading; /dev/zero
+    never ends) is `error` naming the file.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error("file not found", source=str(path)) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"expected {what}, received a directory", source=str(path))
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a pipe or socket"
+        raise error(f"expected {what} (a regular file, whose size is known before reading), received {kind}",
+                    source=str(path))
+    return info.st_size
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: physical memory, or the cgroup's limit if lower.
+
+    Data loading compares what a file declares (shape and type) with this before allocating.
+    """
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        limit = 1 << 62
+    for control in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(control).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
+def check_fits(needed: int, source: str, what: str, error: type[SgdcliError]) -> None:
+    """`error` naming `source` when `needed` bytes exceed memory_limit(), before allocating them."""
+    limit = memory_limit()
+    if needed > limit:
+        raise error(f"{what} needs {format_bytes(needed)} of memory; this machine allows {format_bytes(limit)}",
+                    source=source)
+
+
+def format_bytes(count: int | float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as disk and memory sizes are usually quoted)."""
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        count /= 1000
+        if count < 1000 or unit == "PB":
+            break
+    return f"{count:.1f} {unit}"
 
 
 def write_error(path: Path, exc: OSError) -> Exception:

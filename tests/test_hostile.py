@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from sgdcli import api
 from sgdcli.cli.app import app
 from sgdcli.config.loading import load_config
-from sgdcli.data import npzfile
+from sgdcli import fileio
 from sgdcli.runs import checkpoint
 
 runner = CliRunner()
@@ -163,11 +163,11 @@ def test_bad_npz(tmp_path, writer, expected):
 
 
 def test_npz_zip_bomb(tmp_path, monkeypatch):
-    monkeypatch.setattr(npzfile, "MAX_NPZ_BYTES", 1_000_000)  # the real cap is 4 GiB; same code path
+    monkeypatch.setattr(fileio, "memory_limit", lambda: 1_000_000)  # the real cap is the machine's memory
     config = npz_config(tmp_path, "bomb.npz", lambda p: np.savez_compressed(p, x=np.zeros((100_000, 20)),
                                                                              y=np.zeros(100_000, int)))
     assert (tmp_path / "bomb.npz").stat().st_size < 100_000  # 16 MB of zeros squeezed small
-    check(tmp_path, ["train", str(config)], 3, "inflates to", "at most 1000000")
+    check(tmp_path, ["train", str(config)], 3, "needs 33.6 MB of memory", "allows 1.0 MB")
 
 
 # ---------------------------------------------------------------- checkpoints and runs

@@ -130,8 +130,9 @@ def _check_aliases(node: yaml.Node) -> None:
 
 
 def read_yaml(path: Path) -> Any:
-    """Read and parse a YAML file; errors name the file."""
-    raw = read_bytes(path, ConfigError, "a YAML file")
+    """Read and parse a YAML file; errors name the file. At most MAX_BYTES are read, so a file
+    that never ends (/dev/zero, a pipe) is refused instead of filling memory."""
+    raw = read_bytes(path, ConfigError, "a YAML file", limit=MAX_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -1,63 +1,135 @@
-"""NumPy .npz archives with arrays `x` and `y`, loaded without pickle."""
+"""NumPy .npz archives with arrays `x` and `y`, loaded without pickle and within declared sizes.
+
+Each array's .npy header (shape and type) is read and checked against the zip entry's declared
+size and the machine's memory before its data is inflated, so neither a zip bomb nor a header
+that declares terabytes can allocate more than it declares.
+"""
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from sgdcli.data.dataset import Dataset
-from sgdcli.data.labels import encode_labels
+from sgdcli.data.labels import encode_codes, encode_labels
 from sgdcli.errors import DataError
+from sgdcli.fileio import check_fits, format_bytes, regular_file_size
 
-MAX_NPZ_BYTES = 4 * 1024**3  # refuse to inflate more than this from an .npz (zip bombs)
+_NUMERIC = "biuf"
 
 
 def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | None = None) -> Dataset:
-    """An .npz with numeric arrays `x` (N, D) and `y` (N,) or (N, K); never unpickles."""
+    """An .npz with numeric arrays `x` (N, D...) and `y` (N,) or (N, K); never unpickles.
+
+    x becomes float64 (N, D); y class indices (N,) int64 (labels, or one-hot rows whose C columns
+    are the classes "0".."C-1") or targets (N, K) float64. DataError naming the file otherwise.
+    """
     source = str(path)
+    regular_file_size(path, DataError, "an .npz file")
     try:
         with zipfile.ZipFile(path) as archive:
-            inflated = sum(info.file_size for info in archive.infolist())
-            if inflated > MAX_NPZ_BYTES:
-                raise DataError(f"the archive inflates to {inflated} bytes; at most {MAX_NPZ_BYTES} allowed", source=source)
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if not {"x", "y"} <= keys:
-                raise DataError(f"expected arrays named 'x' and 'y', received {sorted(keys)}", source=source)
-            x, y = archive["x"], archive["y"]
-    except FileNotFoundError:
-        raise DataError("file not found", source=source) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            members = {info.filename: info for info in archive.infolist()}
+            keys = sorted(name[:-4] for name in members if name.endswith(".npy"))
+            if "x.npy" not in members or "y.npy" not in members:
+                raise DataError(f"expected arrays named 'x' and 'y', received {keys}", source=source)
+            x_info, y_info = members["x.npy"], members["y.npy"]
+            x_head, y_head = _header(archive, x_info, source, "x"), _header(archive, y_info, source, "y")
+            _check_shapes(x_head, y_head, classification, source)
+            needed = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, _, dtype in (x_head, y_head))
+            check_fits(needed, source, f"loading x {_shape(x_head[0])} and y {_shape(y_head[0])} as float64", DataError)
+            x = _inflate(archive, x_info, x_head)
+            y = _inflate(archive, y_info, y_head)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
-    except ValueError as exc:
-        raise DataError(f"cannot load the arrays without pickle ({exc}); expected numeric arrays", source=source) from None
-    if x.dtype.kind not in "biuf" or x.ndim < 2:
-        raise DataError(f"x: expected a numeric array of shape (N, D), received {x.dtype} {x.shape}", source=source)
     x = x.reshape(len(x), -1).astype(np.float64)
-    if len(y) != len(x):
-        raise DataError(f"x has {len(x)} samples but y has {len(y)}", source=source)
     bad = np.argwhere(~np.isfinite(x))
     if len(bad):
         raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
                         source=source)
     names = tuple(f"x{i}" for i in range(x.shape[1]))
     if classification:
-        if y.ndim == 2 and y.dtype.kind in "biuf" and _is_one_hot(y):
-            y = y.argmax(axis=1)
-        if y.dtype.kind not in "biuU" or y.ndim != 1:
-            raise DataError(f"y: expected class labels of shape (N,) or one-hot rows (N, C), received {y.dtype} "
-                            f"{y.shape}", source=source)
-        labels, class_names = encode_labels(y, source, class_names)
-        return Dataset(x, labels, source, names, class_names)
-    if y.dtype.kind not in "biuf":
-        raise DataError(f"y: expected numeric targets, received {y.dtype}", source=source)
+        labels, classes = _classes(y, source, class_names)
+        return Dataset(x, labels, source, names, classes)
     y = y.reshape(len(y), -1).astype(np.float64)
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
     return Dataset(x, y, source, names)
 
 
+Header = tuple[tuple[int, ...], bool, np.dtype]  # shape, Fortran order, dtype
+
+
+def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, key: str) -> Header:
+    """The .npy header of one member (a few hundred bytes inflated), checked against its declared size."""
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise DataError(f"{key}: .npy format version {version} is not supported", source=source)
+        offset = stream.tell()
+    if dtype.hasobject or dtype.kind not in _NUMERIC + "US":
+        raise DataError(f"{key}: expected a numeric array, received {dtype} (it cannot be loaded without pickle, "
+                        f"which sgdcli never uses)", source=source)
+    declared = math.prod(shape) * dtype.itemsize
+    if info.file_size - offset != declared:
+        raise DataError(f"{key}: the header declares shape {_shape(shape)} of {dtype} ({format_bytes(declared)}) "
+                        f"but the archive entry holds {format_bytes(info.file_size - offset)}", source=source)
+    return shape, fortran, dtype
+
+
+def _check_shapes(x_head: Header, y_head: Header, classification: bool, source: str) -> None:
+    (x_shape, _, x_type), (y_shape, _, y_type) = x_head, y_head
+    if x_type.kind not in _NUMERIC or len(x_shape) < 2:
+        raise DataError(f"x: expected a numeric array of shape (N, D), received {x_type} {_shape(x_shape)}",
+                        source=source)
+    if x_shape[0] == 0 or math.prod(x_shape[1:]) == 0:
+        raise DataError(f"x: expected at least one sample and one feature, received shape {_shape(x_shape)}",
+                        source=source)
+    if len(y_shape) == 0 or y_shape[0] != x_shape[0]:
+        received = f"shape {_shape(y_shape)}" if len(y_shape) == 0 else str(y_shape[0])
+        raise DataError(f"x has {x_shape[0]} samples but y has {received}", source=source)
+    if not classification and y_type.kind not in _NUMERIC:
+        raise DataError(f"y: expected numeric targets, received {y_type}", source=source)
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, head: Header) -> np.ndarray:
+    """The member's data read straight into an array of its declared shape (no second copy)."""
+    shape, fortran, dtype = head
+    array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    view = memoryview(array.reshape(-1, order="A")).cast("B")
+    with archive.open(info) as stream:
+        stream.seek(info.file_size - len(view))
+        filled = 0
+        while filled < len(view):
+            count = stream.readinto(view[filled:])
+            if not count:
+                raise EOFError(f"{info.filename} ends after {filled} of {len(view)} data bytes")
+            filled += count
+    return array
+
+
+def _classes(y: np.ndarray, source: str, class_names: tuple[str, ...] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    if y.ndim == 2 and y.dtype.kind in _NUMERIC and _is_one_hot(y):
+        width = y.shape[1]
+        if width < 2 and class_names is None:
+            raise DataError(f"y: one-hot rows need at least 2 columns, received {width}", source=source)
+        return encode_codes(list(range(width)), y.argmax(axis=1), source,
+                            class_names or tuple(str(i) for i in range(width)))
+    if y.ndim != 1:
+        raise DataError(f"y: expected class labels of shape (N,) or one-hot rows (N, C), received {y.dtype} "
+                        f"{_shape(y.shape)}", source=source)
+    return encode_labels(y, source, class_names)
+
+
 def _is_one_hot(y: np.ndarray) -> bool:
     return bool(np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all())
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(size) for size in shape) + ")"
