@@ -145,7 +145,7 @@ def evaluation(report: dict[str, Any], as_json: bool) -> None:
               f"{report['samples']} samples", markup=False)
     table = Table(show_header=False)
     table.add_row(f"loss ({report['loss_type']})", _num(report["loss"]))
-    for key in ("accuracy", "macro_f1", "mse", "mae", "r2"):
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mse", "mae", "r2"):
         if key in report:
             table.add_row(key, _num(report[key]))
     out.print(table)

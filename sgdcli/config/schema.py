@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -9,13 +10,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-Probability = Annotated[float, Field(ge=0, lt=1)]
+# Strict types, field by field (pydantic's strict mode): a boolean only where a boolean is meant
+# (`epochs: true` is not 1), an integer only as an integer (`epochs: 3.0` and `"3"` are refused),
+# a number never from a quoted string (`learning_rate: "0.1"`); an integer is a valid number.
+Integer = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+Probability = Annotated[float, Strict(), Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
@@ -39,7 +47,7 @@ def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
 class DataBase(Section):
     scale: Literal["standard", "minmax", "none"] = Field(
         "standard", description="feature scaling, fit on the training split only")
-    validation: Annotated[float, Field(ge=0, lt=1)] = Field(
+    validation: Annotated[Number, Field(ge=0, lt=1)] = Field(
         0.2, description="fraction of the training data held out (stratified for classification)")
 
 
@@ -56,7 +64,20 @@ class CsvDataConfig(FileDataBase):
 
     source: Literal["csv"]
     target: str = Field(description="name of the target column")
-    features: list[str] | None = Field(None, description="feature columns (default: every other column)")
+    features: list[str] | None = Field(None, min_length=1, description="feature columns (default: every other column)")
+
+    @field_validator("features")
+    @classmethod
+    def _features_once_and_not_the_target(cls, features: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """A target among the features leaks the answer into the input; a column twice is a typo."""
+        target = info.data.get("target")
+        if features is not None and target in features:
+            raise ValueError(f"lists the target column {target!r} (data.target) among the features; the model would "
+                             f"be given the answer as an input")
+        twice = sorted(name for name, count in Counter(features or ()).items() if count > 1)
+        if twice:
+            raise ValueError(f"lists column(s) {', '.join(map(repr, twice))} more than once; expected each feature once")
+        return features
 
 
 class NpzDataConfig(FileDataBase):
@@ -70,8 +91,8 @@ class SyntheticDataConfig(DataBase):
 
     source: Literal["synthetic"]
     dataset: Literal["xor", "spirals", "moons", "circles", "sine"]
-    samples: int = Field(400, ge=4, le=1_000_000)
-    noise: float = Field(0.1, ge=0, le=10)
+    samples: Integer = Field(400, ge=4, le=1_000_000)
+    noise: Number = Field(0.1, ge=0, le=10)
 
 
 class IdxDataConfig(DataBase):
@@ -116,9 +137,9 @@ class DenseConfig(Section):
     """A fully connected layer y = activation(x @ weight + bias)."""
 
     type: Literal["dense"]
-    units: int = Field(ge=1, le=1_000_000)
+    units: Integer = Field(ge=1, le=1_000_000)
     activation: Activation = "identity"
-    negative_slope: float = Field(0.01, ge=0, lt=1, description="slope of leaky_relu for x < 0")
+    negative_slope: Number = Field(0.01, ge=0, lt=1, description="slope of leaky_relu for x < 0")
     init: Init | None = Field(None, description="weight init (default: he_uniform for relu-like, else glorot_uniform)")
 
 
@@ -127,7 +148,7 @@ class ActivationConfig(Section):
 
     type: Literal["activation"]
     function: Activation
-    negative_slope: float = Field(0.01, ge=0, lt=1)
+    negative_slope: Number = Field(0.01, ge=0, lt=1)
 
 
 class DropoutConfig(Section):
@@ -183,32 +204,32 @@ CLASSIFICATION_LOSSES = (BinaryCrossEntropyConfig, CrossEntropyConfig)
 # ---------------------------------------------------------------- schedules
 class ConstantConfig(Section):
     type: Literal["constant"]
-    warmup_epochs: float = Field(0, ge=0)
+    warmup_epochs: Number = Field(0, ge=0)
 
 
 class StepDecayConfig(Section):
     type: Literal["step"]
-    every_epochs: float = Field(gt=0, description="multiply the step size by `factor` every this many epochs")
-    factor: Annotated[float, Field(gt=0, le=1)] = 0.5
-    warmup_epochs: float = Field(0, ge=0)
+    every_epochs: Number = Field(gt=0, description="multiply the step size by `factor` every this many epochs")
+    factor: Annotated[Number, Field(gt=0, le=1)] = 0.5
+    warmup_epochs: Number = Field(0, ge=0)
 
 
 class ExponentialConfig(Section):
     type: Literal["exponential"]
-    decay_rate: Annotated[float, Field(gt=0, le=1)] = Field(description="step size multiplied by this per epoch")
-    warmup_epochs: float = Field(0, ge=0)
+    decay_rate: Annotated[Number, Field(gt=0, le=1)] = Field(description="step size multiplied by this per epoch")
+    warmup_epochs: Number = Field(0, ge=0)
 
 
 class InverseTimeConfig(Section):
     type: Literal["inverse_time"]
-    decay_rate: float = Field(gt=0, description="lr / (1 + decay_rate * epochs_done)")
-    warmup_epochs: float = Field(0, ge=0)
+    decay_rate: Number = Field(gt=0, description="lr / (1 + decay_rate * epochs_done)")
+    warmup_epochs: Number = Field(0, ge=0)
 
 
 class CosineConfig(Section):
     type: Literal["cosine"]
-    min_learning_rate: float = Field(0.0, ge=0)
-    warmup_epochs: float = Field(0, ge=0)
+    min_learning_rate: Number = Field(0.0, ge=0)
+    warmup_epochs: Number = Field(0, ge=0)
 
 
 ScheduleConfig = Annotated[
@@ -227,7 +248,7 @@ def _constant_by_default(data: Any) -> Any:
 
 class OptimizerBase(Section):
     learning_rate: PositiveFloat = Field(description="the step size")
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient (AdamW: decoupled)")
+    weight_decay: Number = Field(0.0, ge=0, description="L2 penalty added to the gradient (AdamW: decoupled)")
     clip_norm: PositiveFloat | None = Field(None, description="clip gradients to this global L2 norm")
     schedule: ScheduleConfig = Field(default_factory=lambda: ConstantConfig(type="constant"))
 
@@ -241,7 +262,7 @@ class OptimizerBase(Section):
 class SgdConfig(OptimizerBase):
     type: Literal["sgd"]
     momentum: Probability = 0.0
-    nesterov: bool = False
+    nesterov: Flag = False
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "SgdConfig":
@@ -253,7 +274,7 @@ class SgdConfig(OptimizerBase):
 class AdagradConfig(OptimizerBase):
     type: Literal["adagrad"]
     epsilon: PositiveFloat = 1e-10
-    initial_accumulator: float = Field(0.0, ge=0)
+    initial_accumulator: Number = Field(0.0, ge=0)
 
 
 class RmspropConfig(OptimizerBase):
@@ -272,7 +293,7 @@ class AdamConfig(OptimizerBase):
 
 class AdamwConfig(AdamConfig):
     type: Literal["adamw"]  # type: ignore[assignment]
-    weight_decay: float = Field(0.01, ge=0, description="decoupled decay: w -= learning_rate * weight_decay * w")
+    weight_decay: Number = Field(0.01, ge=0, description="decoupled decay: w -= learning_rate * weight_decay * w")
 
 
 class PerturbConfig(Section):
@@ -299,23 +320,23 @@ GRADIENT_OPTIMIZERS = (SgdConfig, AdagradConfig, RmspropConfig, AdamConfig, Adam
 class BatchConfig(Section):
     mode: Literal["sgd", "minibatch", "full"] = Field(
         "minibatch", description="sgd: one sample per update; minibatch: `size` samples; full: the whole training set")
-    size: int = Field(32, ge=1, description="samples per update in minibatch mode (ignored otherwise)")
+    size: Integer = Field(32, ge=1, description="samples per update in minibatch mode (ignored otherwise)")
 
 
 class TrainingConfig(Section):
-    epochs: int = Field(ge=1, le=1_000_000)
+    epochs: Integer = Field(ge=1, le=1_000_000)
     batch: BatchConfig = Field(default_factory=lambda: BatchConfig())
-    shuffle: bool = Field(True, description="reshuffle the training set every epoch (seeded)")
-    eval_train: bool = Field(True, description="measure the loss on the whole training set after each epoch")
-    checkpoint_every: int = Field(0, ge=0, description="also keep a checkpoint every N epochs (0: only last and best)")
-    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
+    shuffle: Flag = Field(True, description="reshuffle the training set every epoch (seeded)")
+    eval_train: Flag = Field(True, description="measure the loss on the whole training set after each epoch")
+    checkpoint_every: Integer = Field(0, ge=0, description="also keep a checkpoint every N epochs (0: only last and best)")
+    patience: Integer | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
 
 
 class RunConfig(Section):
     """What every config names: the run and its seed."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: Integer = Field(0, ge=0, le=2**63 - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (paths as strings): what config.yaml in a run directory holds."""
@@ -341,29 +362,29 @@ class DoubleWellConfig(Section):
     """f(w) = w^4 - 4 w^2 + w: a local minimum near w = 1.35 and the global one near w = -1.47."""
 
     type: Literal["double_well"]
-    start: list[float] = Field(min_length=1, max_length=1, description="the starting parameter [w]")
+    start: list[Number] = Field(min_length=1, max_length=1, description="the starting parameter [w]")
 
 
 class ValleyConfig(Section):
     """f(x, y) = (x^2 + condition * y^2) / 2: a narrow valley, ill-conditioned for large `condition`."""
 
     type: Literal["valley"]
-    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
-    condition: float = Field(50.0, ge=1, le=1e6, description="curvature ratio across / along the valley")
+    start: list[Number] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+    condition: Number = Field(50.0, ge=1, le=1e6, description="curvature ratio across / along the valley")
 
 
 class RosenbrockConfig(Section):
     """f(x, y) = (1 - x)^2 + 100 (y - x^2)^2: a curved valley with its minimum at (1, 1)."""
 
     type: Literal["rosenbrock"]
-    start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
+    start: list[Number] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
 
 
 ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig], Field(discriminator="type")]
 
 
 class StepsConfig(Section):
-    steps: int = Field(ge=1, le=1_000_000, description="how many updates to take")
+    steps: Integer = Field(ge=1, le=1_000_000, description="how many updates to take")
 
 
 class ObjectiveConfig(RunConfig):

@@ -10,7 +10,6 @@ own header; otherwise it is rewritten. Any OSError on the cache side just skips 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 import os
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sgdcli.data.dataset import Dataset
+from sgdcli.data.labels import encode_codes
 from sgdcli.errors import DataError
-from sgdcli.fileio import read_bytes
+from sgdcli.fileio import check_fits, read_bytes, regular_file_size
 
 STANDARD_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -119,30 +119,58 @@ def _dotted(name: str) -> str:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    return read_bytes(path, DataError, "an IDX file")
+    """A regular file's bytes (a device or pipe is refused: it has no size to check first)."""
+    size = regular_file_size(path, DataError, "an IDX file")
+    check_fits(size, str(path), "reading this file", DataError)
+    return read_bytes(path, DataError, "an IDX file", limit=size)
 
 
 def _decode(raw: bytes, source: str) -> np.ndarray:
-    """Gunzip if needed, check the header against the length, return a native-order copy."""
+    """Gunzip if needed, check the header against the length, return a native-order copy.
+
+    The header is read first and what it declares is checked against memory before the rest is
+    inflated, and never more than the declared size (+1 byte, to detect trailing data) is inflated.
+    """
+    gz_named = source.endswith(".gz")
     if raw.startswith(_GZIP_MAGIC):
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"not a valid gzip file: {exc}", source=source) from None
+        dtype, shape, offset = _parse_header(_gunzip(raw, _MAX_HEADER, source), source, gz_named)
     else:
-        data = raw
-    dtype, shape, offset = _parse_header(data, source, gz_named=source.endswith(".gz"))
+        dtype, shape, offset = _parse_header(raw, source, gz_named)
     expected = math.prod(shape) * dtype.itemsize
+    check_fits(2 * expected + 4 * math.prod(shape), source,
+               f"the header's shape {_shape_text(shape)} of {dtype.name} (decoded, then as float32)", DataError)
+    gzipped = raw.startswith(_GZIP_MAGIC)
+    data = _gunzip(raw, offset + expected + 1, source) if gzipped else raw
     received = len(data) - offset
     if received != expected:
         what = "truncated" if received < expected else "trailing bytes after the data"
         raise DataError(
             f"{what}: expected {expected} bytes of data for shape {_shape_text(shape)} "
-            f"of {dtype.name}, received {received}",
+            f"of {dtype.name}, received {received}{' or more' if gzipped and received > expected else ''}",
             source=source,
         )
     array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
     return array.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _gunzip(raw: bytes, limit: int, source: str) -> bytes:
+    """At most `limit` bytes inflated from a gzip file (one member or several, as gzip writes them)."""
+    parts, size, rest = [], 0, raw
+    try:
+        while rest and size < limit:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            part = inflater.decompress(rest, limit - size)
+            parts.append(part)
+            size += len(part)
+            if not inflater.eof:
+                if inflater.unconsumed_tail or size >= limit:
+                    break
+                raise DataError("not a valid gzip file: it ends before the end of its compressed data",
+                                source=source)
+            rest = inflater.unused_data
+    except zlib.error as exc:
+        raise DataError(f"not a valid gzip file: {exc}", source=source) from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _parse_header(
@@ -238,18 +266,23 @@ def _write_entry(entry: Path, array: np.ndarray) -> None:
 
 def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
              known_classes: tuple[str, ...] | None = None) -> Dataset:
-    """An IDX image/label pair; labels are class indices, named by `class_names` when given."""
+    """An IDX image/label pair. The distinct labels, in label order, are the classes 0..C-1,
+    named by `class_names` (data.class_names, a name per label value) or by the label value;
+    with `known_classes` (a trained model's), every label's name must be one of them."""
     pixels, raw_labels = load_idx_pair(images, labels, cache_dir=default_cache_dir())
     source = str(images)
     sample_shape = tuple(pixels.shape[1:])
-    if raw_labels.min() < 0:
-        raise DataError(f"label {int(raw_labels.min())} is negative; expected class indices 0, 1, ...",
-                        source=str(labels))
-    count = int(raw_labels.max()) + 1
-    names = known_classes or class_names or tuple(str(i) for i in range(count))
-    if count > len(names):
-        what = "the model was trained on" if known_classes else "data.class_names gives"
-        raise DataError(f"label {count - 1} is out of range: {what} {len(names)} classes", source=str(labels))
+    distinct, codes = np.unique(raw_labels, return_inverse=True)
+    if distinct[0] < 0:
+        raise DataError(f"label {int(distinct[0])} is negative; expected class labels 0, 1, ...", source=str(labels))
+    if class_names is not None and distinct[-1] >= len(class_names):
+        raise DataError(f"label {int(distinct[-1])} is out of range: data.class_names gives {len(class_names)} "
+                        f"classes", source=str(labels))
+    names = [class_names[v] if class_names is not None else str(v) for v in distinct.tolist()]
+    if known_classes is None and len(names) < 2:
+        raise DataError(f"every label is {names[0]!r}; classification needs at least 2 classes", source=str(labels))
+    y, classes = encode_codes(names, codes.reshape(-1), str(labels), known_classes or tuple(names),
+                              locate=lambda i: f"label {i}")
     width = int(np.prod(sample_shape))
-    return Dataset(pixels.reshape(len(pixels), width), raw_labels.astype(np.int64), source,
-                   tuple(f"pixel_{i}" for i in range(width)), tuple(names), sample_shape)
+    return Dataset(pixels.reshape(len(pixels), width), y, source,
+                   tuple(f"pixel_{i}" for i in range(width)), classes, sample_shape)

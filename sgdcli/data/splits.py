@@ -9,13 +9,23 @@ from sgdcli.errors import DataError
 
 
 def split(data: Dataset, fraction: float, rng: np.random.Generator, stratify: bool) -> tuple[Dataset, Dataset | None]:
-    """Hold out `fraction` of the samples (per class when `stratify`); both parts keep file order."""
+    """Hold out `fraction` of the samples (per class when `stratify`); both parts keep file order.
+
+    DataError naming the class when rounding would put all of a class's samples in validation
+    (e.g. fraction 0.6 of a class with one sample): the model could never learn it.
+    """
     if fraction <= 0:
         return data, None
-    groups = [np.flatnonzero(data.y == c) for c in np.unique(data.y)] if stratify else [np.arange(len(data))]
+    classes = np.unique(data.y) if stratify else [None]
     held = []
-    for members in groups:
+    for c in classes:
+        members = np.arange(len(data)) if c is None else np.flatnonzero(data.y == c)
         count = int(round(fraction * len(members)))
+        if c is not None and count == len(members):
+            name = data.class_names[c] if data.class_names else str(c)
+            raise DataError(f"data.validation {fraction} would hold out all {len(members)} sample(s) of class "
+                            f"{name!r}, leaving none of it for training; lower data.validation or add samples of "
+                            f"that class", source=data.source)
         held.append(rng.permutation(members)[:count])
     val_index = np.sort(np.concatenate(held))
     if len(val_index) == 0 or len(val_index) == len(data):

@@ -37,7 +37,14 @@ def _labels(target: np.ndarray) -> np.ndarray:
 
 
 def classification_report(true: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]) -> dict[str, Any]:
-    """Accuracy, confusion matrix (rows: true class, columns: predicted) and per-class scores."""
+    """Accuracy, confusion matrix (rows: true class, columns: predicted), per-class scores of every
+    class, and their macro averages.
+
+    Macro precision, recall and F1 are the unweighted means over the classes present in `true` or
+    `predicted` (scikit-learn's default `labels=unique_labels(y_true, y_pred)`), so a class
+    absent from both does not pull the average down; a score with a zero denominator is 0
+    (scikit-learn's zero_division). true, predicted: class indices (N,) into `class_names`.
+    """
     count = len(class_names)
     confusion = np.zeros((count, count), dtype=np.int64)
     np.add.at(confusion, (true, predicted), 1)
@@ -50,13 +57,21 @@ def classification_report(true: np.ndarray, predicted: np.ndarray, class_names: 
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class.append({"class": name, "precision": float(precision), "recall": float(recall),
                           "f1": float(f1), "support": int(actual_c)})
+    present = [row for row, t, p in zip(per_class, confusion.sum(axis=1), confusion.sum(axis=0)) if t or p]
     return {
         "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
-        "macro_f1": float(np.mean([row["f1"] for row in per_class])),
+        "macro_f1": _mean(row["f1"] for row in present),
+        "macro_precision": _mean(row["precision"] for row in present),
+        "macro_recall": _mean(row["recall"] for row in present),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
         "class_names": list(class_names),
     }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else 0.0
 
 
 def regression_report(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -62,5 +62,5 @@ def load_trained(target: Path | str) -> TrainedModel:
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"damaged checkpoint metadata ({exc})", source=str(path)) from None
     class_names = tuple(meta["class_names"]) if meta.get("class_names") else None
-    return TrainedModel(model, config, Scaler(saved.shift, saved.scale), class_names,
+    return TrainedModel(model, config, Scaler.restore(saved.shift, saved.scale, str(path)), class_names,
                         tuple(meta["feature_names"]), path, meta)
