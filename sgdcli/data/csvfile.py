@@ -101,15 +101,14 @@ def _read(path: Path, source: str, header: list[str], names: list[str], target: 
     report = progress or _Progress(source)
     started = time.monotonic()
     blocks, targets = [], []
-    with open(path, "rb") as handle:
+    with pa.OSFile(str(path), "r") as handle:  # read natively: no Python buffer of a block's size
         reader = pacsv.open_csv(handle, **options)
         if reader.schema.names != columns:
             raise DataError("the CSV reader returned unexpected columns", source=source)
+        feature_columns = list(range(len(names)))
         for batch in reader:
-            block = np.empty((batch.num_rows, len(names)))
-            for j in range(len(names)):
-                block[:, j] = batch.column(j).to_numpy()
-            blocks.append(block)
+            # one C++ copy of the block's float64 columns into a row-major (rows, D) array
+            blocks.append(np.asarray(batch.select(feature_columns).to_tensor(row_major=True)))
             targets.append(batch.column(len(names)))
             if time.monotonic() - started >= PROGRESS_AFTER:
                 report(handle.tell(), size)
