@@ -19,6 +19,9 @@ from sgdcli.errors import DataError
 # A decimal number as a data file spells it (no 0x, no underscores, ASCII digits only).
 NUMBER = re.compile(r"^\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)\s*$", re.ASCII | re.IGNORECASE)
 
+# Spellings of a missing value (pandas' defaults, less "None", which can be a real class name).
+MISSING = frozenset({"NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null"})
+
 Locate = Callable[[int], str]  # sample index -> "row 17" (how the source names a sample)
 
 
@@ -46,7 +49,8 @@ def encode_codes(distinct: list, codes: np.ndarray, source: str, class_names: Se
         name = class_name(value)
         if name is None:
             at = locate(int(np.argmax(codes == position)))
-            raise DataError(f"{at}: expected a class label (a number or a name), received {value!r}", source=source)
+            raise DataError(f"{at}: expected a class label (a number or a name), received {value!r} (empty cells, "
+                            f"missing-value markers such as NA and non-finite numbers are not labels)", source=source)
         names.append(name)
     if class_names is None:
         class_names = sort_class_names(set(names))
@@ -68,12 +72,12 @@ def encode_codes(distinct: list, codes: np.ndarray, source: str, class_names: Se
 
 def class_name(value: object) -> str | None:
     """The canonical name of one label: numbers as their value ("1.0" -> "1"), names stripped;
-    None for an empty or non-finite label."""
+    None for an empty, missing (MISSING) or non-finite label."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         text = value.strip()
-        if not text:
+        if not text or text in MISSING:
             return None
         if not NUMBER.match(text):
             return text
