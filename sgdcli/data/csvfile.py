@@ -1,7 +1,7 @@
 """CSV tables: a header row, numeric feature cells, a numeric or class target column.
 
-Parsed by pyarrow's CSV reader (multi-threaded C++, streamed in blocks): a 214 MB table loads
-in about 2 s at about 3.5 times the file's size in memory. It is strict where we want it
+Parsed by pyarrow's CSV reader (multi-threaded C++, streamed in blocks): a 218 MB table loads
+in about 3 s with a peak of 0.8 GB (benchmarks/csv_load.py). It is strict where we want it
 (every row must have the header's number of cells; with no null spellings, an empty cell or
 `NA` is not a number), so a file it accepts needs no second pass. When it refuses a file,
 `csvrows` reads the rows again in Python to name the first bad row and column.
@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +46,39 @@ def load_csv(path: Path, target: str, features: list[str] | tuple[str, ...] | No
     source = str(path)
     size = regular_file_size(path, DataError, "a CSV file")
     check_fits(size, source, "reading this CSV file", DataError)
-    header = csvrows.read_header(str(path), source)
-    names = _columns(header, target, features, source)
+    header, header_lines = csvrows.read_header(source)
+    table = _Table(source, header, header_lines, _columns(header, target, features, source), target, classification)
     try:
-        x, y = _read(Path(path), source, header, names, target, classification, size, progress)
+        x, y = _read(table, size, progress)
     except pa.ArrowInvalid as exc:
-        problem = csvrows.first_problem(str(path), source, header, names, target, not classification)
-        raise (problem or DataError(f"not valid CSV: {exc}", source=source)) from None
+        raise table.problem(f"not valid CSV: {exc}") from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", source=source) from None
     if len(x) == 0:
         raise DataError("no data rows after the header", source=source)
     if not np.isfinite(x).all() or (not classification and not np.isfinite(y).all()):
-        raise csvrows.first_problem(str(path), source, header, names, target, not classification) or DataError(
-            "expected finite numbers", source=source)
+        raise table.problem("expected finite numbers")
     if not classification:
-        return Dataset(x, y, source, tuple(names))
-    labels, classes = _encode(y, source, header, names, target, class_names, str(path))
-    return Dataset(x, labels, source, tuple(names), classes)
+        return Dataset(x, y, source, tuple(table.names))
+    labels, classes = _encode(y, table, class_names)
+    return Dataset(x, labels, source, tuple(table.names), classes)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Where the columns are: what the fast reader and the row-by-row reader both need."""
+
+    path: str
+    header: list[str]
+    header_lines: int  # a quoted name can span lines; pyarrow skips lines, not rows
+    names: list[str]  # feature columns
+    target: str
+    classification: bool
+
+    def problem(self, fallback: str) -> DataError:
+        """The first bad row or cell, found by reading the rows again; `fallback` if none is found."""
+        found = csvrows.first_problem(self.path, self.header, self.names, self.target, not self.classification)
+        return found or DataError(fallback, source=self.path)
 
 
 def _columns(header: list[str], target: str, features, source: str) -> list[str]:
@@ -86,38 +102,37 @@ def _listing(header: list[str]) -> str:
     return ", ".join(header[:20]) + (f", ... ({len(header)} columns)" if len(header) > 20 else "")
 
 
-def _read(path: Path, source: str, header: list[str], names: list[str], target: str, classification: bool,
-          size: int, progress: Progress | None) -> tuple[np.ndarray, pa.ChunkedArray | np.ndarray]:
+def _read(table: _Table, size: int, progress: Progress | None) -> tuple[np.ndarray, pa.ChunkedArray | np.ndarray]:
     """Stream the file block by block: x as float64 blocks, the target as strings (classes) or floats."""
-    columns = [*names, target]
-    types = {name: pa.float64() for name in names}
-    types[target] = pa.string() if classification else pa.float64()
+    columns = [*table.names, table.target]
+    types = {name: pa.float64() for name in table.names}
+    types[table.target] = pa.string() if table.classification else pa.float64()
     options = {
-        "read_options": pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=BLOCK_BYTES),
+        "read_options": pacsv.ReadOptions(column_names=table.header, skip_rows=table.header_lines,
+                                          block_size=BLOCK_BYTES),
         "parse_options": pacsv.ParseOptions(invalid_row_handler=_skip_blank),
         "convert_options": pacsv.ConvertOptions(include_columns=columns, column_types=types, null_values=[],
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
     }
-    report = progress or _Progress(source)
+    report = progress or _Progress(table.path)
     started = time.monotonic()
     blocks, targets = [], []
-    with pa.OSFile(str(path), "r") as handle:  # read natively: no Python buffer of a block's size
+    feature_columns = list(range(len(table.names)))
+    with pa.OSFile(table.path, "r") as handle:  # read natively: no Python buffer of a block's size
         reader = pacsv.open_csv(handle, **options)
-        if reader.schema.names != columns:
-            raise DataError("the CSV reader returned unexpected columns", source=source)
-        feature_columns = list(range(len(names)))
+        assert reader.schema.names == columns, "pyarrow returns include_columns in their order"
         for batch in reader:
             # one C++ copy of the block's float64 columns into a row-major (rows, D) array
             blocks.append(np.asarray(batch.select(feature_columns).to_tensor(row_major=True)))
-            targets.append(batch.column(len(names)))
+            targets.append(batch.column(len(feature_columns)))
             if time.monotonic() - started >= PROGRESS_AFTER:
                 report(handle.tell(), size)
     if isinstance(report, _Progress):
         report.done(sum(len(b) for b in blocks))
-    x = np.concatenate(blocks) if blocks else np.empty((0, len(names)))
+    x = np.concatenate(blocks) if blocks else np.empty((0, len(feature_columns)))
     del blocks
-    y_column = pa.chunked_array(targets, type=types[target])
-    if classification:
+    y_column = pa.chunked_array(targets, type=types[table.target])
+    if table.classification:
         return x, y_column
     return x, y_column.to_numpy().reshape(-1, 1)
 
@@ -127,16 +142,15 @@ def _skip_blank(row) -> str:
     return "skip" if not row.text.strip() else "error"
 
 
-def _encode(y: pa.ChunkedArray, source: str, header: list[str], names: list[str], target: str,
-            class_names: tuple[str, ...] | None, path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def _encode(y: pa.ChunkedArray, table: _Table, class_names: tuple[str, ...] | None
+            ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Class labels via the column's dictionary: only the distinct labels become Python strings."""
     if pc.any(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(y)), 0)).as_py():
-        raise csvrows.first_problem(path, source, header, names, target, False) or DataError(
-            f"column {target!r}: empty target cell", source=source)
+        raise table.problem(f"column {table.target!r}: empty target cell")
     encoded = y.combine_chunks().dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return encode_codes(encoded.dictionary.to_pylist(), codes, source, class_names,
-                        locate=lambda i: csvrows.row_of(path, source, i))
+    return encode_codes(encoded.dictionary.to_pylist(), codes, table.path, class_names,
+                        locate=lambda i: csvrows.row_of(table.path, i))
 
 
 class _Progress:

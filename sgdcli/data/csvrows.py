@@ -47,48 +47,52 @@ def records(handle: BinaryIO, source: str) -> Iterator[tuple[int, list[str]]]:
         raise DataError(f"row {reader.line_num + 1}: not valid CSV ({exc})", source=source) from None
 
 
-def read_header(path: str, source: str) -> list[str]:
-    """The header row's names, stripped; at most MAX_HEADER_BYTES are read."""
+def read_header(path: str) -> tuple[list[str], int]:
+    """The header row's names, stripped, and how many lines it spans (a quoted name may hold a
+    line break); at most MAX_HEADER_BYTES are read."""
     with open(path, "rb") as handle:
-        reader = csv.reader(lines(handle, source, MAX_HEADER_BYTES))
+        reader = csv.reader(lines(handle, path, MAX_HEADER_BYTES))
         try:
             header = next(reader, None)
         except csv.Error as exc:
-            raise DataError(f"row 1: not valid CSV ({exc})", source=source) from None
+            raise DataError(f"row 1: not valid CSV ({exc})", source=path) from None
     if not header or (len(header) == 1 and not header[0].strip()):
-        raise DataError("the file is empty; expected a header row and data rows", source=source)
-    return [name.strip() for name in header]
+        raise DataError("the file is empty; expected a header row and data rows", source=path)
+    return [name.strip() for name in header], reader.line_num
 
 
-def row_of(path: str, source: str, index: int) -> str:
+def row_of(path: str, index: int) -> str:
     """'row L' for data sample `index` (0-based, blank lines not counted)."""
     with open(path, "rb") as handle:
-        for count, (line, _) in enumerate(records(handle, source)):
+        for count, (line, _) in enumerate(records(handle, path)):
             if count == index:
                 return f"row {line}"
     return f"sample {index}"
 
 
-def first_problem(path: str, source: str, header: list[str], features: list[str], target: str,
+def first_problem(path: str, header: list[str], features: list[str], target: str,
                   numeric_target: bool) -> DataError | None:
-    """The first bad row or cell in file order, as the DataError to raise; None if none is found."""
+    """The first bad row or cell in file order, as the DataError to raise; None if none is found.
+    A file without data rows is such a problem too."""
     position = {name: j for j, name in enumerate(header)}
     numeric = [(position[name], name) for name in features]
     if numeric_target:
         numeric.append((position[target], target))
     target_at = position[target]
+    rows = 0
     with open(path, "rb") as handle:
-        for line, row in records(handle, source):
+        for line, row in records(handle, path):
+            rows += 1
             if len(row) != len(header):
                 return DataError(f"row {line}: expected {len(header)} cells like the header, received {len(row)}",
-                                 source=source)
+                                 source=path)
             for j, name in numeric:
                 problem = number_problem(row[j])
                 if problem:
-                    return DataError(f"row {line}, column {name!r}: {problem}", source=source)
+                    return DataError(f"row {line}, column {name!r}: {problem}", source=path)
             if not row[target_at].strip():
-                return DataError(f"row {line}, column {target!r}: empty target cell", source=source)
-    return None
+                return DataError(f"row {line}, column {target!r}: empty target cell", source=path)
+    return None if rows else DataError("no data rows after the header", source=path)
 
 
 def number_problem(cell: str) -> str | None:
