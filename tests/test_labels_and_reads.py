@@ -61,6 +61,13 @@ def test_labels_are_encoded_like_label_encoder():
     assert names == ("2", "10") and indices.tolist() == [1, 0, 0, 0, 1]
     indices, names = encode_labels(np.array([1.0, 2.5, 1.0]), "src")
     assert names == ("1", "2.5") and indices.tolist() == [0, 1, 0]
+    indices, names = encode_labels(np.array([-1, 1, -1]), "src")
+    assert names == ("-1", "1") and indices.tolist() == [0, 1, 0]
+    # integers beyond float precision stay distinct and in order; 1e1 is the number 10
+    indices, names = encode_labels(np.array(["9007199254740993", "9007199254740992", "1e1", "10"]), "src")
+    assert names == ("10", "9007199254740992", "9007199254740993") and indices.tolist() == [2, 1, 0, 0]
+    with pytest.raises(DataError, match="sample 1: expected a class label"):
+        encode_labels(np.array(["a", "NA", "b"]), "src")
     with pytest.raises(DataError, match="single class, 'x'"):
         encode_labels(np.array(["x", " x"]), "src")
     # a trained model's classes: labels are matched by value, whatever their spelling

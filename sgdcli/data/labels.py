@@ -9,6 +9,7 @@ Work is done on the distinct values only; no per-row Python objects are made.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 import re
 from collections.abc import Callable, Sequence
 
@@ -21,6 +22,8 @@ NUMBER = re.compile(r"^\s*[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|na
 
 # Spellings of a missing value (pandas' defaults, less "None", which can be a real class name).
 MISSING = frozenset({"NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null"})
+
+INTEGER = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
 
 Locate = Callable[[int], str]  # sample index -> "row 17" (how the source names a sample)
 
@@ -81,6 +84,8 @@ def class_name(value: object) -> str | None:
             return None
         if not NUMBER.match(text):
             return text
+        if INTEGER.match(text):  # exactly, even beyond 2**53
+            return str(int(text))
         value = float(text)
     if isinstance(value, (bool, np.bool_)):
         return str(int(value))
@@ -95,5 +100,5 @@ def class_name(value: object) -> str | None:
 def sort_class_names(names: set[str]) -> tuple[str, ...]:
     """Numbers by value when every name is a number (2 before 10), otherwise by text."""
     if all(NUMBER.match(name) for name in names):
-        return tuple(sorted(names, key=float))
+        return tuple(sorted(names, key=Decimal))  # exact, so 2**53 + 1 sorts after 2**53
     return tuple(sorted(names))
