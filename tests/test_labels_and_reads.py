@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_config
 from typer.testing import CliRunner
 
-from sgdcli import api
+from sgdcli import api, fileio
 from sgdcli.cli.app import app
 from sgdcli.config.loading import load_config
 from sgdcli.config.yamlio import read_yaml
@@ -190,6 +190,16 @@ def test_npz_entry_longer_than_its_header_declares_is_refused(tmp_path):
             load_npz(path, classification=True)
 
     assert peak_bytes(read) < 5_000_000
+
+
+def test_csv_larger_than_memory_allows_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "d.csv"
+    path.write_text(csv_rows(["p", "q"] * 200))
+    monkeypatch.setattr(fileio, "memory_limit", lambda: 4 * path.stat().st_size - 1)
+    with pytest.raises(DataError, match="about 4 times its size.*this machine allows"):
+        csvfile.load_csv(path, "y", None, classification=True)
+    monkeypatch.setattr(fileio, "memory_limit", lambda: 4 * path.stat().st_size)
+    assert len(csvfile.load_csv(path, "y", None, classification=True)) == 400
 
 
 def test_numeric_csv_labels_make_no_per_row_python_objects(tmp_path):
