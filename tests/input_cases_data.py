@@ -153,6 +153,10 @@ DATA_CASES: list[Case] = [
          ("train", "c.yaml", *RUN), 3, ("d.npz", "one feature", "(4, 0)")),
     Case("npz y scalar", {"c.yaml": npz_config(), "d.npz": npz(np.zeros((4, 2)), np.array(1))},
          ("train", "c.yaml", *RUN), 3, ("d.npz", "y has shape ()")),
+    Case("npz y with zero columns", {"c.yaml": config_text(data={"source": "npz", "path": "d.npz", "validation": 0},
+                                                          loss={"type": "mse"}, model__layers__1__units=1),
+                                     "d.npz": npz(np.zeros((4, 2)), np.zeros((4, 0)))},
+         ("train", "c.yaml", *RUN), 3, ("d.npz", "at least one target", "(4, 0)")),
     # ---- 8. the CSV reader keeps every check
     Case("csv with BOM and CRLF", {"c.yaml": csv_config(), "d.csv": b"\xef\xbb\xbf" + rows(["p", "q"] * 5).replace(
         "\n", "\r\n").encode()}, ("train", "c.yaml", *RUN), 0, writes=True),

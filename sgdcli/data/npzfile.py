@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +43,23 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
             check_fits(needed, source, f"loading x {_shape(x_head[0])} and y {_shape(y_head[0])} as float64", DataError)
             x = _inflate(archive, x_info, x_head)
             y = _inflate(archive, y_info, y_head)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+            NotImplementedError, RuntimeError) as exc:  # the last two: an unsupported method, encryption
         raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
-    x = x.reshape(len(x), -1).astype(np.float64)
+    x = x.reshape(len(x), -1).astype(np.float64, copy=False)
     bad = np.argwhere(~np.isfinite(x))
     if len(bad):
         raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
                         source=source)
     names = tuple(f"x{i}" for i in range(x.shape[1]))
+    sample_shape = tuple(x_head[0][1:])  # (28, 28) for images stored as (N, 28, 28)
     if classification:
         labels, classes = _classes(y, source, class_names)
-        return Dataset(x, labels, source, names, classes)
+        return Dataset(x, labels, source, names, classes, sample_shape)
     y = y.reshape(len(y), -1).astype(np.float64)
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
-    return Dataset(x, y, source, names)
+    return Dataset(x, y, source, names, sample_shape=sample_shape)
 
 
 Header = tuple[tuple[int, ...], bool, np.dtype]  # shape, Fortran order, dtype
@@ -94,6 +97,8 @@ def _check_shapes(x_head: Header, y_head: Header, classification: bool, source: 
     if len(y_shape) == 0 or y_shape[0] != x_shape[0]:
         received = f"shape {_shape(y_shape)}" if len(y_shape) == 0 else str(y_shape[0])
         raise DataError(f"x has {x_shape[0]} samples but y has {received}", source=source)
+    if math.prod(y_shape[1:]) == 0:
+        raise DataError(f"y: expected at least one target per sample, received shape {_shape(y_shape)}", source=source)
     if not classification and y_type.kind not in _NUMERIC:
         raise DataError(f"y: expected numeric targets, received {y_type}", source=source)
 
