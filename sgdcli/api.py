@@ -220,9 +220,10 @@ def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[s
         "run": record.name,
         **{key: flat.get(key) for key in differing},
         "status": summary.get("status", "unknown" if not record.problems else "damaged"),
-        "epochs": int(last["epoch"]) if last else 0,
-        "updates": int(last["updates"]) if last else 0,
-        "samples": int(last["samples"]) if last else 0,
+        # A run that diverged or was stopped mid-epoch got further than its last metrics row: its
+        # summary counts every update made.
+        **{key: max(int(last[column]) if last else 0, int(summary.get(key) or 0))
+           for key, column in (("epochs", "epoch"), ("updates", "updates"), ("samples", "samples"))},
         "forward_passes": int(last["forward_passes"]) if last.get("forward_passes") is not None else None,
         "seconds": last.get("seconds"),
         "wall_seconds": summary.get("wall_seconds"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -40,8 +42,23 @@ def _boundary(command: Callable) -> Callable:
         except KeyboardInterrupt:
             render.error("interrupted")
             raise typer.Exit(INTERRUPTED) from None
+        except BrokenPipeError:
+            _closed_pipe()
 
     return wrapper
+
+
+def _closed_pipe() -> None:
+    """The reader of our output went away (`sgdcli eval RUN | head -1`): end as `yes | head` does,
+    killed by SIGPIPE with nothing on stderr, rather than with an exit code that means something else."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush into the closed pipe at exit
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    except (OSError, ValueError):  # no real stdout (an in-process runner): the shell's code for SIGPIPE
+        pass
+    raise typer.Exit(128 + signal.SIGPIPE)
 
 
 class Split(str, Enum):
@@ -96,13 +113,17 @@ def train(
     if resume is not None and (name is not None or sweep):
         raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
     if sweep:
+        from sgdcli.training.sweep import exit_status
+
+        finished = []
         with graceful_stop() as stop:
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
-                               on_done=render.sweep_member, should_stop=stop)
+                               on_done=lambda member: (finished.append(member), render.sweep_member(member)),
+                               should_stop=stop)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
         if stop():
             raise typer.Exit(INTERRUPTED)
-        return
+        raise typer.Exit(exit_status(finished))
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
@@ -212,6 +233,7 @@ def landscape(
 
 
 @app.command()
+@_boundary
 def optimizers() -> None:
     """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
     from sgdcli.analysis import reference

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from sgdcli import plots
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
@@ -148,9 +149,14 @@ class Session:
 
     # ------------------------------------------------------------ training
     def run(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train to the configured number of epochs; the run's lock is released however this ends."""
+        """Train to the configured number of epochs; the run's lock is released however this ends.
+
+        NumPy's overflow warnings are silenced: the loop checks every loss and gradient and ends a
+        diverged run with its own message, and losses measured after an epoch may be inf or NaN.
+        """
         try:
-            return self._run(should_stop)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._run(should_stop)
         finally:
             self.close()
 
