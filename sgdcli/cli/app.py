@@ -180,12 +180,15 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
-    """Check a config without training; prints the resolved config (defaults filled in)."""
+    """Check a config and its data as train does before its first update, without training; prints the
+    resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
     from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.config.yamlio import dump_yaml
 
-    render.plain(dump_yaml(api.load_config(config, set_).to_dict()))
+    resolved, checked = api.validate(api.load_config(config, set_))
+    render.plain(dump_yaml(resolved))
+    render.validation_plan(checked)
 
 
 @app.command()

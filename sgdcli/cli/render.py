@@ -168,6 +168,17 @@ def training_summary(summary: dict[str, Any], run_dir: str) -> None:
     plain(run_dir)
 
 
+def validation_plan(plan) -> None:
+    """What `validate` found training would use (on stderr: stdout holds the resolved config)."""
+    if plan is None:
+        err.print("ok")
+        return
+    classes = f", {len(plan.class_names)} classes" if plan.class_names else f", {plan.outputs} outputs"
+    err.print(f"ok: {plan.train_samples} training / {plan.val_samples} validation samples of {escape(plan.source)}, "
+              f"{plan.features} features{classes}, batch {plan.batch_size} ({plan.updates_per_epoch} updates per "
+              f"epoch); training needs {plan.memory.describe()}", highlight=False)
+
+
 def sweep_member(member) -> None:
     """One line as each member of a sweep finishes."""
     colour = {"completed": "green", "diverged": "yellow", "interrupted": "yellow"}.get(member.status, "red")

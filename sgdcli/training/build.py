@@ -191,18 +191,30 @@ def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -
 
 
 def _check_targets(config: cfg.ExperimentConfig, data: Dataset) -> None:
-    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(data.class_names or ()) != 2:
-        raise DataError(f"binary_cross_entropy needs exactly 2 classes, the data has {len(data.class_names or ())}"
-                        f" ({', '.join((data.class_names or ())[:10])})", source=data.source)
+    names = data.class_names or ()
+    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(names) != 2:
+        shown = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
+        raise DataError(f"{_target_name(config)}: expected exactly 2 classes for loss.type binary_cross_entropy "
+                        f"(in {config.file}), received {len(names)}: {shown}", source=data.source)
+
+
+def _target_name(config: cfg.ExperimentConfig) -> str:
+    target = getattr(config.data, "target", None)
+    return f"column {target!r}" if target else "the labels"
 
 
 def output_width(config: cfg.ExperimentConfig, prepared: PreparedData) -> int:
     """How many outputs the last layer must have for this data and loss."""
+    return outputs_for(config, prepared.class_names, prepared.y_train)
+
+
+def outputs_for(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None, y) -> int:
+    """Outputs the last layer needs: one per class (cross_entropy), 1 (binary), else y's columns."""
     if isinstance(config.loss, cfg.CrossEntropyConfig):
-        return len(prepared.class_names or ())
+        return len(class_names or ())
     if isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
         return 1
-    return prepared.y_train.shape[1]
+    return y.shape[1] if y.ndim == 2 else 1
 
 
 # ---------------------------------------------------------------- model

@@ -26,7 +26,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, plan
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -56,10 +56,11 @@ class TrainResult:
 def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build.Rngs]:
     """Data, model, loss, optimizer and schedule: everything before the run directory exists."""
     rngs = build.Rngs.from_seed(config.seed)
-    prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
-    batch_size = build.batch_size(config.training, len(prepared.x_train))
-    updates_per_epoch = math.ceil(len(prepared.x_train) / batch_size)
+    with plan.naming(config):
+        prepared = build.prepare_data(config, rngs)
+    checked = plan.for_prepared(config, prepared)  # before any weight is allocated
+    model = build.build_model(config.model, checked.features, checked.outputs, rngs.init)
+    batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
     problem = Problem(
         model=model,
         loss=build.build_loss(config.loss),
