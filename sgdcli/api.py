@@ -39,7 +39,7 @@ def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = N
     config records the path of its few parameters instead.
     """
     if name is not None:
-        config = load_config({**config.to_dict(), "name": name})
+        config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
     if isinstance(config, ObjectiveConfig):
         return descent.run(config, Path(runs_dir), should_stop)
     return Session.start(config, Path(runs_dir), reporter).run(should_stop)

@@ -39,9 +39,10 @@ def _boundary(command: Callable) -> Callable:
         except SgdcliError as exc:
             render.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            render.error("interrupted")
-            raise typer.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # before training started (or a Stopped from a signal handler)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            render.error("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}")
+            raise typer.Exit(128 + signum) from None
         except BrokenPipeError:
             _closed_pipe()
 
@@ -122,7 +123,7 @@ def train(
                                should_stop=stop)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
         if stop():
-            raise typer.Exit(INTERRUPTED)
+            raise typer.Exit(128 + stop.signal)
         raise typer.Exit(exit_status(finished))
     reporter = render.TrainingReporter()
     try:

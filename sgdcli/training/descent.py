@@ -15,7 +15,7 @@ from sgdcli.config.schema import ObjectiveConfig
 from sgdcli.engine.objectives import Objective
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, interrupts
 from sgdcli.training.session import TrainResult
 
 PATH_PLOT = "path.png"
@@ -27,7 +27,7 @@ def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool]
     NumPy's overflow warnings are silenced: the path is checked for non-finite values (a diverged
     run ends with its own message) and its plot may hold huge ones.
     """
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
         return _run(config, runs_dir, should_stop)
 
 

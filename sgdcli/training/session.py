@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, plan
+from sgdcli.training import build, interrupts, plan
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -95,12 +96,17 @@ class Session:
         """Build everything first (bad data or config: nothing written), then create the run."""
         session = cls(config, None, reporter)
         session.run_dir = runs.create_run_dir(Path(runs_dir), config.name)
-        session._lock = runs.lock_run(session.run_dir)
-        runs.write_config(session.run_dir, config.to_dict())
-        folder = session.run_dir / runs.CHECKPOINTS
-        state = session._state()
-        checkpoint.save(folder / runs.INITIAL, state)
-        checkpoint.save(folder / runs.LAST, state)
+        try:
+            session._lock = runs.lock_run(session.run_dir)
+            runs.write_config(session.run_dir, config.to_dict())
+            folder = session.run_dir / runs.CHECKPOINTS
+            state = session._state()
+            checkpoint.save(folder / runs.INITIAL, state)
+            checkpoint.save(folder / runs.LAST, state)
+        except BaseException:  # Ctrl-C, a full disk: a run with no checkpoint yet is no run at all
+            session.close()
+            shutil.rmtree(session.run_dir, ignore_errors=True)
+            raise
         return session
 
     @classmethod
@@ -114,12 +120,13 @@ class Session:
         try:
             runs.prepare_existing(run_dir)
             saved = _saved_config(run_dir)
-            config = requested or load_config(saved.to_dict(), overrides)
+            config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
             _check_same_experiment(saved, config, run_dir)
             path, state, warnings = runs.newest_checkpoint(run_dir)
             if state.meta["position"]["epoch"] > config.training.epochs:
-                raise ConfigError(f"training.epochs: the run has already done {state.meta['position']['epoch']}"
-                                  f" epochs; expected at least that many, received {config.training.epochs}")
+                raise ConfigError(f"training.epochs: expected at least the {state.meta['position']['epoch']} epochs "
+                                  f"the run {run_dir} has already done, received {config.training.epochs}",
+                                  source=config.file)
             session = cls(config, run_dir, reporter)
             session._lock = lock
             session._restore(path, state)
@@ -156,7 +163,7 @@ class Session:
         diverged run with its own message, and losses measured after an epoch may be inf or NaN.
         """
         try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
                 return self._run(should_stop)
         finally:
             self.close()
@@ -334,7 +341,7 @@ def _score(row: dict[str, Any]) -> float | None:
 def _saved_config(run_dir: Path) -> ExperimentConfig:
     path = run_dir / runs.CONFIG
     try:
-        config = load_config(read_yaml(path))
+        config = load_config(read_yaml(path)).read_from(str(path))
     except ConfigError as exc:
         raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
     if not isinstance(config, ExperimentConfig):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from sgdcli.errors import UsageError
+from sgdcli.training import interrupts
 
 STATUS_BY_EXIT = {0: "completed", 5: "diverged", 130: "interrupted", 143: "interrupted"}
 
@@ -61,6 +62,12 @@ def run(config: Path, overrides: list[str], sweep_members: list[Member], runs_di
     """Train every member (at most `jobs` at a time); a failed or diverged member is recorded, not fatal."""
     if jobs < 1:
         raise UsageError(f"--jobs expects a whole number of at least 1, received {jobs}")
+    with interrupts.deferring(should_stop):  # the members get the signal too; wait for them to save
+        _run(config, overrides, sweep_members, runs_dir, jobs, on_done, should_stop)
+
+
+def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_dir: Path, jobs: int,
+         on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None) -> None:
     waiting = list(sweep_members)
     running: list[tuple[Member, subprocess.Popen, IO[str], IO[str]]] = []
     while waiting or running:
