@@ -33,9 +33,11 @@ def _boundary(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from sgdcli.cli import render
+        from sgdcli.training.interrupts import graceful_stop
 
         try:
-            return command(*args, **kwargs)
+            with graceful_stop():  # Ctrl-C (130) or SIGTERM (143) stop any command at once; train defers
+                return command(*args, **kwargs)
         except SgdcliError as exc:
             render.error(str(exc))
             raise typer.Exit(exc.exit_code) from None

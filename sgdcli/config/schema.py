@@ -124,8 +124,7 @@ class DenseConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_init(cls, data: Any) -> Any:
-        """The default init is resolved here, so validate and a run's config.yaml show the one used."""
+    def _resolve_init(cls, data: Any) -> Any:  # so validate and a run's config.yaml show the init used
         if isinstance(data, dict) and data.get("init") is None:
             relu_like = data.get("activation") in ("relu", "leaky_relu")
             data = {**data, "init": "he_uniform" if relu_like else "glorot_uniform"}
@@ -326,22 +325,18 @@ class RunConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
     seed: int = Field(0, ge=0, le=2**63 - 1)
-    _file: str = PrivateAttr("<config>")
+    _file: str = PrivateAttr("<config>")  # the YAML file it was read from: later messages name it
 
     @property
     def file(self) -> str:
-        """The YAML file this config was read from ('<config>' when built from a dict): messages about
-        it found later (after the data is read) name it."""
         return self._file
 
-    def __eq__(self, other: object) -> bool:
-        # Equal values are the same experiment, whichever file they were read from.
-        return type(self) is type(other) and self.__dict__ == other.__dict__
-
     def read_from(self, file: str) -> "RunConfig":
-        """Record the file this config came from; returns self."""
         self._file = file
         return self
+
+    def __eq__(self, other: object) -> bool:  # the same values, whichever file they were read from
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (paths as strings): what config.yaml in a run directory holds."""

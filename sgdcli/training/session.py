@@ -355,7 +355,11 @@ def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig,
     old, new = flatten(saved.to_dict()), flatten(requested.to_dict())
     changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
     changed = [key for key in changed if key != "training.epochs" or new[key] < old[key]]
+    if changed == ["training.epochs"]:
+        raise ConfigError(f"training.epochs: expected at least {old['training.epochs']} (the epochs the run "
+                          f"{run_dir} has planned: on --resume only training.epochs may grow), received {new['training.epochs']}",
+                          source=requested.file)
     if changed:
         lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
         raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",
-                          source=str(run_dir))
+                          source=requested.file)
