@@ -193,9 +193,13 @@ def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -
 def _check_targets(config: cfg.ExperimentConfig, data: Dataset) -> None:
     names = data.class_names or ()
     if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(names) != 2:
-        shown = ", ".join(names[:10]) + (f", … ({len(names)} in all)" if len(names) > 10 else "")
         raise DataError(f"{_target_name(config)}: expected exactly 2 classes for loss.type binary_cross_entropy "
-                        f"(in {config.file}), received {len(names)}: {shown}", source=data.source)
+                        f"(in {config.file}), received {len(names)}: {names_text(names)}", source=data.source)
+
+
+def names_text(names: tuple[str, ...], shown: int = 10) -> str:
+    """Class names for a message: 'cat, dog, emu', or the first ten and how many in all."""
+    return ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _target_name(config: cfg.ExperimentConfig) -> str:

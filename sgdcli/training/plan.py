@@ -14,9 +14,6 @@ from sgdcli.data.dataset import Dataset
 from sgdcli.errors import ConfigError
 from sgdcli.training import build, memory
 
-MAX_NAMES = 10  # class names shown in a message
-
-
 @dataclass(frozen=True)
 class Plan:
     """The sizes training will use, found from the data: samples, features, outputs, batch, memory."""
@@ -86,9 +83,9 @@ def _check_output_layer(config: cfg.ExperimentConfig, outputs: int, class_names:
     if units == outputs:
         return
     if isinstance(config.loss, cfg.CrossEntropyConfig):
-        why = f"one per class of {source}: {_names(class_names or ())}"
+        why = f"one per class of {source}: {build.names_text(class_names or ())}"
     elif isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
-        why = f"one logit for loss.type binary_cross_entropy, classes {_names(class_names or ())}"
+        why = f"one logit for loss.type binary_cross_entropy, classes {build.names_text(class_names or ())}"
     else:
         why = f"one per target column of {source}"
     raise ConfigError(f"model.layers.{last}.units: expected {outputs} ({why}), received {units}")
@@ -102,11 +99,6 @@ def _batch_size(config: cfg.ExperimentConfig, samples: int, source: str) -> int:
         raise ConfigError(f"training.batch.size: expected at most {samples} (the training samples of {source}"
                           f"{held_out}), received {batch.size}")
     return build.batch_size(config.training, samples)
-
-
-def _names(names: tuple[str, ...]) -> str:
-    shown = ", ".join(names[:MAX_NAMES])
-    return shown + (f", … ({len(names)} in all)" if len(names) > MAX_NAMES else "")
 
 
 def check_config(config: cfg.ExperimentConfig) -> Plan:
