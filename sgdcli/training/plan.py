@@ -14,6 +14,7 @@ from sgdcli.data.dataset import Dataset
 from sgdcli.errors import ConfigError
 from sgdcli.training import build, memory
 
+
 @dataclass(frozen=True)
 class Plan:
     """The sizes training will use, found from the data: samples, features, outputs, batch, memory."""
