@@ -71,8 +71,10 @@ def _options(command_name: str) -> tuple[str, ...]:
             "landscape": ("--out", "{tmp}/ls")}.get(command_name, ())
 
 
-CASES = [(command, label, content) for command in sorted(COMMANDS) for label, content in _corpus(COMMANDS[command]).items()]
-CASES += [(command, "an unknown option", None) for command in sorted(COMMANDS) if _first_path_argument(COMMANDS[command]) is None]
+CASES = [(command, label, content)
+         for command in sorted(COMMANDS) for label, content in _corpus(COMMANDS[command]).items()]
+CASES += [(command, "an unknown option", None)
+          for command in sorted(COMMANDS) if _first_path_argument(COMMANDS[command]) is None]
 
 
 def test_every_command_is_fed_the_corpus():

@@ -108,7 +108,8 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
     """
     if isinstance(data, cfg.IdxDataConfig):
         if not classification:
-            raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy, received a regression loss")
+            raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy, "
+                              "received a regression loss")
         if path is not None:
             found = idx.find_idx_files(path)
             images, labels = found.get("test", found["train"])

@@ -41,7 +41,8 @@ class Estimate:
 
     def describe(self) -> str:
         parts = [("parameters", self.parameters), ("gradients", self.gradients),
-                 ("optimizer state", self.optimizer_state), (f"activations of a batch of {self.batch}", self.activations)]
+                 ("optimizer state", self.optimizer_state),
+                 (f"activations of a batch of {self.batch}", self.activations)]
         shown = ", ".join(f"{label} {size_text(size)}" for label, size in parts if size)
         return f"about {size_text(self.total)} ({shown})"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from sgdcli import plots
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
@@ -357,8 +358,8 @@ def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig,
     changed = [key for key in changed if key != "training.epochs" or new[key] < old[key]]
     if changed == ["training.epochs"]:
         raise ConfigError(f"training.epochs: expected at least {old['training.epochs']} (the epochs the run "
-                          f"{run_dir} has planned: on --resume only training.epochs may grow), received {new['training.epochs']}",
-                          source=requested.file)
+                          f"{run_dir} has planned: on --resume only training.epochs may grow), "
+                          f"received {new['training.epochs']}", source=requested.file)
     if changed:
         lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
         raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",

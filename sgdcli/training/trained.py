@@ -73,9 +73,11 @@ def _check_arrays(saved: checkpoint.Checkpoint, config: ExperimentConfig, path: 
     meta, source = saved.meta, str(path)
     features, names, outputs = meta.get("feature_names"), meta.get("class_names"), meta.get("outputs")
     if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
-        raise CheckpointError(f"feature_names: expected a list of column names, received {_short(features)}", source=source)
+        raise CheckpointError(f"feature_names: expected a list of column names, received {_short(features)}",
+                              source=source)
     if not isinstance(outputs, int) or isinstance(outputs, bool) or outputs < 1:
-        raise CheckpointError(f"outputs: expected a whole number of at least 1, received {_short(outputs)}", source=source)
+        raise CheckpointError(f"outputs: expected a whole number of at least 1, received {_short(outputs)}",
+                              source=source)
     for name, array in (("data/shift", saved.shift), ("data/scale", saved.scale)):
         if array.dtype.kind != "f" or array.shape != (len(features),):
             raise CheckpointError(f"{name}: expected {len(features)} floating-point values (one per feature), "
