@@ -75,7 +75,8 @@ def trained_run(tmp_path_factory) -> Path:
     return api.train(api.load_config(tiny_config(training__epochs=1)), runs_dir=folder / "runs").run_dir
 
 
-@pytest.mark.parametrize("args", [("eval", "{run}"), ("eval", "{run}", "--json"), ("optimizers",),
+@pytest.mark.parametrize("args", [("eval", "{run}"), ("eval", "{run}", "--json"), ("optimizers",), ("--help",),
+                                  ("validate", "{run}/config.yaml"),
                                   ("compare", "{run}", "--plot", "{tmp}/c.png")])
 def test_closed_stdout_ends_quietly_as_sigpipe_does(trained_run, tmp_path, args):
     args = tuple(a.replace("{run}", str(trained_run)).replace("{tmp}", str(tmp_path)) for a in args)

@@ -20,19 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-
-class _Console(Console):
-    """rich's Console, but a closed pipe reaches the CLI's boundary (which ends as SIGPIPE does)
-    instead of rich's own exit status 1, which means a gradient mismatch here."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
-
-
 # Off a terminal (logs, pipes, CI) rich would wrap at 80 columns; tables stay at their natural width.
-err = _Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
-out = _Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -33,7 +33,8 @@ class Estimate:
     gradients: int
     optimizer_state: int
     activations: int
-    batch: int
+    batch: int  # the rows whose activations are counted: a training batch, or an evaluation chunk
+    evaluation: bool = False  # True when the evaluation chunk needs more than a training batch
 
     @property
     def total(self) -> int:
@@ -42,19 +43,22 @@ class Estimate:
     def describe(self) -> str:
         parts = [("parameters", self.parameters), ("gradients", self.gradients),
                  ("optimizer state", self.optimizer_state),
-                 (f"activations of a batch of {self.batch}", self.activations)]
+                 (f"activations of {'an evaluation pass over' if self.evaluation else 'a batch of'} {self.batch} "
+                  "samples", self.activations)]
         shown = ", ".join(f"{label} {size_text(size)}" for label, size in parts if size)
         return f"about {size_text(self.total)} ({shown})"
 
 
 def estimate(model: cfg.ModelConfig, in_features: int, batch: int, optimizer: cfg.OptimizerConfig | None,
-             dtype: str | np.dtype | None = None) -> Estimate:
+             dtype: str | np.dtype | None = None, eval_rows: int = 0) -> Estimate:
     """The memory one training update of this model needs, in bytes (arithmetic on the config only).
 
     Parameters: D·M + M per dense layer. Gradients: as many again (none for `perturb`, which takes no
     gradient). Optimizer state: the parameters times the optimizer's state arrays (Adam: m and v).
     Activations: each layer's (batch, width) output kept for the backward pass, plus the input and
-    two arrays of the widest layer for the backward pass's dout and dx.
+    two arrays of the widest layer for the backward pass's dout and dx. The losses measured after
+    each epoch run `eval_rows` samples at a time, keeping no caches: the input and output of the widest
+    layer; when that is more, it is what counts.
     """
     itemsize = np.dtype(dtype or model.dtype).itemsize
     width, count, outputs = in_features, 0, [in_features]
@@ -67,6 +71,9 @@ def estimate(model: cfg.ModelConfig, in_features: int, batch: int, optimizer: cf
     slots = STATE_SLOTS[type(optimizer)](optimizer) if optimizer is not None else 0
     gradients = 0 if isinstance(optimizer, cfg.PerturbConfig) else parameters
     activations = batch * (sum(outputs) + 2 * max(outputs)) * itemsize
+    evaluation = eval_rows * 2 * max(outputs) * itemsize
+    if evaluation > activations:
+        return Estimate(parameters, gradients, slots * parameters, evaluation, eval_rows, evaluation=True)
     return Estimate(parameters, gradients, slots * parameters, activations, batch)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sgdcli.config import schema as cfg
 from sgdcli.data.dataset import Dataset
+from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError
 from sgdcli.training import build, memory
 
@@ -40,8 +41,9 @@ def for_data(config: cfg.ExperimentConfig, train: Dataset, val: Dataset | None) 
     width = build.outputs_for(config, train.class_names, train.y)
     with naming(config):
         batch = _batch_size(config, len(train), train.source)
+    measured = max(len(train) if config.training.eval_train else 0, 0 if val is None else len(val))
     needed = check_model(config, train.x.shape[1], width, train.class_names, train.source, batch, config.optimizer,
-                         config.model.dtype, "training this model")
+                         config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
     return Plan(train.source, len(train), 0 if val is None else len(val), train.x.shape[1], width,
                 train.class_names, train.feature_names, batch, needed)
 
@@ -55,12 +57,12 @@ def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> 
 
 def check_model(config: cfg.ExperimentConfig, features: int, outputs: int, class_names: tuple[str, ...] | None,
                 source: str, batch: int, optimizer: cfg.OptimizerConfig | None, dtype: str,
-                what: str) -> memory.Estimate:
+                what: str, eval_rows: int = 0) -> memory.Estimate:
     """The last dense layer against the outputs the data and loss need, and the model's memory (in
     `dtype`, with `optimizer`'s state and a batch of `batch`) against what this process may use."""
     with naming(config):
         _check_output_layer(config, outputs, class_names, source)
-        needed = memory.estimate(config.model, features, max(batch, 1), optimizer, dtype)
+        needed = memory.estimate(config.model, features, max(batch, 1), optimizer, dtype, eval_rows)
         memory.check_fits(needed, what, config.file)
     return needed
 
