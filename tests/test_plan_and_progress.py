@@ -38,6 +38,11 @@ def test_memory_estimate_by_hand():
     assert memory.estimate(config.model, 4, 2, sgd.optimizer, "float64").total == 2 * (268 + 268 + 248)
     perturb = load_config(tiny_config(optimizer={"type": "perturb", "delta": 0.1}))
     assert memory.estimate(config.model, 4, 2, perturb.optimizer).gradients == 0
+    # The per-epoch losses pass 100 samples at once with no caches: input and output of the widest
+    # layer, 100 * 2 * 8 * 4 = 6400 bytes, more than the training batch's 248, so it counts instead.
+    chunk = memory.estimate(config.model, 4, 2, config.optimizer, eval_rows=100)
+    assert (chunk.activations, chunk.evaluation, chunk.total) == (6400, True, 268 + 268 + 536 + 6400)
+    assert "activations of an evaluation pass over 100 samples" in chunk.describe()
 
 
 def test_a_model_past_the_limit_is_refused_with_the_estimate(monkeypatch):
