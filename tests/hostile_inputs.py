@@ -74,6 +74,32 @@ def _names_not_strings(state: checkpoint.Checkpoint) -> None:
     state.meta["class_names"] = [0, 1]
 
 
+def _int64_optimizer_state(state: checkpoint.Checkpoint) -> None:
+    if "velocity/0.weight" in state.optimizer:  # none before the first update (initial.safetensors)
+        state.optimizer["velocity/0.weight"] = (state.optimizer["velocity/0.weight"] * 1000).astype(np.int64)
+
+
+def _optimizer_state_of_the_wrong_shape(state: checkpoint.Checkpoint) -> None:
+    if "velocity/0.bias" in state.optimizer:
+        state.optimizer["velocity/0.bias"] = state.optimizer["velocity/0.bias"][:1]
+
+
+def _position_not_numbers(state: checkpoint.Checkpoint) -> None:
+    state.meta["position"]["epoch"] = "one"
+
+
+def _best_not_a_record(state: checkpoint.Checkpoint) -> None:
+    state.meta["best"] = 7
+
+
+# What `train --resume` rebuilds from a checkpoint: the optimizer state and the position.
+CRAFTED_FOR_RESUME = {
+    "int64 optimizer state": (_int64_optimizer_state, "int64"),
+    "optimizer state of the wrong shape": (_optimizer_state_of_the_wrong_shape, "velocity/0.bias"),
+    "position that is not numbers": (_position_not_numbers, "position"),
+    "best that is not a record": (_best_not_a_record, "best"),
+    "bool weights": (_bool_weights, "bool"),
+}
 CRAFTED = {
     "scale vector of the wrong length": (_scale_too_short, "data/scale"),
     "too few class names": (_one_class_name, "class_names"),

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from hostile_inputs import ANIMALS_CSV, CRAFTED, config_text, crafted_run, huge_model, with_character
+from hostile_inputs import (
+    ANIMALS_CSV,
+    CRAFTED,
+    CRAFTED_FOR_RESUME,
+    config_text,
+    crafted_run,
+    huge_model,
+    with_character,
+)
 from input_table import Case
 from conftest import tiny_config
 
@@ -44,6 +52,11 @@ for label, (craft, word) in CRAFTED.items():
         Case(f"checkpoint-{slug}-landscape", {"run": crafted_run(craft)},
              ("landscape", "run", "--out", "{tmp}/ls"), 4, ("best.safetensors", word)),
     ]
+
+for label, (craft, word) in CRAFTED_FOR_RESUME.items():
+    MESSAGE_CASES.append(Case(f"checkpoint-{label.replace(' ', '-')}-resume", {"run": crafted_run(craft)},
+                              ("train", "--resume", "run", "--set", "training.epochs=2"), 4,
+                              ("last.safetensors", word)))
 
 # ---------------------------------------------------------------- items 10 and 13: after the data is read
 for command in ("train", "validate"):

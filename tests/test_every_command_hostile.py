@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from hostile_inputs import CRAFTED, config_text, crafted_run, huge_model, with_character
+from hostile_inputs import CRAFTED, CRAFTED_FOR_RESUME, config_text, crafted_run, huge_model, with_character
 from input_table import Case, materialise
 from typer.testing import CliRunner
 
@@ -31,7 +31,8 @@ CONFIGS = {
     "output layer wrong for the classes": config_text(model__layers__1__units=5),
     "batch larger than the data": config_text(training__batch__size=10_000),
 }
-RUNS = {f"checkpoint: {label}": crafted_run(craft) for label, (craft, _) in CRAFTED.items()}
+RUNS = {f"checkpoint: {label}": crafted_run(craft)
+        for label, (craft, _) in {**CRAFTED, **CRAFTED_FOR_RESUME}.items()}
 RUNS.update({
     "an empty folder": lambda path: path.mkdir(),
     "a run whose checkpoint is junk": lambda path: _junk_run(path),
@@ -73,13 +74,16 @@ def _options(command_name: str) -> tuple[str, ...]:
 
 CASES = [(command, label, content)
          for command in sorted(COMMANDS) for label, content in _corpus(COMMANDS[command]).items()]
+# A command that also takes a run through an option (`train --resume RUN`) is fed the runs that way.
+RESUMING = sorted(c for c in COMMANDS if any(p.name == "resume" for p in COMMANDS[c].params))
+CASES += [(f"{command} --resume", label, content) for command in RESUMING for label, content in RUNS.items()]
 CASES += [(command, "an unknown option", None)
           for command in sorted(COMMANDS) if _first_path_argument(COMMANDS[command]) is None]
 
 
 def test_every_command_is_fed_the_corpus():
-    fed = {command for command, _, _ in CASES}
-    assert fed == set(COMMANDS) and {"train", "validate", "eval", "compare", "gradcheck", "landscape",
+    fed = {command.split()[0] for command, _, _ in CASES}
+    assert fed == set(COMMANDS) and "train --resume" in {command for command, _, _ in CASES} and {"train", "validate", "eval", "compare", "gradcheck", "landscape",
                                      "optimizers"} <= fed
 
 
@@ -91,7 +95,8 @@ def test_hostile_input(command: str, label: str, content, tmp_path: Path, monkey
     else:
         if content is not None:
             materialise(Case(label, {"input": content}, (), 0), tmp_path)
-        args = [command, str(tmp_path / "input"), *(a.replace("{tmp}", str(tmp_path)) for a in _options(command))]
+        args = [*command.split(), str(tmp_path / "input"),
+                *(a.replace("{tmp}", str(tmp_path)) for a in _options(command.split()[0]))]
     result = CliRunner().invoke(app, args)
     shown = f"{args}\nexit {result.exit_code}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}"
     assert result.exit_code in DOCUMENTED, shown

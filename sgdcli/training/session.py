@@ -124,6 +124,7 @@ class Session:
             config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
             _check_same_experiment(saved, config, run_dir)
             path, state, warnings = runs.newest_checkpoint(run_dir)
+            _check_resume_meta(state.meta, path)
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: expected at least the {state.meta['position']['epoch']} epochs "
                                   f"the run {run_dir} has already done, received {config.training.epochs}",
@@ -144,7 +145,7 @@ class Session:
         meta = state.meta
         try:
             self.problem.model.load_parameters(state.params)
-            self.problem.optimizer.load_state_dict(state.optimizer)
+            self.problem.optimizer.load_state_dict(state.optimizer, self.problem.model.parameters())
             self.position = Position(**meta["position"])
             self.rngs.shuffle.bit_generator.state = meta["rng"]["shuffle"]
             self.rngs.dropout.bit_generator.state = meta["rng"]["dropout"]
@@ -364,3 +365,19 @@ def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig,
         lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
         raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",
                           source=requested.file)
+
+
+def _check_resume_meta(meta: dict[str, Any], path: Path) -> None:
+    """What resuming reads from a checkpoint's metadata, checked before any of it is used: a valid
+    checksum proves only that the file is as written (issue 11: crafted checkpoints)."""
+    position, best = meta.get("position"), meta.get("best")
+    counters = ("epoch", "batch", "updates", "samples", "forward_passes")
+    if not isinstance(position, dict) or set(position) - {*counters, "loss_sum", "epoch_rng"} or not all(
+            isinstance(position.get(k), int) and not isinstance(position.get(k), bool) and position[k] >= 0
+            for k in counters):
+        raise CheckpointError(f"position: expected whole numbers {', '.join(counters)}, received {position!r:.100}",
+                              source=str(path))
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))
+                                 and isinstance(best.get("epoch"), int) and isinstance(best.get("row"), dict)):
+        raise CheckpointError(f"best: expected the best epoch's score, epoch and metrics, received {best!r:.100}",
+                              source=str(path))
