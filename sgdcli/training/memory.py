@@ -96,9 +96,10 @@ def available() -> tuple[int, str]:
 def check_fits(needed: Estimate, what: str, source: str | None) -> None:
     """ConfigError (naming `source` and the key `model.layers`) when `needed` exceeds what is available."""
     limit, reason = available()
+    hint = "" if needed.evaluation else ", or a smaller batch"  # evaluation chunks do not follow the batch
     if needed.total > limit:
         raise ConfigError(f"model.layers: {what} needs {needed.describe()}; expected at most {size_text(limit)} "
-                          f"({reason}). Use fewer or narrower layers, or a smaller batch",
+                          f"({reason}). Use fewer or narrower layers{hint}",
                           source=source)
 
 
