@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import tiny_config
 from hostile_inputs import (
     ANIMALS_CSV,
     CRAFTED,
@@ -12,7 +13,6 @@ from hostile_inputs import (
     with_character,
 )
 from input_table import Case
-from conftest import tiny_config
 
 RUNS = ("--runs-dir", "{tmp}/runs")
 ANIMALS = tiny_config(data={"source": "csv", "path": "animals.csv", "target": "animal", "validation": 0.25},
