@@ -20,12 +20,12 @@ from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, descent
+from sgdcli.training import build, descent, plan
 from sgdcli.training import sweep as sweep_module
 from sgdcli.training.session import Reporter, Session, TrainResult
 from sgdcli.training.trained import TrainedModel, load_trained
 
-__all__ = ["load_config", "train", "resume", "sweep", "gradcheck", "landscape", "load_trained", "evaluate",
+__all__ = ["load_config", "validate", "train", "resume", "sweep", "gradcheck", "landscape", "load_trained", "evaluate",
            "compare", "TrainedModel", "TrainResult", "Comparison", "Reporter"]
 
 
@@ -39,7 +39,7 @@ def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = N
     config records the path of its few parameters instead.
     """
     if name is not None:
-        config = load_config({**config.to_dict(), "name": name})
+        config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
     if isinstance(config, ObjectiveConfig):
         return descent.run(config, Path(runs_dir), should_stop)
     return Session.start(config, Path(runs_dir), reporter).run(should_stop)
@@ -80,6 +80,20 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     return result
 
 
+# ---------------------------------------------------------------- validation
+def validate(config: AnyConfig) -> tuple[dict[str, Any], plan.Plan | None]:
+    """Every check `train` makes before its first update, without training or writing anything.
+
+    Returns the resolved config (defaults filled in, data-dependent ones too: the CSV's feature
+    columns, IDX class names) and the plan: samples, features, outputs, batch, memory estimate
+    (None for an objective config, which has no data).
+    """
+    if isinstance(config, ObjectiveConfig):
+        return config.to_dict(), None
+    checked = plan.check_config(config)
+    return plan.resolved(config, checked), checked
+
+
 # ---------------------------------------------------------------- gradient check
 def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entries: int = 200,
               rtol: float = 1e-5) -> list[gradcheck_module.TensorCheck]:
@@ -97,10 +111,14 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
         return gradcheck_module.check_gradients(lambda: objective.value(w), {"w": w}, {"w": objective.gradient(w)},
                                                 eps=eps, rtol=rtol, rng=rng)
     rngs = build.Rngs.from_seed(config.seed)
-    prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), prepared.x_train.shape[1],
-                              build.output_width(config, prepared), rngs.init)
-    pick = rng.choice(len(prepared.x_train), size=min(samples, len(prepared.x_train)), replace=False)
+    with plan.naming(config):
+        prepared = build.prepare_data(config, rngs)
+    features, outputs = prepared.x_train.shape[1], build.output_width(config, prepared)
+    batch = min(samples, len(prepared.x_train))
+    plan.check_model(config, features, outputs, prepared.class_names, prepared.source, batch, None, "float64",
+                     "the gradient check (float64)")
+    model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), features, outputs, rngs.init)
+    pick = rng.choice(len(prepared.x_train), size=batch, replace=False)
     x = prepared.x_train[pick].astype(np.float64)
     y = prepared.y_train[pick]
     y = y.astype(np.float64) if y.dtype.kind == "f" else y
@@ -220,9 +238,10 @@ def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[s
         "run": record.name,
         **{key: flat.get(key) for key in differing},
         "status": summary.get("status", "unknown" if not record.problems else "damaged"),
-        "epochs": int(last["epoch"]) if last else 0,
-        "updates": int(last["updates"]) if last else 0,
-        "samples": int(last["samples"]) if last else 0,
+        # A run that diverged or was stopped mid-epoch got further than its last metrics row: its
+        # summary counts every update made.
+        **{key: max(int(last[column]) if last else 0, int(summary.get(key) or 0))
+           for key, column in (("epochs", "epoch"), ("updates", "updates"), ("samples", "samples"))},
         "forward_passes": int(last["forward_passes"]) if last.get("forward_passes") is not None else None,
         "seconds": last.get("seconds"),
         "wall_seconds": summary.get("wall_seconds"),

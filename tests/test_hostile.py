@@ -91,7 +91,7 @@ VALUE_CASES = {
     "zero epochs": ("training.epochs=0", "training.epochs: expected greater than or equal to 1"),
     "negative epochs": ("training.epochs=-3", "training.epochs"),
     "zero batch": ("training.batch.size=0", "training.batch.size: expected greater than or equal to 1"),
-    "batch larger than the data": ("training.batch.size=5000", "training.batch.size: expected at most the 90"),
+    "batch larger than the data": ("training.batch.size=5000", "training.batch.size: expected at most 90"),
     "momentum one": ("optimizer.momentum=1", "optimizer.momentum: expected less than 1"),
     "dropout one": ("model.layers.0.rate=1.0", "model.layers.0"),
 }

@@ -88,7 +88,20 @@ def test_load_parameters_refuses_uncastable_values_before_copying_any() -> None:
     before = {key: value.copy() for key, value in model.parameters().items()}
     values = {key: np.ones_like(value) for key, value in model.parameters().items()}
     values["2.bias"] = values["2.bias"].astype(np.complex64)  # last key: the others would be copied first
-    with pytest.raises(TypeError):
+    with pytest.raises(ParameterMismatch, match="2.bias .expected float, got complex64"):
+        model.load_parameters(values)
+    for key, value in model.parameters().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.uint8])
+def test_load_parameters_refuses_weights_that_are_not_floating_point(dtype) -> None:
+    # int64 or bool weights cast silently to float; no trained model has them (issue 11).
+    model = make_model()
+    before = {key: value.copy() for key, value in model.parameters().items()}
+    values = {key: np.ones_like(value) for key, value in model.parameters().items()}
+    values["0.weight"] = values["0.weight"].astype(dtype)
+    with pytest.raises(ParameterMismatch, match=f"0.weight .expected float, got {np.dtype(dtype)}"):
         model.load_parameters(values)
     for key, value in model.parameters().items():
         np.testing.assert_array_equal(value, before[key])

@@ -307,3 +307,19 @@ def test_invalid_hyperparameters_are_rejected() -> None:
         AdaGrad(weight_decay=-1)
     with pytest.raises(ValueError, match="max_norm"):
         clip_by_global_norm({}, 0.0)
+
+
+def test_loaded_state_checked_at_once_when_given_the_parameters() -> None:
+    # Resuming gives the parameters, so a crafted checkpoint is refused before training starts
+    # (issue 11), not at the first step.
+    params = {"w": np.ones(2)}
+    source = SGD(momentum=0.9)
+    source.step(params, {"w": np.ones(2)}, 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        SGD(momentum=0.9).load_state_dict(source.state_dict(), {"w": np.ones(3)})
+    integers = {**source.state_dict(), "velocity/w": np.array([1, 2], dtype=np.int64)}
+    with pytest.raises(ValueError, match="velocity/w is int64; expected floating point"):
+        SGD(momentum=0.9).load_state_dict(integers, params)
+    restored = SGD(momentum=0.9)
+    restored.load_state_dict(source.state_dict(), params)
+    assert np.array_equal(restored.state_dict()["velocity/w"], source.state_dict()["velocity/w"])

@@ -31,15 +31,18 @@ def _boundary(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from sgdcli.cli import render
+        from sgdcli.training.interrupts import graceful_stop
 
         try:
-            return command(*args, **kwargs)
+            with graceful_stop():  # Ctrl-C (130) or SIGTERM (143) stop any command at once; train defers
+                return command(*args, **kwargs)
         except SgdcliError as exc:
             render.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            render.error("interrupted")
-            raise typer.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # before training started (or a Stopped from a signal handler)
+            signum = getattr(exc, "signum", signal.SIGINT)
+            render.error("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}")
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 
@@ -96,13 +99,17 @@ def train(
     if resume is not None and (name is not None or sweep):
         raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
     if sweep:
+        from sgdcli.training.sweep import exit_status
+
+        finished = []
         with graceful_stop() as stop:
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
-                               on_done=render.sweep_member, should_stop=stop)
+                               on_done=lambda member: (finished.append(member), render.sweep_member(member)),
+                               should_stop=stop)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
         if stop():
-            raise typer.Exit(INTERRUPTED)
-        return
+            raise typer.Exit(128 + stop.signal)
+        raise typer.Exit(exit_status(finished))
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
@@ -159,12 +166,15 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
-    """Check a config without training; prints the resolved config (defaults filled in)."""
+    """Check a config and its data as train does before its first update, without training; prints the
+    resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
     from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.config.yamlio import dump_yaml
 
-    render.plain(dump_yaml(api.load_config(config, set_).to_dict()))
+    resolved, checked = api.validate(api.load_config(config, set_))
+    render.plain(dump_yaml(resolved))
+    render.validation_plan(checked)
 
 
 @app.command()
@@ -212,6 +222,7 @@ def landscape(
 
 
 @app.command()
+@_boundary
 def optimizers() -> None:
     """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
     from sgdcli.analysis import reference
@@ -224,4 +235,9 @@ def main() -> None:
     # Past a file-size limit, fail the write (EFBIG -> exit 6, previous files intact) instead of
     # letting SIGXFSZ kill the process mid-write.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # When the reader of our output goes away (`sgdcli eval RUN | head -1`, `--help | head`), end
+    # silently as `yes | head` does, killed by SIGPIPE (the shell shows 141), instead of Python's
+    # BrokenPipeError, which click and rich turn into exit status 1 (gradcheck's "mismatch"). The
+    # write that fails is a print between updates, never a checkpoint: those are files, written whole.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()

@@ -64,6 +64,7 @@ class TrainingReporter:
 
     def start(self, info: dict[str, Any]) -> None:
         self.info = info
+        self._started = (time.monotonic(), info["position"]["epoch"])
         if info.get("resumed_from") is not None:
             position = info["position"]
             where = f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}" if position["batch"] else \
@@ -76,10 +77,11 @@ class TrainingReporter:
         if self.live:
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                     TextColumn("{task.fields[eta]}"),
                                      console=self.console, transient=True)
             self.progress.start()
             self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=info["position"]["epoch"] + 1,
-                                               completed=info["position"]["batch"], loss="-")
+                                               completed=info["position"]["batch"], loss="-", eta="")
 
     def batch(self, done: int, total: int, loss: float) -> None:
         if self.progress is None:
@@ -97,17 +99,44 @@ class TrainingReporter:
                                                               else ""))
         parts.append(f"lr {_num(row['learning_rate'])}")
         parts.append(f"{row['seconds']:.2f}s")
+        eta = self._eta(row["epoch"])
+        parts += [eta] if eta else []
         line = " | ".join(parts)
         if self.progress is not None:
             self.progress.console.print(line)
-            self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-")
+            self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-",
+                                eta=eta)
         else:
             self.console.print(line)
+
+    def _eta(self, epoch: int) -> str:
+        """The whole run's estimated wall time and what is left of it, from the mean wall time of the
+        epochs done in this process (evaluation and checkpoints included); '' once the run is done."""
+        started, first = self._started
+        done, planned = epoch - first, self.info.get("epochs", epoch)
+        if done < 1 or epoch >= planned:
+            return ""
+        elapsed = time.monotonic() - started
+        left = elapsed / done * (planned - epoch)
+        return f"run ~{_duration(elapsed + left)}, {_duration(left)} left"
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _duration(seconds: float) -> str:
+    """3.2 -> '3s', 200 -> '3m 20s', 25_320 -> '7h 02m', 200_000 -> '2d 07h'."""
+    seconds = round(seconds)
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def training_summary(summary: dict[str, Any], run_dir: str) -> None:
@@ -127,6 +156,17 @@ def training_summary(summary: dict[str, Any], run_dir: str) -> None:
     if summary.get("message"):
         (warning if summary["status"] != "completed" else err.print)(summary["message"])
     plain(run_dir)
+
+
+def validation_plan(plan) -> None:
+    """What `validate` found training would use (on stderr: stdout holds the resolved config)."""
+    if plan is None:
+        err.print("ok")
+        return
+    classes = f", {len(plan.class_names)} classes" if plan.class_names else f", {plan.outputs} outputs"
+    err.print(f"ok: {plan.train_samples} training / {plan.val_samples} validation samples of {escape(plan.source)}, "
+              f"{plan.features} features{classes}, batch {plan.batch_size} ({plan.updates_per_epoch} updates per "
+              f"epoch); training needs {plan.memory.describe()}", highlight=False)
 
 
 def sweep_member(member) -> None:

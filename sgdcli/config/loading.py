@@ -49,9 +49,10 @@ def load_config(
         apply_override(raw, item)
     schema = ObjectiveConfig if "objective" in raw else ExperimentConfig
     try:
-        return schema.model_validate(raw, context={"base_dir": base})
+        config = schema.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as exc:
         raise ConfigError(format_validation_error(exc, schema), source=where) from None
+    return config.read_from(where)
 
 
 def _deep_copy(value: Any) -> Any:

@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -141,6 +142,14 @@ class DenseConfig(Section):
     activation: Activation = "identity"
     negative_slope: Number = Field(0.01, ge=0, lt=1, description="slope of leaky_relu for x < 0")
     init: Init | None = Field(None, description="weight init (default: he_uniform for relu-like, else glorot_uniform)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_init(cls, data: Any) -> Any:  # so validate and a run's config.yaml show the init used
+        if isinstance(data, dict) and data.get("init") is None:
+            relu_like = data.get("activation") in ("relu", "leaky_relu")
+            data = {**data, "init": "he_uniform" if relu_like else "glorot_uniform"}
+        return data
 
 
 class ActivationConfig(Section):
@@ -337,6 +346,18 @@ class RunConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", description="run name (prefix of the run directory)")
     seed: Integer = Field(0, ge=0, le=2**63 - 1)
+    _file: str = PrivateAttr("<config>")  # the YAML file it was read from: later messages name it
+
+    @property
+    def file(self) -> str:
+        return self._file
+
+    def read_from(self, file: str) -> "RunConfig":
+        self._file = file
+        return self
+
+    def __eq__(self, other: object) -> bool:  # the same values, whichever file they were read from
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (paths as strings): what config.yaml in a run directory holds."""

@@ -22,6 +22,9 @@ _FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+
 _INT = re.compile(r"^[-+]?[0-9]+$")
 _BOOL = re.compile(r"^(true|True|TRUE|false|False|FALSE)$")
 _NULL = re.compile(r"^(~|null|Null|NULL|)$")
+# What the YAML spec (1.2, section 5.1) does not allow in a stream: C0 controls other than tab,
+# LF and CR, DEL, C1 controls other than NEL, surrogates and the two non-characters.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
 class _Loader(yaml.SafeLoader):
@@ -69,6 +72,16 @@ _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
+def _check_printable(text: str) -> None:
+    """Refuse control characters (a NUL, a bell, an escape) with their line, column and code point."""
+    found = _UNPRINTABLE.search(text)
+    if found:
+        line = text.count("\n", 0, found.start()) + 1
+        column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+        raise ConfigError(f"line {line}, column {column}: expected printable text, received the control character "
+                          f"U+{ord(found.group()):04X}")
+
+
 def _check_depth(text: str) -> None:
     """Refuse documents nested deeper than MAX_DEPTH before parsing (flow or block style)."""
     depth = 0
@@ -91,8 +104,12 @@ def parse_yaml(text: str) -> Any:
     if "\t" in text:
         line = text[: text.index("\t")].count("\n") + 1
         raise ConfigError(f"line {line}: tab character; YAML indentation must use spaces")
+    _check_printable(text)
     _check_depth(text)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:  # the reader checks characters as it is built
+        raise ConfigError(f"not valid YAML ({exc})") from None
     try:
         if not loader.check_node():
             return None

@@ -15,10 +15,12 @@ class ParameterMismatch(ValueError):
         missing: list[str],
         unexpected: list[str],
         wrong_shape: list[tuple[str, tuple, tuple]],
+        wrong_dtype: list[tuple[str, str]] = (),
     ) -> None:
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.wrong_shape = list(wrong_shape)
+        self.wrong_dtype = list(wrong_dtype)
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -32,6 +34,9 @@ class ParameterMismatch(ValueError):
                 "wrong shape "
                 + ", ".join(f"{key} (expected {expected}, got {got})" for key, expected, got in self.wrong_shape)
             )
+        if self.wrong_dtype:
+            parts.append("not floating point " + ", ".join(f"{key} (expected float, got {dtype})"
+                                                         for key, dtype in self.wrong_dtype))
         return "parameters do not match the model: " + "; ".join(parts)
 
     def __str__(self) -> str:
@@ -117,7 +122,8 @@ class Sequential:
     def load_parameters(self, values: dict[str, np.ndarray]) -> None:
         """Copy ``values`` into the existing arrays, cast to the model dtype.
 
-        Raises ParameterMismatch (changing nothing) unless the keys and shapes match exactly.
+        Raises ParameterMismatch (changing nothing) unless the keys and shapes match exactly and
+        every value is floating point (integer or boolean weights are no trained model's).
         """
         params = self.parameters()
         missing = [key for key in params if key not in values]
@@ -127,8 +133,10 @@ class Sequential:
             for key, array in params.items()
             if key in values and np.shape(values[key]) != array.shape
         ]
-        if missing or unexpected or wrong_shape:
-            raise ParameterMismatch(missing, unexpected, wrong_shape)
+        wrong_dtype = [(key, str(np.asarray(value).dtype)) for key, value in values.items()
+                       if key in params and np.asarray(value).dtype.kind != "f"]
+        if missing or unexpected or wrong_shape or wrong_dtype:
+            raise ParameterMismatch(missing, unexpected, wrong_shape, wrong_dtype)
         # Convert everything first so an uncastable value (e.g. complex) fails before any copy.
         converted = {key: np.asarray(values[key]).astype(array.dtype, casting="same_kind", copy=False) for key, array in params.items()}
         for key, array in params.items():

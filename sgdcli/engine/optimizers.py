@@ -109,11 +109,12 @@ class Optimizer:
         state["iterations"] = np.array(self.iterations, dtype=np.int64)
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None) -> None:
         """Replace the state with a copy of ``state`` (as produced by ``state_dict``).
 
         Raises ValueError, changing nothing, if an entry is malformed or names state this
-        optimizer does not keep. Matching against the parameters happens on the next ``step``.
+        optimizer does not keep. Matching against the parameters (keys, shapes, floating point)
+        happens now when ``params`` is given, else on the next ``step``.
         """
         if "iterations" not in state:
             raise ValueError("optimizer state has no 'iterations' entry")
@@ -138,6 +139,8 @@ class Optimizer:
         self.iterations = int(iterations.item())
         self._state = loaded
         self._loaded_unverified = True
+        if params is not None:
+            self._verify_loaded_state(params)
 
     def _verify_loaded_state(self, params: dict[str, np.ndarray]) -> None:
         """Match state restored by ``load_state_dict`` to the parameters of the first step after it."""
@@ -152,6 +155,8 @@ class Optimizer:
             for name, array in per_param.items():
                 if array.shape != param.shape:
                     raise ValueError(f"optimizer state {name}/{key} has shape {array.shape}, parameter has {param.shape}")
+                if array.dtype.kind != "f":
+                    raise ValueError(f"optimizer state {name}/{key} is {array.dtype}; expected floating point")
                 per_param[name] = array.astype(param.dtype, copy=False)
         self._loaded_unverified = False
 

@@ -40,5 +40,5 @@ class CoordinateSearch:
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"iterations": np.array(self.iterations, dtype=np.int64)}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None) -> None:
         self.iterations = int(state["iterations"])

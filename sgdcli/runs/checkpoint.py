@@ -105,7 +105,8 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if len(raw) < 8:
         raise CheckpointError(f"{what}; received {len(raw)} bytes)", source=source)
     (size,) = struct.unpack("<Q", raw[:8])
-    if raw[:1] == b"\x80":
+    # A header of 128 + 256·k bytes also starts with 0x80: only a size that does not fit is a pickle.
+    if raw[:1] == b"\x80" and size > len(raw) - 8:
         raise CheckpointError(f"{what}; received a pickle, which sgdcli never loads)", source=source)
     if raw[:2] == b"PK":
         raise CheckpointError(f"{what}; received a zip archive (PyTorch?))", source=source)

@@ -108,7 +108,8 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
     """
     if isinstance(data, cfg.IdxDataConfig):
         if not classification:
-            raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy")
+            raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy, "
+                              "received a regression loss")
         if path is not None:
             found = idx.find_idx_files(path)
             images, labels = found.get("test", found["train"])
@@ -191,18 +192,34 @@ def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -
 
 
 def _check_targets(config: cfg.ExperimentConfig, data: Dataset) -> None:
-    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(data.class_names or ()) != 2:
-        raise DataError(f"binary_cross_entropy needs exactly 2 classes, the data has {len(data.class_names or ())}"
-                        f" ({', '.join((data.class_names or ())[:10])})", source=data.source)
+    names = data.class_names or ()
+    if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(names) != 2:
+        raise DataError(f"{_target_name(config)}: expected exactly 2 classes for loss.type binary_cross_entropy "
+                        f"(in {config.file}), received {len(names)}: {names_text(names)}", source=data.source)
+
+
+def names_text(names: tuple[str, ...], shown: int = 10) -> str:
+    """Class names for a message: 'cat, dog, emu', or the first ten and how many in all."""
+    return ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
+
+
+def _target_name(config: cfg.ExperimentConfig) -> str:
+    target = getattr(config.data, "target", None)
+    return f"column {target!r}" if target else "the labels"
 
 
 def output_width(config: cfg.ExperimentConfig, prepared: PreparedData) -> int:
     """How many outputs the last layer must have for this data and loss."""
+    return outputs_for(config, prepared.class_names, prepared.y_train)
+
+
+def outputs_for(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None, y) -> int:
+    """Outputs the last layer needs: one per class (cross_entropy), 1 (binary), else y's columns."""
     if isinstance(config.loss, cfg.CrossEntropyConfig):
-        return len(prepared.class_names or ())
+        return len(class_names or ())
     if isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
         return 1
-    return prepared.y_train.shape[1]
+    return y.shape[1] if y.ndim == 2 else 1
 
 
 # ---------------------------------------------------------------- model

@@ -15,14 +15,23 @@ from sgdcli.config.schema import ObjectiveConfig
 from sgdcli.engine.objectives import Objective
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, interrupts
 from sgdcli.training.session import TrainResult
 
 PATH_PLOT = "path.png"
 
 
 def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Take `training.steps` updates from `objective.start`; metrics.csv holds the path (w0, w1, ...)."""
+    """Take `training.steps` updates from `objective.start`; metrics.csv holds the path (w0, w1, ...).
+
+    NumPy's overflow warnings are silenced: the path is checked for non-finite values (a diverged
+    run ends with its own message) and its plot may hold huge ones.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
+        return _run(config, runs_dir, should_stop)
+
+
+def _run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None) -> TrainResult:
     objective = build.build_objective(config.objective)
     run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False)
     lock = runs.lock_run(run_dir)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from sgdcli import plots
 from sgdcli.config.loading import flatten, load_config
@@ -25,7 +28,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, interrupts, plan
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -55,10 +58,11 @@ class TrainResult:
 def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build.Rngs]:
     """Data, model, loss, optimizer and schedule: everything before the run directory exists."""
     rngs = build.Rngs.from_seed(config.seed)
-    prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
-    batch_size = build.batch_size(config.training, len(prepared.x_train))
-    updates_per_epoch = math.ceil(len(prepared.x_train) / batch_size)
+    with plan.naming(config):
+        prepared = build.prepare_data(config, rngs)
+    checked = plan.for_prepared(config, prepared)  # before any weight is allocated
+    model = build.build_model(config.model, checked.features, checked.outputs, rngs.init)
+    batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
     problem = Problem(
         model=model,
         loss=build.build_loss(config.loss),
@@ -93,12 +97,17 @@ class Session:
         """Build everything first (bad data or config: nothing written), then create the run."""
         session = cls(config, None, reporter)
         session.run_dir = runs.create_run_dir(Path(runs_dir), config.name)
-        session._lock = runs.lock_run(session.run_dir)
-        runs.write_config(session.run_dir, config.to_dict())
-        folder = session.run_dir / runs.CHECKPOINTS
-        state = session._state()
-        checkpoint.save(folder / runs.INITIAL, state)
-        checkpoint.save(folder / runs.LAST, state)
+        try:
+            session._lock = runs.lock_run(session.run_dir)
+            runs.write_config(session.run_dir, config.to_dict())
+            folder = session.run_dir / runs.CHECKPOINTS
+            state = session._state()
+            checkpoint.save(folder / runs.INITIAL, state)
+            checkpoint.save(folder / runs.LAST, state)
+        except BaseException:  # Ctrl-C, a full disk: a run with no checkpoint yet is no run at all
+            session.close()
+            shutil.rmtree(session.run_dir, ignore_errors=True)
+            raise
         return session
 
     @classmethod
@@ -112,12 +121,14 @@ class Session:
         try:
             runs.prepare_existing(run_dir)
             saved = _saved_config(run_dir)
-            config = requested or load_config(saved.to_dict(), overrides)
+            config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
             _check_same_experiment(saved, config, run_dir)
             path, state, warnings = runs.newest_checkpoint(run_dir)
+            _check_resume_meta(state.meta, path)
             if state.meta["position"]["epoch"] > config.training.epochs:
-                raise ConfigError(f"training.epochs: the run has already done {state.meta['position']['epoch']}"
-                                  f" epochs; expected at least that many, received {config.training.epochs}")
+                raise ConfigError(f"training.epochs: expected at least the {state.meta['position']['epoch']} epochs "
+                                  f"the run {run_dir} has already done, received {config.training.epochs}",
+                                  source=config.file)
             session = cls(config, run_dir, reporter)
             session._lock = lock
             session._restore(path, state)
@@ -134,7 +145,7 @@ class Session:
         meta = state.meta
         try:
             self.problem.model.load_parameters(state.params)
-            self.problem.optimizer.load_state_dict(state.optimizer)
+            self.problem.optimizer.load_state_dict(state.optimizer, self.problem.model.parameters())
             self.position = Position(**meta["position"])
             self.rngs.shuffle.bit_generator.state = meta["rng"]["shuffle"]
             self.rngs.dropout.bit_generator.state = meta["rng"]["dropout"]
@@ -148,9 +159,14 @@ class Session:
 
     # ------------------------------------------------------------ training
     def run(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train to the configured number of epochs; the run's lock is released however this ends."""
+        """Train to the configured number of epochs; the run's lock is released however this ends.
+
+        NumPy's overflow warnings are silenced: the loop checks every loss and gradient and ends a
+        diverged run with its own message, and losses measured after an epoch may be inf or NaN.
+        """
         try:
-            return self._run(should_stop)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
+                return self._run(should_stop)
         finally:
             self.close()
 
@@ -327,7 +343,7 @@ def _score(row: dict[str, Any]) -> float | None:
 def _saved_config(run_dir: Path) -> ExperimentConfig:
     path = run_dir / runs.CONFIG
     try:
-        config = load_config(read_yaml(path))
+        config = load_config(read_yaml(path)).read_from(str(path))
     except ConfigError as exc:
         raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
     if not isinstance(config, ExperimentConfig):
@@ -341,7 +357,27 @@ def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig,
     old, new = flatten(saved.to_dict()), flatten(requested.to_dict())
     changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
     changed = [key for key in changed if key != "training.epochs" or new[key] < old[key]]
+    if changed == ["training.epochs"]:
+        raise ConfigError(f"training.epochs: expected at least {old['training.epochs']} (the epochs the run "
+                          f"{run_dir} has planned: on --resume only training.epochs may grow), "
+                          f"received {new['training.epochs']}", source=requested.file)
     if changed:
         lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
         raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",
-                          source=str(run_dir))
+                          source=requested.file)
+
+
+def _check_resume_meta(meta: dict[str, Any], path: Path) -> None:
+    """What resuming reads from a checkpoint's metadata, checked before any of it is used: a valid
+    checksum proves only that the file is as written (issue 11: crafted checkpoints)."""
+    position, best = meta.get("position"), meta.get("best")
+    counters = ("epoch", "batch", "updates", "samples", "forward_passes")
+    if not isinstance(position, dict) or set(position) - {*counters, "loss_sum", "epoch_rng"} or not all(
+            isinstance(position.get(k), int) and not isinstance(position.get(k), bool) and position[k] >= 0
+            for k in counters):
+        raise CheckpointError(f"position: expected whole numbers {', '.join(counters)}, received {position!r:.100}",
+                              source=str(path))
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))
+                                 and isinstance(best.get("epoch"), int) and isinstance(best.get("row"), dict)):
+        raise CheckpointError(f"best: expected the best epoch's score, epoch and metrics, received {best!r:.100}",
+                              source=str(path))

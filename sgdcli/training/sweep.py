@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from sgdcli.errors import UsageError
+from sgdcli.training import interrupts
 
 STATUS_BY_EXIT = {0: "completed", 5: "diverged", 130: "interrupted", 143: "interrupted"}
 
@@ -27,6 +28,7 @@ class Member:
     run_dir: Path | None = None
     status: str = "pending"
     message: str | None = None
+    exit_code: int | None = None  # the member's `sgdcli train` exit status, once it has finished
 
 
 def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
@@ -60,6 +62,12 @@ def run(config: Path, overrides: list[str], sweep_members: list[Member], runs_di
     """Train every member (at most `jobs` at a time); a failed or diverged member is recorded, not fatal."""
     if jobs < 1:
         raise UsageError(f"--jobs expects a whole number of at least 1, received {jobs}")
+    with interrupts.deferring(should_stop):  # the members get the signal too; wait for them to save
+        _run(config, overrides, sweep_members, runs_dir, jobs, on_done, should_stop)
+
+
+def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_dir: Path, jobs: int,
+         on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None) -> None:
     waiting = list(sweep_members)
     running: list[tuple[Member, subprocess.Popen, IO[str], IO[str]]] = []
     while waiting or running:
@@ -96,6 +104,7 @@ def _record(member: Member, returncode: int, out: str, err: str) -> None:
     lines = [line for line in out.splitlines() if line.strip()]
     if lines and Path(lines[-1]).is_dir():
         member.run_dir = Path(lines[-1])
+    member.exit_code = returncode
     member.status = STATUS_BY_EXIT.get(returncode, "failed")
     errors = [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")]
     warnings = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: ")]
@@ -103,3 +112,14 @@ def _record(member: Member, returncode: int, out: str, err: str) -> None:
         member.message = errors[-1] if errors else f"exit status {returncode}"
     elif member.status != "completed":
         member.message = (warnings or errors or [None])[-1]
+
+
+def exit_status(finished: list[Member]) -> int:
+    """A sweep's exit status, whatever order its members finished in: 0 when every member
+    completed; else a failed member's status (2/3/4/6: its config, data, checkpoint or disk error,
+    1 for a crash, 128 + N when killed by signal N; the lowest, if they differ), else 5 when a
+    member diverged."""
+    codes = {member.exit_code if member.exit_code >= 0 else 128 - member.exit_code
+             for member in finished if member.exit_code}
+    failed = codes - {5}
+    return min(failed) if failed else (5 if codes else 0)

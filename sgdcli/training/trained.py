@@ -53,6 +53,7 @@ def load_trained(target: Path | str) -> TrainedModel:
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"the config stored in the checkpoint is not valid: {exc}", source=str(path)) from None
     meta = saved.meta
+    _check_arrays(saved, config, path)
     rng = np.random.default_rng(0)  # the weights are overwritten below
     try:
         model = build.build_model(config.model, len(meta["feature_names"]), int(meta["outputs"]), rng)
@@ -64,3 +65,30 @@ def load_trained(target: Path | str) -> TrainedModel:
     class_names = tuple(meta["class_names"]) if meta.get("class_names") else None
     return TrainedModel(model, config, Scaler.restore(saved.shift, saved.scale, str(path)), class_names,
                         tuple(meta["feature_names"]), path, meta)
+
+
+def _check_arrays(saved: checkpoint.Checkpoint, config: ExperimentConfig, path: Path) -> None:
+    """The arrays and names a model is rebuilt from must agree with each other: a checksum only
+    proves the file is as written, not that what was written fits together."""
+    meta, source = saved.meta, str(path)
+    features, names, outputs = meta.get("feature_names"), meta.get("class_names"), meta.get("outputs")
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise CheckpointError(f"feature_names: expected a list of column names, received {_short(features)}",
+                              source=source)
+    if not isinstance(outputs, int) or isinstance(outputs, bool) or outputs < 1:
+        raise CheckpointError(f"outputs: expected a whole number of at least 1, received {_short(outputs)}",
+                              source=source)
+    for name, array in (("data/shift", saved.shift), ("data/scale", saved.scale)):
+        if array.dtype.kind != "f" or array.shape != (len(features),):
+            raise CheckpointError(f"{name}: expected {len(features)} floating-point values (one per feature), "
+                                  f"received {array.dtype} of shape {array.shape}", source=source)
+    if config.is_classification:
+        expected = 2 if outputs == 1 else outputs
+        if not isinstance(names, list) or len(names) != expected or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"class_names: expected {expected} names (one per class the model outputs), "
+                                  f"received {_short(names)}", source=source)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,123 @@
+"""What a config will train, checked once the data is read and before any weight is allocated: the
+output layer against the classes, the batch against the samples, the model against the memory.
+`train`, `gradcheck` and `validate` run the same checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sgdcli.config import schema as cfg
+from sgdcli.data.dataset import Dataset
+from sgdcli.engine import metrics
+from sgdcli.errors import ConfigError
+from sgdcli.training import build, memory
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes training will use, found from the data: samples, features, outputs, batch, memory."""
+
+    source: str  # the training data
+    train_samples: int
+    val_samples: int
+    features: int
+    outputs: int
+    class_names: tuple[str, ...] | None
+    feature_names: tuple[str, ...]
+    batch_size: int
+    memory: memory.Estimate
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return math.ceil(self.train_samples / self.batch_size)
+
+
+def for_data(config: cfg.ExperimentConfig, train: Dataset, val: Dataset | None) -> Plan:
+    """Check `config` against its (unscaled) training and validation sets; ConfigError naming the
+    config file and the dotted key for the first thing that does not fit."""
+    width = build.outputs_for(config, train.class_names, train.y)
+    with naming(config):
+        batch = _batch_size(config, len(train), train.source)
+    measured = max(len(train) if config.training.eval_train else 0, 0 if val is None else len(val))
+    needed = check_model(config, train.x.shape[1], width, train.class_names, train.source, batch, config.optimizer,
+                         config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
+    return Plan(train.source, len(train), 0 if val is None else len(val), train.x.shape[1], width,
+                train.class_names, train.feature_names, batch, needed)
+
+
+def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:
+    """The same checks on data already split and scaled."""
+    train = Dataset(prepared.x_train, prepared.y_train, prepared.source, prepared.feature_names, prepared.class_names)
+    val = None if prepared.x_val is None else Dataset(prepared.x_val, prepared.y_val, prepared.source, ())
+    return for_data(config, train, val)
+
+
+def check_model(config: cfg.ExperimentConfig, features: int, outputs: int, class_names: tuple[str, ...] | None,
+                source: str, batch: int, optimizer: cfg.OptimizerConfig | None, dtype: str,
+                what: str, eval_rows: int = 0) -> memory.Estimate:
+    """The last dense layer against the outputs the data and loss need, and the model's memory (in
+    `dtype`, with `optimizer`'s state and a batch of `batch`) against what this process may use."""
+    with naming(config):
+        _check_output_layer(config, outputs, class_names, source)
+        needed = memory.estimate(config.model, features, max(batch, 1), optimizer, dtype, eval_rows)
+        memory.check_fits(needed, what, config.file)
+    return needed
+
+
+@contextmanager
+def naming(config: cfg.RunConfig) -> Iterator[None]:
+    """A config error found after loading (in the data's light) names the config file it came from."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.source is not None:
+            raise
+        raise ConfigError(exc.message, source=config.file) from None
+
+
+def _check_output_layer(config: cfg.ExperimentConfig, outputs: int, class_names: tuple[str, ...] | None,
+                        source: str) -> None:
+    layers = config.model.layers
+    last = max(i for i, layer in enumerate(layers) if isinstance(layer, cfg.DenseConfig))
+    units = layers[last].units
+    if units == outputs:
+        return
+    if isinstance(config.loss, cfg.CrossEntropyConfig):
+        why = f"one per class of {source}: {build.names_text(class_names or ())}"
+    elif isinstance(config.loss, cfg.BinaryCrossEntropyConfig):
+        why = f"one logit for loss.type binary_cross_entropy, classes {build.names_text(class_names or ())}"
+    else:
+        why = f"one per target column of {source}"
+    raise ConfigError(f"model.layers.{last}.units: expected {outputs} ({why}), received {units}")
+
+
+def _batch_size(config: cfg.ExperimentConfig, samples: int, source: str) -> int:
+    batch = config.training.batch
+    if batch.mode == "minibatch" and batch.size > samples:
+        held_out = f", after holding out data.validation = {config.data.validation}" \
+            if getattr(config.data, "validation_file", None) is None and config.data.validation else ""
+        raise ConfigError(f"training.batch.size: expected at most {samples} (the training samples of {source}"
+                          f"{held_out}), received {batch.size}")
+    return build.batch_size(config.training, samples)
+
+
+def check_config(config: cfg.ExperimentConfig) -> Plan:
+    """Everything `train` checks before its first update, without building the model or a run
+    directory: the data is read and split as training reads it, then checked against the config."""
+    with naming(config):
+        train, val = build.split_data(config, build.Rngs.from_seed(config.seed))
+    return for_data(config, train, val)
+
+
+def resolved(config: cfg.ExperimentConfig, checked: Plan) -> dict:
+    """The config with the defaults that depend on the data filled in: the CSV's feature columns,
+    the IDX class names."""
+    data = config.to_dict()
+    if isinstance(config.data, cfg.CsvDataConfig) and config.data.features is None:
+        data["data"]["features"] = list(checked.feature_names)
+    if isinstance(config.data, cfg.IdxDataConfig) and config.data.class_names is None:
+        data["data"]["class_names"] = list(checked.class_names or ())
+    return data
