@@ -20,7 +20,7 @@ from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, descent
+from sgdcli.training import build, descent, provenance
 from sgdcli.training import sweep as sweep_module
 from sgdcli.training.session import Reporter, Session, TrainResult
 from sgdcli.training.trained import TrainedModel, load_trained
@@ -157,18 +157,13 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
                             f"received {dataset.x.shape[1]}", source=dataset.source)
         return dataset, "file"
     split = split or ("test" if build.has_test_set(config) else "val")
-    if split == "test":
-        test_set = build.load_test_set(config, trained.class_names)
-        if test_set is None:
-            raise ConfigError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                              "test pair); pass --data FILE or use --split val")
-        return test_set, "test"
-    train_set, val_set = build.split_data(config, build.Rngs.from_seed(config.seed))
-    if split == "val":
-        if val_set is None:
-            raise ConfigError("--split val: the run had no validation split (data.validation is 0)")
-        return val_set, "val"
-    return train_set, "train"
+    dataset, _ = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint))
+    if dataset is None and split == "test":
+        raise ConfigError("--split test: the run's config names no test data (data.test_file, or an IDX "
+                          "test pair); pass --data FILE or use --split val")
+    if dataset is None:
+        raise ConfigError("--split val: the run had no validation split (data.validation is 0)")
+    return dataset, split
 
 
 # ---------------------------------------------------------------- comparison

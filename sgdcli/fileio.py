@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,11 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
     `before_replace` runs once the new bytes are safely on disk, just before they take the name.
     """
     path = Path(path)
+    kept = "the previous file is intact" if os.path.lexists(path) else "nothing was written"
     try:
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     except OSError as exc:
-        raise write_error(path, exc) from None
+        raise write_error(path, exc, kept) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file respects the umask
         with os.fdopen(fd, "wb") as handle:
@@ -37,7 +39,7 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+            raise write_error(path, exc, kept) from None
         raise
     fsync_dir(path.parent)
 
@@ -74,11 +76,45 @@ def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
         raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
 
 
-def write_error(path: Path, exc: OSError) -> Exception:
-    """Our error type for an OSError raised while writing `path`."""
+def write_error(path: Path, exc: OSError, kept: str | None = None) -> Exception:
+    """Our error type for an OSError raised while writing `path`; `kept` says what is still intact,
+    as the caller knows it (no claim when None)."""
+    after = f"; {kept}" if kept else ""
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return DiskError(f"cannot write: {exc.strerror}; the previous file is intact", source=str(path))
-    return RunDirError(f"cannot write: {exc.strerror}", source=str(path))
+        return DiskError(f"cannot write: {exc.strerror}{after}", source=str(path))
+    return RunDirError(f"cannot write: {exc.strerror}{after}", source=str(path))
+
+
+def open_no_follow(path: Path, append: bool) -> int:
+    """Open (a raw descriptor) a file inside a run directory for writing in place, created if missing, refusing a
+    symbolic link, anything but a regular file, and a file with other hard links: writing through
+    any of them would change a file outside the run. RunDirError (exit 4) names the path."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError("is a symbolic link; sgdcli never writes through a link inside a run directory",
+                              source=str(path)) from None
+        raise write_error(path, exc) from None
+    info = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"has {info.st_nlink} hard links; sgdcli never writes into a file shared with another path"
+               if info.st_nlink > 1 else None)
+    if problem:
+        os.close(fd)
+        raise RunDirError(problem, source=str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def refuse_links(paths: list[Path]) -> None:
+    """RunDirError naming the first of `paths` that is a symbolic link (reading or replacing through
+    it would act on a file outside the run directory)."""
+    for path in paths:
+        if os.path.islink(path):
+            raise RunDirError("is a symbolic link; sgdcli does not follow links inside a run directory",
+                              source=str(path))
 
 def remove_stale_temps(folder: Path) -> None:
     """Delete temp files a killed process left behind."""

@@ -150,9 +150,16 @@ def test_resume_refuses_a_different_experiment(tmp_path):
 def test_resume_without_a_valid_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     run = interrupt(config_for("minibatch"), tmp_path, 3)
     for path in (run.run_dir / "checkpoints").iterdir():
-        path.write_bytes(b"garbage")
+        raw = bytearray(path.read_bytes())
+        raw[-1] ^= 1  # provably damaged: the checksum fails
+        path.write_bytes(bytes(raw))
     before = (run.run_dir / "metrics.csv").read_bytes()
     with pytest.raises(CheckpointError, match="no valid checkpoint to resume from"):
+        api.resume(run.run_dir)
+    assert (run.run_dir / "metrics.csv").read_bytes() == before
+    for path in (run.run_dir / "checkpoints").iterdir():
+        path.write_bytes(b"garbage")  # not a checkpoint at all: not provably damaged, so never skipped
+    with pytest.raises(CheckpointError, match="--resume changed nothing"):
         api.resume(run.run_dir)
     assert (run.run_dir / "metrics.csv").read_bytes() == before
     with pytest.raises(RunDirError, match="not a run directory"):

@@ -22,7 +22,7 @@ from sgdcli.engine.model import Sequential
 from sgdcli.errors import CheckpointError, UsageError
 from sgdcli.runs import checkpoint as checkpoints
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, provenance
 from sgdcli.training.trained import TrainedModel, load_trained
 
 Weights = dict[str, np.ndarray]
@@ -284,16 +284,12 @@ def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
 def _data(trained: TrainedModel, split: str, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Scaled float64 features and targets of one split of the run's own data, and a description."""
     config = trained.config
-    if split == "test":
-        dataset = build.load_test_set(config, trained.class_names)
-        if dataset is None:
-            raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                             "test pair); use --split train or val")
-    else:
-        train_set, val_set = build.split_data(config, build.Rngs.from_seed(config.seed))
-        dataset = train_set if split == "train" else val_set
-        if dataset is None:
-            raise UsageError("--split val: the run had no validation split (data.validation is 0)")
+    dataset, _ = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint))
+    if dataset is None and split == "test":
+        raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
+                         "test pair); use --split train or val")
+    if dataset is None:
+        raise UsageError("--split val: the run had no validation split (data.validation is 0)")
     total, what = len(dataset), f"{split} split, {len(dataset)} samples"
     if samples is not None and samples < total:
         index = np.sort(np.random.default_rng([seed, SUBSET_STREAM]).choice(total, samples, replace=False))

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sgdcli import plots
-from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.loading import load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
-from sgdcli.config.yamlio import read_yaml
 from sgdcli.engine.metrics import loss_and_accuracy
 from sgdcli.engine.model import ParameterMismatch
 from sgdcli.errors import (
@@ -25,7 +24,8 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, provenance
+from sgdcli.training import resume as resuming
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -52,8 +52,11 @@ class TrainResult:
     message: str | None = None
 
 
-def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build.Rngs]:
-    """Data, model, loss, optimizer and schedule: everything before the run directory exists."""
+def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.PreparedData, Problem, build.Rngs]:
+    """Data, model, loss, optimizer and schedule: everything before the run directory exists.
+
+    The schedule is created for `schedule_epochs` (the run's epochs when it started): a resumed run
+    that grows keeps its schedule's length, which then holds its last value."""
     rngs = build.Rngs.from_seed(config.seed)
     prepared = build.prepare_data(config, rngs)
     model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
@@ -63,7 +66,7 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
         model=model,
         loss=build.build_loss(config.loss),
         optimizer=build.build_optimizer(config.optimizer),
-        schedule=build.build_schedule(config.optimizer, updates_per_epoch, config.training.epochs),
+        schedule=build.build_schedule(config.optimizer, updates_per_epoch, schedule_epochs),
         x=prepared.x_train,
         y=prepared.y_train,
         batch_size=batch_size,
@@ -76,15 +79,21 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
 class Session:
     """A run being trained: holds the run directory's lock from start (or resume) to the end."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path | None, reporter: Reporter | None) -> None:
+    def __init__(self, config: ExperimentConfig, run_dir: Path | None, reporter: Reporter | None,
+                 schedule_epochs: int | None = None) -> None:
         self.config, self.run_dir, self.reporter = config, run_dir, reporter
-        self.prepared, self.problem, self.rngs = _build(config)
+        self.schedule_epochs = schedule_epochs or config.training.epochs
+        self.prepared, self.problem, self.rngs = _build(config, self.schedule_epochs)
+        self.data = provenance.record(config, self.prepared.validation_mask)  # the files and split, in checkpoints
+        self.wall_before = 0.0  # wall seconds of earlier segments (before a resume)
+        self._segment_started: float | None = None
         self.position = Position()
         self.classification = config.is_classification
         self.best: dict[str, Any] | None = None
         self.last_row: dict[str, Any] | None = None
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
+        self.finished: str | None = None  # resume: why there is nothing to do
         self._lock = None
 
     # ------------------------------------------------------------ starting
@@ -93,39 +102,67 @@ class Session:
         """Build everything first (bad data or config: nothing written), then create the run."""
         session = cls(config, None, reporter)
         session.run_dir = runs.create_run_dir(Path(runs_dir), config.name)
-        session._lock = runs.lock_run(session.run_dir)
-        runs.write_config(session.run_dir, config.to_dict())
-        folder = session.run_dir / runs.CHECKPOINTS
-        state = session._state()
-        checkpoint.save(folder / runs.INITIAL, state)
-        checkpoint.save(folder / runs.LAST, state)
+        try:
+            session._lock = runs.lock_run(session.run_dir)
+            runs.write_config(session.run_dir, config.to_dict())
+            folder = session.run_dir / runs.CHECKPOINTS
+            state = session._state()
+            checkpoint.save(folder / runs.INITIAL, state)
+            checkpoint.save(folder / runs.LAST, state)
+        except BaseException as exc:  # no initial checkpoint: a run that cannot be resumed is not left behind
+            session.close()
+            gone = runs.remove_unstarted(session.run_dir)
+            if isinstance(exc, SgdcliError):
+                what = "was removed" if gone else "could not be removed; delete it"
+                raise type(exc)(f"{exc.message}; the run could not start, and its directory {session.run_dir} "
+                                f"{what}", source=exc.source) from None
+            raise
         return session
 
     @classmethod
     def resume(cls, run_dir: Path, requested: ExperimentConfig | None, overrides: list[str] | tuple[str, ...],
                reporter: Reporter | None) -> "Session":
-        """Continue a run from its newest valid checkpoint, exactly as if it had not stopped."""
+        """Continue a run from its newest valid checkpoint, exactly as if it had not stopped.
+
+        Nothing is written until every check has passed: no symbolic links in the run, config.yaml
+        equal to the checkpoint's config and the request (only training.epochs may grow), the same
+        data files and split. Provably damaged checkpoints are then moved aside, never deleted.
+        """
         run_dir = Path(run_dir)
         if not (run_dir / runs.CONFIG).is_file():
             raise RunDirError("not a run directory (no config.yaml)", source=str(run_dir))
+        runs.refuse_run_links(run_dir)
         lock = runs.lock_run(run_dir)
         try:
-            runs.prepare_existing(run_dir)
-            saved = _saved_config(run_dir)
+            runs.refuse_run_links(run_dir)  # again, now that no other sgdcli process can change the run
+            saved = resuming.saved_config(run_dir)
+            path, state, damaged = runs.newest_checkpoint(run_dir)
+            resuming.check_saved(saved, path, state, run_dir)
             config = requested or load_config(saved.to_dict(), overrides)
-            _check_same_experiment(saved, config, run_dir)
-            path, state, warnings = runs.newest_checkpoint(run_dir)
+            resuming.check_requested(saved, config, run_dir)
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: the run has already done {state.meta['position']['epoch']}"
                                   f" epochs; expected at least that many, received {config.training.epochs}")
-            session = cls(config, run_dir, reporter)
+            session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path))
+            resuming.check_data(state.meta.get("data"), session.data, path)
             session._lock = lock
             session._restore(path, state)
         except BaseException:
-            lock.close()
+            runs.unlock_run(lock)
             raise
-        for warning in warnings:
-            session._warn(warning)
+        session.finished = resuming.finished(run_dir, session.position.epoch, config.training.epochs,
+                                             session.position.batch, session._patience_exhausted())
+        if session.finished:
+            return session  # change nothing
+        for damaged_path, why in damaged:
+            moved = runs.set_aside(damaged_path)
+            session._warn(f"{damaged_path}: {why}; moved aside to {moved.name}")
+        if damaged:
+            session._warn(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
+        note = resuming.schedule_note(config, session.schedule_epochs, session.problem.schedule(10**12))
+        if note:
+            session._warn(note)
+        runs.prepare_existing(run_dir)
         runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch)
         runs.write_config(run_dir, config.to_dict())
         return session
@@ -140,6 +177,8 @@ class Session:
             self.rngs.dropout.bit_generator.state = meta["rng"]["dropout"]
             self.best = meta["best"]
             self.train_seconds = float(meta["train_seconds"])
+            self.wall_before = float(meta.get("wall_seconds", self.train_seconds))  # older checkpoints: a floor
+            self.last_row = meta.get("metrics")
         except ParameterMismatch as exc:
             raise CheckpointError(f"the weights do not fit the config's model: {exc}", source=str(path)) from None
         except (KeyError, TypeError, ValueError) as exc:
@@ -150,12 +189,14 @@ class Session:
     def run(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
         """Train to the configured number of epochs; the run's lock is released however this ends."""
         try:
+            if self.finished:
+                return TrainResult(self.run_dir, "completed", runs.read_run(self.run_dir).summary or {}, self.finished)
             return self._run(should_stop)
         finally:
             self.close()
 
     def _run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
-        started = resumed = time.perf_counter()
+        started = resumed = self._segment_started = time.perf_counter()
         status, message, stopped_early = "completed", None, False
         writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
         try:
@@ -196,7 +237,7 @@ class Session:
 
     def close(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            runs.unlock_run(self._lock)
             self._lock = None
 
     def _on_batch(self) -> Callable[[int, float], None] | None:
@@ -206,7 +247,7 @@ class Session:
         return lambda done, value: reporter.batch(done, total, value)
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
-        summary = self._summary(status, message, stopped_early, time.perf_counter() - started)
+        summary = self._summary(status, message, stopped_early, self.wall_before + time.perf_counter() - started)
         try:
             runs.write_summary(self.run_dir, summary)
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
@@ -274,6 +315,9 @@ class Session:
             "position": self.position.to_dict(),
             "rng": {"shuffle": self.rngs.shuffle.bit_generator.state, "dropout": self.rngs.dropout.bit_generator.state},
             "best": self.best, "metrics": self.last_row, "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
+                                                else time.perf_counter() - self._segment_started),
+            "schedule_epochs": self.schedule_epochs, "data": self.data,
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
             "sample_shape": list(self.prepared.sample_shape),
@@ -300,6 +344,8 @@ class Session:
             "stopped_early": stopped_early,
             "epochs": epochs,
             "epochs_planned": self.config.training.epochs,
+            "schedule_epochs": self.schedule_epochs,
+            "schedule_note": resuming.schedule_note(self.config, self.schedule_epochs, self.problem.schedule(10**12)),
             "updates": self.position.updates,
             "samples": self.position.samples,
             "resumed_from_epoch": self.resumed_from,
@@ -322,26 +368,3 @@ def _score(row: dict[str, Any]) -> float | None:
         if value is not None:
             return value if math.isfinite(value) else None
     return None
-
-
-def _saved_config(run_dir: Path) -> ExperimentConfig:
-    path = run_dir / runs.CONFIG
-    try:
-        config = load_config(read_yaml(path))
-    except ConfigError as exc:
-        raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
-    if not isinstance(config, ExperimentConfig):
-        raise RunDirError("an objective run is a few hundred steps: train it again instead of resuming",
-                          source=str(run_dir))
-    return config
-
-
-def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
-    """Resuming continues the same experiment: only training.epochs may change (and only grow)."""
-    old, new = flatten(saved.to_dict()), flatten(requested.to_dict())
-    changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
-    changed = [key for key in changed if key != "training.epochs" or new[key] < old[key]]
-    if changed:
-        lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
-        raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",
-                          source=str(run_dir))
