@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,7 +285,9 @@ def build_schedule(optimizer: cfg.OptimizerConfig, updates_per_epoch: int, epoch
     """Epoch-based schedule settings become update counts here."""
     spec, lr, per_epoch = optimizer.schedule, optimizer.step_size, updates_per_epoch
     if isinstance(spec, cfg.StepDecayConfig):
-        schedule: schedules.Schedule = schedules.StepDecay(lr, max(1, round(spec.every_epochs * per_epoch)), spec.factor)
+        # the period as the decimal the config wrote (0.1 epochs of 30 updates is exactly 3 updates)
+        period = Fraction(repr(float(spec.every_epochs))) * per_epoch
+        schedule: schedules.Schedule = schedules.StepDecay(lr, period, spec.factor)
     elif isinstance(spec, cfg.ExponentialConfig):
         schedule = schedules.ExponentialDecay(lr, spec.decay_rate, per_epoch)
     elif isinstance(spec, cfg.InverseTimeConfig):
