@@ -3,7 +3,6 @@ load and predict, evaluate, compare."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
+from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, descent, provenance
 from sgdcli.training import sweep as sweep_module
@@ -203,12 +203,12 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
 
 
 def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[str]) -> dict[str, Any]:
+    """The run's final epoch, and the metrics *of its best epoch* (sgdcli.runs.best: the epoch whose
+    state is checkpoints/best.safetensors, the one `eval` reports), never per-column extremes."""
     rows, summary = record.metrics, record.summary or {}
     last = rows[-1] if rows else {}
-
-    def best(column: str, pick: Callable) -> float | None:
-        values = [r[column] for r in rows if r.get(column) is not None and math.isfinite(r[column])]
-        return pick(values) if values else None
+    chosen = next((r for r in rows if r.get("epoch") == summary.get("best_epoch")), None) or best_rule.best_row(rows)
+    at_best = chosen or {}
 
     train_col = "train_loss_full" if last.get("train_loss_full") is not None else "train_loss"
     return {
@@ -222,13 +222,13 @@ def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[s
         "seconds": last.get("seconds"),
         "wall_seconds": summary.get("wall_seconds"),
         "final_train_loss": last.get(train_col),
-        "best_train_loss": best(train_col, min),
         "final_train_accuracy": last.get("train_accuracy"),
-        "best_train_accuracy": best("train_accuracy", max),
         "final_val_loss": last.get("val_loss"),
-        "best_val_loss": best("val_loss", min),
         "final_val_accuracy": last.get("val_accuracy"),
-        "best_val_accuracy": best("val_accuracy", max),
+        "best_epoch": int(chosen["epoch"]) if chosen else None,
+        "best_epoch_train_loss": at_best.get(train_col),
+        "best_epoch_train_accuracy": at_best.get("train_accuracy"),
+        "best_epoch_val_loss": at_best.get("val_loss"),
+        "best_epoch_val_accuracy": at_best.get("val_accuracy"),
         "problems": "; ".join(record.problems),
     }
-

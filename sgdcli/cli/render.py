@@ -187,7 +187,7 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
         plain("\n".join(lines))
     else:
         # The terminal table keeps the columns a reader compares; problems go below it.
-        shown = [c for c in columns if c not in ("problems", "best_train_loss", "best_train_accuracy")]
+        shown = [c for c in columns if c not in ("problems", "best_epoch_train_loss", "best_epoch_train_accuracy")]
         table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
         for column in shown:
             table.add_column(column if column in differing else column.replace("_", " "),

@@ -22,6 +22,7 @@ from sgdcli.errors import (
     RunDirError,
     SgdcliError,
 )
+from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, provenance
@@ -290,7 +291,7 @@ class Session:
 
     # ------------------------------------------------------------ checkpoints
     def _save_epoch(self, row: dict[str, Any]) -> None:
-        score = _score(row)
+        score = best_rule.score(row)
         improved = score is not None and (self.best is None or score < self.best["score"])
         if improved:
             self.best = {"score": score, "epoch": row["epoch"], "row": row}
@@ -359,12 +360,3 @@ class Session:
             "best_epoch": self.best["epoch"] if self.best else None,
             "versions": runs.versions(),
         }
-
-
-def _score(row: dict[str, Any]) -> float | None:
-    """What 'best' means: validation loss, else the whole-training-set loss; never NaN."""
-    for key in ("val_loss", "train_loss_full", "train_loss"):
-        value = row.get(key)
-        if value is not None:
-            return value if math.isfinite(value) else None
-    return None
