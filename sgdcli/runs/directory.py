@@ -62,34 +62,40 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
 
-def lock_run(run_dir: Path):
-    """Hold an exclusive lock on the run (released by the kernel if this process dies).
+class RunLock:
+    """An exclusive flock on run.lock (released by the kernel if this process dies); close() releases it
+    and empties the file again, so a run that is not being written holds no stale process id."""
 
-    Returns the open lock file; closing it releases the lock.
-    """
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """Hold an exclusive lock on the run; a symbolic link or a shared file at run.lock is refused
+    (exit 4), never truncated or written through."""
     path = run_dir / LOCK
-    handle = open(open_no_follow(path, append=False), "r+", encoding="utf-8")
+    fd = open_no_follow(path, append=False)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
         raise RunDirError(f"the run is being written by {holder}; wait for it to finish", source=str(run_dir)) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"sgdcli process {os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def unlock_run(handle) -> None:
-    """Release a lock taken by lock_run, leaving run.lock empty as it was before."""
-    try:
-        handle.truncate(0)
+    try:  # who holds the lock, for the message another process gets; the lock works without it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"sgdcli process {os.getpid()}\n".encode(), 0)
     except OSError:
         pass
-    handle.close()
+    return RunLock(fd)
 
 
 def remove_unstarted(run_dir: Path) -> bool:

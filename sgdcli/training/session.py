@@ -149,7 +149,7 @@ class Session:
             session._lock = lock
             session._restore(path, state)
         except BaseException:
-            runs.unlock_run(lock)
+            lock.close()
             raise
         session.finished = resuming.finished(run_dir, session.position.epoch, config.training.epochs,
                                              session.position.batch, session._patience_exhausted())
@@ -238,7 +238,7 @@ class Session:
 
     def close(self) -> None:
         if self._lock is not None:
-            runs.unlock_run(self._lock)
+            self._lock.close()
             self._lock = None
 
     def _on_batch(self) -> Callable[[int, float], None] | None:
