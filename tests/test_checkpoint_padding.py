@@ -98,12 +98,17 @@ def test_resume_uses_valid_checkpoints_whatever_their_first_bytes(tmp_path):
     assert_identical(reference.run_dir, run)
 
 
-def test_a_resume_loses_no_byte_of_a_newer_checkpoint(tmp_path):
+DAMAGE = {"flipped bit": lambda raw: raw[:-2] + bytes([raw[-2] ^ 0x04]) + raw[-1:],  # the checksum fails
+          "cut in the tensors": lambda raw: raw[: len(raw) - 7],
+          "cut in the header": lambda raw: raw[:100]}
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_resume_loses_no_byte_of_a_newer_checkpoint(tmp_path, how):
     run = interrupt(config_for("minibatch", epochs=8), tmp_path, 27).run_dir  # mid-epoch 5
     folder = run / "checkpoints"
     last = folder / "last.safetensors"
-    damaged = bytearray(last.read_bytes())
-    damaged[-2] ^= 0x04  # provably damaged: the checksum fails
+    damaged = DAMAGE[how](last.read_bytes())
     last.write_bytes(bytes(damaged))
     before = {name: (folder / name).read_bytes() for name in digests(folder)}
     resumed_from = checkpoint.load(folder / "previous.safetensors").meta["updates"]
@@ -142,3 +147,14 @@ def test_an_unreadable_but_not_damaged_checkpoint_stops_the_resume_and_changes_n
     with pytest.raises(CheckpointError, match="--resume changed nothing"):
         api.resume(run)
     assert {p.name: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != "run.lock"} == before
+
+
+def test_a_header_larger_than_16_mib_loads(trained, tmp_path):
+    # Any header the safetensors writer makes (up to its 100 MB limit) is one sgdcli reads back:
+    # a size check must not refuse valid files either.
+    saved = checkpoint.load(trained / "checkpoints" / "best.safetensors")
+    saved.meta["class_names"] = ["x" * 1000] * 20_000  # about 20 MB of metadata
+    path = tmp_path / "big.safetensors"
+    checkpoint.save(path, saved)
+    assert header_length(path.read_bytes()) > 16 * 1024 * 1024
+    assert checkpoint.load(path).meta == saved.meta

@@ -28,7 +28,8 @@ from sgdcli.fileio import atomic_write, read_bytes
 FORMAT = "sgdcli-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
-MAX_HEADER_BYTES = 16 * 1024 * 1024
+OUR_HEADER_START = b'{"__metadata__":{"meta":"'  # how safetensors writes our metadata (keys sorted)
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit: every header its writer makes loads
 
 
 @dataclass
@@ -62,7 +63,10 @@ def encode(checkpoint: Checkpoint) -> bytes:
     tensors = {k: _contiguous(v) for k, v in tensors.items()}
     meta = json.dumps(checkpoint.meta, sort_keys=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "sha256": checksum(tensors, meta), "meta": meta}
-    return save_tensors(tensors, metadata=metadata)
+    try:
+        return save_tensors(tensors, metadata=metadata)
+    except Exception as exc:  # safetensors refuses a header above MAX_HEADER_BYTES
+        raise CheckpointError(f"cannot encode the checkpoint: {exc}") from None
 
 
 def save(path: Path, checkpoint: Checkpoint, before_replace: Callable[[], None] | None = None) -> None:
@@ -117,7 +121,7 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if size > MAX_HEADER_BYTES:
         _foreign(raw, source, f"unknown bytes claiming a {size}-byte header")
     if size > len(raw) - 8:
-        if looks_like_header and FORMAT.encode() in raw[8:]:
+        if looks_like_header and (FORMAT.encode() in raw[8:] or raw[8:].startswith(OUR_HEADER_START)):
             raise DamagedCheckpointError(f"damaged (truncated): the header needs {size} bytes, the file holds "
                                          f"{len(raw) - 8}", source=source)
         _foreign(raw, source, f"unknown bytes claiming a {size}-byte header, longer than the file")
