@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from sgdcli.fileio import atomic_write, read_bytes
 FORMAT = "sgdcli-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
-OUR_HEADER_START = b'{"__metadata__":{"meta":"'  # how safetensors writes our metadata (keys sorted)
+# How a safetensors header holding our metadata begins (safetensors writes the keys in any order)
+OUR_HEADER_START = re.compile(rb'\{"__metadata__":\{"(format|format_version|meta|sha256)":"')
 MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit: every header its writer makes loads
 
 
@@ -121,7 +123,7 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if size > MAX_HEADER_BYTES:
         _foreign(raw, source, f"unknown bytes claiming a {size}-byte header")
     if size > len(raw) - 8:
-        if looks_like_header and (FORMAT.encode() in raw[8:] or raw[8:].startswith(OUR_HEADER_START)):
+        if looks_like_header and (FORMAT.encode() in raw[8:] or OUR_HEADER_START.match(raw, 8) is not None):
             raise DamagedCheckpointError(f"damaged (truncated): the header needs {size} bytes, the file holds "
                                          f"{len(raw) - 8}", source=source)
         _foreign(raw, source, f"unknown bytes claiming a {size}-byte header, longer than the file")
