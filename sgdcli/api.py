@@ -157,13 +157,8 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
                             f"received {dataset.x.shape[1]}", source=dataset.source)
         return dataset, "file"
     split = split or ("test" if build.has_test_set(config) else "val")
-    dataset, _ = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint))
-    if dataset is None and split == "test":
-        raise ConfigError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                          "test pair); pass --data FILE or use --split val")
-    if dataset is None:
-        raise ConfigError("--split val: the run had no validation split (data.validation is 0)")
-    return dataset, split
+    return provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
+                                "pass --data FILE or use --split val"), split
 
 
 # ---------------------------------------------------------------- comparison

@@ -298,12 +298,8 @@ def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
 def _data(trained: TrainedModel, split: str, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Scaled float64 features and targets of one split of the run's own data, and a description."""
     config = trained.config
-    dataset, _ = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint))
-    if dataset is None and split == "test":
-        raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                         "test pair); use --split train or val")
-    if dataset is None:
-        raise UsageError("--split val: the run had no validation split (data.validation is 0)")
+    dataset = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
+                                   "use --split train or val")
     total, what = len(dataset), f"{split} split, {len(dataset)} samples"
     if samples is not None and samples < total:
         index = np.sort(np.random.default_rng([seed, SUBSET_STREAM]).choice(total, samples, replace=False))

@@ -16,7 +16,7 @@ import numpy as np
 
 from sgdcli.config.schema import ExperimentConfig
 from sgdcli.data.dataset import Dataset
-from sgdcli.errors import CheckpointError, DataError
+from sgdcli.errors import CheckpointError, DataError, UsageError
 from sgdcli.training import build
 
 CHUNK = 1 << 20
@@ -78,19 +78,23 @@ def verify(recorded: dict[str, Any], roles: tuple[str, ...], hint: str) -> None:
 
 
 def own_split(config: ExperimentConfig, meta: dict[str, Any], class_names: tuple[str, ...] | None,
-              split: str, source: str) -> tuple[Dataset | None, bool]:
+              split: str, source: str, instead: str) -> Dataset:
     """One split ("train", "val" or "test") of a run's own data, exactly as it was in training.
 
-    Returns (the split, or None when the run has no such split; whether the files were verified:
-    False only for a checkpoint written before sgdcli recorded its data). Raises DataError when a
-    data file changed since training, CheckpointError when the recorded identity is unreadable.
+    Raises DataError when a data file changed since training (a checkpoint written before sgdcli
+    recorded its data is not checked, and its split is redrawn from the seed), CheckpointError when
+    the recorded identity is unreadable, UsageError (suggesting `instead`) when the run has no such split.
     """
     recorded = meta.get("data")
     if recorded is not None:
         paths = ", ".join(e["path"] for e in recorded.get("files", []) if e.get("role") in ROLES_OF_SPLIT[split])
         verify(recorded, ROLES_OF_SPLIT[split], f"; to evaluate the file as it is now, pass --data {paths}")
     if split == "test":
-        return build.load_test_set(config, class_names), recorded is not None
+        dataset = build.load_test_set(config, class_names)
+        if dataset is None:
+            raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
+                             f"test pair); {instead}")
+        return dataset
     mask = None
     if recorded is not None:
         try:
@@ -98,6 +102,8 @@ def own_split(config: ExperimentConfig, meta: dict[str, Any], class_names: tuple
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"damaged record of the validation split ({exc})", source=source) from None
     rngs = build.Rngs.from_seed(config.seed)
-    train_set, val_set, _ = build.split_with_mask(config, rngs, mask) if mask is not None else (
-        *build.split_data(config, rngs), None)
-    return (train_set if split == "train" else val_set), recorded is not None
+    train_set, val_set = build.split_with_mask(config, rngs, mask)[:2] if mask is not None else build.split_data(
+        config, rngs)
+    if split == "val" and val_set is None:
+        raise UsageError("--split val: the run had no validation split (data.validation is 0)")
+    return train_set if split == "train" else val_set
