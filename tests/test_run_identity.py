@@ -117,12 +117,14 @@ def test_a_changed_training_file_is_refused_naming_it(trained_on_csv, tmp_path, 
         data.write_bytes(original)
 
 
-def test_resume_refuses_changed_data_and_changes_nothing(tmp_path):
+@pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
+def test_resume_refuses_changed_data_and_changes_nothing(tmp_path, change):
     run = csv_run(tmp_path, epochs=4, stop_after=9)
-    append_rows(tmp_path / "iris.csv", "6.0,3.0,4.5,1.5,versicolor\n")
+    CHANGES[change](tmp_path / "iris.csv")
     before = everything(run)
-    with pytest.raises(DataError, match="changed since training"):
+    with pytest.raises(DataError, match="changed since training") as info:
         api.resume(run)
+    assert str(tmp_path / "iris.csv") in str(info.value)
     assert everything(run) == before
 
 

@@ -64,12 +64,15 @@ def check_saved(saved: ExperimentConfig, path: Path, state: checkpoint.Checkpoin
                                       for c in changed), source=str(run_dir / runs.CONFIG))
 
 
-def check_data(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:
-    """The data files are the ones the run was trained on, and they split into the same rows."""
-    if recorded is None:  # a checkpoint from before sgdcli recorded its data: nothing to compare
-        return
-    provenance.verify(recorded, ("train", "validation"), "; resuming would train on other data")
-    if recorded.get("split") != current.get("split"):
+def check_files(recorded: dict[str, Any] | None) -> None:
+    """The training and validation files are the ones the run was trained on (before they are read)."""
+    if recorded is not None:  # None: a checkpoint from before sgdcli recorded its data
+        provenance.verify(recorded, ("train", "validation"), "; resuming would train on other data")
+
+
+def check_split(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:
+    """The validation split drawn now is the one the run was trained with."""
+    if recorded is not None and recorded.get("split") != current.get("split"):
         raise CheckpointError("the validation split drawn now differs from the one the run was trained with "
                               "(another sgdcli version?); resuming would mix training and validation rows",
                               source=str(path))

@@ -144,8 +144,9 @@ class Session:
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: the run has already done {state.meta['position']['epoch']}"
                                   f" epochs; expected at least that many, received {config.training.epochs}")
+            resuming.check_files(state.meta.get("data"))
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path))
-            resuming.check_data(state.meta.get("data"), session.data, path)
+            resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
             session._restore(path, state)
         except BaseException:
