@@ -64,10 +64,19 @@ def fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
-    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable."""
+def read_bytes(path: Path | str, error: type[SgdcliError], what: str, regular_only: bool = False) -> bytes:
+    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable. With
+    `regular_only`, also a pipe or a device (which would block, or like /dev/zero never end)."""
     try:
-        return Path(path).read_bytes()
+        if not regular_only:
+            return Path(path).read_bytes()
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise error(f"expected {what}, received a special file (a pipe or a device)", source=str(path))
+            return handle.read()
     except FileNotFoundError:
         raise error("file not found", source=str(path)) from None
     except IsADirectoryError:

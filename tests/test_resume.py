@@ -192,3 +192,16 @@ def test_initial_checkpoint_holds_the_starting_weights(tmp_path):
     assert initial.meta["updates"] == 0 and last.meta["updates"] == 1
     assert not np.array_equal(initial.params["0.weight"], last.params["0.weight"])
     shutil.rmtree(run.run_dir)
+
+
+def test_a_run_whose_checkpoints_predate_the_data_record_still_resumes(tmp_path):
+    # Checkpoints written before `data`, `schedule_epochs` and `wall_seconds` existed.
+    reference = api.train(config_for("minibatch"), runs_dir=tmp_path / "reference")
+    run = interrupt(config_for("minibatch"), tmp_path / "runs", 15).run_dir
+    for path in (run / "checkpoints").glob("*.safetensors"):
+        state = checkpoint.load(path)
+        for key in ("data", "schedule_epochs", "wall_seconds"):
+            del state.meta[key]
+        checkpoint.save(path, state)
+    assert api.resume(run).status == "completed"
+    assert_identical(reference.run_dir, run)

@@ -126,3 +126,17 @@ def test_resuming_a_finished_run_does_nothing(tmp_path, stop):
     assert result.exit_code == 0, result.stderr
     assert "nothing to do" in result.stderr and "resuming" not in result.stderr
     assert everything(run) == before and (run / "run.lock").read_bytes() == lock_before
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_eval_refuses_a_device_or_pipe_posing_as_a_checkpoint(tmp_path, special):
+    # /dev/zero would never end (memory grows without bound); a FIFO would block forever.
+    run = api.train(config_for("full", epochs=1), runs_dir=tmp_path / "runs").run_dir
+    best = run / "checkpoints" / "best.safetensors"
+    best.unlink()
+    if special == "fifo":
+        os.mkfifo(best)
+    else:
+        best.symlink_to(special)
+    result = runner.invoke(app, ["eval", str(run)])
+    assert result.exit_code == 4 and "special file" in result.stderr, result.stderr

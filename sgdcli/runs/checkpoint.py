@@ -83,7 +83,7 @@ def load(path: Path) -> Checkpoint:
     CheckpointError (naming the file) for anything else that is not a checkpoint sgdcli can read.
     """
     source = str(path)
-    raw = read_bytes(path, CheckpointError, "a checkpoint file")
+    raw = read_bytes(path, CheckpointError, "a checkpoint file", regular_only=True)
     metadata = _read_metadata(raw, source)
     try:
         tensors = load_tensors(raw)

@@ -259,13 +259,13 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
 def find_checkpoint(target: Path) -> Path:
     """A checkpoint file as given, or a run directory's best checkpoint (else its last)."""
     target = Path(target)
-    if target.is_file():
-        return target
     if not target.exists():
         raise CheckpointError("no such run directory or checkpoint file", source=str(target))
+    if not target.is_dir():
+        return target  # a file; loading refuses anything that is not a checkpoint
     for kind in (BEST, LAST):
         candidate = checkpoint_path(target, kind)
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # whatever it is: loading it says what is wrong, never a silent `last`
             return candidate
     if _is_objective_run(target):
         raise CheckpointError("an objective run has no model to load: its path is in metrics.csv and path.png, "
