@@ -57,7 +57,11 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
         except OSError as exc:
             raise write_error(path, exc) from None
         if checkpoints:
-            (path / CHECKPOINTS).mkdir()
+            try:
+                (path / CHECKPOINTS).mkdir()
+            except OSError as exc:
+                remove_unstarted(path)
+                raise write_error(path / CHECKPOINTS, exc, "the run could not start and was removed") from None
         return path
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 

@@ -87,8 +87,10 @@ def own_split(config: ExperimentConfig, meta: dict[str, Any], class_names: tuple
     """
     recorded = meta.get("data")
     if recorded is not None:
-        paths = ", ".join(e["path"] for e in recorded.get("files", []) if e.get("role") in ROLES_OF_SPLIT[split])
-        verify(recorded, ROLES_OF_SPLIT[split], f"; to evaluate the file as it is now, pass --data {paths}")
+        try:
+            verify(recorded, ROLES_OF_SPLIT[split], "; to evaluate the data as it is now, give it with --data")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"damaged record of the training data ({exc!r})", source=source) from None
     if split == "test":
         dataset = build.load_test_set(config, class_names)
         if dataset is None:

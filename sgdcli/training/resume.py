@@ -64,10 +64,14 @@ def check_saved(saved: ExperimentConfig, path: Path, state: checkpoint.Checkpoin
                                       for c in changed), source=str(run_dir / runs.CONFIG))
 
 
-def check_files(recorded: dict[str, Any] | None) -> None:
+def check_files(recorded: dict[str, Any] | None, path: Path) -> None:
     """The training and validation files are the ones the run was trained on (before they are read)."""
-    if recorded is not None:  # None: a checkpoint from before sgdcli recorded its data
+    if recorded is None:  # a checkpoint from before sgdcli recorded its data
+        return
+    try:
         provenance.verify(recorded, ("train", "validation"), "; resuming would train on other data")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"damaged record of the training data ({exc!r})", source=str(path)) from None
 
 
 def check_split(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:

@@ -144,7 +144,7 @@ class Session:
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: the run has already done {state.meta['position']['epoch']}"
                                   f" epochs; expected at least that many, received {config.training.epochs}")
-            resuming.check_files(state.meta.get("data"))
+            resuming.check_files(state.meta.get("data"), path)
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path))
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
