@@ -158,3 +158,18 @@ def test_a_header_larger_than_16_mib_loads(trained, tmp_path):
     checkpoint.save(path, saved)
     assert header_length(path.read_bytes()) > 16 * 1024 * 1024
     assert checkpoint.load(path).meta == saved.meta
+
+
+def test_falling_back_past_damaged_checkpoints_keeps_the_metrics_rows_it_redoes(tmp_path):
+    run = interrupt(config_for("minibatch", epochs=6), tmp_path, 27).run_dir  # rows for epochs 1-4
+    folder = run / "checkpoints"
+    for name in ("last", "previous", "best"):
+        path = folder / f"{name}.safetensors"
+        path.write_bytes(path.read_bytes()[:-5])  # truncated: provably damaged
+    rows = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    assert len(rows) == 5
+    stopper = StopAfter(10**9)
+    api.resume(run, reporter=stopper)  # from initial.safetensors
+    aside, = run.glob("metrics.damaged-*.csv")
+    assert aside.read_text() == "".join(rows)
+    assert len(list(folder.glob("*.damaged-*.safetensors"))) == 3

@@ -143,9 +143,10 @@ class MetricsWriter:
             self._fd = None
 
 
-def keep_metrics_until(path: Path, epoch: int) -> None:
+def keep_metrics_until(path: Path, epoch: int, aside: Path | None = None) -> None:
     """Keep exactly one whole row for each epoch 1..`epoch` (rows written after the checkpoint a
-    run resumes from, or cut short by a kill, go)."""
+    run resumes from, or cut short by a kill, go). With `aside`, whole rows that go are first
+    written there (with the header): a resume that falls back past damaged checkpoints loses none."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -153,6 +154,9 @@ def keep_metrics_until(path: Path, epoch: int) -> None:
     for line in lines[1:]:
         if len(kept) <= epoch and line.endswith("\n") and line.split(",", 1)[0] == str(len(kept)):
             kept.append(line)
+    dropped = [line for line in lines[len(kept):] if line.endswith("\n")] if kept == lines[:len(kept)] else []
+    if aside is not None and dropped:
+        atomic_write_text(aside, "".join(lines[:1] + dropped))
     if kept != lines:
         atomic_write_text(path, "".join(kept))
 

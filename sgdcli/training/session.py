@@ -165,7 +165,10 @@ class Session:
         if note:
             session._warn(note)
         runs.prepare_existing(run_dir)
-        runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch)
+        aside = run_dir / f"metrics{runs.DAMAGED_MARK}{time.strftime('%Y%m%d-%H%M%S')}.csv" if damaged else None
+        runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch, aside)
+        if aside is not None and aside.exists():
+            session._warn(f"the metrics rows after the checkpoint resumed from are kept in {aside.name}")
         runs.write_config(run_dir, config.to_dict())
         return session
 
