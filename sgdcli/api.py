@@ -3,7 +3,6 @@ load and predict, evaluate, compare."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
+from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, descent, plan
+from sgdcli.training import build, descent, plan, provenance
 from sgdcli.training import sweep as sweep_module
 from sgdcli.training.session import Reporter, Session, TrainResult
 from sgdcli.training.trained import TrainedModel, load_trained
@@ -175,18 +175,8 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
                             f"received {dataset.x.shape[1]}", source=dataset.source)
         return dataset, "file"
     split = split or ("test" if build.has_test_set(config) else "val")
-    if split == "test":
-        test_set = build.load_test_set(config, trained.class_names)
-        if test_set is None:
-            raise ConfigError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                              "test pair); pass --data FILE or use --split val")
-        return test_set, "test"
-    train_set, val_set = build.split_data(config, build.Rngs.from_seed(config.seed))
-    if split == "val":
-        if val_set is None:
-            raise ConfigError("--split val: the run had no validation split (data.validation is 0)")
-        return val_set, "val"
-    return train_set, "train"
+    return provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
+                                "pass --data FILE or use --split val"), split
 
 
 # ---------------------------------------------------------------- comparison
@@ -226,12 +216,12 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
 
 
 def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[str]) -> dict[str, Any]:
+    """The run's final epoch, and the metrics *of its best epoch* (sgdcli.runs.best: the epoch whose
+    state is checkpoints/best.safetensors, the one `eval` reports), never per-column extremes."""
     rows, summary = record.metrics, record.summary or {}
     last = rows[-1] if rows else {}
-
-    def best(column: str, pick: Callable) -> float | None:
-        values = [r[column] for r in rows if r.get(column) is not None and math.isfinite(r[column])]
-        return pick(values) if values else None
+    chosen = next((r for r in rows if r.get("epoch") == summary.get("best_epoch")), None) or best_rule.best_row(rows)
+    at_best = chosen or {}
 
     train_col = "train_loss_full" if last.get("train_loss_full") is not None else "train_loss"
     return {
@@ -246,13 +236,13 @@ def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[s
         "seconds": last.get("seconds"),
         "wall_seconds": summary.get("wall_seconds"),
         "final_train_loss": last.get(train_col),
-        "best_train_loss": best(train_col, min),
         "final_train_accuracy": last.get("train_accuracy"),
-        "best_train_accuracy": best("train_accuracy", max),
         "final_val_loss": last.get("val_loss"),
-        "best_val_loss": best("val_loss", min),
         "final_val_accuracy": last.get("val_accuracy"),
-        "best_val_accuracy": best("val_accuracy", max),
+        "best_epoch": int(chosen["epoch"]) if chosen else None,
+        "best_epoch_train_loss": at_best.get(train_col),
+        "best_epoch_train_accuracy": at_best.get("train_accuracy"),
+        "best_epoch_val_loss": at_best.get("val_loss"),
+        "best_epoch_val_accuracy": at_best.get("val_accuracy"),
         "problems": "; ".join(record.problems),
     }
-

@@ -39,6 +39,14 @@ class CheckpointError(SgdcliError):
     exit_code = 4
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint that is provably damaged: sgdcli wrote it, and it is truncated or fails its checksum.
+
+    Only such a file may be set aside for an older checkpoint; a file that merely fails to parse
+    may be valid data that sgdcli does not understand, and is never skipped.
+    """
+
+
 class RunDirError(CheckpointError):
     """A run directory that is missing, incomplete or cannot be written."""
 

@@ -19,10 +19,11 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
     `before_replace` runs once the new bytes are safely on disk, just before they take the name.
     """
     path = Path(path)
+    kept = "the previous file is intact" if os.path.lexists(path) else "nothing was written"
     try:
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     except OSError as exc:
-        raise write_error(path, exc) from None
+        raise write_error(path, exc, kept) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file respects the umask
         with os.fdopen(fd, "wb") as handle:
@@ -38,7 +39,7 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+            raise write_error(path, exc, kept) from None
         raise
     fsync_dir(path.parent)
 
@@ -63,25 +64,33 @@ def fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-def read_bytes(path: Path | str, error: type[SgdcliError], what: str, limit: int | None = None) -> bytes:
+
+def read_bytes(path: Path | str, error: type[SgdcliError], what: str, limit: int | None = None,
+               regular_only: bool = False) -> bytes:
     """The file's bytes, or `error` naming the file: missing, a directory, unreadable, or (with
-    `limit`) longer than `limit` bytes.
+    `limit`) longer than `limit` bytes. With `regular_only`, also a pipe or a device (which would
+    block, or like /dev/zero never end).
 
     The limit is applied while reading, so a device or pipe that never ends (/dev/zero) costs at
     most `limit` + 1 bytes of memory.
     """
     try:
-        with open(path, "rb") as handle:
-            if limit is None:
-                return handle.read()
-            data = handle.read(limit + 1)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if regular_only and not stat.S_ISREG(mode):
+                raise error(f"expected {what}, received a special file (a pipe or a device)", source=str(path))
+            if stat.S_ISFIFO(mode):
+                os.set_blocking(handle.fileno(), True)
+            data = handle.read() if limit is None else handle.read(limit + 1)
     except FileNotFoundError:
         raise error("file not found", source=str(path)) from None
     except IsADirectoryError:
         raise error(f"expected {what}, received a directory", source=str(path)) from None
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    if len(data) > limit:
+    if limit is not None and len(data) > limit:
         raise error(f"expected at most {limit} bytes ({what}), received more", source=str(path))
     return data
 
@@ -145,11 +154,45 @@ def format_bytes(count: int | float) -> str:
     return f"{count:.1f} {unit}"
 
 
-def write_error(path: Path, exc: OSError) -> Exception:
-    """Our error type for an OSError raised while writing `path`."""
+def write_error(path: Path, exc: OSError, kept: str | None = None) -> Exception:
+    """Our error type for an OSError raised while writing `path`; `kept` says what is still intact,
+    as the caller knows it (no claim when None)."""
+    after = f"; {kept}" if kept else ""
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return DiskError(f"cannot write: {exc.strerror}; the previous file is intact", source=str(path))
-    return RunDirError(f"cannot write: {exc.strerror}", source=str(path))
+        return DiskError(f"cannot write: {exc.strerror}{after}", source=str(path))
+    return RunDirError(f"cannot write: {exc.strerror}{after}", source=str(path))
+
+
+def open_no_follow(path: Path, append: bool) -> int:
+    """Open (a raw descriptor) a file inside a run directory for writing in place, created if missing, refusing a
+    symbolic link, anything but a regular file, and a file with other hard links: writing through
+    any of them would change a file outside the run. RunDirError (exit 4) names the path."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError("is a symbolic link; sgdcli never writes through a link inside a run directory",
+                              source=str(path)) from None
+        raise write_error(path, exc) from None
+    info = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+               f"has {info.st_nlink} hard links; sgdcli never writes into a file shared with another path"
+               if info.st_nlink > 1 else None)
+    if problem:
+        os.close(fd)
+        raise RunDirError(problem, source=str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def refuse_links(paths: list[Path]) -> None:
+    """RunDirError naming the first of `paths` that is a symbolic link (reading or replacing through
+    it would act on a file outside the run directory)."""
+    for path in paths:
+        if os.path.islink(path):
+            raise RunDirError("is a symbolic link; sgdcli does not follow links inside a run directory",
+                              source=str(path))
 
 def remove_stale_temps(folder: Path) -> None:
     """Delete temp files a killed process left behind."""

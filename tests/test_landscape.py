@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,27 @@ def test_default_prefix_is_outside_the_run(classifier):
     prefix = landscape_files.default_prefix(classifier, "0.weight[3, 5]")
     assert prefix == Path(f"landscape-{classifier.name}-0.weight-3-5") and not prefix.is_absolute()
     assert landscape_files.default_prefix(classifier, "init-to-final").name == f"landscape-{classifier.name}-init-to-final"
+
+
+# ---------------------------------------------------------------- what the command prints (issue 10, item 8)
+@pytest.mark.parametrize("direction", ["init-to-final", "gradient", "random", "0.weight[1,3]"])
+def test_the_printed_checkpoint_loss_and_slope_are_the_csvs(classifier, tmp_path, direction):
+    """`at the checkpoint: loss L, slope S` must be the CSV's loss where the checkpoint lies on the
+    line (α = 1 for init-to-final, the initial weights being α = 0) and the slope there."""
+    from typer.testing import CliRunner
+
+    from sgdcli.cli.app import app
+
+    at = 1.0 if direction == "init-to-final" else 0.0
+    out = tmp_path / "line"
+    result = CliRunner().invoke(app, ["landscape", str(classifier), "--direction", direction, "--points", "3",
+                                      "--span", str(at - H), str(at + H), "--out", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    printed = result.stdout.replace("\n", " ")
+    loss, slope = (float(v) for v in re.search(
+        r"at the checkpoint(?: \(α = [\d.]+\))?: loss (\S+), slope (\S+?);", printed).groups())
+    rows = list(csv.DictReader((tmp_path / "line.csv").open()))
+    alphas, losses = [float(r["alpha"]) for r in rows], [float(r["loss"]) for r in rows]
+    assert alphas[1] == at
+    assert loss == pytest.approx(losses[1], rel=1e-5)
+    assert slope == pytest.approx((losses[2] - losses[0]) / (2 * H), rel=1e-3)

@@ -150,9 +150,16 @@ def test_resume_refuses_a_different_experiment(tmp_path):
 def test_resume_without_a_valid_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     run = interrupt(config_for("minibatch"), tmp_path, 3)
     for path in (run.run_dir / "checkpoints").iterdir():
-        path.write_bytes(b"garbage")
+        raw = bytearray(path.read_bytes())
+        raw[-1] ^= 1  # provably damaged: the checksum fails
+        path.write_bytes(bytes(raw))
     before = (run.run_dir / "metrics.csv").read_bytes()
     with pytest.raises(CheckpointError, match="no valid checkpoint to resume from"):
+        api.resume(run.run_dir)
+    assert (run.run_dir / "metrics.csv").read_bytes() == before
+    for path in (run.run_dir / "checkpoints").iterdir():
+        path.write_bytes(b"garbage")  # not a checkpoint at all: not provably damaged, so never skipped
+    with pytest.raises(CheckpointError, match="--resume changed nothing"):
         api.resume(run.run_dir)
     assert (run.run_dir / "metrics.csv").read_bytes() == before
     with pytest.raises(RunDirError, match="not a run directory"):
@@ -185,3 +192,16 @@ def test_initial_checkpoint_holds_the_starting_weights(tmp_path):
     assert initial.meta["updates"] == 0 and last.meta["updates"] == 1
     assert not np.array_equal(initial.params["0.weight"], last.params["0.weight"])
     shutil.rmtree(run.run_dir)
+
+
+def test_a_run_whose_checkpoints_predate_the_data_record_still_resumes(tmp_path):
+    # Checkpoints written before `data`, `schedule_epochs` and `wall_seconds` existed.
+    reference = api.train(config_for("minibatch"), runs_dir=tmp_path / "reference")
+    run = interrupt(config_for("minibatch"), tmp_path / "runs", 15).run_dir
+    for path in (run / "checkpoints").glob("*.safetensors"):
+        state = checkpoint.load(path)
+        for key in ("data", "schedule_epochs", "wall_seconds"):
+            del state.meta[key]
+        checkpoint.save(path, state)
+    assert api.resume(run).status == "completed"
+    assert_identical(reference.run_dir, run)

@@ -40,13 +40,15 @@ def test_inverse_time_decay() -> None:
 
 
 def test_cosine_decay() -> None:
-    # 0.01 + 0.5 * 0.09 * (1 + cos(pi min(t, 100) / 100))
+    # 101 updates, t = 0..100, T = 100: 0.01 + 0.5 * 0.09 * (1 + cos(pi min(t, 100) / 100))
     # t 25: 0.01 + 0.045 * (1 + 0.70710678) = 0.086819805;  t 50: 0.01 + 0.045 = 0.055;  t >= 100: 0.01
     assert_values(
-        CosineDecay(0.1, total_updates=100, min_learning_rate=0.01),
+        CosineDecay(0.1, total_updates=101, min_learning_rate=0.01),
         {0: 0.1, 25: 0.0868198051533946, 50: 0.055, 100: 0.01, 150: 0.01},
     )
-    assert CosineDecay(0.1, total_updates=100)(100) == pytest.approx(0.0, abs=1e-15)
+    # the last of 100 updates (t = 99) uses the floor
+    assert CosineDecay(0.1, total_updates=100)(99) == pytest.approx(0.0, abs=1e-15)
+    assert CosineDecay(0.1, total_updates=1)(0) == 0.1  # a single update: the first is the last
 
 
 def test_warmup_of_a_constant() -> None:

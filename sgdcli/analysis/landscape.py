@@ -22,7 +22,7 @@ from sgdcli.engine.model import Sequential
 from sgdcli.errors import CheckpointError, UsageError
 from sgdcli.runs import checkpoint as checkpoints
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, provenance
 from sgdcli.training.trained import TrainedModel, load_trained
 
 Weights = dict[str, np.ndarray]
@@ -49,6 +49,9 @@ class Landscape:
     origin_x: float | None = None  # None: the x axis is α; else x = origin_x + α (one coefficient's value)
     tangent: bool = False  # draw and write the first-order prediction origin_loss + slope·α
     marks: tuple[tuple[float, str], ...] = ()  # (α, label) points to mark; each α is in `alphas` when in the span
+    checkpoint_alpha: float = 0.0  # where the checkpoint lies on the line (1 for init-to-final, else 0)
+    checkpoint_loss: float = math.nan  # the loss there, computed as the curve's points are
+    checkpoint_slope: float = math.nan  # dL/dα there, from backprop: ∇L(w0 + α·d) · d
 
     @property
     def x(self) -> np.ndarray:
@@ -113,6 +116,7 @@ class _Line:
     marks: tuple[tuple[float, str], ...]
     origin_x: float | None = None
     tangent: bool = False
+    checkpoint_alpha: float = 0.0
 
 
 def compute(run: str | Path, checkpoint: str | Path | None = None, direction: str = "init-to-final",
@@ -147,11 +151,21 @@ def compute(run: str | Path, checkpoint: str | Path | None = None, direction: st
             line = _coefficient(chosen, weights, at)
     _assign(model, line.origin)
     origin_loss, grads = loss_and_gradient(model, loss, x, y)
+    slope = _dot(grads, line.direction)
+    if line.checkpoint_alpha != 0.0:  # the checkpoint is not the line's origin: its own gradient
+        _assign(model, weights)
+        slope_at_checkpoint = _dot(loss_and_gradient(model, loss, x, y)[1], line.direction)
+        _assign(model, line.origin)
+    else:
+        slope_at_checkpoint = slope
+    at_checkpoint = loss_along(model, loss, x, y, line.origin, line.direction, [line.checkpoint_alpha])[0]
     alphas = _grid(span or line.span, points, [alpha for alpha, _ in line.marks])
     return Landscape(
         direction=str(chosen), alphas=alphas, losses=loss_along(model, loss, x, y, line.origin, line.direction, alphas),
-        origin_loss=origin_loss, slope=_dot(grads, line.direction), x_label=line.x_label,
+        origin_loss=origin_loss, slope=slope, x_label=line.x_label,
         checkpoint=line.checkpoint, data=data, origin_x=line.origin_x, tangent=line.tangent, marks=line.marks,
+        checkpoint_alpha=line.checkpoint_alpha, checkpoint_loss=float(at_checkpoint),
+        checkpoint_slope=slope_at_checkpoint,
     )
 
 
@@ -183,7 +197,7 @@ def _init_to_final(model: Sequential, weights: Weights, path: Path, at: _At, run
                  f"α (w = w_init + α·(w_final − w_init)): 0 = initial weights, 1 = {at.short}",
                  f"{_shown(initial_path, run)} (α = 0) → "
                  f"{at.file if initial_path.parent.samefile(path.parent) else at.full} (α = 1)",
-                 ((0.0, "initial weights"), (1.0, at.short)))
+                 ((0.0, "initial weights"), (1.0, at.short)), checkpoint_alpha=1.0)
 
 
 def _gradient(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray, weights: Weights,
@@ -284,16 +298,8 @@ def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
 def _data(trained: TrainedModel, split: str, samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Scaled float64 features and targets of one split of the run's own data, and a description."""
     config = trained.config
-    if split == "test":
-        dataset = build.load_test_set(config, trained.class_names)
-        if dataset is None:
-            raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
-                             "test pair); use --split train or val")
-    else:
-        train_set, val_set = build.split_data(config, build.Rngs.from_seed(config.seed))
-        dataset = train_set if split == "train" else val_set
-        if dataset is None:
-            raise UsageError("--split val: the run had no validation split (data.validation is 0)")
+    dataset = provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
+                                   "use --split train or val")
     total, what = len(dataset), f"{split} split, {len(dataset)} samples"
     if samples is not None and samples < total:
         index = np.sort(np.random.default_rng([seed, SUBSET_STREAM]).choice(total, samples, replace=False))

@@ -121,6 +121,8 @@ def train(
                 result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop)
     finally:
         reporter.close()
+    if result.message and result.status == "completed":  # a resume with nothing left to do
+        render.warning(result.message)
     render.training_summary(result.summary, str(result.run_dir))
     if result.status == "diverged":
         raise typer.Exit(DIVERGED)

@@ -227,7 +227,7 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
         plain("\n".join(lines))
     else:
         # The terminal table keeps the columns a reader compares; problems go below it.
-        shown = [c for c in columns if c not in ("problems", "best_train_loss", "best_train_accuracy")]
+        shown = [c for c in columns if c not in ("problems", "best_epoch_train_loss", "best_epoch_train_accuracy")]
         table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
         for column in shown:
             table.add_column(column if column in differing else column.replace("_", " "),
@@ -276,6 +276,7 @@ def optimizer_reference(entries, weight_decay: str, effective_step: str) -> None
 def landscape(result, csv_path, png_path) -> None:
     lowest = int(result.losses.argmin())
     out.print(f"loss along {result.direction} ({result.x_label}) at {result.checkpoint}, on {result.data}", markup=False)
-    out.print(f"at the checkpoint: loss {result.origin_loss:.6g}, slope {result.slope:.6g}; "
+    out.print(f"at the checkpoint (α = {result.checkpoint_alpha:g}): loss {result.checkpoint_loss:.6g}, "
+              f"slope {result.checkpoint_slope:.6g}; "
               f"lowest {float(result.losses[lowest]):.6g} at {result.x[lowest]:.4g}", markup=False)
     err.print(f"wrote {csv_path} and {png_path}")

@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from sgdcli.errors import CheckpointError
+from sgdcli.errors import CheckpointError, DamagedCheckpointError
 from sgdcli.fileio import atomic_write, read_bytes
 
 FORMAT = "sgdcli-checkpoint"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
-MAX_HEADER_BYTES = 16 * 1024 * 1024
+# How a safetensors header holding our metadata begins (safetensors writes the keys in any order)
+OUR_HEADER_START = re.compile(rb'\{"__metadata__":\{"(format|format_version|meta|sha256)":"')
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit: every header its writer makes loads
 
 
 @dataclass
@@ -62,7 +65,10 @@ def encode(checkpoint: Checkpoint) -> bytes:
     tensors = {k: _contiguous(v) for k, v in tensors.items()}
     meta = json.dumps(checkpoint.meta, sort_keys=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "sha256": checksum(tensors, meta), "meta": meta}
-    return save_tensors(tensors, metadata=metadata)
+    try:
+        return save_tensors(tensors, metadata=metadata)
+    except Exception as exc:  # safetensors refuses a header above MAX_HEADER_BYTES
+        raise CheckpointError(f"cannot encode the checkpoint: {exc}") from None
 
 
 def save(path: Path, checkpoint: Checkpoint, before_replace: Callable[[], None] | None = None) -> None:
@@ -71,22 +77,26 @@ def save(path: Path, checkpoint: Checkpoint, before_replace: Callable[[], None] 
 
 
 def load(path: Path) -> Checkpoint:
-    """Read and verify a checkpoint; CheckpointError naming the file for anything wrong."""
+    """Read and verify a checkpoint.
+
+    Raises DamagedCheckpointError for a file sgdcli wrote that is truncated or fails its checksum,
+    CheckpointError (naming the file) for anything else that is not a checkpoint sgdcli can read.
+    """
     source = str(path)
-    raw = read_bytes(path, CheckpointError, "a checkpoint file")
+    raw = read_bytes(path, CheckpointError, "a checkpoint file", regular_only=True)
     metadata = _read_metadata(raw, source)
     try:
         tensors = load_tensors(raw)
     except Exception as exc:  # safetensors raises its own error types for every malformed layout
-        raise CheckpointError(f"damaged checkpoint: {exc}", source=source) from None
+        raise DamagedCheckpointError(f"damaged checkpoint: {exc}", source=source) from None
     if not isinstance(metadata.get("meta"), str) or checksum(tensors, metadata["meta"]) != metadata.get("sha256"):
-        raise CheckpointError("checksum mismatch: the file is damaged", source=source)
+        raise DamagedCheckpointError("checksum mismatch: the file is damaged", source=source)
     try:
         meta = json.loads(metadata["meta"])
         if not isinstance(meta, dict):
             raise ValueError
     except ValueError:
-        raise CheckpointError("damaged checkpoint: metadata is not valid JSON", source=source) from None
+        raise DamagedCheckpointError("damaged checkpoint: metadata is not valid JSON", source=source) from None
     try:
         return Checkpoint(
             params={k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
@@ -96,33 +106,48 @@ def load(path: Path) -> Checkpoint:
             meta=meta,
         )
     except KeyError as exc:
-        raise CheckpointError(f"damaged checkpoint: tensor {exc} is missing", source=source) from None
+        raise DamagedCheckpointError(f"damaged checkpoint: tensor {exc} is missing", source=source) from None
 
 
 def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
-    """Parse the safetensors header ourselves first, so a hostile file is refused cheaply."""
-    what = "not an sgdcli checkpoint (expected a safetensors file"
-    if len(raw) < 8:
-        raise CheckpointError(f"{what}; received {len(raw)} bytes)", source=source)
-    (size,) = struct.unpack("<Q", raw[:8])
-    # A header of 128 + 256·k bytes also starts with 0x80: only a size that does not fit is a pickle.
-    if raw[:1] == b"\x80" and size > len(raw) - 8:
-        raise CheckpointError(f"{what}; received a pickle, which sgdcli never loads)", source=source)
-    if raw[:2] == b"PK":
-        raise CheckpointError(f"{what}; received a zip archive (PyTorch?))", source=source)
+    """Parse the safetensors header ourselves first, so a hostile file is refused cheaply.
+
+    A file is judged by parsing it: its first 8 bytes are the header length (little-endian u64),
+    so they can be any bytes at all (a header of length 128 mod 256 begins with 0x80, the pickle
+    opcode). Byte signatures only choose the wording once parsing has failed.
+    """
+    size = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else None
+    looks_like_header = raw[8:9] == b"{"  # safetensors headers are JSON objects
+    if size is None:
+        _foreign(raw, source, f"{len(raw)} bytes")
     if size > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{what}; received unknown bytes claiming a {size}-byte header)", source=source)
+        _foreign(raw, source, f"unknown bytes claiming a {size}-byte header")
     if size > len(raw) - 8:
-        raise CheckpointError(f"damaged (truncated?): the header needs {size} bytes, the file holds {len(raw) - 8}",
-                              source=source)
+        if looks_like_header and (FORMAT.encode() in raw[8:] or OUR_HEADER_START.match(raw, 8) is not None):
+            raise DamagedCheckpointError(f"damaged (truncated): the header needs {size} bytes, the file holds "
+                                         f"{len(raw) - 8}", source=source)
+        _foreign(raw, source, f"unknown bytes claiming a {size}-byte header, longer than the file")
+    header_text = raw[8 : 8 + size]
     try:
-        header = json.loads(raw[8 : 8 + size])
+        header = json.loads(header_text)
         metadata = header["__metadata__"]
     except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{what} with sgdcli metadata)", source=source) from None
+        if looks_like_header and b'"format":"' + FORMAT.encode() in header_text:
+            raise DamagedCheckpointError("damaged checkpoint: its header is not valid JSON", source=source) from None
+        _foreign(raw, source, "a file without sgdcli metadata")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{what} written by sgdcli)", source=source)
+        _foreign(raw, source, "a safetensors file not written by sgdcli")
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise CheckpointError(f"checkpoint format version {metadata.get('format_version')!r} is not supported "
-                              f"(expected {FORMAT_VERSION})", source=source)
+                              f"(expected {FORMAT_VERSION}; written by another version of sgdcli?)", source=source)
     return metadata
+
+
+def _foreign(raw: bytes, source: str, received: str) -> NoReturn:
+    """The error for a file that did not parse as an sgdcli checkpoint; its first bytes choose the wording."""
+    if raw[:1] == b"\x80":
+        received = "a pickle, which sgdcli never loads"
+    elif raw[:2] == b"PK":
+        received = "a zip archive (PyTorch?)"
+    raise CheckpointError(f"not an sgdcli checkpoint (expected a safetensors file with sgdcli metadata; "
+                          f"received {received})", source=source)

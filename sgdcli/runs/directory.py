@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sgdcli.runs import checkpoint
-from sgdcli.errors import CheckpointError, RunDirError, SgdcliError
-from sgdcli.fileio import atomic_write_text, remove_stale_temps, write_error
+from sgdcli.errors import CheckpointError, DamagedCheckpointError, RunDirError, SgdcliError
+from sgdcli.fileio import atomic_write_text, fsync_dir, open_no_follow, refuse_links, remove_stale_temps, write_error
 from sgdcli.config.yamlio import dump_yaml, read_yaml
 
 CONFIG = "config.yaml"
@@ -55,78 +57,96 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
         except OSError as exc:
             raise write_error(path, exc) from None
         if checkpoints:
-            (path / CHECKPOINTS).mkdir()
+            try:
+                (path / CHECKPOINTS).mkdir()
+            except OSError as exc:
+                remove_unstarted(path)
+                raise write_error(path / CHECKPOINTS, exc, "the run could not start and was removed") from None
         return path
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
 
-def lock_run(run_dir: Path):
-    """Hold an exclusive lock on the run (released by the kernel if this process dies).
+class RunLock:
+    """An exclusive flock on run.lock (released by the kernel if this process dies); close() releases it
+    and empties the file again, so a run that is not being written holds no stale process id."""
 
-    Returns the open lock file; closing it releases the lock.
-    """
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """Hold an exclusive lock on the run; a symbolic link or a shared file at run.lock is refused
+    (exit 4), never truncated or written through."""
     path = run_dir / LOCK
+    fd = open_no_follow(path, append=False)
     try:
-        handle = open(path, "a+", encoding="utf-8")
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
         raise RunDirError(f"the run is being written by {holder}; wait for it to finish", source=str(run_dir)) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"sgdcli process {os.getpid()}\n")
-    handle.flush()
-    return handle
+    try:  # who holds the lock, for the message another process gets; the lock works without it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"sgdcli process {os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return RunLock(fd)
+
+
+def remove_unstarted(run_dir: Path) -> bool:
+    """Remove a run directory this process just created and that never got its initial checkpoint
+    (it holds only our own files); True when it is gone."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not os.path.lexists(run_dir)
 
 
 class MetricsWriter:
-    """Appends one row per epoch to metrics.csv, flushed as training goes; a row that cannot be
-    written whole is taken back, so the file never ends in half a row."""
+    """Appends one row per epoch to metrics.csv, unbuffered, as training goes; a row that cannot be
+    written whole is taken back, so the file never ends in half a row. A symbolic link, a special
+    file or a file with other hard links at metrics.csv is refused (exit 4), never written through."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
-        try:
-            self._handle = open(path, "a", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise write_error(path, exc) from None
-        if self._handle.tell() == 0:
+        self._fd: int | None = open_no_follow(path, append=True)
+        if os.lseek(self._fd, 0, os.SEEK_END) == 0:
             self._append(",".join(columns) + "\n")
 
     def write(self, row: dict[str, Any]) -> None:
         self._append(",".join(_format_cell(row.get(column)) for column in self.columns) + "\n")
 
     def _append(self, line: str) -> None:
-        size = self._handle.tell()
+        data = line.encode("utf-8")
+        size = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            self._handle.write(line)
-            self._handle.flush()
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:
-            self._take_back(size)
-            raise write_error(self.path, exc) from None
-
-    def _take_back(self, size: int) -> None:
-        try:
-            os.truncate(self.path, size)
-            self._handle.close()
-            self._handle = open(self.path, "a", newline="", encoding="utf-8")
-        except OSError:
-            pass
+            try:
+                os.ftruncate(self._fd, size)
+                kept = "the row was not written; the rows before it are intact"
+            except OSError:
+                kept = None
+            raise write_error(self.path, exc, kept) from None
 
     def close(self) -> None:
-        try:
-            self._handle.close()
-        except OSError:
-            pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-def keep_metrics_until(path: Path, epoch: int) -> None:
+def keep_metrics_until(path: Path, epoch: int, aside: Path | None = None) -> None:
     """Keep exactly one whole row for each epoch 1..`epoch` (rows written after the checkpoint a
-    run resumes from, or cut short by a kill, go)."""
+    run resumes from, or cut short by a kill, go). With `aside`, whole rows that go are first
+    written there (with the header): a resume that falls back past damaged checkpoints loses none."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -134,6 +154,9 @@ def keep_metrics_until(path: Path, epoch: int) -> None:
     for line in lines[1:]:
         if len(kept) <= epoch and line.endswith("\n") and line.split(",", 1)[0] == str(len(kept)):
             kept.append(line)
+    dropped = [line for line in lines[len(kept):] if line.endswith("\n")] if kept == lines[:len(kept)] else []
+    if aside is not None and dropped:
+        atomic_write_text(aside, "".join(lines[:1] + dropped))
     if kept != lines:
         atomic_write_text(path, "".join(kept))
 
@@ -244,13 +267,13 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
 def find_checkpoint(target: Path) -> Path:
     """A checkpoint file as given, or a run directory's best checkpoint (else its last)."""
     target = Path(target)
-    if target.is_file():
-        return target
     if not target.exists():
         raise CheckpointError("no such run directory or checkpoint file", source=str(target))
+    if not target.is_dir():
+        return target  # a file; loading refuses anything that is not a checkpoint
     for kind in (BEST, LAST):
         candidate = checkpoint_path(target, kind)
-        if candidate.is_file():
+        if os.path.lexists(candidate):  # whatever it is: loading it says what is wrong, never a silent `last`
             return candidate
     if _is_objective_run(target):
         raise CheckpointError("an objective run has no model to load: its path is in metrics.csv and path.png, "
@@ -259,22 +282,62 @@ def find_checkpoint(target: Path) -> Path:
                           "was the run stopped before its first epoch ended?", source=str(target))
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[Path, checkpoint.Checkpoint, list[str]]:
-    """The valid checkpoint with the most updates, and a warning for each damaged one skipped."""
-    valid, warnings = [], []
-    for path in sorted((run_dir / CHECKPOINTS).glob("*" + checkpoint.SUFFIX)):
+DAMAGED_MARK = ".damaged-"  # last.damaged-20261129-190000.safetensors: set aside by a resume, never read again
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, without the damaged ones a resume has set aside."""
+    return sorted(p for p in (run_dir / CHECKPOINTS).glob("*" + checkpoint.SUFFIX) if DAMAGED_MARK not in p.name)
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, checkpoint.Checkpoint, list[tuple[Path, str]]]:
+    """The valid checkpoint with the most updates, and each provably damaged one (path, why).
+
+    A file that fails to load without being provably damaged (a foreign file, another format
+    version) stops the resume before anything is changed: skipping it could rewind the run over
+    valid data that this version merely does not read.
+    """
+    valid, damaged = [], []
+    for path in checkpoint_files(run_dir):
         try:
             valid.append((path, checkpoint.load(path)))
+        except DamagedCheckpointError as exc:
+            damaged.append((path, exc.message))
         except CheckpointError as exc:
-            warnings.append(f"{exc}; skipped")
+            raise CheckpointError(f"{exc.message}. --resume changed nothing: it skips only checkpoints that are "
+                                  "provably damaged (truncated, or failing their checksum); move this file out of "
+                                  f"{CHECKPOINTS}/ to resume from the others", source=exc.source) from None
     if not valid:
-        found = "; ".join(warnings) or f"{CHECKPOINTS}/ holds no checkpoint"
+        found = "; ".join(f"{path.name}: {why}" for path, why in damaged) or f"{CHECKPOINTS}/ holds no checkpoint"
         raise CheckpointError(f"no valid checkpoint to resume from ({found})", source=str(run_dir))
     preference = {LAST: 2, PREVIOUS: 1}  # among equally advanced states, the rolling ones
     path, state = max(valid, key=lambda item: (int(item[1].meta.get("updates", -1)), preference.get(item[0].name, 0)))
-    if warnings:
-        warnings.append(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
-    return path, state, warnings
+    return path, state, damaged
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged-<time>.safetensors` (never replacing a file)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = path.name.removesuffix(checkpoint.SUFFIX)
+    for attempt in range(1, 1000):
+        target = path.with_name(f"{stem}{DAMAGED_MARK}{stamp}{'' if attempt == 1 else f'-{attempt}'}{checkpoint.SUFFIX}")
+        try:
+            os.link(path, target)  # fails if the name is taken: nothing is overwritten
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise write_error(target, exc, f"{path.name} is unchanged") from None
+        os.unlink(path)
+        fsync_dir(path.parent)
+        return target
+    raise RunDirError("cannot find a free name to set the damaged checkpoint aside", source=str(path))
+
+
+def refuse_run_links(run_dir: Path) -> None:
+    """RunDirError (exit 4) if a file of the run, or its checkpoints folder, is a symbolic link."""
+    folder = run_dir / CHECKPOINTS
+    refuse_links([run_dir / name for name in (CONFIG, METRICS, SUMMARY, LOCK, LOSS_PLOT, CHECKPOINTS)])
+    refuse_links(sorted(folder.iterdir()) if folder.is_dir() else [])
 
 
 def _is_objective_run(run_dir: Path) -> bool:

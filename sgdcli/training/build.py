@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class PreparedData:
     class_names: tuple[str, ...] | None
     source: str
     sample_shape: tuple[int, ...]
+    validation_mask: np.ndarray | None = None  # (N,) bool over the training file's rows; None: no split
 
 
 def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
@@ -155,18 +157,42 @@ def _idx_files(data: cfg.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
 
 def split_data(config: cfg.ExperimentConfig, rngs: Rngs) -> tuple[Dataset, Dataset | None]:
     """The training and validation sets, unscaled: a separate file, or a seeded (stratified) split."""
+    train, val, _ = split_with_mask(config, rngs)
+    return train, val
+
+
+def split_with_mask(config: cfg.ExperimentConfig, rngs: Rngs,
+                    mask: np.ndarray | None = None) -> tuple[Dataset, Dataset | None, np.ndarray | None]:
+    """split_data, and the validation mask over the training file's rows (None with a validation file
+    or no validation). A given `mask` (a run's recorded split) is applied instead of drawing one."""
     data, classification = config.data, config.is_classification
     full = load_dataset(data, classification, rngs.data)
     _check_targets(config, full)
     validation_file = getattr(data, "validation_file", None)
     if validation_file is not None:
-        return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names)
-    return splits.split(full, data.validation, rngs.split, stratify=classification)
+        return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names), None
+    if mask is None:
+        mask = splits.validation_mask(full, data.validation, rngs.split, stratify=classification)
+    elif len(mask) != len(full):
+        raise DataError(f"the run's validation split covers {len(mask)} rows, the data now has {len(full)}",
+                        source=full.source)
+    return (*splits.apply_mask(full, mask), mask)
+
+
+def data_files(config: cfg.ExperimentConfig) -> list[tuple[str, Path]]:
+    """Every file the config's data is read from, with its role: train, validation or test."""
+    data = config.data
+    if isinstance(data, cfg.IdxDataConfig):
+        found = [(split, _idx_files(data, split)) for split in ("train", "test")]
+        return [(split, path) for split, pair in found if pair is not None for path in pair]
+    roles = [("train", getattr(data, "path", None)), ("validation", getattr(data, "validation_file", None)),
+             ("test", getattr(data, "test_file", None))]
+    return [(role, Path(path)) for role, path in roles if path is not None]
 
 
 def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
     """Load, split and scale (the scaler is fit on the training split only)."""
-    train, val = split_data(config, rngs)
+    train, val, mask = split_with_mask(config, rngs)
     scaler = Scaler.fit(train.x, config.data.scale)
     dtype = np.dtype(config.model.dtype)
     return PreparedData(
@@ -179,6 +205,7 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
         class_names=train.class_names,
         source=train.source,
         sample_shape=train.sample_shape or (train.x.shape[1],),
+        validation_mask=mask,
     )
 
 
@@ -275,7 +302,9 @@ def build_schedule(optimizer: cfg.OptimizerConfig, updates_per_epoch: int, epoch
     """Epoch-based schedule settings become update counts here."""
     spec, lr, per_epoch = optimizer.schedule, optimizer.step_size, updates_per_epoch
     if isinstance(spec, cfg.StepDecayConfig):
-        schedule: schedules.Schedule = schedules.StepDecay(lr, max(1, round(spec.every_epochs * per_epoch)), spec.factor)
+        # the period as the decimal the config wrote (0.1 epochs of 30 updates is exactly 3 updates)
+        period = Fraction(repr(float(spec.every_epochs))) * per_epoch
+        schedule: schedules.Schedule = schedules.StepDecay(lr, period, spec.factor)
     elif isinstance(spec, cfg.ExponentialConfig):
         schedule = schedules.ExponentialDecay(lr, spec.decay_rate, per_epoch)
     elif isinstance(spec, cfg.InverseTimeConfig):

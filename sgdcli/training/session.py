@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from sgdcli import plots
-from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.loading import load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
-from sgdcli.config.yamlio import read_yaml
 from sgdcli.engine.metrics import loss_and_accuracy
 from sgdcli.engine.model import ParameterMismatch
 from sgdcli.errors import (
@@ -26,9 +24,11 @@ from sgdcli.errors import (
     RunDirError,
     SgdcliError,
 )
+from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, interrupts, plan
+from sgdcli.training import build, interrupts, plan, provenance
+from sgdcli.training import resume as resuming
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -55,8 +55,11 @@ class TrainResult:
     message: str | None = None
 
 
-def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build.Rngs]:
-    """Data, model, loss, optimizer and schedule: everything before the run directory exists."""
+def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.PreparedData, Problem, build.Rngs]:
+    """Data, model, loss, optimizer and schedule: everything before the run directory exists.
+
+    The schedule is created for `schedule_epochs` (the run's epochs when it started): a resumed run
+    that grows keeps its schedule's length, which then holds its last value."""
     rngs = build.Rngs.from_seed(config.seed)
     with plan.naming(config):
         prepared = build.prepare_data(config, rngs)
@@ -67,7 +70,7 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
         model=model,
         loss=build.build_loss(config.loss),
         optimizer=build.build_optimizer(config.optimizer),
-        schedule=build.build_schedule(config.optimizer, updates_per_epoch, config.training.epochs),
+        schedule=build.build_schedule(config.optimizer, updates_per_epoch, schedule_epochs),
         x=prepared.x_train,
         y=prepared.y_train,
         batch_size=batch_size,
@@ -80,15 +83,21 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
 class Session:
     """A run being trained: holds the run directory's lock from start (or resume) to the end."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path | None, reporter: Reporter | None) -> None:
+    def __init__(self, config: ExperimentConfig, run_dir: Path | None, reporter: Reporter | None,
+                 schedule_epochs: int | None = None) -> None:
         self.config, self.run_dir, self.reporter = config, run_dir, reporter
-        self.prepared, self.problem, self.rngs = _build(config)
+        self.schedule_epochs = schedule_epochs or config.training.epochs
+        self.prepared, self.problem, self.rngs = _build(config, self.schedule_epochs)
+        self.data = provenance.record(config, self.prepared.validation_mask)  # the files and split, in checkpoints
+        self.wall_before = 0.0  # wall seconds of earlier segments (before a resume)
+        self._segment_started: float | None = None
         self.position = Position()
         self.classification = config.is_classification
         self.best: dict[str, Any] | None = None
         self.last_row: dict[str, Any] | None = None
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
+        self.finished: str | None = None  # resume: why there is nothing to do
         self._lock = None
 
     # ------------------------------------------------------------ starting
@@ -104,40 +113,67 @@ class Session:
             state = session._state()
             checkpoint.save(folder / runs.INITIAL, state)
             checkpoint.save(folder / runs.LAST, state)
-        except BaseException:  # Ctrl-C, a full disk: a run with no checkpoint yet is no run at all
+        except BaseException as exc:  # no initial checkpoint: a run that cannot be resumed is not left behind
             session.close()
-            shutil.rmtree(session.run_dir, ignore_errors=True)
+            gone = runs.remove_unstarted(session.run_dir)
+            if isinstance(exc, SgdcliError):
+                what = "was removed" if gone else "could not be removed; delete it"
+                raise type(exc)(f"{exc.message}; the run could not start, and its directory {session.run_dir} "
+                                f"{what}", source=exc.source) from None
             raise
         return session
 
     @classmethod
     def resume(cls, run_dir: Path, requested: ExperimentConfig | None, overrides: list[str] | tuple[str, ...],
                reporter: Reporter | None) -> "Session":
-        """Continue a run from its newest valid checkpoint, exactly as if it had not stopped."""
+        """Continue a run from its newest valid checkpoint, exactly as if it had not stopped.
+
+        Nothing is written until every check has passed: no symbolic links in the run, config.yaml
+        equal to the checkpoint's config and the request (only training.epochs may grow), the same
+        data files and split. Provably damaged checkpoints are then moved aside, never deleted.
+        """
         run_dir = Path(run_dir)
         if not (run_dir / runs.CONFIG).is_file():
             raise RunDirError("not a run directory (no config.yaml)", source=str(run_dir))
+        runs.refuse_run_links(run_dir)
         lock = runs.lock_run(run_dir)
         try:
-            runs.prepare_existing(run_dir)
-            saved = _saved_config(run_dir)
+            runs.refuse_run_links(run_dir)  # again, now that no other sgdcli process can change the run
+            saved = resuming.saved_config(run_dir)
+            path, state, damaged = runs.newest_checkpoint(run_dir)
+            resuming.check_meta(state.meta, path)
+            resuming.check_saved(saved, path, state, run_dir)
             config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
-            _check_same_experiment(saved, config, run_dir)
-            path, state, warnings = runs.newest_checkpoint(run_dir)
-            _check_resume_meta(state.meta, path)
+            resuming.check_requested(saved, config, run_dir)
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: expected at least the {state.meta['position']['epoch']} epochs "
                                   f"the run {run_dir} has already done, received {config.training.epochs}",
                                   source=config.file)
-            session = cls(config, run_dir, reporter)
+            resuming.check_files(state.meta.get("data"), path)
+            session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path))
+            resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
             session._restore(path, state)
         except BaseException:
             lock.close()
             raise
-        for warning in warnings:
-            session._warn(warning)
-        runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch)
+        session.finished = resuming.finished(run_dir, session.position.epoch, config.training.epochs,
+                                             session.position.batch, session._patience_exhausted())
+        if session.finished:
+            return session  # change nothing
+        for damaged_path, why in damaged:
+            moved = runs.set_aside(damaged_path)
+            session._warn(f"{damaged_path}: {why}; moved aside to {moved.name}")
+        if damaged:
+            session._warn(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
+        note = resuming.schedule_note(config, session.schedule_epochs, session.problem.schedule(10**12))
+        if note:
+            session._warn(note)
+        runs.prepare_existing(run_dir)
+        aside = run_dir / f"metrics{runs.DAMAGED_MARK}{time.strftime('%Y%m%d-%H%M%S')}.csv" if damaged else None
+        runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch, aside)
+        if aside is not None and aside.exists():
+            session._warn(f"the metrics rows after the checkpoint resumed from are kept in {aside.name}")
         runs.write_config(run_dir, config.to_dict())
         return session
 
@@ -151,6 +187,8 @@ class Session:
             self.rngs.dropout.bit_generator.state = meta["rng"]["dropout"]
             self.best = meta["best"]
             self.train_seconds = float(meta["train_seconds"])
+            self.wall_before = float(meta.get("wall_seconds", self.train_seconds))  # older checkpoints: a floor
+            self.last_row = meta.get("metrics")
         except ParameterMismatch as exc:
             raise CheckpointError(f"the weights do not fit the config's model: {exc}", source=str(path)) from None
         except (KeyError, TypeError, ValueError) as exc:
@@ -165,13 +203,15 @@ class Session:
         diverged run with its own message, and losses measured after an epoch may be inf or NaN.
         """
         try:
+            if self.finished:
+                return TrainResult(self.run_dir, "completed", runs.read_run(self.run_dir).summary or {}, self.finished)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
                 return self._run(should_stop)
         finally:
             self.close()
 
     def _run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
-        started = resumed = time.perf_counter()
+        started = resumed = self._segment_started = time.perf_counter()
         status, message, stopped_early = "completed", None, False
         writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
         try:
@@ -222,7 +262,7 @@ class Session:
         return lambda done, value: reporter.batch(done, total, value)
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
-        summary = self._summary(status, message, stopped_early, time.perf_counter() - started)
+        summary = self._summary(status, message, stopped_early, self.wall_before + time.perf_counter() - started)
         try:
             runs.write_summary(self.run_dir, summary)
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
@@ -265,7 +305,7 @@ class Session:
 
     # ------------------------------------------------------------ checkpoints
     def _save_epoch(self, row: dict[str, Any]) -> None:
-        score = _score(row)
+        score = best_rule.score(row)
         improved = score is not None and (self.best is None or score < self.best["score"])
         if improved:
             self.best = {"score": score, "epoch": row["epoch"], "row": row}
@@ -290,6 +330,9 @@ class Session:
             "position": self.position.to_dict(),
             "rng": {"shuffle": self.rngs.shuffle.bit_generator.state, "dropout": self.rngs.dropout.bit_generator.state},
             "best": self.best, "metrics": self.last_row, "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
+                                                else time.perf_counter() - self._segment_started),
+            "schedule_epochs": self.schedule_epochs, "data": self.data,
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
             "sample_shape": list(self.prepared.sample_shape),
@@ -316,6 +359,8 @@ class Session:
             "stopped_early": stopped_early,
             "epochs": epochs,
             "epochs_planned": self.config.training.epochs,
+            "schedule_epochs": self.schedule_epochs,
+            "schedule_note": resuming.schedule_note(self.config, self.schedule_epochs, self.problem.schedule(10**12)),
             "updates": self.position.updates,
             "samples": self.position.samples,
             "resumed_from_epoch": self.resumed_from,
@@ -329,55 +374,3 @@ class Session:
             "best_epoch": self.best["epoch"] if self.best else None,
             "versions": runs.versions(),
         }
-
-
-def _score(row: dict[str, Any]) -> float | None:
-    """What 'best' means: validation loss, else the whole-training-set loss; never NaN."""
-    for key in ("val_loss", "train_loss_full", "train_loss"):
-        value = row.get(key)
-        if value is not None:
-            return value if math.isfinite(value) else None
-    return None
-
-
-def _saved_config(run_dir: Path) -> ExperimentConfig:
-    path = run_dir / runs.CONFIG
-    try:
-        config = load_config(read_yaml(path)).read_from(str(path))
-    except ConfigError as exc:
-        raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
-    if not isinstance(config, ExperimentConfig):
-        raise RunDirError("an objective run is a few hundred steps: train it again instead of resuming",
-                          source=str(run_dir))
-    return config
-
-
-def _check_same_experiment(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
-    """Resuming continues the same experiment: only training.epochs may change (and only grow)."""
-    old, new = flatten(saved.to_dict()), flatten(requested.to_dict())
-    changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
-    changed = [key for key in changed if key != "training.epochs" or new[key] < old[key]]
-    if changed == ["training.epochs"]:
-        raise ConfigError(f"training.epochs: expected at least {old['training.epochs']} (the epochs the run "
-                          f"{run_dir} has planned: on --resume only training.epochs may grow), "
-                          f"received {new['training.epochs']}", source=requested.file)
-    if changed:
-        lines = "; ".join(f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now" for key in changed)
-        raise ConfigError(f"--resume continues the same experiment; only training.epochs may grow. Differing: {lines}",
-                          source=requested.file)
-
-
-def _check_resume_meta(meta: dict[str, Any], path: Path) -> None:
-    """What resuming reads from a checkpoint's metadata, checked before any of it is used: a valid
-    checksum proves only that the file is as written (issue 11: crafted checkpoints)."""
-    position, best = meta.get("position"), meta.get("best")
-    counters = ("epoch", "batch", "updates", "samples", "forward_passes")
-    if not isinstance(position, dict) or set(position) - {*counters, "loss_sum", "epoch_rng"} or not all(
-            isinstance(position.get(k), int) and not isinstance(position.get(k), bool) and position[k] >= 0
-            for k in counters):
-        raise CheckpointError(f"position: expected whole numbers {', '.join(counters)}, received {position!r:.100}",
-                              source=str(path))
-    if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))
-                                 and isinstance(best.get("epoch"), int) and isinstance(best.get("row"), dict)):
-        raise CheckpointError(f"best: expected the best epoch's score, epoch and metrics, received {best!r:.100}",
-                              source=str(path))

@@ -1,0 +1,128 @@
+"""What a resume must check before it continues a run: the same experiment (the command line, the
+run's config.yaml and the checkpoint agree), the same data, and whether anything is left to do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.schema import CosineConfig, ExperimentConfig
+from sgdcli.config.yamlio import read_yaml
+from sgdcli.errors import CheckpointError, ConfigError, RunDirError
+from sgdcli.runs import checkpoint
+from sgdcli.runs import directory as runs
+from sgdcli.training import provenance
+
+
+def saved_config(run_dir: Path) -> ExperimentConfig:
+    """The run's config.yaml, validated."""
+    path = run_dir / runs.CONFIG
+    try:
+        config = load_config(read_yaml(path)).read_from(str(path))
+    except ConfigError as exc:
+        raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
+    if not isinstance(config, ExperimentConfig):
+        raise RunDirError("an objective run is a few hundred steps: train it again instead of resuming",
+                          source=str(run_dir))
+    return config
+
+
+def differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Each differing dotted key as "key: OLD in the run, NEW now"; a larger training.epochs is allowed."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    changed = [key for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+    changed = [key for key in changed if key != "training.epochs" or b[key] < a[key]]
+    return [f"{key}: {a.get(key)!r} in the run, {b.get(key)!r} now" for key in changed]
+
+
+def check_requested(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
+    """A CONFIG or --set given with --resume continues the same experiment: only training.epochs may grow."""
+    if changed := differences(saved, requested):
+        raise ConfigError("--resume continues the same experiment; only training.epochs may grow. Differing: "
+                          + "; ".join(changed), source=str(run_dir))
+
+
+def checkpoint_config(path: Path, state: checkpoint.Checkpoint) -> ExperimentConfig:
+    try:
+        config = load_config(state.meta["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"the config stored in the checkpoint is not valid: {exc}", source=str(path)) from None
+    if not isinstance(config, ExperimentConfig):
+        raise CheckpointError("the checkpoint holds no experiment config", source=str(path))
+    return config
+
+
+def check_saved(saved: ExperimentConfig, path: Path, state: checkpoint.Checkpoint, run_dir: Path) -> None:
+    """The run's config.yaml must be the config its checkpoint was trained with (a hand edit would
+    mix two experiments in one run); only training.epochs may have grown."""
+    if changed := differences(checkpoint_config(path, state), saved):
+        raise RunDirError(f"{runs.CONFIG} differs from the config stored in {path.name}, so resuming would mix two "
+                          "experiments (only training.epochs may grow). Differing: "
+                          + "; ".join(c.replace(" in the run,", " in the checkpoint,").replace(" now", f" in {runs.CONFIG}")
+                                      for c in changed), source=str(run_dir / runs.CONFIG))
+
+
+def check_files(recorded: dict[str, Any] | None, path: Path) -> None:
+    """The training and validation files are the ones the run was trained on (before they are read)."""
+    if recorded is None:  # a checkpoint from before sgdcli recorded its data
+        return
+    try:
+        provenance.verify(recorded, ("train", "validation"), "; resuming would train on other data")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"damaged record of the training data ({exc!r})", source=str(path)) from None
+
+
+def check_split(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:
+    """The validation split drawn now is the one the run was trained with."""
+    if recorded is not None and recorded.get("split") != current.get("split"):
+        raise CheckpointError("the validation split drawn now differs from the one the run was trained with "
+                              "(another sgdcli version?); resuming would mix training and validation rows",
+                              source=str(path))
+
+
+def schedule_epochs(config: ExperimentConfig, state: checkpoint.Checkpoint, path: Path) -> int:
+    """The epochs the run's step-size schedule was created for (a resume keeps its length)."""
+    stored = state.meta.get("schedule_epochs")
+    return int(stored) if stored is not None else checkpoint_config(path, state).training.epochs
+
+
+def schedule_note(config: ExperimentConfig, epochs_of_schedule: int, last_rate: float) -> str | None:
+    """What a run longer than its schedule does after the schedule's end (only cosine has an end)."""
+    if not isinstance(config.optimizer.schedule, CosineConfig) or config.training.epochs <= epochs_of_schedule:
+        return None
+    return (f"the cosine schedule keeps the length it was created with ({epochs_of_schedule} epochs); epochs "
+            f"{epochs_of_schedule + 1}-{config.training.epochs} use its final step size {last_rate:.6g}")
+
+
+def finished(run_dir: Path, epochs_done: int, planned: int, batch: int, patience_exhausted: bool) -> str | None:
+    """A message when the run has nothing left to do and its summary says it completed; else None."""
+    try:
+        summary = json.loads((run_dir / runs.SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "completed" or batch:
+        return None
+    if epochs_done >= planned:
+        return (f"nothing to do: the run has completed its {epochs_done} epochs "
+                "(to train longer, pass --set training.epochs=N with a larger N)")
+    if patience_exhausted:
+        return f"nothing to do: the run stopped early at epoch {epochs_done} (training.patience)"
+    return None
+
+
+def check_meta(meta: dict[str, Any], path: Path) -> None:
+    """What resuming reads from a checkpoint's metadata, checked before any of it is used: a valid
+    checksum proves only that the file is as written (issue 11: crafted checkpoints)."""
+    position, best = meta.get("position"), meta.get("best")
+    counters = ("epoch", "batch", "updates", "samples", "forward_passes")
+    if not isinstance(position, dict) or set(position) - {*counters, "loss_sum", "epoch_rng"} or not all(
+            isinstance(position.get(k), int) and not isinstance(position.get(k), bool) and position[k] >= 0
+            for k in counters):
+        raise CheckpointError(f"position: expected whole numbers {', '.join(counters)}, received {position!r:.100}",
+                              source=str(path))
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("score"), (int, float))
+                                 and isinstance(best.get("epoch"), int) and isinstance(best.get("row"), dict)):
+        raise CheckpointError(f"best: expected the best epoch's score, epoch and metrics, received {best!r:.100}",
+                              source=str(path))
