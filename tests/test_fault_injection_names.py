@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import random
 import string
-import struct
-from pathlib import Path
 
-import yaml
 from conftest import tiny_config
 from typer.testing import CliRunner
 
