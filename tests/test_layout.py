@@ -94,6 +94,9 @@ def test_imports_only_run_downward():
 
 
 def test_every_folder_says_what_it_owns():
+    folders = {path.parent for path in PACKAGE_ROOT.rglob("*.py") if "__pycache__" not in path.parts}
+    missing = sorted(str(folder) for folder in folders if not (folder / "__init__.py").is_file())
+    assert missing == [], f"folders without __init__.py (a namespace package by accident): {missing}"
     for init in PACKAGE_ROOT.rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc and len(doc.splitlines()) <= 3, f"{init}: expected a one- or two-line docstring"

@@ -1,0 +1,1 @@
+"""The run directory on disk: its layout, metrics file, summary, lock and safetensors checkpoints."""
