@@ -39,9 +39,14 @@ def differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
 
 def check_requested(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
     """A CONFIG or --set given with --resume continues the same experiment: only training.epochs may grow."""
-    if changed := differences(saved, requested):
+    changed = differences(saved, requested)
+    if len(changed) == 1 and changed[0].startswith("training.epochs:"):
+        raise ConfigError(f"training.epochs: expected at least {saved.training.epochs} (the epochs the run "
+                          f"{run_dir} has planned: on --resume only training.epochs may grow), "
+                          f"received {requested.training.epochs}", source=requested.file)
+    if changed:
         raise ConfigError("--resume continues the same experiment; only training.epochs may grow. Differing: "
-                          + "; ".join(changed), source=str(run_dir))
+                          + "; ".join(changed), source=requested.file)
 
 
 def checkpoint_config(path: Path, state: checkpoint.Checkpoint) -> ExperimentConfig:
