@@ -22,6 +22,9 @@ sgdcli train configs/digits-mlp.yaml --runs-dir "$runs/modes" --jobs 2 --plot "$
   --sweep training.batch.mode=sgd,minibatch,full > /dev/null 2>&1
 sgdcli compare "$runs"/modes/* --x samples --plot "$out/batch-modes-samples.png" > /dev/null 2>&1
 
+sgdcli lr-find configs/digits-mlp.yaml --out "$runs/lr" > /dev/null
+cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
+
 xp=$(sgdcli train configs/perturb-xor.yaml --runs-dir "$runs" 2> /dev/null)
 xg=$(sgdcli train configs/xor-gradient.yaml --runs-dir "$runs" 2> /dev/null)
 sgdcli compare "$xp" "$xg" --x forward_passes --plot "$out/perturb-vs-gradient.png" > /dev/null 2>&1

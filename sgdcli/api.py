@@ -15,6 +15,7 @@ from sgdcli import plots
 from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
+from sgdcli.analysis import lr_find as lr_find_module
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
@@ -119,6 +120,16 @@ def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "
     prefix = out if out is not None else landscape_files.default_prefix(run, direction)
     csv_path, png_path = landscape_files.write(result, prefix)
     return result, csv_path, png_path
+
+
+# ---------------------------------------------------------------- learning-rate range test
+def lr_find(config: AnyConfig, start: float = 1e-7, end: float = 10.0, updates: int = 100,
+            out: Path | str = "lr-find") -> lr_find_module.RangeTest:
+    """The learning-rate range test (see sgdcli.analysis.lr_find) from the config's initial weights;
+    writes OUT/<name>-lr-find-<time>/lr_find.csv and lr_find.png (the result's `out_dir`)."""
+    result = lr_find_module.range_test(config, start=start, end=end, updates=updates)
+    lr_find_module.write(result, config.name, Path(out))
+    return result
 
 
 # ---------------------------------------------------------------- evaluation

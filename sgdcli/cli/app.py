@@ -211,6 +211,24 @@ def landscape(
     render.landscape(result, csv_path, png_path)
 
 
+@app.command("lr-find")
+@_boundary
+def lr_find(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
+    start: float = typer.Option(1e-7, "--start", help="Step size of the first update."),
+    end: float = typer.Option(10.0, "--end", help="Step size of the last update."),
+    updates: int = typer.Option(100, "--updates", help="Updates, step size raised exponentially from start to end."),
+    out: Path = typer.Option(Path("lr-find"), "--out", help="Folder for the test's own output folder."),
+) -> None:
+    """Learning-rate range test (Smith 2015, fastai's lr_find): raise the step size every update from the
+    initial weights; writes the loss curve (CSV + PNG) and prints suggested step sizes."""
+    from sgdcli import api
+    from sgdcli.cli import show
+
+    show.lr_find(api.lr_find(api.load_config(config, set_), start=start, end=end, updates=updates, out=out))
+
+
 @app.command()
 def optimizers() -> None:
     """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
