@@ -105,9 +105,12 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if len(raw) < 8:
         raise CheckpointError(f"{what}; received {len(raw)} bytes)", source=source)
     (size,) = struct.unpack("<Q", raw[:8])
-    if raw[:1] == b"\x80":
+    # A header length can begin with a pickle's or a zip's magic bytes (0x80: 128 + 256k bytes; "PK":
+    # 19,280 + 65,536k bytes): sniff only a file that is not framed like safetensors (JSON after 8 bytes).
+    framed = size <= min(MAX_HEADER_BYTES, len(raw) - 8) and raw[8:9] == b"{"
+    if not framed and raw[:1] == b"\x80":
         raise CheckpointError(f"{what}; received a pickle, which sgdcli never loads)", source=source)
-    if raw[:2] == b"PK":
+    if not framed and raw[:2] == b"PK":
         raise CheckpointError(f"{what}; received a zip archive (PyTorch?))", source=source)
     if size > MAX_HEADER_BYTES:
         raise CheckpointError(f"{what}; received unknown bytes claiming a {size}-byte header)", source=source)
