@@ -12,7 +12,9 @@ for demo in step-too-small step-too-large momentum-escapes valley-gd valley-mome
   cp "$runs/$demo"-*/path.png "$out/$demo.png"
 done
 
-digits=$(sgdcli train configs/digits-mlp.yaml --runs-dir "$runs" 2> /dev/null)
+digits=$(sgdcli train configs/digits-mlp.yaml --runs-dir "$runs" \
+  --set 'training.track=[grad_norm, weight_norm, update_ratio]' 2> /dev/null)
+cp "$digits/layers.png" "$out/layers.png"
 sgdcli landscape "$digits" --direction "0.weight[36,5]" --out "$out/landscape-coefficient" > /dev/null
 sgdcli landscape "$digits" --direction gradient --out "$out/landscape-gradient" > /dev/null
 sgdcli landscape "$digits" --direction init-to-final --out "$out/landscape-init-to-final" > /dev/null

@@ -122,3 +122,30 @@ def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
         low, high = min(low, near.min()), max(high, near.max())
     pad = 0.03 * (high - low)
     return low - pad, high + pad
+
+
+def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, width: float = 8,
+                 panel_height: float = 2.6) -> Path:
+    """Panels stacked vertically (shared x axis), drawn by `draw(list of axes)`; each gets a grid and
+    a legend. Written atomically to `out` as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(panels, 1, figsize=(width, 0.6 + panel_height * panels), dpi=110, sharex=True,
+                                squeeze=False)
+    try:
+        axes_list = list(axes[:, 0])
+        draw(axes_list)
+        for each in axes_list:
+            each.grid(True, alpha=0.3)
+            if each.get_legend_handles_labels()[0]:
+                each.legend(fontsize=6, loc="best", ncol=2)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    atomic_write(out, buffer.getvalue())
+    return out

@@ -25,7 +25,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, track
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -86,6 +86,9 @@ class Session:
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
         self._lock = None
+        self.tracker = track.build_tracker(config.training.track, self.problem.model.parameters(),
+                                           self.problem.updates_per_epoch,
+                                           isinstance(config.optimizer, GRADIENT_OPTIMIZERS))
 
     # ------------------------------------------------------------ starting
     @classmethod
@@ -157,13 +160,14 @@ class Session:
     def _run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         started = resumed = time.perf_counter()
         status, message, stopped_early = "completed", None, False
-        writer = runs.MetricsWriter(self.run_dir / runs.METRICS, runs.metric_columns(self.classification))
+        columns = runs.metric_columns(self.classification) + (self.tracker.columns if self.tracker else [])
+        writer = runs.MetricsWriter(self.run_dir / runs.METRICS, columns)
         try:
             try:
                 if self.reporter:
                     self.reporter.start(self._info())
                 epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
-                                      self.rngs.dropout, self._on_batch(), should_stop)
+                                      self.rngs.dropout, self._on_batch(), should_stop, observer=self.tracker)
                 resumed = time.perf_counter()
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
@@ -213,6 +217,9 @@ class Session:
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
+            if rows and self.tracker:
+                track.plot(rows, self.tracker.statistics, self.tracker.names, self.run_dir.name,
+                           self.run_dir / track.LAYERS_PLOT)
         except SgdcliError:
             if status != "failed":
                 raise
@@ -244,6 +251,8 @@ class Session:
         if prepared.x_val is not None:
             row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
                 p.model, p.loss, prepared.x_val, prepared.y_val, self.classification)
+        if self.tracker:
+            row.update(self.tracker.epoch_row(p.model.parameters()))
         self.last_row = row
         return row
 
