@@ -24,6 +24,12 @@ sgdcli train configs/digits-mlp.yaml --runs-dir "$runs/modes" --jobs 2 --plot "$
   --sweep training.batch.mode=sgd,minibatch,full > /dev/null 2>&1
 sgdcli compare "$runs"/modes/* --x samples --plot "$out/batch-modes-samples.png" > /dev/null 2>&1
 
+for mode in sgd minibatch full; do
+  sgdcli train "configs/see-it/least-squares-$mode.yaml" --runs-dir "$runs/ls" > /dev/null 2>&1
+done
+sgdcli compare "$runs"/ls/* --plot "$runs/ls.png" > /dev/null 2>&1
+cp "$runs/ls-paths.png" "$out/least-squares-paths.png"
+
 sgdcli lr-find configs/digits-mlp.yaml --out "$runs/lr" > /dev/null
 cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
 

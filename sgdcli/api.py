@@ -16,6 +16,7 @@ from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
 from sgdcli.analysis import lr_find as lr_find_module
+from sgdcli.analysis import paths as paths_module
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
@@ -194,6 +195,7 @@ class Comparison:
     differing: list[str]
     rows: list[dict[str, Any]]
     plot: Path | None
+    paths_plot: Path | None = None  # runs of one 2-parameter objective: their paths on its contour
 
 
 def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",
@@ -215,7 +217,13 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
         curves = [plots.Curve.from_rows(r.name, r.metrics, X_AXES[x]) for r in records if r.metrics]
         if curves:
             plot_path = plots.loss_curves(curves, x, Path(plot))
-    return Comparison(records, differing, rows, plot_path)
+    paths_plot = paths_module.overlay(records, _paths_plot(Path(plot))) if plot is not None else None
+    return Comparison(records, differing, rows, plot_path, paths_plot)
+
+
+def _paths_plot(plot: Path) -> Path:
+    """compare.png -> compare-paths.png"""
+    return plot.with_name(f"{plot.stem}-paths{plot.suffix or '.png'}")
 
 
 def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[str]) -> dict[str, Any]:

@@ -96,13 +96,8 @@ def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: 
             axes.set_xlabel("w")
             axes.set_ylabel("f(w)")
         else:
-            xs, ys = np.linspace(*window[0], 300), np.linspace(*window[1], 300)
-            grid = np.array([[objective.value(np.array([x, y])) for x in xs] for y in ys])
-            lowest = min(grid.min(), min(objective.value(np.array(m)) for m in objective.minima))
-            axes.contour(xs, ys, np.log1p(grid - lowest), levels=25, cmap="viridis", linewidths=0.7)
+            contour(axes, objective, window)
             axes.plot(path[shown, 0], path[shown, 1], "-o", color="C1", markersize=2.5, linewidth=0.8, label="path")
-            axes.set_xlabel("x")
-            axes.set_ylabel("y")
         end = path[shown][-1] if shown.any() else path[0]
         axes.plot(*((path[0, 0], losses[0]) if one_dim else path[0]), "s", color="C3", markersize=7, label="start")
         axes.plot(*((end[0], objective.value(end)) if one_dim else end), "*", color="C2", markersize=12,
@@ -111,6 +106,39 @@ def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: 
         axes.set_title(title + (f"\n({hidden} points off the chart)" if hidden else ""), fontsize=9)
 
     atomic_write(out, png(draw, (7, 5)))
+    return out
+
+
+def contour(axes: Any, objective: Any, window: list[tuple[float, float]]) -> None:
+    """Contour lines of log(1 + f − min f) of a 2-parameter objective over `window`, axes labelled."""
+    xs, ys = np.linspace(*window[0], 300), np.linspace(*window[1], 300)
+    grid = np.array([[objective.value(np.array([x, y])) for x in xs] for y in ys])
+    lowest = min(grid.min(), min(objective.value(np.array(m)) for m in objective.minima))
+    axes.contour(xs, ys, np.log1p(grid - lowest), levels=25, cmap="viridis", linewidths=0.7)
+    names = getattr(objective, "axis_names", ("x", "y"))
+    axes.set_xlabel(names[0])
+    axes.set_ylabel(names[1])
+
+
+def objective_paths(objective: Any, paths: list[tuple[str, np.ndarray]], title: str, out: Path) -> Path:
+    """Several runs' paths (label, (steps + 1, 2) array) over one contour map of the same 2-D objective."""
+    everything = np.concatenate([path for _, path in paths])
+    window = [_window(low, high, everything[:, d]) for d, (low, high) in enumerate(objective.view)]
+
+    def draw(axes: Any) -> None:
+        contour(axes, objective, window)
+        for index, (label, path) in enumerate(paths):
+            axes.plot(path[:, 0], path[:, 1], "-o", color=f"C{(index + 1) % 10}", markersize=2, linewidth=0.8,
+                      label=f"{label} ({len(path) - 1} steps)")
+            axes.plot(*path[-1], "*", color=f"C{(index + 1) % 10}", markersize=11)
+        for minimum in objective.minima:
+            axes.plot(*minimum, "+", color="k", markersize=12, label="minimum")
+        axes.plot(*paths[0][1][0], "s", color="0.2", markersize=6, label="start")
+        axes.set_xlim(*window[0])
+        axes.set_ylim(*window[1])
+        axes.set_title(title, fontsize=9)
+
+    atomic_write(out, png(draw, (7, 5.5)))
     return out
 
 

@@ -151,6 +151,8 @@ def compare(
 
     result = api.compare(runs, x=x.value, plot=plot)
     render.comparison(result.rows, result.differing, fmt.value, str(result.plot) if result.plot else None)
+    if result.paths_plot is not None:
+        render.err.print(f"paths: {result.paths_plot}")
 
 
 @app.command()

@@ -361,11 +361,25 @@ class RosenbrockConfig(Section):
     start: list[float] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
 
 
-ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig], Field(discriminator="type")]
+class LeastSquaresConfig(Section):
+    """f(w, b) = mean((w x_i + b - y_i)^2) over two columns x, y of a CSV file: a line fitted by batches."""
+
+    type: Literal["least_squares"]
+    data: Path = Field(description="a CSV file with a header row (relative to the config file)")
+    x: str = Field(description="the input column")
+    y: str = Field(description="the target column")
+    scale: Literal["standard", "none"] = Field("standard", description="standard: both columns to mean 0, variance 1")
+    start: list[float] = Field([0.0, 0.0], min_length=2, max_length=2, description="the starting point [w, b]")
+    _paths = field_validator("data")(_resolve_path)
+
+
+ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig, LeastSquaresConfig],
+                          Field(discriminator="type")]
 
 
 class StepsConfig(Section):
     steps: int = Field(ge=1, le=1_000_000, description="how many updates to take")
+    batch: BatchConfig | None = Field(None, description="least_squares: samples per update (default: full)")
 
 
 class ObjectiveConfig(RunConfig):
@@ -374,6 +388,13 @@ class ObjectiveConfig(RunConfig):
     objective: ObjectiveSpec
     optimizer: OptimizerConfig
     training: StepsConfig
+
+    @model_validator(mode="after")
+    def _batches_need_samples(self) -> "ObjectiveConfig":
+        if self.training.batch is not None and not isinstance(self.objective, LeastSquaresConfig):
+            raise ValueError(f"training.batch: only the least_squares objective has samples to batch; "
+                             f"{self.objective.type} is a plain function")
+        return self
 
 
 AnyConfig = Union[ExperimentConfig, ObjectiveConfig]
