@@ -30,6 +30,11 @@ done
 sgdcli compare "$runs"/ls/* --plot "$runs/ls.png" > /dev/null 2>&1
 cp "$runs/ls-paths.png" "$out/least-squares-paths.png"
 
+spirals=$(sgdcli train configs/quickstart.yaml --runs-dir "$runs" 2> /dev/null)
+cp "$spirals/boundary.gif" "$out/boundary.gif"
+sine=$(sgdcli train configs/see-it/sine-fit.yaml --runs-dir "$runs" 2> /dev/null)
+cp "$sine/boundary.png" "$out/boundary-sine.png"
+
 sgdcli lr-find configs/digits-mlp.yaml --out "$runs/lr" > /dev/null
 cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
 

@@ -309,8 +309,8 @@ class TrainingConfig(Section):
     eval_train: bool = Field(True, description="measure the loss on the whole training set after each epoch")
     checkpoint_every: int = Field(0, ge=0, description="also keep a checkpoint every N epochs (0: only last and best)")
     patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
-    track: list[Literal["grad_norm", "weight_norm", "update_ratio"]] = Field(
-        default_factory=list, description="layer statistics per parameter tensor and epoch (metrics.csv, layers.png)")
+    track: list[Literal["grad_norm", "weight_norm", "update_ratio"]] = Field(default_factory=list)  # layers.png
+    boundary: bool = Field(True, description="1 or 2 input features: boundary.png and boundary.gif")
 
 
 class RunConfig(Section):

@@ -25,7 +25,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, track
+from sgdcli.training import boundary, build, track
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -89,6 +89,9 @@ class Session:
         self.tracker = track.build_tracker(config.training.track, self.problem.model.parameters(),
                                            self.problem.updates_per_epoch,
                                            isinstance(config.optimizer, GRADIENT_OPTIMIZERS))
+        self.boundary = boundary.build_recorder(self.prepared, self.classification,
+                                                build.output_width(config, self.prepared),
+                                                config.training.epochs) if config.training.boundary else None
 
     # ------------------------------------------------------------ starting
     @classmethod
@@ -169,9 +172,13 @@ class Session:
                 epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
                                       self.rngs.dropout, self._on_batch(), should_stop, observer=self.tracker)
                 resumed = time.perf_counter()
+                if self.boundary:
+                    self.boundary.record(self.position.epoch, self.problem.model)
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
                     row = self._measure(result)
+                    if self.boundary:
+                        self.boundary.record(result.epoch, self.problem.model, last=result.epoch == self.config.training.epochs)
                     writer.write(row)
                     self._save_epoch(row)
                     if self.reporter:
@@ -217,6 +224,9 @@ class Session:
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
+            if self.boundary:
+                self.boundary.record(self.position.epoch, self.problem.model, last=True)
+                self.boundary.write(self.run_dir, self.run_dir.name)
             if rows and self.tracker:
                 track.plot(rows, self.tracker.statistics, self.tracker.names, self.run_dir.name,
                            self.run_dir / track.LAYERS_PLOT)
