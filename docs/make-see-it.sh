@@ -18,6 +18,8 @@ cp "$digits/layers.png" "$out/layers.png"
 sgdcli landscape "$digits" --direction "0.weight[36,5]" --out "$out/landscape-coefficient" > /dev/null
 sgdcli landscape "$digits" --direction gradient --out "$out/landscape-gradient" > /dev/null
 sgdcli landscape "$digits" --direction init-to-final --out "$out/landscape-init-to-final" > /dev/null
+sgdcli landscape "$digits" --plane --directions pca --out "$out/landscape-plane-pca" > /dev/null
+sgdcli landscape "$digits" --plane --directions random --out "$out/landscape-plane-random" > /dev/null
 rm -f "$out"/landscape-*.csv
 
 sgdcli train configs/digits-mlp.yaml --runs-dir "$runs/modes" --jobs 2 --plot "$out/batch-modes.png" \

@@ -198,18 +198,29 @@ def landscape(
     direction: str = typer.Option("init-to-final", "--direction",
                                   help="init-to-final, gradient, random, or one coefficient such as 0.weight[3,5]."),
     span: Optional[Tuple[float, float]] = typer.Option(None, "--span", help="From and to, in steps along the direction."),
-    points: int = typer.Option(51, "--points", help="Resolution: points along the line."),
+    points: Optional[int] = typer.Option(None, "--points", help="Resolution: points along the line [default: 51] "
+                                                                "or a side of the plane [default: 41]."),
     split: Split = typer.Option(Split.train, "--split", help="Which data the loss is measured on."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
+    plane: bool = typer.Option(False, "--plane", help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
+    directions: str = typer.Option("random", "--directions", help="With --plane: random (filter-normalised) or pca."),
 ) -> None:
     """Loss along a line through weight space: initial to final weights, the negative gradient, a random
-    direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""
+    direction, or one coefficient with the tangent at its value. Writes CSV + PNG. With --plane: the loss
+    over a plane through the checkpoint (default last; 41 points a side on at most 2,000 samples)."""
     from sgdcli import api
     from sgdcli.cli import render
 
-    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
+    if plane:
+        from sgdcli.cli import show
+
+        show.plane(*api.landscape_plane(run, directions, checkpoint, 41 if points is None else points, span,
+                                        split.value, samples or api.plane_module.DEFAULT_SAMPLES, seed, out))
+        return
+    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, 51 if points is None else points, split.value, samples,
+                                               seed, out)
     render.landscape(result, csv_path, png_path)
 
 

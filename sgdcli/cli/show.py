@@ -16,3 +16,17 @@ def lr_find(result) -> None:
         out.print("steepest descent:  none (the smoothed loss never fell; try a larger --end)")
     out.print(f"minimum / 10:      --set {result.key}={result.minimum_tenth:.3g}")
     out.print(f"wrote {result.out_dir}/lr_find.csv and lr_find.png")
+
+
+def plane(result, csv_path, png_path) -> None:
+    """Where the plane's loss is lowest and highest, where the trajectory starts and ends on it."""
+    finite = result.losses[result.losses == result.losses]
+    i, j = divmod(int(result.losses.argmin()) if finite.size else 0, result.losses.shape[1])
+    out.print(f"plane through {result.centre}, {result.directions} directions, "
+              f"{len(result.alphas)}×{len(result.betas)} points on {result.data}")
+    out.print(f"loss: {_num(float(finite.min()) if finite.size else None)} (lowest, at α={result.alphas[j]:.3g}, "
+              f"β={result.betas[i]:.3g}) … {_num(float(finite.max()) if finite.size else None)}")
+    out.print(f"trajectory: {len(result.path)} snapshots, epoch {result.path_epochs[0]} at "
+              f"({result.path[0, 0]:.3g}, {result.path[0, 1]:.3g}) → epoch {result.path_epochs[-1]} at "
+              f"({result.path[-1, 0]:.3g}, {result.path[-1, 1]:.3g})")
+    out.print(f"wrote {csv_path} and {png_path}")

@@ -25,7 +25,7 @@ from sgdcli.errors import (
 )
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import boundary, build, track
+from sgdcli.training import boundary, build, track, trajectory
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -92,6 +92,7 @@ class Session:
         self.boundary = boundary.build_recorder(self.prepared, self.classification,
                                                 build.output_width(config, self.prepared),
                                                 config.training.epochs) if config.training.boundary else None
+        self.trajectory = trajectory.TrajectoryRecorder(self.problem.model.parameters(), config.training.epochs)
 
     # ------------------------------------------------------------ starting
     @classmethod
@@ -133,6 +134,7 @@ class Session:
         for warning in warnings:
             session._warn(warning)
         runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch)
+        session.trajectory.resume_from(run_dir, session.position.epoch)
         runs.write_config(run_dir, config.to_dict())
         return session
 
@@ -174,11 +176,14 @@ class Session:
                 resumed = time.perf_counter()
                 if self.boundary:
                     self.boundary.record(self.position.epoch, self.problem.model)
+                self.trajectory.record(self.position.epoch, self.problem.model.parameters())
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
                     row = self._measure(result)
                     if self.boundary:
                         self.boundary.record(result.epoch, self.problem.model, last=result.epoch == self.config.training.epochs)
+                    self.trajectory.record(result.epoch, self.problem.model.parameters(),
+                                           last=result.epoch == self.config.training.epochs)
                     writer.write(row)
                     self._save_epoch(row)
                     if self.reporter:
@@ -224,6 +229,8 @@ class Session:
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
+            self.trajectory.record(self.position.epoch, self.problem.model.parameters(), last=True)
+            self.trajectory.write(self.run_dir)
             if self.boundary:
                 self.boundary.record(self.position.epoch, self.problem.model, last=True)
                 self.boundary.write(self.run_dir, self.run_dir.name)
