@@ -37,6 +37,9 @@ cp "$spirals/boundary.gif" "$out/boundary.gif"
 sine=$(sgdcli train configs/see-it/sine-fit.yaml --runs-dir "$runs" 2> /dev/null)
 cp "$sine/boundary.png" "$out/boundary-sine.png"
 
+sgdcli train configs/iris.yaml --seeds 5 --jobs 2 --runs-dir "$runs/seeds" --plot "$out/seeds-band.png" \
+  > /dev/null 2>&1
+
 sgdcli lr-find configs/digits-mlp.yaml --out "$runs/lr" > /dev/null
 cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
 

@@ -16,6 +16,7 @@ from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
 from sgdcli.analysis import lr_find as lr_find_module
+from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
 from sgdcli.config.loading import flatten, load_config
@@ -61,25 +62,34 @@ def resume(run_dir: Path | str, config: ExperimentConfig | None = None, override
 def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> Comparison:
+          should_stop: Callable[[], bool] | None = None, seeds: int | None = None) -> Comparison:
     """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
     own process, at most `jobs` at once; return their comparison. Failed or diverged members are
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
+    `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
+    compares with bands: mean ± standard deviation over the seeds.
     """
     base = load_config(config, list(overrides))  # the sweep's own config must be valid
+    if seeds is not None:
+        if seeds < 1 or any(s.partition("=")[0].strip() == "seed" for s in sweeps):
+            raise ConfigError(f"--seeds: expected a positive count and no --sweep seed=..., received {seeds}")
+        sweeps = [*sweeps, "seed=" + ",".join(str(base.seed + i) for i in range(seeds))]
     parsed = sweep_module.parse(list(sweeps))
     members = sweep_module.members(name or base.name, parsed)
     sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
     finished = [m.run_dir for m in members if m.run_dir is not None]
     swept = [key for key, _ in parsed]
-    result = compare(finished, plot=plot, keys=swept) if finished else Comparison([], swept, [], None)
+    swept = [key for key in swept if seeds is None or key != "seed"]
+    result = (compare(finished, plot=plot, keys=swept, band=seeds is not None) if finished
+              else Comparison([], swept, [], None))
     for member in members:
         if member.run_dir is None:
             result.rows.append({"run": member.name, **dict(o.split("=", 1) for o in member.overrides),
                                 "status": member.status, "problems": member.message or ""})
         elif member.status != "completed" and member.message:
-            row = next(r for r in result.rows if r["run"] == member.run_dir.name)
-            row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
+            row = next((r for r in result.rows if r["run"] == member.run_dir.name), None)  # None: a seed band
+            if row is not None:
+                row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
     return result
 
 
@@ -212,9 +222,10 @@ class Comparison:
 
 
 def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",
-            keys: Sequence[str] = ()) -> Comparison:
+            keys: Sequence[str] = (), band: bool = False) -> Comparison:
     """One row per run (the config values that differ, and `keys`; losses, accuracy, effort) and one
-    overlay plot."""
+    overlay plot. `band`: runs differing only in seed become one row (mean ± standard deviation)
+    and one mean curve with a min–max band (see sgdcli.analysis.bands)."""
     if x not in X_AXES:
         raise ConfigError(f"--x: expected one of {', '.join(X_AXES)}, received {x!r}")
     if not paths:
@@ -225,6 +236,12 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
     differing = [k for k in all_keys if len({repr(f.get(k)) for f in flat if f}) > 1] if len(records) > 1 else []
     differing = list(dict.fromkeys([*keys, *differing]))
     rows = [_compare_row(r, f, differing) for r, f in zip(records, flat)]
+    if band:
+        groups, rows = bands_module.aggregate(records, flat, rows, differing)
+        differing = [k for k in differing if k not in bands_module.IGNORED]
+        plot_path = (bands_module.plot(groups, X_AXES[x], plots.AXIS_LABELS.get(x, x), Path(plot))
+                     if plot is not None else None)
+        return Comparison(records, differing, rows, plot_path)
     plot_path = None
     if plot is not None:
         curves = [plots.Curve.from_rows(r.name, r.metrics, X_AXES[x]) for r in records if r.metrics]

@@ -84,6 +84,9 @@ def train(
                                          "run named after its values, then print their comparison."),
     jobs: int = typer.Option(1, "--jobs", help="Sweep members trained at the same time (separate processes)."),
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K",
+                                        help="Train with K seeds (the config's and the next K-1), then compare them "
+                                             "as mean ± standard deviation with a min-max band."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
     from sgdcli import api
@@ -93,12 +96,12 @@ def train(
 
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
-    if resume is not None and (name is not None or sweep):
+    if resume is not None and (name is not None or sweep or seeds is not None):
         raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
-    if sweep:
+    if sweep or seeds is not None:
         with graceful_stop() as stop:
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
-                               on_done=render.sweep_member, should_stop=stop)
+                               on_done=render.sweep_member, should_stop=stop, seeds=seeds)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
         if stop():
             raise typer.Exit(INTERRUPTED)
@@ -144,12 +147,14 @@ def compare(
     x: XAxis = typer.Option(XAxis.epoch, "--x", help="x axis of the plot (step and updates are the same)."),
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="Where to write the overlaid loss curves (PNG)."),
     fmt: Format = typer.Option(Format.table, "--format", help="Table format."),
+    band: bool = typer.Option(False, "--band", help="Runs that differ only in seed: one row (mean ± standard "
+                                                    "deviation) and a mean curve with a min-max band."),
 ) -> None:
     """Side-by-side table of runs (only the config keys that differ) and overlaid loss curves."""
     from sgdcli import api
     from sgdcli.cli import render
 
-    result = api.compare(runs, x=x.value, plot=plot)
+    result = api.compare(runs, x=x.value, plot=plot, band=band)
     render.comparison(result.rows, result.differing, fmt.value, str(result.plot) if result.plot else None)
     if result.paths_plot is not None:
         render.err.print(f"paths: {result.paths_plot}")
