@@ -40,6 +40,11 @@ cp "$sine/boundary.png" "$out/boundary-sine.png"
 sgdcli train configs/iris.yaml --seeds 5 --jobs 2 --runs-dir "$runs/seeds" --plot "$out/seeds-band.png" \
   > /dev/null 2>&1
 
+sgdcli train configs/see-it/valley-phase.yaml --jobs 2 --runs-dir "$runs/phase" --plot "$runs/phase.png" \
+  --sweep optimizer.learning_rate=0.005,0.01,0.02,0.04,0.06,0.08,0.1 --sweep optimizer.momentum=0,0.3,0.5,0.7,0.9 \
+  > /dev/null 2>&1
+cp "$runs/sweep.png" "$out/valley-phase.png"
+
 sgdcli lr-find configs/digits-mlp.yaml --out "$runs/lr" > /dev/null
 cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
 

@@ -17,6 +17,7 @@ from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
 from sgdcli.analysis import lr_find as lr_find_module
 from sgdcli.analysis import bands as bands_module
+from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
 from sgdcli.config.loading import flatten, load_config
@@ -90,7 +91,28 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
             row = next((r for r in result.rows if r["run"] == member.run_dir.name), None)  # None: a seed band
             if row is not None:
                 row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
+    if len(parsed) == 2 and seeds is None and plot is not None:
+        result.sweep_plot = _sweep_heatmap(base, parsed, members, result, Path(plot).with_name(heatmap_module.FILE))
     return result
+
+
+def _sweep_heatmap(base: AnyConfig, parsed, members, result: Comparison, out: Path) -> Path:
+    """sweep.png; for the valley objective swept over step size and momentum, Polyak's optimum marked."""
+    keys = [key for key, _ in parsed]
+    by_run = {row["run"]: row for row in result.rows}
+    first = {record.name: record.metrics[0].get("train_loss") for record in result.runs if record.metrics}
+    cells = []
+    for member in members:
+        name = member.run_dir.name if member.run_dir is not None else member.name
+        cells.append({**by_run.get(name, {}), **dict(o.split("=", 1) for o in member.overrides),
+                      "status": member.status, "first_loss": first.get(name)})
+    optimum = None
+    if (isinstance(base, ObjectiveConfig) and base.objective.type == "valley"
+            and set(keys) == {"optimizer.learning_rate", "optimizer.momentum"}):
+        step, momentum = heatmap_module.optimal_heavy_ball(base.objective.condition, 1.0)  # L = condition, μ = 1
+        optimum = (step, momentum) if keys[0] == "optimizer.learning_rate" else (momentum, step)
+    data = heatmap_module.grid(keys, [values for _, values in parsed], cells)
+    return heatmap_module.draw(data, f"{base.name}: {data.metric.replace('_', ' ')} per combination", out, optimum)
 
 
 # ---------------------------------------------------------------- gradient check
@@ -219,6 +241,7 @@ class Comparison:
     rows: list[dict[str, Any]]
     plot: Path | None
     paths_plot: Path | None = None  # runs of one 2-parameter objective: their paths on its contour
+    sweep_plot: Path | None = None  # a two-key sweep: sweep.png, the heatmap
 
 
 def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",

@@ -103,6 +103,8 @@ def train(
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
                                on_done=render.sweep_member, should_stop=stop, seeds=seeds)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
+        if result.sweep_plot is not None:
+            render.err.print(f"heatmap: {result.sweep_plot}")
         if stop():
             raise typer.Exit(INTERRUPTED)
         return
