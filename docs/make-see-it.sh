@@ -50,5 +50,7 @@ cp "$runs"/lr/digits-mlp-lr-find-*/lr_find.png "$out/lr-find.png"
 
 xp=$(sgdcli train configs/perturb-xor.yaml --runs-dir "$runs" 2> /dev/null)
 xg=$(sgdcli train configs/xor-gradient.yaml --runs-dir "$runs" 2> /dev/null)
+sgdcli boundary "$xg" --units --out "$runs/xor" > /dev/null
+cp "$runs/xor-units.png" "$out/boundary-xor-units.png"
 sgdcli compare "$xp" "$xg" --x forward_passes --plot "$out/perturb-vs-gradient.png" > /dev/null 2>&1
 echo "wrote $(ls "$out" | wc -l) pictures to $out"

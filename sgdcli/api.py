@@ -20,6 +20,7 @@ from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
+from sgdcli.analysis import unit_maps
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
@@ -166,6 +167,12 @@ def landscape_plane(run: Path | str, directions: str = "random", checkpoint: str
     prefix = out if out is not None else plane_module.default_prefix(run, directions)
     csv_path, png_path = plane_module.write(result, prefix)
     return result, csv_path, png_path
+
+
+def boundary(run: Path | str, checkpoint: str | None = None, units: bool = False, out: Path | str | None = None):
+    """A classifier on two features from its checkpoint: OUT.png (regions and data) and, with `units`,
+    OUT-units.png (each first-layer unit over the plane); returns (files, unit maps or None)."""
+    return unit_maps.draw(run, checkpoint, units, out)
 
 
 # ---------------------------------------------------------------- learning-rate range test

@@ -78,3 +78,29 @@ def test_no_pictures_for_other_widths_or_when_switched_off(tmp_path):
                             "data": {"source": "csv", "path": str(REPO / "data" / "iris.csv"), "target": "species"}})
     assert boundary.build_recorder(_prepared(iris), True, 3, 4) is None  # four features
     assert boundary.build_recorder(_prepared(api.load_config(tiny_config())), False, 2, 4) is None  # two outputs
+
+
+def test_boundary_command_draws_each_first_layer_unit_over_the_plane(tmp_path):
+    from typer.testing import CliRunner
+
+    from sgdcli.cli.app import app
+
+    result = api.train(api.load_config(tiny_config(training__boundary=False)), runs_dir=tmp_path / "runs")
+    files, maps = api.boundary(result.run_dir, "last", units=True, out=tmp_path / "b")
+    assert [f.name for f in files] == ["b.png", "b-units.png"]
+    trained = api.load_trained(result.run_dir / "checkpoints" / "last.safetensors")
+    recorder = boundary.build_recorder(_prepared(trained.config), True, 2, 1)
+    grid = np.stack([a.reshape(-1) for a in np.meshgrid(*recorder.axes)], axis=1)
+    scaled = (grid - trained.scaler.shift) / trained.scaler.scale
+    weight, bias = trained.model.parameters()["0.weight"], trained.model.parameters()["0.bias"]
+    for unit in (0, 7):  # tanh(x·W[:, k] + b[k]) on the grid, row = y, column = x
+        expected = np.tanh(scaled @ weight[:, unit].astype(np.float64) + bias[unit]).reshape(boundary.GRID, -1)
+        np.testing.assert_allclose(maps[unit], expected, atol=1e-5)
+    assert maps.shape == (8, boundary.GRID, boundary.GRID)
+    cli = CliRunner().invoke(app, ["boundary", str(result.run_dir), "--units", "--out", str(tmp_path / "c")])
+    assert cli.exit_code == 0 and "8 first-layer units" in cli.output and (tmp_path / "c-units.png").is_file()
+    iris = api.train(api.load_config({**tiny_config(), "model": {"layers": [{"type": "dense", "units": 3}]},
+                                      "data": {"source": "csv", "path": str(REPO / "data" / "iris.csv"),
+                                               "target": "species"}}), runs_dir=tmp_path / "iris")
+    refused = CliRunner().invoke(app, ["boundary", str(iris.run_dir)])
+    assert refused.exit_code == 2 and "two input features" in refused.output and "4 feature(s)" in refused.output

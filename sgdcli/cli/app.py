@@ -231,6 +231,22 @@ def landscape(
     render.landscape(result, csv_path, png_path)
 
 
+@app.command()
+@_boundary
+def boundary(
+    run: Path = typer.Argument(..., help="A run directory (or a checkpoint file) of a classifier on two features."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best (default), last, initial, epoch-NNNN or a path."),
+    units: bool = typer.Option(False, "--units", help="Also a small map per first-layer unit (TensorFlow Playground)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the PNG(s) [default: ./boundary-RUN]."),
+) -> None:
+    """Decision regions of a checkpoint over the plane of its two features, with the data; --units adds
+    each first-layer unit's activation over the same plane."""
+    from sgdcli import api
+    from sgdcli.cli import show
+
+    show.boundary(*api.boundary(run, checkpoint, units, out))
+
+
 @app.command("lr-find")
 @_boundary
 def lr_find(

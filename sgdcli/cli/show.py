@@ -30,3 +30,12 @@ def plane(result, csv_path, png_path) -> None:
               f"({result.path[0, 0]:.3g}, {result.path[0, 1]:.3g}) → epoch {result.path_epochs[-1]} at "
               f"({result.path[-1, 0]:.3g}, {result.path[-1, 1]:.3g})")
     out.print(f"wrote {csv_path} and {png_path}")
+
+
+def boundary(files, maps) -> None:
+    """The files written and, with unit maps, how many units never switch on over the plane."""
+    if maps is not None:
+        flat = maps.reshape(len(maps), -1)
+        dead = int(((flat.max(axis=1) - flat.min(axis=1)) == 0).sum())
+        out.print(f"{len(maps)} first-layer units; {dead} constant over the whole plane (dead)")
+    out.print("wrote " + " and ".join(str(f) for f in files))

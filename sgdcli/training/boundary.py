@@ -48,10 +48,15 @@ class BoundaryRecorder:
         """boundary.png (the last frame) and boundary.gif (every frame, matplotlib's Pillow writer)."""
         if not self.frames:
             return []
-        png_path, gif_path = run_dir / PNG_NAME, run_dir / GIF_NAME
-        atomic_write(png_path, plots.png(lambda axes: self._draw(axes, len(self.frames) - 1, title), (6.5, 5)))
+        gif_path = run_dir / GIF_NAME
+        png = self.write_png(run_dir / PNG_NAME, title)
         atomic_write(gif_path, self._gif(title))
-        return [png_path, gif_path]
+        return [*png, gif_path]
+
+    def write_png(self, path: Path, title: str) -> list[Path]:
+        """The last frame as a PNG."""
+        atomic_write(path, plots.png(lambda axes: self._draw(axes, len(self.frames) - 1, title), (6.5, 5)))
+        return [path]
 
     def _draw(self, axes: Any, index: int, title: str) -> dict[str, Any]:
         """Draw frame `index`; returns the artists `_update` changes for the next frames."""
