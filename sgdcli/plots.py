@@ -33,22 +33,13 @@ class Curve:
 
 def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> bytes:
     """Draw on one fresh axes with `draw(axes)`, add a grid and legend, return the PNG bytes."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    def draw_one(figure: Any, axes: Any) -> None:
+        draw(axes[0, 0])
+        axes[0, 0].grid(True, alpha=0.3)
+        axes[0, 0].legend(fontsize=7, loc="best")
 
-    figure, axes = plt.subplots(figsize=size, dpi=110)
-    try:
-        draw(axes)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(draw_one, 1, 1, size)
 
 
 def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
@@ -152,28 +143,37 @@ def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, width: float = 8,
-                 panel_height: float = 2.6) -> Path:
-    """Panels stacked vertically (shared x axis), drawn by `draw(list of axes)`; each gets a grid and
-    a legend. Written atomically to `out` as PNG."""
+def figure_png(draw: Callable[[Any, Any], None], rows: int, columns: int, size: tuple[float, float],
+               dpi: int = 110, sharex: bool = False) -> bytes:
+    """A rows × columns grid of axes drawn by `draw(figure, axes (rows, columns) array)`; PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(panels, 1, figsize=(width, 0.6 + panel_height * panels), dpi=110, sharex=True,
-                                squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=size, dpi=dpi, sharex=sharex, squeeze=False)
     try:
+        draw(figure, axes)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, width: float = 8,
+                 panel_height: float = 2.6) -> Path:
+    """Panels stacked vertically (shared x axis), drawn by `draw(list of axes)`; each gets a grid and
+    a legend. Written atomically to `out` as PNG."""
+
+    def draw_all(figure: Any, axes: Any) -> None:
         axes_list = list(axes[:, 0])
         draw(axes_list)
         for each in axes_list:
             each.grid(True, alpha=0.3)
             if each.get_legend_handles_labels()[0]:
                 each.legend(fontsize=6, loc="best", ncol=2)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    atomic_write(out, buffer.getvalue())
+
+    atomic_write(out, figure_png(draw_all, panels, 1, (width, 0.6 + panel_height * panels), sharex=True))
     return out

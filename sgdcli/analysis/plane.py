@@ -106,7 +106,8 @@ def compute(run: str | Path, directions: str = "random", checkpoint: str | None 
     if directions == "random":
         d1, d2 = (filter_normalized(centre, np.random.default_rng([seed, s])) for s in RANDOM_STREAMS)
         v1, v2 = (np.concatenate([d[k].reshape(-1) for k in keys]) for d in (d1, d2))
-        labels = (f"α (d₁: filter-normalised Gaussian, seed {seed})", f"β (d₂: filter-normalised Gaussian, seed {seed})")
+        labels = (f"α (d₁: filter-normalised Gaussian, seed {seed})",
+                  f"β (d₂: filter-normalised Gaussian, seed {seed})")
     else:
         v1, v2, ratios = pca_directions(snapshots, flat_centre)
         d1, d2 = _unflatten(v1, centre), _unflatten(v2, centre)

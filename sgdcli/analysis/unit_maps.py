@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdcli import plots
 from sgdcli.analysis import landscape as line
 from sgdcli.engine.layers import Dense
 from sgdcli.errors import UsageError
@@ -56,19 +57,12 @@ def draw(run: str | Path, checkpoint: str | None = None, units: bool = False,
 
 
 def _units_png(maps: np.ndarray, recorder: boundary.BoundaryRecorder, title: str, total: int) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     columns = min(8, len(maps))
     rows = math.ceil(len(maps) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows + 0.5), dpi=100, squeeze=False)
     extent = (recorder.axes[0][0], recorder.axes[0][-1], recorder.axes[1][0], recorder.axes[1][-1])
     x, y = recorder.data["train"]
-    try:
+
+    def draw(figure: Any, axes: Any) -> None:
         for index, each in enumerate(axes.flat):
             each.set_xticks([])
             each.set_yticks([])
@@ -82,14 +76,5 @@ def _units_png(maps: np.ndarray, recorder: boundary.BoundaryRecorder, title: str
             each.set_title(f"unit {index}", fontsize=7)
         shown = f"first {len(maps)} of {total}" if total > len(maps) else f"all {total}"
         figure.suptitle(f"{title}: first-layer units over the plane ({shown}; red > 0 > blue)", fontsize=8)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    return buffer.getvalue()
 
-
-def describe(maps: np.ndarray) -> list[dict[str, Any]]:
-    """Per unit: its minimum and maximum over the plane (a dead ReLU unit is 0 everywhere)."""
-    return [{"unit": i, "min": float(m.min()), "max": float(m.max())} for i, m in enumerate(maps)]
+    return plots.figure_png(draw, rows, columns, (1.6 * columns, 1.6 * rows + 0.5), dpi=100)

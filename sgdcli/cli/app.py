@@ -226,8 +226,8 @@ def landscape(
         show.plane(*api.landscape_plane(run, directions, checkpoint, 41 if points is None else points, span,
                                         split.value, samples or api.plane_module.DEFAULT_SAMPLES, seed, out))
         return
-    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, 51 if points is None else points, split.value, samples,
-                                               seed, out)
+    points = 51 if points is None else points
+    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
     render.landscape(result, csv_path, png_path)
 
 

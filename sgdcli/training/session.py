@@ -180,10 +180,10 @@ class Session:
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
                     row = self._measure(result)
+                    final = result.epoch == self.config.training.epochs
                     if self.boundary:
-                        self.boundary.record(result.epoch, self.problem.model, last=result.epoch == self.config.training.epochs)
-                    self.trajectory.record(result.epoch, self.problem.model.parameters(),
-                                           last=result.epoch == self.config.training.epochs)
+                        self.boundary.record(result.epoch, self.problem.model, last=final)
+                    self.trajectory.record(result.epoch, self.problem.model.parameters(), last=final)
                     writer.write(row)
                     self._save_epoch(row)
                     if self.reporter:

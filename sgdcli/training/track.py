@@ -32,7 +32,8 @@ class LayerTracker:
 
     Per tensor w with gradient g (after clipping, as the optimizer receives it) and the update
     Δw = w_after − w_before: grad_norm = mean ‖g‖₂, update_ratio = mean ‖Δw‖₂ / ‖w_before‖₂ over the
-    sampled updates (those with w_before ≠ 0: a bias starting at 0 has no ratio yet); weight_norm = ‖w‖₂ after the epoch's last update. Called by the training loop
+    sampled updates (those with w_before ≠ 0: a bias starting at 0 has no ratio yet); weight_norm =
+    ‖w‖₂ after the epoch's last update. Called by the training loop
     through `before_step` / `after_step`; `epoch_row` closes an epoch.
     """
 
