@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from sgdcli import plots
+from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import gradcheck as gradcheck_module
+from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
 from sgdcli.analysis import lr_find as lr_find_module
-from sgdcli.analysis import bands as bands_module
-from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
 from sgdcli.analysis import unit_maps
@@ -159,10 +159,10 @@ def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "
 
 def landscape_plane(run: Path | str, directions: str = "random", checkpoint: str | None = None, points: int = 41,
                     span: tuple[float, float] | None = None, split: str = "train",
-                    samples: int | None = plane_module.DEFAULT_SAMPLES, seed: int = 0, out: Path | str | None = None):
+                    samples: int | None = None, seed: int = 0, out: Path | str | None = None):
     """The loss over a plane through a checkpoint (default: last) with the run's trajectory projected onto
-    it (see sgdcli.analysis.plane); writes OUT.csv and OUT.png (default ./landscape-<run>-plane-<directions>)
-    and returns (the Plane, csv path, png path)."""
+    it (see sgdcli.analysis.plane), measured on at most `samples` (default 2,000) samples; writes OUT.csv
+    and OUT.png (default ./landscape-<run>-plane-<directions>) and returns (the Plane, csv path, png path)."""
     result = plane_module.compute(run, directions, checkpoint, points, span, split, samples, seed)
     prefix = out if out is not None else plane_module.default_prefix(run, directions)
     csv_path, png_path = plane_module.write(result, prefix)

@@ -82,11 +82,12 @@ def project(offsets: np.ndarray, d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
 
 
 def compute(run: str | Path, directions: str = "random", checkpoint: str | None = None, points: int = 41,
-            span: tuple[float, float] | None = None, split: str = "train", samples: int | None = DEFAULT_SAMPLES,
+            span: tuple[float, float] | None = None, split: str = "train", samples: int | None = None,
             seed: int = 0) -> Plane:
     """The loss on a points×points grid through a checkpoint of `run` (default its last: the
     trajectory ends there), along two random filter-normalised directions (α, β ∈ span, default
-    [−1, 1]) or the trajectory's top-2 PCA directions (span: the projected path ± 25%)."""
+    [−1, 1]) or the trajectory's top-2 PCA directions (span: the projected path ± 25%). The loss is
+    measured on a seeded subset of at most `samples` (default DEFAULT_SAMPLES) samples of `split`."""
     if directions not in DIRECTIONS:
         raise UsageError(f"--directions: expected random or pca, received {directions!r}")
     if isinstance(points, bool) or not isinstance(points, int) or not 3 <= points <= 401:
@@ -99,7 +100,7 @@ def compute(run: str | Path, directions: str = "random", checkpoint: str | None 
     model = line._float64_model(trained)
     centre = line._copy(model.parameters())
     loss = build.build_loss(trained.config.loss)
-    x, y, data = line._data(trained, split, samples, seed)
+    x, y, data = line._data(trained, split, DEFAULT_SAMPLES if samples is None else samples, seed)
     keys = list(centre)
     flat_centre = np.concatenate([centre[k].reshape(-1) for k in keys])
     epochs, snapshots = _trajectory(run, keys, centre)

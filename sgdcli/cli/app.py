@@ -97,7 +97,7 @@ def train(
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
     if resume is not None and (name is not None or sweep or seeds is not None):
-        raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
+        raise UsageError("--resume continues one run as it was: it takes no --name, --sweep or --seeds")
     if sweep or seeds is not None:
         with graceful_stop() as stop:
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
@@ -211,7 +211,8 @@ def landscape(
     samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
-    plane: bool = typer.Option(False, "--plane", help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
+    plane: bool = typer.Option(False, "--plane",
+                               help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
     directions: str = typer.Option("random", "--directions", help="With --plane: random (filter-normalised) or pca."),
 ) -> None:
     """Loss along a line through weight space: initial to final weights, the negative gradient, a random
@@ -224,7 +225,7 @@ def landscape(
         from sgdcli.cli import show
 
         show.plane(*api.landscape_plane(run, directions, checkpoint, 41 if points is None else points, span,
-                                        split.value, samples or api.plane_module.DEFAULT_SAMPLES, seed, out))
+                                        split.value, samples, seed, out))
         return
     points = 51 if points is None else points
     result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
@@ -235,7 +236,8 @@ def landscape(
 @_boundary
 def boundary(
     run: Path = typer.Argument(..., help="A run directory (or a checkpoint file) of a classifier on two features."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best (default), last, initial, epoch-NNNN or a path."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint",
+                                             help="best (default), last, initial, epoch-NNNN or a path."),
     units: bool = typer.Option(False, "--units", help="Also a small map per first-layer unit (TensorFlow Playground)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the PNG(s) [default: ./boundary-RUN]."),
 ) -> None:

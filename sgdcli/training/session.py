@@ -173,10 +173,10 @@ class Session:
                     self.reporter.start(self._info())
                 epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
                                       self.rngs.dropout, self._on_batch(), should_stop, observer=self.tracker)
-                resumed = time.perf_counter()
                 if self.boundary:
                     self.boundary.record(self.position.epoch, self.problem.model)
                 self.trajectory.record(self.position.epoch, self.problem.model.parameters())
+                resumed = time.perf_counter()
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
                     row = self._measure(result)
