@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the pictures in README's "See it" section (about a minute): bash docs/make-see-it.sh
+# Regenerates the pictures in README's "See it" section (a few minutes): bash docs/make-see-it.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/see-it
