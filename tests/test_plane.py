@@ -94,3 +94,12 @@ def test_cli_writes_grid_csv_and_png(run_dir, tmp_path):
     assert (tmp_path / "plane.png").read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(app, ["landscape", str(run_dir), "--plane", "--directions", "pcb"])
     assert bad.exit_code == 2 and "expected random or pca" in bad.output
+
+
+def test_without_a_trajectory_file_the_epoch_checkpoints_and_the_centre_are_the_path(tmp_path):
+    config = api.load_config(tiny_config(training__epochs=6, training__checkpoint_every=2, training__boundary=False))
+    run = api.train(config, runs_dir=tmp_path).run_dir
+    (run / trajectory.FILE).unlink()  # a run from before trajectories were kept
+    result = plane.compute(run, "pca", points=3)
+    assert result.path_epochs.tolist() == [0, 2, 4, 6]  # initial, epoch-0002, epoch-0004, epoch-0006 (= last)
+    assert result.path[-1] == pytest.approx([0, 0], abs=1e-9)

@@ -103,7 +103,7 @@ def compute(run: str | Path, directions: str = "random", checkpoint: str | None 
     x, y, data = line._data(trained, split, DEFAULT_SAMPLES if samples is None else samples, seed)
     keys = list(centre)
     flat_centre = np.concatenate([centre[k].reshape(-1) for k in keys])
-    epochs, snapshots = _trajectory(run, keys, centre)
+    epochs, snapshots = _trajectory(run, keys, centre, int(trained.meta.get("epoch") or 0))
     if directions == "random":
         d1, d2 = (filter_normalized(centre, np.random.default_rng([seed, s])) for s in RANDOM_STREAMS)
         v1, v2 = (np.concatenate([d[k].reshape(-1) for k in keys]) for d in (d1, d2))
@@ -130,9 +130,9 @@ def compute(run: str | Path, directions: str = "random", checkpoint: str | None 
     return Plane(directions, alphas, betas, losses, coords, epochs, at, data, labels)
 
 
-def _trajectory(run: Path, keys: list[str], centre: Weights) -> tuple[np.ndarray, np.ndarray]:
+def _trajectory(run: Path, keys: list[str], centre: Weights, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(epochs (T,), flat float64 weights (T, P)): the run's trajectory file, else its epoch and
-    initial checkpoints, else just the centre."""
+    initial checkpoints followed by the centre (at `epoch`)."""
     saved = trajectory.read(run)
     if saved is not None and set(saved[1]) == set(keys):
         epochs, weights = saved
@@ -146,8 +146,8 @@ def _trajectory(run: Path, keys: list[str], centre: Weights) -> tuple[np.ndarray
             found.append((int(state.meta.get("epoch", 0)), np.concatenate(
                 [np.asarray(state.params[k], dtype=np.float64).reshape(-1) for k in keys])))
     found.sort(key=lambda item: item[0])
-    if not found:
-        found = [(0, np.concatenate([centre[k].reshape(-1) for k in keys]))]
+    if not found or found[-1][0] < epoch:
+        found.append((epoch, np.concatenate([centre[k].reshape(-1) for k in keys])))
     return np.array([e for e, _ in found]), np.stack([w for _, w in found])
 
 
