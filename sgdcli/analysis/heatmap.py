@@ -127,8 +127,7 @@ def draw(data: Grid, title: str, out: Path, optimum: tuple[float, float] | None 
         axes.set_title(title, fontsize=9)
         axes.grid(False)
 
-    with np.errstate(over="ignore"):  # matplotlib's log colour bar extrapolates its ticks through exp()
-        atomic_write(out, plots.png(paint, (7.5, 5.5)))
+    atomic_write(out, plots.png(paint, (7.5, 5.5)))
     return out
 
 
