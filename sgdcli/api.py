@@ -11,9 +11,15 @@ from typing import Any
 import numpy as np
 
 from sgdcli import plots
+from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import gradcheck as gradcheck_module
+from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
+from sgdcli.analysis import lr_find as lr_find_module
+from sgdcli.analysis import paths as paths_module
+from sgdcli.analysis import plane as plane_module
+from sgdcli.analysis import unit_maps
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
@@ -58,25 +64,36 @@ def resume(run_dir: Path | str, config: ExperimentConfig | None = None, override
 def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> Comparison:
+          should_stop: Callable[[], bool] | None = None, seeds: int | None = None) -> Comparison:
     """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
     own process, at most `jobs` at once; return their comparison. Failed or diverged members are
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
+    `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
+    compares with bands: mean ± standard deviation over the seeds.
     """
     base = load_config(config, list(overrides))  # the sweep's own config must be valid
+    if seeds is not None:
+        if seeds < 1 or any(s.partition("=")[0].strip() == "seed" for s in sweeps):
+            raise ConfigError(f"--seeds: expected a positive count and no --sweep seed=..., received {seeds}")
+        sweeps = [*sweeps, "seed=" + ",".join(str(base.seed + i) for i in range(seeds))]
     parsed = sweep_module.parse(list(sweeps))
     members = sweep_module.members(name or base.name, parsed)
     sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
     finished = [m.run_dir for m in members if m.run_dir is not None]
     swept = [key for key, _ in parsed]
-    result = compare(finished, plot=plot, keys=swept) if finished else Comparison([], swept, [], None)
+    swept = [key for key in swept if seeds is None or key != "seed"]
+    result = (compare(finished, plot=plot, keys=swept, band=seeds is not None) if finished
+              else Comparison([], swept, [], None))
     for member in members:
         if member.run_dir is None:
             result.rows.append({"run": member.name, **dict(o.split("=", 1) for o in member.overrides),
                                 "status": member.status, "problems": member.message or ""})
         elif member.status != "completed" and member.message:
-            row = next(r for r in result.rows if r["run"] == member.run_dir.name)
-            row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
+            row = next((r for r in result.rows if r["run"] == member.run_dir.name), None)  # None: a seed band
+            if row is not None:
+                row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
+    if len(parsed) == 2 and seeds is None and plot is not None:
+        result.sweep_plot = _sweep_heatmap(base, parsed, members, result, Path(plot).with_name(heatmap_module.FILE))
     return result
 
 
@@ -92,6 +109,25 @@ def validate(config: AnyConfig) -> tuple[dict[str, Any], plan.Plan | None]:
         return config.to_dict(), None
     checked = plan.check_config(config)
     return plan.resolved(config, checked), checked
+
+
+def _sweep_heatmap(base: AnyConfig, parsed, members, result: Comparison, out: Path) -> Path:
+    """sweep.png; for the valley objective swept over step size and momentum, Polyak's optimum marked."""
+    keys = [key for key, _ in parsed]
+    by_run = {row["run"]: row for row in result.rows}
+    first = {record.name: record.metrics[0].get("train_loss") for record in result.runs if record.metrics}
+    cells = []
+    for member in members:
+        name = member.run_dir.name if member.run_dir is not None else member.name
+        cells.append({**by_run.get(name, {}), **dict(o.split("=", 1) for o in member.overrides),
+                      "status": member.status, "first_loss": first.get(name)})
+    optimum = None
+    if (isinstance(base, ObjectiveConfig) and base.objective.type == "valley"
+            and set(keys) == {"optimizer.learning_rate", "optimizer.momentum"}):
+        step, momentum = heatmap_module.optimal_heavy_ball(base.objective.condition, 1.0)  # L = condition, μ = 1
+        optimum = (step, momentum) if keys[0] == "optimizer.learning_rate" else (momentum, step)
+    data = heatmap_module.grid(keys, [values for _, values in parsed], cells)
+    return heatmap_module.draw(data, f"{base.name}: {data.metric.replace('_', ' ')} per combination", out, optimum)
 
 
 # ---------------------------------------------------------------- gradient check
@@ -137,6 +173,34 @@ def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "
     prefix = out if out is not None else landscape_files.default_prefix(run, direction)
     csv_path, png_path = landscape_files.write(result, prefix)
     return result, csv_path, png_path
+
+
+def landscape_plane(run: Path | str, directions: str = "random", checkpoint: str | None = None, points: int = 41,
+                    span: tuple[float, float] | None = None, split: str = "train",
+                    samples: int | None = None, seed: int = 0, out: Path | str | None = None):
+    """The loss over a plane through a checkpoint (default: last) with the run's trajectory projected onto
+    it (see sgdcli.analysis.plane), measured on at most `samples` (default 2,000) samples; writes OUT.csv
+    and OUT.png (default ./landscape-<run>-plane-<directions>) and returns (the Plane, csv path, png path)."""
+    result = plane_module.compute(run, directions, checkpoint, points, span, split, samples, seed)
+    prefix = out if out is not None else plane_module.default_prefix(run, directions)
+    csv_path, png_path = plane_module.write(result, prefix)
+    return result, csv_path, png_path
+
+
+def boundary(run: Path | str, checkpoint: str | None = None, units: bool = False, out: Path | str | None = None):
+    """A classifier on two features from its checkpoint: OUT.png (regions and data) and, with `units`,
+    OUT-units.png (each first-layer unit over the plane); returns (files, unit maps or None)."""
+    return unit_maps.draw(run, checkpoint, units, out)
+
+
+# ---------------------------------------------------------------- learning-rate range test
+def lr_find(config: AnyConfig, start: float = 1e-7, end: float = 10.0, updates: int = 100,
+            out: Path | str = "lr-find") -> lr_find_module.RangeTest:
+    """The learning-rate range test (see sgdcli.analysis.lr_find) from the config's initial weights;
+    writes OUT/<name>-lr-find-<time>/lr_find.csv and lr_find.png (the result's `out_dir`)."""
+    result = lr_find_module.range_test(config, start=start, end=end, updates=updates)
+    lr_find_module.write(result, config.name, Path(out))
+    return result
 
 
 # ---------------------------------------------------------------- evaluation
@@ -191,12 +255,15 @@ class Comparison:
     differing: list[str]
     rows: list[dict[str, Any]]
     plot: Path | None
+    paths_plot: Path | None = None  # runs of one 2-parameter objective: their paths on its contour
+    sweep_plot: Path | None = None  # a two-key sweep: sweep.png, the heatmap
 
 
 def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",
-            keys: Sequence[str] = ()) -> Comparison:
+            keys: Sequence[str] = (), band: bool = False) -> Comparison:
     """One row per run (the config values that differ, and `keys`; losses, accuracy, effort) and one
-    overlay plot."""
+    overlay plot. `band`: runs differing only in seed become one row (mean ± standard deviation)
+    and one mean curve with a min–max band (see sgdcli.analysis.bands)."""
     if x not in X_AXES:
         raise ConfigError(f"--x: expected one of {', '.join(X_AXES)}, received {x!r}")
     if not paths:
@@ -207,12 +274,24 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
     differing = [k for k in all_keys if len({repr(f.get(k)) for f in flat if f}) > 1] if len(records) > 1 else []
     differing = list(dict.fromkeys([*keys, *differing]))
     rows = [_compare_row(r, f, differing) for r, f in zip(records, flat)]
+    if band:
+        groups, rows = bands_module.aggregate(records, flat, rows, differing)
+        differing = [k for k in differing if k not in bands_module.IGNORED]
+        plot_path = (bands_module.plot(groups, X_AXES[x], plots.AXIS_LABELS.get(x, x), Path(plot))
+                     if plot is not None else None)
+        return Comparison(records, differing, rows, plot_path)
     plot_path = None
     if plot is not None:
         curves = [plots.Curve.from_rows(r.name, r.metrics, X_AXES[x]) for r in records if r.metrics]
         if curves:
             plot_path = plots.loss_curves(curves, x, Path(plot))
-    return Comparison(records, differing, rows, plot_path)
+    paths_plot = paths_module.overlay(records, _paths_plot(Path(plot))) if plot is not None else None
+    return Comparison(records, differing, rows, plot_path, paths_plot)
+
+
+def _paths_plot(plot: Path) -> Path:
+    """compare.png -> compare-paths.png"""
+    return plot.with_name(f"{plot.stem}-paths{plot.suffix or '.png'}")
 
 
 def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[str]) -> dict[str, Any]:

@@ -33,22 +33,13 @@ class Curve:
 
 def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> bytes:
     """Draw on one fresh axes with `draw(axes)`, add a grid and legend, return the PNG bytes."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    def draw_one(figure: Any, axes: Any) -> None:
+        draw(axes[0, 0])
+        axes[0, 0].grid(True, alpha=0.3)
+        axes[0, 0].legend(fontsize=7, loc="best")
 
-    figure, axes = plt.subplots(figsize=size, dpi=110)
-    try:
-        draw(axes)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(draw_one, 1, 1, size)
 
 
 def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
@@ -96,13 +87,8 @@ def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: 
             axes.set_xlabel("w")
             axes.set_ylabel("f(w)")
         else:
-            xs, ys = np.linspace(*window[0], 300), np.linspace(*window[1], 300)
-            grid = np.array([[objective.value(np.array([x, y])) for x in xs] for y in ys])
-            lowest = min(grid.min(), min(objective.value(np.array(m)) for m in objective.minima))
-            axes.contour(xs, ys, np.log1p(grid - lowest), levels=25, cmap="viridis", linewidths=0.7)
+            contour(axes, objective, window)
             axes.plot(path[shown, 0], path[shown, 1], "-o", color="C1", markersize=2.5, linewidth=0.8, label="path")
-            axes.set_xlabel("x")
-            axes.set_ylabel("y")
         end = path[shown][-1] if shown.any() else path[0]
         axes.plot(*((path[0, 0], losses[0]) if one_dim else path[0]), "s", color="C3", markersize=7, label="start")
         axes.plot(*((end[0], objective.value(end)) if one_dim else end), "*", color="C2", markersize=12,
@@ -114,6 +100,39 @@ def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: 
     return out
 
 
+def contour(axes: Any, objective: Any, window: list[tuple[float, float]]) -> None:
+    """Contour lines of log(1 + f − min f) of a 2-parameter objective over `window`, axes labelled."""
+    xs, ys = np.linspace(*window[0], 300), np.linspace(*window[1], 300)
+    grid = np.array([[objective.value(np.array([x, y])) for x in xs] for y in ys])
+    lowest = min(grid.min(), min(objective.value(np.array(m)) for m in objective.minima))
+    axes.contour(xs, ys, np.log1p(grid - lowest), levels=25, cmap="viridis", linewidths=0.7)
+    names = getattr(objective, "axis_names", ("x", "y"))
+    axes.set_xlabel(names[0])
+    axes.set_ylabel(names[1])
+
+
+def objective_paths(objective: Any, paths: list[tuple[str, np.ndarray]], title: str, out: Path) -> Path:
+    """Several runs' paths (label, (steps + 1, 2) array) over one contour map of the same 2-D objective."""
+    everything = np.concatenate([path for _, path in paths])
+    window = [_window(low, high, everything[:, d]) for d, (low, high) in enumerate(objective.view)]
+
+    def draw(axes: Any) -> None:
+        contour(axes, objective, window)
+        for index, (label, path) in enumerate(paths):
+            axes.plot(path[:, 0], path[:, 1], "-o", color=f"C{(index + 1) % 10}", markersize=2, linewidth=0.8,
+                      label=f"{label} ({len(path) - 1} steps)")
+            axes.plot(*path[-1], "*", color=f"C{(index + 1) % 10}", markersize=11)
+        for minimum in objective.minima:
+            axes.plot(*minimum, "+", color="k", markersize=12, label="minimum")
+        axes.plot(*paths[0][1][0], "s", color="0.2", markersize=6, label="start")
+        axes.set_xlim(*window[0])
+        axes.set_ylim(*window[1])
+        axes.set_title(title, fontsize=9)
+
+    atomic_write(out, png(draw, (7, 5.5)))
+    return out
+
+
 def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
     """The plotting range: the function's own window, widened for a path that leaves it (within reason)."""
     width = high - low
@@ -122,3 +141,39 @@ def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
         low, high = min(low, near.min()), max(high, near.max())
     pad = 0.03 * (high - low)
     return low - pad, high + pad
+
+
+def figure_png(draw: Callable[[Any, Any], None], rows: int, columns: int, size: tuple[float, float],
+               dpi: int = 110, sharex: bool = False) -> bytes:
+    """A rows × columns grid of axes drawn by `draw(figure, axes (rows, columns) array)`; PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(rows, columns, figsize=size, dpi=dpi, sharex=sharex, squeeze=False)
+    try:
+        draw(figure, axes)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, width: float = 8,
+                 panel_height: float = 2.6) -> Path:
+    """Panels stacked vertically (shared x axis), drawn by `draw(list of axes)`; each gets a grid and
+    a legend. Written atomically to `out` as PNG."""
+
+    def draw_all(figure: Any, axes: Any) -> None:
+        axes_list = list(axes[:, 0])
+        draw(axes_list)
+        for each in axes_list:
+            each.grid(True, alpha=0.3)
+            if each.get_legend_handles_labels()[0]:
+                each.legend(fontsize=6, loc="best", ncol=2)
+
+    atomic_write(out, figure_png(draw_all, panels, 1, (width, 0.6 + panel_height * panels), sharex=True))
+    return out

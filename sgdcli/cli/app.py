@@ -87,6 +87,9 @@ def train(
                                          "run named after its values, then print their comparison."),
     jobs: int = typer.Option(1, "--jobs", help="Sweep members trained at the same time (separate processes)."),
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K",
+                                        help="Train with K seeds (the config's and the next K-1), then compare them "
+                                             "as mean ± standard deviation with a min-max band."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
     from sgdcli import api
@@ -96,17 +99,19 @@ def train(
 
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
-    if resume is not None and (name is not None or sweep):
-        raise UsageError("--resume continues one run as it was: it takes no --name or --sweep")
-    if sweep:
+    if resume is not None and (name is not None or sweep or seeds is not None):
+        raise UsageError("--resume continues one run as it was: it takes no --name, --sweep or --seeds")
+    if sweep or seeds is not None:
         from sgdcli.training.sweep import exit_status
 
         finished = []
         with graceful_stop() as stop:
             result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
                                on_done=lambda member: (finished.append(member), render.sweep_member(member)),
-                               should_stop=stop)
+                               should_stop=stop, seeds=seeds)
         render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
+        if result.sweep_plot is not None:
+            render.err.print(f"heatmap: {result.sweep_plot}")
         if stop():
             raise typer.Exit(128 + stop.signal)
         raise typer.Exit(exit_status(finished))
@@ -153,13 +158,17 @@ def compare(
     x: XAxis = typer.Option(XAxis.epoch, "--x", help="x axis of the plot (step and updates are the same)."),
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="Where to write the overlaid loss curves (PNG)."),
     fmt: Format = typer.Option(Format.table, "--format", help="Table format."),
+    band: bool = typer.Option(False, "--band", help="Runs that differ only in seed: one row (mean ± standard "
+                                                    "deviation) and a mean curve with a min-max band."),
 ) -> None:
     """Side-by-side table of runs (only the config keys that differ) and overlaid loss curves."""
     from sgdcli import api
     from sgdcli.cli import render
 
-    result = api.compare(runs, x=x.value, plot=plot)
+    result = api.compare(runs, x=x.value, plot=plot, band=band)
     render.comparison(result.rows, result.differing, fmt.value, str(result.plot) if result.plot else None)
+    if result.paths_plot is not None:
+        render.err.print(f"paths: {result.paths_plot}")
 
 
 @app.command()
@@ -208,19 +217,66 @@ def landscape(
     direction: str = typer.Option("init-to-final", "--direction",
                                   help="init-to-final, gradient, random, or one coefficient such as 0.weight[3,5]."),
     span: Optional[Tuple[float, float]] = typer.Option(None, "--span", help="From and to, in steps along the direction."),
-    points: int = typer.Option(51, "--points", help="Resolution: points along the line."),
+    points: Optional[int] = typer.Option(None, "--points", help="Resolution: points along the line [default: 51] "
+                                                                "or a side of the plane [default: 41]."),
     split: Split = typer.Option(Split.train, "--split", help="Which data the loss is measured on."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
+    plane: bool = typer.Option(False, "--plane",
+                               help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
+    directions: str = typer.Option("random", "--directions", help="With --plane: random (filter-normalised) or pca."),
 ) -> None:
     """Loss along a line through weight space: initial to final weights, the negative gradient, a random
-    direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""
+    direction, or one coefficient with the tangent at its value. Writes CSV + PNG. With --plane: the loss
+    over a plane through the checkpoint (default last; 41 points a side on at most 2,000 samples)."""
     from sgdcli import api
     from sgdcli.cli import render
 
+    if plane:
+        from sgdcli.cli import show
+
+        show.plane(*api.landscape_plane(run, directions, checkpoint, 41 if points is None else points, span,
+                                        split.value, samples, seed, out))
+        return
+    points = 51 if points is None else points
     result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
     render.landscape(result, csv_path, png_path)
+
+
+@app.command()
+@_boundary
+def boundary(
+    run: Path = typer.Argument(..., help="A run directory (or a checkpoint file) of a classifier on two features."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint",
+                                             help="best (default), last, initial, epoch-NNNN or a path."),
+    units: bool = typer.Option(False, "--units", help="Also a small map per first-layer unit (TensorFlow Playground)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the PNG(s) [default: ./boundary-RUN]."),
+) -> None:
+    """Decision regions of a checkpoint over the plane of its two features, with the data; --units adds
+    each first-layer unit's activation over the same plane."""
+    from sgdcli import api
+    from sgdcli.cli import show
+
+    show.boundary(*api.boundary(run, checkpoint, units, out))
+
+
+@app.command("lr-find")
+@_boundary
+def lr_find(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
+    start: float = typer.Option(1e-7, "--start", help="Step size of the first update."),
+    end: float = typer.Option(10.0, "--end", help="Step size of the last update."),
+    updates: int = typer.Option(100, "--updates", help="Updates, step size raised exponentially from start to end."),
+    out: Path = typer.Option(Path("lr-find"), "--out", help="Folder for the test's own output folder."),
+) -> None:
+    """Learning-rate range test (Smith 2015, fastai's lr_find): raise the step size every update from the
+    initial weights; writes the loss curve (CSV + PNG) and prints suggested step sizes."""
+    from sgdcli import api
+    from sgdcli.cli import show
+
+    show.lr_find(api.lr_find(api.load_config(config, set_), start=start, end=end, updates=updates, out=out))
 
 
 @app.command()

@@ -339,6 +339,8 @@ class TrainingConfig(Section):
     eval_train: Flag = Field(True, description="measure the loss on the whole training set after each epoch")
     checkpoint_every: Integer = Field(0, ge=0, description="also keep a checkpoint every N epochs (0: only last and best)")
     patience: Integer | None = Field(None, ge=1, description="stop after this many epochs without a better validation loss")
+    track: list[Literal["grad_norm", "weight_norm", "update_ratio"]] = Field(default_factory=list)  # layers.png
+    boundary: Flag = Field(True, description="1 or 2 input features: boundary.png and boundary.gif")
 
 
 class RunConfig(Section):
@@ -401,11 +403,25 @@ class RosenbrockConfig(Section):
     start: list[Number] = Field(min_length=2, max_length=2, description="the starting point [x, y]")
 
 
-ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig], Field(discriminator="type")]
+class LeastSquaresConfig(Section):
+    """f(w, b) = mean((w x_i + b - y_i)^2) over two columns x, y of a CSV file: a line fitted by batches."""
+
+    type: Literal["least_squares"]
+    data: Path = Field(description="a CSV file with a header row (relative to the config file)")
+    x: str = Field(description="the input column")
+    y: str = Field(description="the target column")
+    scale: Literal["standard", "none"] = Field("standard", description="standard: both columns to mean 0, variance 1")
+    start: list[Number] = Field([0.0, 0.0], min_length=2, max_length=2, description="the starting point [w, b]")
+    _paths = field_validator("data")(_resolve_path)
+
+
+ObjectiveSpec = Annotated[Union[DoubleWellConfig, ValleyConfig, RosenbrockConfig, LeastSquaresConfig],
+                          Field(discriminator="type")]
 
 
 class StepsConfig(Section):
     steps: Integer = Field(ge=1, le=1_000_000, description="how many updates to take")
+    batch: BatchConfig | None = Field(None, description="least_squares: samples per update (default: full)")
 
 
 class ObjectiveConfig(RunConfig):
@@ -414,6 +430,13 @@ class ObjectiveConfig(RunConfig):
     objective: ObjectiveSpec
     optimizer: OptimizerConfig
     training: StepsConfig
+
+    @model_validator(mode="after")
+    def _batches_need_samples(self) -> "ObjectiveConfig":
+        if self.training.batch is not None and not isinstance(self.objective, LeastSquaresConfig):
+            raise ValueError(f"training.batch: only the least_squares objective has samples to batch; "
+                             f"{self.objective.type} is a plain function")
+        return self
 
 
 AnyConfig = Union[ExperimentConfig, ObjectiveConfig]

@@ -78,3 +78,34 @@ class Rosenbrock(Objective):
     def gradient(self, w: np.ndarray) -> np.ndarray:
         x, y = w[0], w[1]
         return np.array([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+
+
+class LeastSquares(Objective):
+    """A line y = w·x + b fitted to N points: f(w, b) = (1/N) Σ (w x_i + b − y_i)²  (the `mse` loss);
+    over a batch B: grad = (2/|B|) Σ_B r_i (x_i, 1) with r_i = w x_i + b − y_i.
+
+    x, y: (N,) float64. The minimum is the ordinary least-squares fit (np.linalg.lstsq).
+    """
+
+    dims = 2
+    axis_names = ("w (slope)", "b (intercept)")
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x = np.asarray(x, dtype=np.float64).reshape(-1)
+        self.y = np.asarray(y, dtype=np.float64).reshape(-1)
+        self.samples = len(self.x)
+        design = np.stack([self.x, np.ones_like(self.x)], axis=1)
+        best = np.linalg.lstsq(design, self.y, rcond=None)[0]
+        self.minima = ((float(best[0]), float(best[1])),)
+        span = 1.3 * max(1.0, abs(best[0]), abs(best[1]))
+        self.view = ((best[0] - span, best[0] + span), (best[1] - span, best[1] + span))
+
+    def value(self, w: np.ndarray, index: np.ndarray | None = None) -> float:
+        x, y = (self.x, self.y) if index is None else (self.x[index], self.y[index])
+        residual = w[0] * x + w[1] - y
+        return float(np.mean(residual * residual))
+
+    def gradient(self, w: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        x, y = (self.x, self.y) if index is None else (self.x[index], self.y[index])
+        residual = w[0] * x + w[1] - y
+        return np.array([2 * np.mean(residual * x), 2 * np.mean(residual)])

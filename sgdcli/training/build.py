@@ -64,6 +64,7 @@ OBJECTIVES = {
     cfg.DoubleWellConfig: lambda c: objectives.DoubleWell(),
     cfg.ValleyConfig: lambda c: objectives.Valley(c.condition),
     cfg.RosenbrockConfig: lambda c: objectives.Rosenbrock(),
+    cfg.LeastSquaresConfig: lambda c: _least_squares(c),
 }
 
 
@@ -283,6 +284,16 @@ def build_optimizer(optimizer: cfg.OptimizerConfig) -> optimizers.Optimizer | Co
 
 def build_objective(spec: cfg.ObjectiveSpec) -> objectives.Objective:
     return OBJECTIVES[type(spec)](spec)
+
+
+def _least_squares(spec: cfg.LeastSquaresConfig) -> objectives.LeastSquares:
+    """Columns `x` and `y` of the CSV, each standardised with `scale: standard`."""
+    table = csvfile.load_csv(spec.data, spec.y, [spec.x], classification=False)
+    columns = [table.x.reshape(-1), np.asarray(table.y, dtype=np.float64).reshape(-1)]
+    if spec.scale == "standard":
+        columns = [Scaler.fit(c.reshape(-1, 1), "standard").transform(c.reshape(-1, 1), np.float64).reshape(-1)
+                   for c in columns]
+    return objectives.LeastSquares(*columns)
 
 
 def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:

@@ -66,16 +66,20 @@ def _descend(config: ObjectiveConfig, objective: Objective, writer: runs.Metrics
     optimizer = build.build_optimizer(config.optimizer)
     schedule = build.build_schedule(config.optimizer, 1, config.training.steps)  # an "epoch" is one step here
     w = np.array(config.objective.start, dtype=np.float64)
-    params, passes, started = {"w": w}, 0, time.perf_counter()
+    params, passes, samples, started = {"w": w}, 0, 0, time.perf_counter()
     path, losses = [w.copy()], [objective.value(w)]
+    draw = batches(config, objective)
     with np.errstate(over="ignore", invalid="ignore"):
         for step in range(1, config.training.steps + 1):
             learning_rate = schedule(step - 1)
+            index = draw() if draw is not None else None
+            samples += len(index) if index is not None else 0
             if isinstance(optimizer, CoordinateSearch):
-                _, used = optimizer.step(params, lambda: objective.value(w), learning_rate)
+                loss = (lambda: objective.value(w)) if index is None else (lambda: objective.value(w, index))
+                _, used = optimizer.step(params, loss, learning_rate)
                 passes += used
             else:
-                grad = objective.gradient(w)
+                grad = objective.gradient(w) if index is None else objective.gradient(w, index)
                 if not np.isfinite(grad).all():
                     return "diverged", path, losses
                 optimizer.step(params, {"w": grad}, learning_rate)
@@ -85,7 +89,7 @@ def _descend(config: ObjectiveConfig, objective: Objective, writer: runs.Metrics
                 return "diverged", path, losses
             path.append(w.copy())
             losses.append(value)
-            writer.write({"epoch": step, "updates": step, "samples": 0, "forward_passes": passes,
+            writer.write({"epoch": step, "updates": step, "samples": samples, "forward_passes": passes,
                           "seconds": round(time.perf_counter() - started, 6), "learning_rate": learning_rate,
                           "train_loss": value, **{f"w{i}": float(v) for i, v in enumerate(w)}})
             if should_stop is not None and should_stop():
@@ -93,9 +97,33 @@ def _descend(config: ObjectiveConfig, objective: Objective, writer: runs.Metrics
     return "completed", path, losses
 
 
+def batches(config: ObjectiveConfig, objective: Objective) -> Callable[[], np.ndarray] | None:
+    """For an objective built from data: a function giving each step's sample indices, drawn like the
+    training loop draws them (sgd: 1, minibatch: size, full: all; reshuffled each pass, seeded)."""
+    samples = getattr(objective, "samples", None)
+    if samples is None:
+        return None
+    size = build.batch_size(config.training, samples) if config.training.batch is not None else samples
+    rng = build.Rngs.from_seed(config.seed).shuffle
+    state = {"order": np.arange(samples), "at": samples}
+
+    def draw() -> np.ndarray:
+        if state["at"] >= samples:
+            state["order"], state["at"] = (rng.permutation(samples) if size < samples else state["order"]), 0
+        index = state["order"][state["at"]:state["at"] + size]
+        state["at"] += size
+        return index
+
+    return draw
+
+
 def _describe(config: ObjectiveConfig) -> str:
     optimizer = config.optimizer.model_dump(exclude={"schedule"})
-    return ", ".join(f"{k} {v}" for k, v in optimizer.items() if v not in (None, False, 0.0) or k == "type")
+    text = ", ".join(f"{k} {v}" for k, v in optimizer.items() if v not in (None, False, 0.0) or k == "type")
+    batch = config.training.batch
+    if batch is not None:
+        text += f", batch {batch.mode}" + (f" {batch.size}" if batch.mode == "minibatch" else "")
+    return text
 
 
 def _summary(config: ObjectiveConfig, status: str, message: str | None, path: list[np.ndarray],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -59,6 +60,13 @@ class EpochResult:
     learning_rate: float  # the step size of the epoch's last update
 
 
+class StepObserver(Protocol):
+    """Looks at gradient updates (sgdcli.training.track): `before_step` returns whether it wants `after_step`."""
+
+    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> bool: ...
+    def after_step(self, params: dict[str, np.ndarray]) -> None: ...
+
+
 class Interrupted(Exception):
     """Raised between two updates when `should_stop` says so (Ctrl-C, SIGTERM)."""
 
@@ -71,13 +79,15 @@ def train_epochs(
     dropout_rng: np.random.Generator,
     on_batch: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    observer: StepObserver | None = None,
 ) -> Iterator[EpochResult]:
     """Train from `position` up to `epochs` completed epochs, yielding after each one.
 
     `position` is updated in place after every update, so the state after an interruption
     (`should_stop` returning True raises Interrupted between two updates) can be saved and
     resumed bit for bit. A non-finite loss or gradient raises DivergenceError before the update
-    that would apply it.
+    that would apply it. An `observer` sees each gradient update's weights and gradients just
+    before and its weights just after the step (layer statistics).
     """
     model, x, y, size = problem.model, problem.x, problem.y, problem.batch_size
     params = model.parameters()
@@ -113,7 +123,10 @@ def train_epochs(
                 _check_gradients(grads, position)
                 if problem.clip_norm is not None:
                     clip_by_global_norm(grads, problem.clip_norm)
+                observed = observer is not None and observer.before_step(position.batch, params, grads)
                 problem.optimizer.step(params, grads, problem.schedule(position.updates))
+                if observed:
+                    observer.after_step(params)
                 position.forward_passes += 1
             position.updates += 1
             position.samples += len(xb)
