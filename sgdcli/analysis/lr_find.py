@@ -16,7 +16,7 @@ from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import ConfigError
 from sgdcli.fileio import atomic_write, atomic_write_text
 from sgdcli.runs import directory as runs
-from sgdcli.training import build
+from sgdcli.training import build, plan
 
 SMOOTHING = 0.98  # fastai's beta: loss_avg = beta * loss_avg + (1 - beta) * loss, debiased by 1 - beta^t
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum (fastai's rule)
@@ -60,8 +60,7 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
         raise ConfigError("lr-find needs a model trained on data (an experiment config), not an objective")
     ramp = schedule(start, end, updates)
     rngs = build.Rngs.from_seed(config.seed)
-    prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
+    prepared, _, model = plan.prepare_checked(config, rngs)
     loss, optimizer = build.build_loss(config.loss), build.build_optimizer(config.optimizer)
     clip = config.optimizer.clip_norm if isinstance(config.optimizer, GRADIENT_OPTIMIZERS) else None
     x, y = prepared.x_train, prepared.y_train

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sgdcli.config import schema as cfg
 from sgdcli.data.dataset import Dataset
 from sgdcli.engine import metrics
+from sgdcli.engine.model import Sequential
 from sgdcli.errors import ConfigError
 from sgdcli.training import build, memory
 
@@ -46,6 +47,15 @@ def for_data(config: cfg.ExperimentConfig, train: Dataset, val: Dataset | None) 
                          config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
     return Plan(train.source, len(train), 0 if val is None else len(val), train.x.shape[1], width,
                 train.class_names, train.feature_names, batch, needed)
+
+
+def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[build.PreparedData, Plan, Sequential]:
+    """Data read, split and scaled, checked against the config (errors name the config file; the
+    memory estimate comes before any weight is allocated), then the model built from `rngs.init`."""
+    with naming(config):
+        prepared = build.prepare_data(config, rngs)
+    checked = for_prepared(config, prepared)
+    return prepared, checked, build.build_model(config.model, checked.features, checked.outputs, rngs.init)
 
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:

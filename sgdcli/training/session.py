@@ -60,10 +60,7 @@ def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.Prepar
     The schedule is created for `schedule_epochs` (the run's epochs when it started): a resumed run
     that grows keeps its schedule's length, which then holds its last value."""
     rngs = build.Rngs.from_seed(config.seed)
-    with plan.naming(config):
-        prepared = build.prepare_data(config, rngs)
-    checked = plan.for_prepared(config, prepared)  # before any weight is allocated
-    model = build.build_model(config.model, checked.features, checked.outputs, rngs.init)
+    prepared, checked, model = plan.prepare_checked(config, rngs)
     batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
     problem = Problem(
         model=model,
