@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
-from sgdcli.errors import DiskError, RunDirError, SgdcliError
+from sgdcli.errors import DiskError, RunDirError, SgdcliError, UsageError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -17,15 +19,42 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
 
     `before_replace` runs once the new bytes are safely on disk, just before they take the name.
     """
-    path = Path(path)
+    with _atomic_file(Path(path), "wb", before_replace) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_text_stream(path: Path, overwrite: bool = False) -> Iterator[TextIO]:
+    """A text file written as a stream into a temporary file beside `path`, which takes the name only
+    when the block ends without an error; an existing `path` is replaced only with `overwrite`."""
+    path = check_new_output(Path(path), overwrite)
+    with _atomic_file(path, "w") as handle:
+        yield handle
+
+
+def check_new_output(path: Path, overwrite: bool) -> Path:
+    """`path` if a new output file may take that name: never a folder, and an existing file only with
+    `overwrite` (nothing is replaced silently). UsageError otherwise."""
+    if path.is_dir():
+        raise UsageError("is a folder; expected a file name to write", source=str(path))
+    if path.exists() and not overwrite:
+        raise UsageError("already exists; choose another file or pass --force to replace it", source=str(path))
+    if not path.absolute().parent.is_dir():
+        raise UsageError("no such folder to write the file in", source=str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str, before_replace: Callable[[], None] | None = None) -> Iterator:
     try:
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.absolute().parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file respects the umask
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        text = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **text) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         if before_replace is not None:
@@ -39,7 +68,8 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
-    fsync_dir(path.parent)
+    fsync_dir(path.absolute().parent)
+
 
 def _umask() -> int:
     mask = os.umask(0)

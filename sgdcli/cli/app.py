@@ -16,6 +16,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would eat "[default: ...]" in help texts and label every flag <bool>.
+    rich_markup_mode=None,
     help="Train neural networks with gradient descent from YAML configs.\n\n"
     "Exit status: 0 success, 2 bad usage or config, 3 bad data, 4 bad checkpoint or run directory, "
     "5 training diverged, 6 disk full or file-size limit, 130 interrupted (143 on SIGTERM).",
@@ -59,6 +61,17 @@ class XAxis(str, Enum):
     seconds = "seconds"
 
 
+class PredictFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torch = "torch"
+    npz = "npz"
+
+
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
@@ -66,6 +79,8 @@ class Format(str, Enum):
     json = "json"
 
 
+TARGET_HELP = "A run directory (its best checkpoint, else last) or a checkpoint file."
+FORCE_HELP = "Replace FILE if it exists (otherwise an existing file is never overwritten)."
 SET_HELP = "Override a config value by dotted path, e.g. optimizer.momentum=0.9 or model.layers.0.units=128 (repeatable)."
 
 
@@ -124,10 +139,10 @@ def train(
 @app.command("eval")
 @_boundary
 def evaluate(
-    target: Path = typer.Argument(..., help="A run directory (its best checkpoint, else last) or a checkpoint file."),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file (same format as the training data)."),
-    split: Optional[Split] = typer.Option(None, "--split", help="Which split of the run's own data [default: test if the config has data.test_file, else val]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    split: Optional[Split] = typer.Option(None, "--split", help="Which split of the run's own data (default: test when the config names test data, else val)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the report as one JSON object."),
 ) -> None:
     """Loss and metrics of a trained model on held-out data."""
     from sgdcli import api
@@ -135,6 +150,68 @@ def evaluate(
 
     report = api.evaluate(target, data=data, split=split.value if split else None)
     render.evaluation(report, as_json)
+
+
+@app.command()
+@_boundary
+def predict(
+    target: Path = typer.Argument(..., help=TARGET_HELP),
+    data: Path = typer.Option(..., "--data", help="Rows to predict, in the training data's format (CSV columns by "
+                                                  "name, the target column not needed; NPZ x; IDX images or folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
+    fmt: PredictFormat = typer.Option(PredictFormat.csv, "--format", help="csv (a header row) or json (an array of objects)."),
+    keep: List[str] = typer.Option([], "--keep", metavar="COL", help="Copy this input column through, e.g. an id (repeatable)."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """Predict every row of a file, streamed in batches: the class and one probability column per class
+    (p_<class>), or the predicted values."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    count = api.predict(target, data, out=out, fmt=fmt.value, keep=keep, overwrite=force)
+    if out is not None:
+        render.wrote(out, f"{count} predictions")
+
+
+@app.command()
+@_boundary
+def export(
+    target: Path = typer.Argument(..., help=TARGET_HELP),
+    fmt: ExportFormat = typer.Option(..., "--format", help="onnx (needs pip install 'sgdcli[onnx]'), torch "
+                                                           "(safetensors in nn.Sequential layout) or npz."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The file to write."),
+    logits: bool = typer.Option(False, "--logits", metavar="", help="Classifiers: end with the logits, without the "
+                                                                    "softmax/sigmoid."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """Write a trained model for other tools: the feature scaling, every layer (dropout removed) and a
+    softmax/sigmoid output. For torch, prints the nn.Sequential that loads it."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    note = api.export(target, fmt.value, out, probabilities=not logits, overwrite=force)
+    if fmt is ExportFormat.torch:
+        render.plain(note)
+        render.wrote(out, "state dict")
+    else:
+        render.wrote(out, note)
+
+
+@app.command()
+@_boundary
+def schema(
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """The JSON Schema of the config, for editors that complete and check keys (README: Editor support)."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    text = api.config_schema(out, overwrite=force)
+    if out is None:
+        render.plain(text)
+    else:
+        render.wrote(out, "the config's JSON Schema")
 
 
 @app.command()
@@ -200,7 +277,7 @@ def landscape(
     split: Split = typer.Option(Split.train, "--split", help="Which data the loss is measured on."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG (default: ./landscape-RUN-DIRECTION)."),
 ) -> None:
     """Loss along a line through weight space: initial to final weights, the negative gradient, a random
     direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""

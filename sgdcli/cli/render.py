@@ -43,6 +43,10 @@ def error(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
+def wrote(path: Any, what: str) -> None:
+    err.print(f"wrote {escape(str(path))}: {escape(what)}", soft_wrap=True)
+
+
 def warning(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}")
 

@@ -17,31 +17,10 @@ MAX_NPZ_BYTES = 4 * 1024**3  # refuse to inflate more than this from an .npz (zi
 def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | None = None) -> Dataset:
     """An .npz with numeric arrays `x` (N, D) and `y` (N,) or (N, K); never unpickles."""
     source = str(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            inflated = sum(info.file_size for info in archive.infolist())
-            if inflated > MAX_NPZ_BYTES:
-                raise DataError(f"the archive inflates to {inflated} bytes; at most {MAX_NPZ_BYTES} allowed", source=source)
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if not {"x", "y"} <= keys:
-                raise DataError(f"expected arrays named 'x' and 'y', received {sorted(keys)}", source=source)
-            x, y = archive["x"], archive["y"]
-    except FileNotFoundError:
-        raise DataError("file not found", source=source) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
-    except ValueError as exc:
-        raise DataError(f"cannot load the arrays without pickle ({exc}); expected numeric arrays", source=source) from None
-    if x.dtype.kind not in "biuf" or x.ndim < 2:
-        raise DataError(f"x: expected a numeric array of shape (N, D), received {x.dtype} {x.shape}", source=source)
-    x = x.reshape(len(x), -1).astype(np.float64)
+    arrays = _read_arrays(path, ("x", "y"))
+    x, y = _features(arrays["x"], source), arrays["y"]
     if len(y) != len(x):
         raise DataError(f"x has {len(x)} samples but y has {len(y)}", source=source)
-    bad = np.argwhere(~np.isfinite(x))
-    if len(bad):
-        raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
-                        source=source)
     names = tuple(f"x{i}" for i in range(x.shape[1]))
     if classification:
         if y.ndim == 2 and y.dtype.kind in "biuf" and _is_one_hot(y):
@@ -57,6 +36,43 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
     return Dataset(x, y, source, names)
+
+
+def load_npz_features(path: Path) -> np.ndarray:
+    """The archive's `x` (N, D) as float64, checked like training data; `y` is not needed."""
+    return _features(_read_arrays(path, ("x",))["x"], str(path))
+
+
+def _read_arrays(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    source = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+            if inflated > MAX_NPZ_BYTES:
+                raise DataError(f"the archive inflates to {inflated} bytes; at most {MAX_NPZ_BYTES} allowed", source=source)
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            if not set(required) <= keys:
+                wanted = " and ".join(repr(k) for k in required)
+                raise DataError(f"expected arrays named {wanted}, received {sorted(keys)}", source=source)
+            return {key: archive[key] for key in required}
+    except FileNotFoundError:
+        raise DataError("file not found", source=source) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
+    except ValueError as exc:
+        raise DataError(f"cannot load the arrays without pickle ({exc}); expected numeric arrays", source=source) from None
+
+
+def _features(x: np.ndarray, source: str) -> np.ndarray:
+    if x.dtype.kind not in "biuf" or x.ndim < 2:
+        raise DataError(f"x: expected a numeric array of shape (N, D), received {x.dtype} {x.shape}", source=source)
+    x = x.reshape(len(x), -1).astype(np.float64)
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
+                        source=source)
+    return x
 
 
 def _is_one_hot(y: np.ndarray) -> bool:

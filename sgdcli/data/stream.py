@@ -1,0 +1,129 @@
+"""Feature rows of a file read a batch at a time, so a file of any length is predicted in bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sgdcli.data import idx, npzfile
+from sgdcli.errors import DataError
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Raw (unscaled) features x (n, D) of consecutive rows, and the `keep` columns as read (text)."""
+
+    x: np.ndarray
+    kept: dict[str, list[str]]
+
+
+def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: int) -> Iterator[FeatureBatch]:
+    """A CSV with a header row, `rows` data rows at a time; columns are found by name, others ignored.
+
+    Cells are read as text by pandas and converted here, so a bad cell is reported like the training
+    reader does: "row R, column 'C': expected a number, received 'x'" (R counts the header as row 1).
+    """
+    import pandas as pd  # several hundred ms to import: only for the commands that read CSV in chunks
+
+    source = str(path)
+    header = _header(path)
+    missing = [c for c in [*features, *keep] if c not in header]
+    if missing:
+        raise DataError(f"column(s) {', '.join(map(repr, missing))} not in the header ({', '.join(header)})",
+                        source=source)
+    line = 2
+    try:
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, index_col=False,
+                             chunksize=rows, encoding="utf-8-sig", skipinitialspace=False)
+        with reader:
+            for chunk in reader:
+                chunk.columns = header
+                x = _numbers(chunk[list(features)], list(features), line, source)
+                yield FeatureBatch(x, {c: chunk[c].tolist() for c in keep})
+                line += len(chunk)
+    except pd.errors.EmptyDataError:
+        raise DataError("no data rows after the header", source=source) from None
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        what = (f"row {found[2]}: expected {found[1]} cells like the header, received {found[3]}" if found
+                else f"not valid CSV: {exc}")
+        raise DataError(what, source=source) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (bad byte at offset {exc.start})", source=source) from None
+    if line == 2:
+        raise DataError("no data rows after the header", source=source)
+
+
+def _header(path: Path) -> list[str]:
+    source = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except FileNotFoundError:
+        raise DataError("file not found", source=source) from None
+    except IsADirectoryError:
+        raise DataError("expected a CSV file, received a directory", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (bad byte at offset {exc.start})", source=source) from None
+    except (csv.Error, OSError) as exc:
+        raise DataError(f"cannot read as CSV: {exc}", source=source) from None
+    if not header:
+        raise DataError("the file is empty; expected a header row and data rows", source=source)
+    header = [h.strip() for h in header]
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise DataError(f"header names column(s) {', '.join(duplicates)} more than once", source=source)
+    return header
+
+
+def _numbers(frame, names: list[str], first_line: int, source: str) -> np.ndarray:
+    """Text cells (a DataFrame, n x D) -> float64; the first cell that is not a finite number is an error
+    naming its row and column."""
+    import pandas as pd
+
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        i, j = bad[0]
+        cell = str(frame.iat[i, j])
+        if not cell.strip():
+            what = "empty cell"
+        else:
+            what = f"expected a {'finite ' if _is_float(cell) else ''}number, received {cell!r}"
+        raise DataError(f"row {first_line + i}, column {names[j]!r}: {what}", source=source)
+    return values
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def array_batches(x: np.ndarray, rows: int) -> Iterator[FeatureBatch]:
+    """Rows of an array already in memory (NPZ `x`, IDX images), `rows` at a time."""
+    for start in range(0, len(x), rows):
+        yield FeatureBatch(x[start : start + rows], {})
+
+
+def npz_features(path: Path) -> np.ndarray:
+    """An .npz archive's `x` (N, D) as float64; `y` is not needed and not read."""
+    return npzfile.load_npz_features(path)
+
+
+def idx_images(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Images (N, H*W) as stored (uint8) and one image's shape, from an IDX images file or a folder
+    (its test images, else its training images)."""
+    path = Path(path)
+    images = idx.find_images(path) if path.is_dir() else path
+    pixels = idx.read_idx(images)
+    if pixels.ndim < 2:
+        raise DataError(f"expected an idx3 image file, received {pixels.ndim} dimension(s)", source=str(images))
+    return pixels.reshape(len(pixels), -1), tuple(pixels.shape[1:])
