@@ -39,8 +39,9 @@ def plain(text: str) -> None:
     sys.stdout.flush()
 
 
+# Messages are never wrapped (soft_wrap): a path or a command in one pastes as one line.
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def wrote(path: Any, what: str) -> None:
@@ -48,7 +49,7 @@ def wrote(path: Any, what: str) -> None:
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- training
