@@ -16,6 +16,7 @@ from sgdcli import fileio, plots
 from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files
+from sgdcli.analysis.run_labels import run_labels
 from sgdcli.config import editor_schema
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
@@ -248,7 +249,9 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
     rows = [_compare_row(r, f, differing) for r, f in zip(records, flat)]
     plot_path = None
     if plot is not None:
-        curves = [plots.Curve.from_rows(r.name, r.metrics, X_AXES[x]) for r in records if r.metrics]
+        labels = run_labels([r.name for r in records], rows, differing)  # as the terminal table names them
+        curves = [plots.Curve.from_rows(label, r.metrics, X_AXES[x], (r.summary or {}).get("status") == "diverged")
+                  for label, r in zip(labels, records) if r.metrics]
         if curves:
             plot_path = plots.loss_curves(curves, x, Path(plot))
     return Comparison(records, differing, rows, plot_path)

@@ -20,6 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sgdcli.analysis.run_labels import run_labels, short_keys
+
 # Off a terminal (logs, pipes, CI) rich would wrap at 80 columns; tables stay at their natural width.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
@@ -192,19 +194,41 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
         plain("\n".join(lines))
     else:
         # The terminal table keeps the columns a reader compares; problems go below it.
-        shown = [c for c in columns if c not in ("problems", "best_train_loss", "best_train_accuracy")]
-        table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
-        for column in shown:
-            table.add_column(column if column in differing else column.replace("_", " "),
-                             justify="left" if column in ("run", "status") or column in differing else "right")
-        for row in rows:
-            table.add_row(*(escape(_cell(row.get(c))) for c in shown))
-        out.print(table)
+        shown = [c for c in columns if c not in ("run", "problems", "best_train_loss", "best_train_accuracy")]
+        names = [str(row.get("run")) for row in rows]
+        labels = run_labels(names, rows, differing)
+        out.print(_runs_table(rows, labels, shown, differing))
+        if labels != names:
+            for label, name in zip(labels, names):
+                out.print(f"  {label}: {name}", markup=False, highlight=False, soft_wrap=True)
         for row in rows:
             if row.get("problems"):
-                err.print(f"[yellow]{escape(str(row['run']))}:[/] {escape(row['problems'])}")
+                err.print(f"[yellow]{escape(str(row['run']))}:[/] {escape(row['problems'])}", soft_wrap=True)
     if plot:
         err.print(f"plot: {plot}")
+
+
+def _runs_table(rows: list[dict[str, Any]], labels: list[str], shown: list[str], differing: list[str]) -> Table:
+    """One row per run when that fits the terminal, else one column per run. Cells fold, never cut."""
+    short = short_keys(differing)
+    headers = {c: short[c] if c in differing else c.replace("_", " ") for c in shown}
+    title = "runs compared" + (f" (differing: {', '.join(differing)})" if differing else "")
+    wide = Table(title=title)
+    wide.add_column("run", overflow="fold")
+    for column in shown:
+        wide.add_column(escape(headers[column]), overflow="fold",
+                        justify="left" if column == "status" or column in differing else "right")
+    for label, row in zip(labels, rows):
+        wide.add_row(escape(label), *(escape(_cell(row.get(c))) for c in shown))
+    if out.measure(wide, options=out.options.update_width(10**6)).maximum <= out.width:  # its natural width
+        return wide
+    tall = Table(title=title)
+    tall.add_column("", overflow="fold")
+    for label in labels:
+        tall.add_column(escape(label), justify="right", overflow="fold")
+    for column in shown:
+        tall.add_row(escape(headers[column]), *(escape(_cell(row.get(column))) for row in rows))
+    return tall
 
 
 def _cell(value: Any) -> str:
