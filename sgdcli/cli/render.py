@@ -16,11 +16,11 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
 from sgdcli.analysis.run_labels import run_labels, short_keys
+from sgdcli.cli.progress import ProgressState
 
 # Off a terminal (logs, pipes, CI) rich would wrap at 80 columns; tables stay at their natural width.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
@@ -65,6 +65,7 @@ class TrainingReporter:
         self.task = None
         self.info: dict[str, Any] = {}
         self._last_draw = 0.0
+        self.state: ProgressState | None = None
 
     def warn(self, message: str) -> None:
         warning(message)
@@ -81,20 +82,24 @@ class TrainingReporter:
             f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
             f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs")
         if self.live:
+            position = info["position"]
+            self.state = ProgressState(info["epochs"], info["updates_per_epoch"], position["updates"], time.monotonic(),
+                                       mean_loss=info["batch_size"] == 1, epoch=position["epoch"] + 1)
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                     TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[eta]}"),
                                      console=self.console, transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=info["position"]["epoch"] + 1,
-                                               completed=info["position"]["batch"], loss="-")
+            self.task = self.progress.add_task("", total=info["updates_per_epoch"], completed=position["batch"],
+                                               epoch=f"{position['epoch'] + 1}/{info['epochs']}", loss="", eta="")
 
     def batch(self, done: int, total: int, loss: float) -> None:
-        if self.progress is None:
+        if self.progress is None or self.state is None:
             return
         now = time.monotonic()
+        fields = self.state.fields(done, loss, now)
         if now - self._last_draw > 0.1 or done == total:  # redraw at most 10 times a second
             self._last_draw = now
-            self.progress.update(self.task, completed=done, loss=f"{loss:.4f}")
+            self.progress.update(self.task, completed=done, **fields)
 
     def epoch(self, row: dict[str, Any]) -> None:
         parts = [f"epoch {row['epoch']}/{self.info.get('epochs', '?')}", f"batch loss {_num(row['train_loss'])}"]
@@ -105,9 +110,11 @@ class TrainingReporter:
         parts.append(f"lr {_num(row['learning_rate'])}")
         parts.append(f"{row['seconds']:.2f}s")
         line = " | ".join(parts)
-        if self.progress is not None:
+        if self.progress is not None and self.state is not None:
             self.progress.console.print(line)
-            self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-")
+            self.state.new_epoch(row["epoch"] + 1, time.monotonic())
+            self.progress.reset(self.task, total=self.info["updates_per_epoch"],
+                                epoch=f"{row['epoch'] + 1}/{self.info['epochs']}", loss="", eta="")
         else:
             self.console.print(line)
 
