@@ -184,3 +184,32 @@ def test_fashion_mnist_test_set_predictions_give_evals_accuracy(tmp_path, fashio
     assert correct / len(rows) == report["accuracy"]
     assert 0.7 < report["accuracy"] < 1  # one epoch of a real model
     assert list(rows[0])[1:] == [f"p_{name}" for name in names] and names[0] == "T-shirt/top"
+
+
+def test_idx_images_file_or_a_folder_without_labels(tmp_path):
+    from test_idx import write
+    from test_idx_source import NAMES, idx_config, make_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    x, y = make_images(200, 0)
+    write(folder / "train-images-idx3-ubyte.gz", x, gz=True)
+    write(folder / "train-labels-idx1-ubyte.gz", y, gz=True)
+    run_dir = api.train(api.load_config(idx_config(folder)), runs_dir=tmp_path / "runs").run_dir
+    new = tmp_path / "new"
+    new.mkdir()
+    images, labels = make_images(40, 1)
+    write(new / "t10k-images-idx3-ubyte", images)  # images only: predict needs no labels
+    model = api.load_trained(run_dir)
+    expected = model.predict_classes(images.reshape(40, -1))
+    for data in (new, new / "t10k-images-idx3-ubyte"):
+        result = run("predict", run_dir, "--data", data)
+        assert result.exit_code == 0, result.output
+        rows = read_csv(result.stdout)
+        assert [r["predicted"] for r in rows] == expected and list(rows[0])[1:] == [f"p_{n}" for n in NAMES]
+    assert sum(e == NAMES[label] for e, label in zip(expected, labels)) >= 30  # it learned the classes
+    write(tmp_path / "wide-images-idx3-ubyte", np.zeros((3, 5, 5), np.uint8))
+    result = run("predict", run_dir, "--data", tmp_path / "wide-images-idx3-ubyte")
+    assert result.exit_code == 3 and "expected images of 16 pixels (4x4)" in result.stderr and "received 25" in result.stderr
+    result = run("predict", run_dir, "--data", tmp_path / "runs")
+    assert result.exit_code == 3 and "no IDX images file in the folder" in result.stderr
