@@ -92,16 +92,23 @@ def fsync_dir(folder: Path) -> None:
     finally:
         os.close(fd)
 
-def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
-    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable."""
+@contextlib.contextmanager
+def reading(path: Path | str, error: type[SgdcliError], what: str) -> Iterator[None]:
+    """Reading inside this block fails with `error` naming the file: missing, a directory, or unreadable."""
     try:
-        return Path(path).read_bytes()
+        yield
     except FileNotFoundError:
         raise error("file not found", source=str(path)) from None
     except IsADirectoryError:
         raise error(f"expected {what}, received a directory", source=str(path)) from None
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+
+
+def read_bytes(path: Path | str, error: type[SgdcliError], what: str) -> bytes:
+    """The file's bytes, or `error` naming the file: missing, a directory, or unreadable."""
+    with reading(path, error, what):
+        return Path(path).read_bytes()
 
 
 def write_error(path: Path, exc: OSError) -> Exception:

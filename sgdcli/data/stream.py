@@ -12,6 +12,9 @@ import numpy as np
 
 from sgdcli.data import idx, npzfile
 from sgdcli.errors import DataError
+from sgdcli.fileio import reading
+
+MAX_HEADER_BYTES = 1 << 20  # a header row longer than this is not read as one
 
 
 @dataclass(frozen=True)
@@ -61,17 +64,15 @@ def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: 
 
 def _header(path: Path) -> list[str]:
     source = str(path)
+    with reading(path, DataError, "a CSV file"):
+        with open(path, "rb") as handle:
+            first = handle.readline(MAX_HEADER_BYTES)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), None)
-    except FileNotFoundError:
-        raise DataError("file not found", source=source) from None
-    except IsADirectoryError:
-        raise DataError("expected a CSV file, received a directory", source=source) from None
+        header = next(csv.reader([first.decode("utf-8-sig")]), None)
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text (bad byte at offset {exc.start})", source=source) from None
-    except (csv.Error, OSError) as exc:
-        raise DataError(f"cannot read as CSV: {exc}", source=source) from None
+    except csv.Error as exc:
+        raise DataError(f"not valid CSV: {exc}", source=source) from None
     if not header:
         raise DataError("the file is empty; expected a header row and data rows", source=source)
     header = [h.strip() for h in header]
@@ -91,20 +92,13 @@ def _numbers(frame, names: list[str], first_line: int, source: str) -> np.ndarra
     if len(bad):
         i, j = bad[0]
         cell = str(frame.iat[i, j])
-        if not cell.strip():
-            what = "empty cell"
-        else:
-            what = f"expected a {'finite ' if _is_float(cell) else ''}number, received {cell!r}"
+        try:
+            float(cell)  # parses, so it is inf or nan
+            what = f"expected a finite number, received {cell!r}"
+        except ValueError:
+            what = "empty cell" if not cell.strip() else f"expected a number, received {cell!r}"
         raise DataError(f"row {first_line + i}, column {names[j]!r}: {what}", source=source)
     return values
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def array_batches(x: np.ndarray, rows: int) -> Iterator[FeatureBatch]:
