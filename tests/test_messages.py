@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -65,3 +66,20 @@ def test_an_npz_data_archive_is_named_too(tmp_path):
     np.savez(tmp_path / "data.npz", x=np.zeros((2, 2)))
     result = runner.invoke(app, ["eval", str(tmp_path / "data.npz")])
     assert result.exit_code == 4 and "a NumPy .npz archive: data, not a model" in result.stderr
+
+
+COMMANDS = ["train", "eval", "predict", "export", "schema", "compare", "validate", "gradcheck", "landscape",
+            "optimizers"]
+
+
+def test_help_text_is_whole_at_80_columns():
+    top = runner.invoke(app, ["--help"], terminal_width=80)
+    assert top.exit_code == 0 and "..." not in top.stdout.split("Commands:")[1]  # every command's one-line summary, uncut
+    assert all(f"  {command} " in top.stdout for command in COMMANDS)
+    for command in COMMANDS:
+        result = runner.invoke(app, [command, "--help"], terminal_width=80)
+        assert result.exit_code == 0 and "Usage" in result.stdout
+        stray_space = re.search(r"\w \.(\s|$)", result.stdout.replace("\n", " "))  # "own data ." (eaten markup)
+        assert "<bool>" not in result.stdout and not stray_space, result.stdout
+    assert "(default: test when the config names test data, else val)" in runner.invoke(app, ["eval", "--help"]).stdout
+    assert "(default: ./landscape-RUN-DIRECTION)" in runner.invoke(app, ["landscape", "--help"]).stdout

@@ -163,8 +163,10 @@ def predict(
     keep: List[str] = typer.Option([], "--keep", metavar="COL", help="Copy this input column through, e.g. an id (repeatable)."),
     force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
 ) -> None:
-    """Predict every row of a file, streamed in batches: the class and one probability column per class
-    (p_<class>), or the predicted values."""
+    """Predict every row of a file, in batches.
+
+    Writes the predicted class and one probability column per class (p_<class>), or the predicted
+    values, for each input row."""
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -184,8 +186,10 @@ def export(
                                                                     "softmax/sigmoid."),
     force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
 ) -> None:
-    """Write a trained model for other tools: the feature scaling, every layer (dropout removed) and a
-    softmax/sigmoid output. For torch, prints the nn.Sequential that loads it."""
+    """Write a trained model as ONNX, PyTorch or npz.
+
+    The feature scaling, every layer (dropout removed) and a softmax/sigmoid output. For torch, prints
+    the nn.Sequential that loads it."""
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -203,7 +207,9 @@ def schema(
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
     force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
 ) -> None:
-    """The JSON Schema of the config, for editors that complete and check keys (README: Editor support)."""
+    """Print the config's JSON Schema, for editors.
+
+    Editors that read it complete and check config keys as you type (README: Editor support)."""
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -222,7 +228,9 @@ def compare(
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="Where to write the overlaid loss curves (PNG)."),
     fmt: Format = typer.Option(Format.table, "--format", help="Table format."),
 ) -> None:
-    """Side-by-side table of runs (only the config keys that differ) and overlaid loss curves."""
+    """Side-by-side table of runs and overlaid loss curves.
+
+    Only the config keys that differ between the runs are shown."""
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -236,7 +244,9 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
-    """Check a config without training; prints the resolved config (defaults filled in)."""
+    """Check a config without training.
+
+    Prints the resolved config (defaults filled in)."""
     from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.config.yamlio import dump_yaml
@@ -254,7 +264,9 @@ def gradcheck(
     max_entries: int = typer.Option(200, "--max-entries", min=1,
                                     help="Larger tensors: this many random entries plus a random direction."),
 ) -> None:
-    """Compare backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
+    """Check backprop against finite differences.
+
+    Compares backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
     for every parameter tensor of the config's model on a batch of its own data. Exit 1 on failure."""
     from sgdcli import api
     from sgdcli.cli import render
@@ -279,7 +291,9 @@ def landscape(
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG (default: ./landscape-RUN-DIRECTION)."),
 ) -> None:
-    """Loss along a line through weight space: initial to final weights, the negative gradient, a random
+    """Loss along a line through weight space.
+
+    From the initial to the final weights, along the negative gradient, a random
     direction, or one coefficient with the tangent at its value. Writes CSV + PNG."""
     from sgdcli import api
     from sgdcli.cli import render
@@ -290,7 +304,9 @@ def landscape(
 
 @app.command()
 def optimizers() -> None:
-    """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
+    """Every optimizer's exact update rule.
+
+    With its defaults, and where other libraries' conventions differ."""
     from sgdcli.analysis import reference
     from sgdcli.cli import render
 
