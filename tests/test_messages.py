@@ -81,5 +81,6 @@ def test_help_text_is_whole_at_80_columns():
         assert result.exit_code == 0 and "Usage" in result.stdout
         stray_space = re.search(r"\w \.(\s|$)", result.stdout.replace("\n", " "))  # "own data ." (eaten markup)
         assert "<bool>" not in result.stdout and not stray_space, result.stdout
-    assert "(default: test when the config names test data, else val)" in runner.invoke(app, ["eval", "--help"]).stdout
-    assert "(default: ./landscape-RUN-DIRECTION)" in runner.invoke(app, ["landscape", "--help"]).stdout
+    words = {c: " ".join(runner.invoke(app, [c, "--help"], terminal_width=200).stdout.split()) for c in COMMANDS}
+    assert "own data (default: test when the config names test data, else val)." in words["eval"]
+    assert "PNG (default: ./landscape-RUN-DIRECTION)." in words["landscape"]
