@@ -213,3 +213,12 @@ def test_idx_images_file_or_a_folder_without_labels(tmp_path):
     assert result.exit_code == 3 and "expected images of 16 pixels (4x4)" in result.stderr and "received 25" in result.stderr
     result = run("predict", run_dir, "--data", tmp_path / "runs")
     assert result.exit_code == 3 and "no IDX images file in the folder" in result.stderr
+
+
+def test_rows_are_numbered_as_lines_of_the_file_like_eval_does(tmp_path, csv_run):
+    # Blank lines are skipped but counted, as the training reader counts them.
+    (tmp_path / "in.csv").write_text("id,a,b,label\nr1,1,2,yes\n\n\nr2,1,2,no\nr3,1,x,no\n")
+    evaluated = run("eval", csv_run, "--data", tmp_path / "in.csv")
+    predicted = run("predict", csv_run, "--data", tmp_path / "in.csv")
+    assert "row 6, column 'b': expected a number, received 'x'" in predicted.stderr
+    assert evaluated.stderr == predicted.stderr

@@ -29,7 +29,7 @@ def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: 
     """A CSV with a header row, `rows` data rows at a time; columns are found by name, others ignored.
 
     Cells are read as text by pandas and converted here, so a bad cell is reported like the training
-    reader does: "row R, column 'C': expected a number, received 'x'" (R counts the header as row 1).
+    reader does: "row R, column 'C': expected a number, received 'x'" (R is the line of the file).
     """
     import pandas as pd  # several hundred ms to import: only for the commands that read CSV in chunks
 
@@ -39,16 +39,16 @@ def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: 
     if missing:
         raise DataError(f"column(s) {', '.join(map(repr, missing))} not in the header ({', '.join(header)})",
                         source=source)
-    line = 2
+    done = 0  # data rows before this chunk
     try:
         reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, index_col=False,
                              chunksize=rows, encoding="utf-8-sig", skipinitialspace=False)
         with reader:
             for chunk in reader:
                 chunk.columns = header
-                x = _numbers(chunk[list(features)], list(features), line, source)
+                x = _numbers(chunk[list(features)], list(features), done, path)
                 yield FeatureBatch(x, {c: chunk[c].tolist() for c in keep})
-                line += len(chunk)
+                done += len(chunk)
     except pd.errors.EmptyDataError:
         raise DataError("no data rows after the header", source=source) from None
     except pd.errors.ParserError as exc:
@@ -58,7 +58,7 @@ def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: 
         raise DataError(what, source=source) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text (bad byte at offset {exc.start})", source=source) from None
-    if line == 2:
+    if done == 0:
         raise DataError("no data rows after the header", source=source)
 
 
@@ -82,9 +82,9 @@ def _header(path: Path) -> list[str]:
     return header
 
 
-def _numbers(frame, names: list[str], first_line: int, source: str) -> np.ndarray:
-    """Text cells (a DataFrame, n x D) -> float64; the first cell that is not a finite number is an error
-    naming its row and column."""
+def _numbers(frame, names: list[str], first_row: int, path: Path) -> np.ndarray:
+    """Text cells (a DataFrame, n x D, data rows first_row, first_row + 1, ...) -> float64; the first
+    cell that is not a finite number is an error naming its row (the file's line) and column."""
     import pandas as pd
 
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
@@ -97,8 +97,18 @@ def _numbers(frame, names: list[str], first_line: int, source: str) -> np.ndarra
             what = f"expected a finite number, received {cell!r}"
         except ValueError:
             what = "empty cell" if not cell.strip() else f"expected a number, received {cell!r}"
-        raise DataError(f"row {first_line + i}, column {names[j]!r}: {what}", source=source)
+        raise DataError(f"row {_line_of(path, first_row + i)}, column {names[j]!r}: {what}", source=str(path))
     return values
+
+
+def _line_of(path: Path, index: int) -> int:
+    """The file line (the header is line 1) of data row `index` (0-based), counting the blank lines that
+    are skipped and multi-line quoted cells as the training reader does. Read only to word an error."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        rows = (reader.line_num for row in reader if row and (len(row) > 1 or row[0].strip()))
+        return next((line for seen, line in enumerate(rows) if seen == index), index + 2)
 
 
 def array_batches(x: np.ndarray, rows: int) -> Iterator[FeatureBatch]:
