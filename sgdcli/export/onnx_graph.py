@@ -83,8 +83,11 @@ def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
         metadata["class_names"] = json.dumps(list(model.class_names))
     helper.set_model_props(onnx_model, metadata)
     onnx.checker.check_model(onnx_model, full_check=True)
+    classes = model.class_names or ()
+    meaning = (f" (N x 1: the probability of class {classes[1]!r})" if outputs == 1 and classes
+               else f" over the classes {', '.join(classes)}" if classes else "")
     note = (f"input 'features' ({model.dtype}, N x {model.width}: raw values of {_columns(model)}); "
-            f"output '{model.output}'" + (f" over classes {', '.join(model.class_names)}" if model.class_names else ""))
+            f"output '{model.output}'{meaning}")
     return onnx_model.SerializeToString(), note
 
 

@@ -33,7 +33,7 @@ def output_columns(trained: TrainedModel) -> list[str]:
     return [name] if outputs == 1 else [f"{name}_{k}" for k in range(outputs)]
 
 
-def probabilities(trained: TrainedModel, logits: np.ndarray) -> np.ndarray:
+def probabilities(logits: np.ndarray) -> np.ndarray:
     """Class probabilities (N, C) from logits: softmax over C outputs (cross_entropy), or for one
     binary output [1 - sigmoid(z), sigmoid(z)] (binary_cross_entropy)."""
     if logits.shape[1] == 1:
@@ -84,7 +84,7 @@ def predictions(trained: TrainedModel, path: Path, keep: Sequence[str] = (),
         else:
             labels = predict_labels(outputs)
             columns[names[0]] = [trained.class_names[i] for i in labels]
-            columns.update(zip(names[1:], probabilities(trained, outputs).T))
+            columns.update(zip(names[1:], probabilities(outputs).T))
         yield columns
 
 
