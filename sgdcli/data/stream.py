@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgdcli.data import idx, npzfile
+from sgdcli.data import idx
 from sgdcli.errors import DataError
 from sgdcli.fileio import reading
 
@@ -115,11 +115,6 @@ def array_batches(x: np.ndarray, rows: int) -> Iterator[FeatureBatch]:
     """Rows of an array already in memory (NPZ `x`, IDX images), `rows` at a time."""
     for start in range(0, len(x), rows):
         yield FeatureBatch(x[start : start + rows], {})
-
-
-def npz_features(path: Path) -> np.ndarray:
-    """An .npz archive's `x` (N, D) as float64; `y` is not needed and not read."""
-    return npzfile.load_npz_features(path)
 
 
 def idx_images(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from sgdcli.config import schema as cfg
-from sgdcli.data import stream
+from sgdcli.data import npzfile, stream
 from sgdcli.engine.activations import sigmoid
 from sgdcli.engine.metrics import predict_labels
 from sgdcli.errors import DataError, UsageError
@@ -56,7 +56,7 @@ def feature_batches(trained: TrainedModel, path: Path, keep: Sequence[str] = (),
     if keep:
         raise UsageError(f"--keep copies CSV columns; {Path(path).name} is read as {data.source} data, which has none")
     if isinstance(data, cfg.NpzDataConfig):
-        x = stream.npz_features(path)
+        x = npzfile.load_npz_features(path)
         what = f"{width} features (x of shape (N, {width}))"
     elif isinstance(data, cfg.IdxDataConfig):
         x, _ = stream.idx_images(path)
