@@ -1,16 +1,17 @@
 """The library API the CLI and the tests both call: train, resume, sweep, gradcheck, landscape,
-load and predict, evaluate, compare."""
+load and predict, evaluate, compare, export."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
-from sgdcli import plots
+from sgdcli import fileio, plots
 from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import heatmap as heatmap_module
@@ -20,19 +21,24 @@ from sgdcli.analysis import lr_find as lr_find_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
 from sgdcli.analysis import unit_maps
+from sgdcli.analysis.run_labels import run_labels
+from sgdcli.config import editor_schema
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
+from sgdcli.export import npz_arrays, onnx_graph, torch_state
+from sgdcli.export import steps as export_steps
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, descent, plan, provenance
+from sgdcli.training import predict as predict_module
 from sgdcli.training import sweep as sweep_module
 from sgdcli.training.session import Reporter, Session, TrainResult
 from sgdcli.training.trained import TrainedModel, load_trained
 
 __all__ = ["load_config", "validate", "train", "resume", "sweep", "gradcheck", "landscape", "load_trained", "evaluate",
-           "compare", "TrainedModel", "TrainResult", "Comparison", "Reporter"]
+           "predict", "export", "config_schema", "compare", "TrainedModel", "TrainResult", "Comparison", "Reporter"]
 
 
 # ---------------------------------------------------------------- training
@@ -227,6 +233,48 @@ def evaluate(target: Path | str, data: Path | str | None = None, split: str | No
     return report
 
 
+def predict(target: Path | str, data: Path | str, out: Path | str | None = None, fmt: str = "csv",
+            keep: Sequence[str] = (), overwrite: bool = False, stream: TextIO | None = None) -> int:
+    """Predict every row of `data` (a file in the training data's format) in batches of
+    predict.BATCH_ROWS, writing CSV or JSON to `out` (atomically; an existing file only with
+    `overwrite`) or to `stream` (default stdout). Returns the number of rows. Columns: see
+    sgdcli.training.predict.output_columns; `keep` copies CSV columns through first."""
+    if fmt not in predict_module.FORMATS:
+        raise ConfigError(f"--format: expected one of {', '.join(predict_module.FORMATS)}, received {fmt!r}")
+    trained = load_trained(target)
+    batches = predict_module.predictions(trained, Path(data), list(keep))
+    if out is None:
+        return predict_module.write(batches, stream or sys.stdout, fmt)
+    with fileio.atomic_text_stream(Path(out), overwrite) as handle:
+        return predict_module.write(batches, handle, fmt)
+
+
+EXPORTERS = {"onnx": onnx_graph.encode, "torch": torch_state.encode, "npz": npz_arrays.encode}
+
+
+def export(target: Path | str, fmt: str, out: Path | str, probabilities: bool = True,
+           overwrite: bool = False) -> str:
+    """Write a trained model in another format (see sgdcli.export): `onnx` (one graph with the scaling,
+    every layer, and a softmax/sigmoid when `probabilities`), `torch` (safetensors in nn.Sequential
+    layout) or `npz` (arrays and the architecture as JSON). Returns a note for the user: for torch,
+    the Python that loads the file."""
+    if fmt not in EXPORTERS:
+        raise ConfigError(f"--format: expected one of {', '.join(EXPORTERS)}, received {fmt!r}")
+    path = fileio.check_new_output(Path(out), overwrite)
+    model = export_steps.exportable(load_trained(target), probabilities)
+    data, note = EXPORTERS[fmt](model, path)
+    fileio.atomic_write(path, data)
+    return note
+
+
+def config_schema(out: Path | str | None = None, overwrite: bool = False) -> str:
+    """The config's JSON Schema as text (what sgdcli-config.schema.json holds); written to `out` if given."""
+    text = editor_schema.schema_text()
+    if out is not None:
+        fileio.atomic_write(fileio.check_new_output(Path(out), overwrite), text.encode("utf-8"))
+    return text
+
+
 def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | None):
     config = trained.config
     if data is not None:
@@ -282,7 +330,9 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
         return Comparison(records, differing, rows, plot_path)
     plot_path = None
     if plot is not None:
-        curves = [plots.Curve.from_rows(r.name, r.metrics, X_AXES[x]) for r in records if r.metrics]
+        labels = run_labels([r.name for r in records], rows, differing)  # as the terminal table names them
+        curves = [plots.Curve.from_rows(label, r.metrics, X_AXES[x], (r.summary or {}).get("status") == "diverged")
+                  for label, r in zip(labels, records) if r.metrics]
         if curves:
             plot_path = plots.loss_curves(curves, x, Path(plot))
     paths_plot = paths_module.overlay(records, _paths_plot(Path(plot))) if plot is not None else None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
-from sgdcli.errors import DiskError, RunDirError, SgdcliError
+from sgdcli.errors import DiskError, RunDirError, SgdcliError, UsageError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -18,16 +20,45 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
 
     `before_replace` runs once the new bytes are safely on disk, just before they take the name.
     """
-    path = Path(path)
+    with _atomic_file(Path(path), "wb", before_replace) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_text_stream(path: Path, overwrite: bool = False) -> Iterator[TextIO]:
+    """A text file written as a stream into a temporary file beside `path`, which takes the name only
+    when the block ends without an error; an existing `path` is replaced only with `overwrite`."""
+    path = check_new_output(Path(path), overwrite)
+    with _atomic_file(path, "w") as handle:
+        yield handle
+
+
+def check_new_output(path: Path, overwrite: bool) -> Path:
+    """`path` if a new output file may take that name: never a folder, and an existing file only with
+    `overwrite` (nothing is replaced silently). UsageError otherwise."""
+    if path.is_dir():
+        raise UsageError("is a folder; expected a file name to write", source=str(path))
+    if path.exists() and not overwrite:
+        raise UsageError("already exists; choose another file or pass --force to replace it", source=str(path))
+    if not path.absolute().parent.is_dir():
+        raise UsageError("no such folder to write the file in", source=str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str, before_replace: Callable[[], None] | None = None) -> Iterator:
+    """A temporary file beside `path`, fsynced and renamed to `path` when the block ends without an
+    error (deleted otherwise); write errors name `path` and say whether a previous file is intact."""
     kept = "the previous file is intact" if os.path.lexists(path) else "nothing was written"
     try:
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.absolute().parent)
     except OSError as exc:
         raise write_error(path, exc, kept) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file respects the umask
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        text = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **text) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         if before_replace is not None:
@@ -41,7 +72,8 @@ def atomic_write(path: Path, data: bytes, before_replace: Callable[[], None] | N
         if isinstance(exc, OSError):
             raise write_error(path, exc, kept) from None
         raise
-    fsync_dir(path.parent)
+    fsync_dir(path.absolute().parent)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -65,6 +97,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def reading(path: Path | str, error: type[SgdcliError], what: str) -> Iterator[None]:
+    """Reading inside this block fails with `error` naming the file: missing, a directory, or unreadable."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise error(f"expected {what}, received a directory", source=str(path)) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+
+
 def read_bytes(path: Path | str, error: type[SgdcliError], what: str, limit: int | None = None,
                regular_only: bool = False) -> bytes:
     """The file's bytes, or `error` naming the file: missing, a directory, unreadable, or (with
@@ -74,22 +119,15 @@ def read_bytes(path: Path | str, error: type[SgdcliError], what: str, limit: int
     The limit is applied while reading, so a device or pipe that never ends (/dev/zero) costs at
     most `limit` + 1 bytes of memory.
     """
-    try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError
-            if regular_only and not stat.S_ISREG(mode):
-                raise error(f"expected {what}, received a special file (a pipe or a device)", source=str(path))
-            if stat.S_ISFIFO(mode):
-                os.set_blocking(handle.fileno(), True)
-            data = handle.read() if limit is None else handle.read(limit + 1)
-    except FileNotFoundError:
-        raise error("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise error(f"expected {what}, received a directory", source=str(path)) from None
-    except OSError as exc:
-        raise error(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    with reading(path, error, what), open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if regular_only and not stat.S_ISREG(mode):
+            raise error(f"expected {what}, received a special file (a pipe or a device)", source=str(path))
+        if stat.S_ISFIFO(mode):
+            os.set_blocking(handle.fileno(), True)
+        data = handle.read() if limit is None else handle.read(limit + 1)
     if limit is not None and len(data) > limit:
         raise error(f"expected at most {limit} bytes ({what}), received more", source=str(path))
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,15 @@ class Curve:
     x: list[float]
     train: list[float | None]
     val: list[float | None]
+    diverged: bool = False
 
     @classmethod
-    def from_rows(cls, label: str, rows: list[dict], column: str) -> "Curve":
+    def from_rows(cls, label: str, rows: list[dict], column: str, diverged: bool = False) -> "Curve":
         """Train loss (the whole-set measurement when recorded) and validation loss against `column`."""
         train_col = "train_loss_full" if any(r.get("train_loss_full") is not None for r in rows) else "train_loss"
         rows = [r for r in rows if r.get(column) is not None]
-        return cls(label, [r[column] for r in rows], [r.get(train_col) for r in rows], [r.get("val_loss") for r in rows])
+        return cls(label, [r[column] for r in rows], [r.get(train_col) for r in rows], [r.get("val_loss") for r in rows],
+                   diverged)
 
 
 def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> bytes:
@@ -43,33 +46,49 @@ def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> byte
 
 
 def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
-    """One axes: each run one colour, training loss solid, validation loss dashed."""
+    """One axes: each run one colour, training loss solid, validation loss dashed.
+
+    The y range comes from the runs that did not diverge (all runs if every one did), so a run
+    whose loss blew up does not squash the others; it is drawn up to its last finite point and
+    marked there with an x ("diverged")."""
+    steady = [c for c in curves if not c.diverged] or curves
 
     def draw(axes: Any) -> None:
-        positive = True
+        ends = []  # (x, y, colour) of each diverged run's last finite point
         for index, curve in enumerate(curves):
             colour = f"C{index % 10}"
             for values, style, kind in ((curve.train, "-", "train"), (curve.val, "--", "val")):
-                points = [(x, y) for x, y in zip(curve.x, values) if y is not None]
+                points = [(x, y) for x, y in zip(curve.x, values) if y is not None and math.isfinite(y)]
                 if not points:
                     continue
                 xs, ys = zip(*points)
-                positive = positive and min(ys) > 0
                 axes.plot(xs, ys, style, color=colour, marker="o" if len(xs) < 3 else None, markersize=3,
-                          label=f"{curve.label} ({kind})")
-        if positive and _spread(curves) > 30:
+                          label=f"{curve.label} ({kind}{', diverged' if curve.diverged else ''})")
+                if curve.diverged:
+                    ends.append((xs[-1], ys[-1], colour))
+        low, high = _finite_range(steady)
+        log = low is not None and low > 0 and high / low > 30
+        if log:
             axes.set_yscale("log")
+        if low is not None and len(steady) < len(curves):
+            pad = (high / low) ** 0.05 if log else 0.05 * (high - low or abs(high) or 1.0)
+            axes.set_ylim(low / pad if log else low - pad, high * pad if log else high + pad)
+        bottom, top = axes.get_ylim()
+        for x, y, colour in ends:  # off the chart: marked at its edge, where the curve leaves it
+            axes.plot([x], [min(max(y, bottom), top)], "x", color=colour, markersize=10, markeredgewidth=2,
+                      clip_on=False)
         axes.set_xlabel(AXIS_LABELS.get(x_axis, x_axis))
         axes.set_ylabel("loss")
-        axes.set_title("training (solid) and validation (dashed) loss")
+        axes.set_title("training (solid) and validation (dashed) loss"
+                       + ("; x: where a diverged run stopped" if len(steady) < len(curves) else ""))
 
     atomic_write(path, png(draw))
     return path
 
 
-def _spread(curves: list[Curve]) -> float:
-    values = [v for c in curves for v in c.train + c.val if v is not None and v > 0]
-    return max(values) / min(values) if values else 1.0
+def _finite_range(curves: list[Curve]) -> tuple[float | None, float | None]:
+    values = [v for c in curves for v in c.train + c.val if v is not None and math.isfinite(v)]
+    return (min(values), max(values)) if values else (None, None)
 
 
 def objective_path(objective: Any, path: np.ndarray, losses: np.ndarray, title: str, out: Path) -> Path:

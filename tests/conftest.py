@@ -46,3 +46,29 @@ def write_config(tmp_path: Path):
 def private_cache(tmp_path_factory, monkeypatch):
     """Decoded-IDX caches go to a temporary folder, never the user's ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_run(tmp_path_factory):
+    """configs/fashion-mlp.yaml, 64 hidden units, trained for one epoch (a few seconds); skipped without Fashion-MNIST."""
+    if not FASHION.is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    from sgdcli import api
+
+    config = api.load_config(REPO / "configs" / "fashion-mlp.yaml", ["training.epochs=1", "training.eval_train=false",
+                                                                          "model.layers.0.units=64"])
+    with pytest.MonkeyPatch.context() as patch:  # the decode cache stays out of ~/.cache here too
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        return api.train(config, runs_dir=tmp_path_factory.mktemp("fashion")).run_dir
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """configs/digits-mlp.yaml trained for five epochs (under a second)."""
+    from sgdcli import api
+
+    config = api.load_config(REPO / "configs" / "digits-mlp.yaml", ["training.epochs=5"])
+    return api.train(config, runs_dir=tmp_path_factory.mktemp("digits")).run_dir

@@ -234,7 +234,7 @@ def test_eval_data_that_does_not_fit_the_model(tmp_path, run_copy):
 
 def test_not_a_run_directory(tmp_path):
     (tmp_path / "empty").mkdir()
-    check(tmp_path, ["eval", str(tmp_path / "empty")], 4, "no checkpoint in checkpoints/")
+    check(tmp_path, ["eval", str(tmp_path / "empty")], 4, "not a run directory (no config.yaml or checkpoints/ in it)")
     check(tmp_path, ["train", "--resume", str(tmp_path / "empty")], 4, "not a run directory")
     check(tmp_path, ["eval", str(tmp_path / "missing")], 4, "no such run directory")
 

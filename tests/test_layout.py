@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sgdcli.data",),
     ("sgdcli.runs",),
     ("sgdcli.training",),
+    ("sgdcli.export",),
     ("sgdcli.analysis",),
     ("sgdcli.api",),
     ("sgdcli.cli", "sgdcli.__main__"),

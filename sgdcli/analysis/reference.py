@@ -27,23 +27,26 @@ RULES = {
     ),
     cfg.AdagradConfig: (
         "G += g * g;  w -= lr * g / (sqrt(G) + epsilon)                 (G starts at initial_accumulator)",
-        "epsilon is outside the square root, as in PyTorch and Keras. Defaults follow PyTorch "
-        "(initial_accumulator 0, epsilon 1e-10); Keras starts the accumulator at 0.1 with epsilon 1e-7, "
-        "which makes its first steps smaller.",
+        "epsilon is outside the square root, as in PyTorch. Keras 3 puts it inside: "
+        "w -= lr * g / sqrt(G + epsilon). Defaults follow PyTorch (initial_accumulator 0, epsilon 1e-10); "
+        "Keras starts the accumulator at 0.1 with epsilon 1e-7, which makes its first steps smaller.",
     ),
     cfg.RmspropConfig: (
         "s = rho * s + (1 - rho) * g * g\n"
         "momentum 0:  w -= lr * g / (sqrt(s) + epsilon)\n"
         "momentum m:  b = m * b + g / (sqrt(s) + epsilon);  w -= lr * b  (s, b start at 0)",
         "rho 0.9 is Keras' and Hinton's default; PyTorch calls it alpha and defaults to 0.99. epsilon is "
-        "outside the square root as in PyTorch and Keras 2+ (TensorFlow 1 put it inside: sqrt(s + epsilon)). "
-        "The momentum form is PyTorch's.",
+        "outside the square root as in PyTorch; Keras 3 puts it inside: g / sqrt(s + epsilon). The momentum "
+        "form is PyTorch's; Keras keeps lr inside its buffer (b = m * b + lr * g / sqrt(s + epsilon); w -= b), "
+        "which differs only when a schedule changes lr.",
     ),
     cfg.AdamConfig: (
         "t += 1;  m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g\n"
         "w -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + epsilon)",
-        "As in PyTorch (epsilon 1e-8, outside the square root of the bias-corrected v). Keras defaults "
-        "epsilon to 1e-7. The first step moves every weight by about lr * sign(g).",
+        "As in PyTorch (epsilon 1e-8, added to the square root of the bias-corrected v). Keras adds "
+        "epsilon before the bias correction, w -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + "
+        "epsilon): the 'epsilon hat' of Kingma & Ba, section 2, equal to epsilon * sqrt(1 - beta2^t) here; "
+        "and defaults it to 1e-7. The first step moves every weight by about lr * sign(g).",
     ),
     cfg.AdamwConfig: (
         "w -= lr * weight_decay * w;  then the Adam update",
@@ -57,9 +60,10 @@ RULES = {
     ),
 }
 WEIGHT_DECAY = (
-    "weight_decay (all but adamw and perturb) adds weight_decay * w to the gradient, like PyTorch's "
-    "weight_decay. A Keras kernel_regularizer l2(c) adds c * sum(w^2) to the loss, i.e. 2c * w to the "
-    "gradient: weight_decay = 2c matches it."
+    "weight_decay (all but adamw and perturb) adds weight_decay * w to the gradient of every weight and "
+    "bias, like PyTorch's weight_decay over all parameters. A Keras kernel_regularizer l2(c) adds c * sum(w^2) "
+    "to the loss, i.e. 2c * w to the gradient of the kernel only: weight_decay = 2c matches it for the kernels, "
+    "and Keras needs bias_regularizer l2(c) as well to decay the biases as sgdcli does."
 )
 EFFECTIVE_STEP = (
     "Effective step of momentum: on a steady gradient g the velocity settles at -lr * g / (1 - momentum), "

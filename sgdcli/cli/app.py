@@ -16,6 +16,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would eat "[default: ...]" in help texts and label every flag <bool>.
+    rich_markup_mode=None,
     help="Train neural networks with gradient descent from YAML configs.\n\n"
     "Exit status: 0 success, 2 bad usage or config, 3 bad data, 4 bad checkpoint or run directory, "
     "5 training diverged, 6 disk full or file-size limit, 130 interrupted (143 on SIGTERM).",
@@ -62,6 +64,17 @@ class XAxis(str, Enum):
     seconds = "seconds"
 
 
+class PredictFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torch = "torch"
+    npz = "npz"
+
+
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
@@ -69,6 +82,8 @@ class Format(str, Enum):
     json = "json"
 
 
+TARGET_HELP = "A run directory (its best checkpoint, else last) or a checkpoint file."
+FORCE_HELP = "Replace FILE if it exists (otherwise an existing file is never overwritten)."
 SET_HELP = "Override a config value by dotted path, e.g. optimizer.momentum=0.9 or model.layers.0.units=128 (repeatable)."
 
 
@@ -138,10 +153,10 @@ def train(
 @app.command("eval")
 @_boundary
 def evaluate(
-    target: Path = typer.Argument(..., help="A run directory (its best checkpoint, else last) or a checkpoint file."),
+    target: Path = typer.Argument(..., help=TARGET_HELP),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this file (same format as the training data)."),
-    split: Optional[Split] = typer.Option(None, "--split", help="Which split of the run's own data [default: test if the config has data.test_file, else val]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    split: Optional[Split] = typer.Option(None, "--split", help="Which split of the run's own data (default: test when the config names test data, else val)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the report as one JSON object."),
 ) -> None:
     """Loss and metrics of a trained model on held-out data."""
     from sgdcli import api
@@ -149,6 +164,74 @@ def evaluate(
 
     report = api.evaluate(target, data=data, split=split.value if split else None)
     render.evaluation(report, as_json)
+
+
+@app.command()
+@_boundary
+def predict(
+    target: Path = typer.Argument(..., help=TARGET_HELP),
+    data: Path = typer.Option(..., "--data", help="Rows to predict, in the training data's format (CSV columns by "
+                                                  "name, the target column not needed; NPZ x; IDX images or folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
+    fmt: PredictFormat = typer.Option(PredictFormat.csv, "--format", help="csv (a header row) or json (an array of objects)."),
+    keep: List[str] = typer.Option([], "--keep", metavar="COL", help="Copy this input column through, e.g. an id (repeatable)."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """Predict every row of a file, in batches.
+
+    Writes the predicted class and one probability column per class (p_<class>), or the predicted
+    values, for each input row."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    count = api.predict(target, data, out=out, fmt=fmt.value, keep=keep, overwrite=force)
+    if out is not None:
+        render.wrote(out, f"{count} predictions")
+
+
+@app.command()
+@_boundary
+def export(
+    target: Path = typer.Argument(..., help=TARGET_HELP),
+    fmt: ExportFormat = typer.Option(..., "--format", help="onnx (needs pip install 'sgdcli[onnx]'), torch "
+                                                           "(safetensors in nn.Sequential layout) or npz."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The file to write."),
+    logits: bool = typer.Option(False, "--logits", metavar="", help="Classifiers: end with the logits, without the "
+                                                                    "softmax/sigmoid."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """Write a trained model as ONNX, PyTorch or npz.
+
+    The feature scaling, every layer (dropout removed) and a softmax/sigmoid output. For torch, prints
+    the nn.Sequential that loads it."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    note = api.export(target, fmt.value, out, probabilities=not logits, overwrite=force)
+    if fmt is ExportFormat.torch:
+        render.plain(note)
+        render.wrote(out, "state dict")
+    else:
+        render.wrote(out, note)
+
+
+@app.command()
+@_boundary
+def schema(
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
+    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+) -> None:
+    """Print the config's JSON Schema, for editors.
+
+    Editors that read it complete and check config keys as you type (README: Editor support)."""
+    from sgdcli import api
+    from sgdcli.cli import render
+
+    text = api.config_schema(out, overwrite=force)
+    if out is None:
+        render.plain(text)
+    else:
+        render.wrote(out, "the config's JSON Schema")
 
 
 @app.command()
@@ -161,7 +244,9 @@ def compare(
     band: bool = typer.Option(False, "--band", help="Runs that differ only in seed: one row (mean ± standard "
                                                     "deviation) and a mean curve with a min-max band."),
 ) -> None:
-    """Side-by-side table of runs (only the config keys that differ) and overlaid loss curves."""
+    """Side-by-side table of runs and overlaid loss curves.
+
+    Only the config keys that differ between the runs are shown."""
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -177,8 +262,9 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
-    """Check a config and its data as train does before its first update, without training; prints the
-    resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
+    """Check a config and its data as train does before its first update, without training.
+
+    Prints the resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
     from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.config.yamlio import dump_yaml
@@ -198,7 +284,9 @@ def gradcheck(
     max_entries: int = typer.Option(200, "--max-entries", min=1,
                                     help="Larger tensors: this many random entries plus a random direction."),
 ) -> None:
-    """Compare backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
+    """Check backprop against finite differences.
+
+    Compares backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
     for every parameter tensor of the config's model on a batch of its own data. Exit 1 on failure."""
     from sgdcli import api
     from sgdcli.cli import render
@@ -222,12 +310,14 @@ def landscape(
     split: Split = typer.Option(Split.train, "--split", help="Which data the loss is measured on."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Use a seeded subset of this many samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random direction and the subset."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG [default: ./landscape-RUN-DIRECTION]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the CSV and PNG (default: ./landscape-RUN-DIRECTION)."),
     plane: bool = typer.Option(False, "--plane",
                                help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
     directions: str = typer.Option("random", "--directions", help="With --plane: random (filter-normalised) or pca."),
 ) -> None:
-    """Loss along a line through weight space: initial to final weights, the negative gradient, a random
+    """Loss along a line through weight space, or over a plane.
+
+    From the initial to the final weights, along the negative gradient, a random
     direction, or one coefficient with the tangent at its value. Writes CSV + PNG. With --plane: the loss
     over a plane through the checkpoint (default last; 41 points a side on at most 2,000 samples)."""
     from sgdcli import api
@@ -282,7 +372,9 @@ def lr_find(
 @app.command()
 @_boundary
 def optimizers() -> None:
-    """Every optimizer: its exact update rule, defaults, and where other libraries' conventions differ."""
+    """Every optimizer's exact update rule.
+
+    With its defaults, and where other libraries' conventions differ."""
     from sgdcli.analysis import reference
     from sgdcli.cli import render
 

@@ -16,9 +16,11 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
+
+from sgdcli.analysis.run_labels import run_labels, short_keys
+from sgdcli.cli.progress import ProgressState
 
 # Off a terminal (logs, pipes, CI) rich would wrap at 80 columns; tables stay at their natural width.
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 240)
@@ -39,12 +41,17 @@ def plain(text: str) -> None:
     sys.stdout.flush()
 
 
+# Messages are never wrapped (soft_wrap): a path or a command in one pastes as one line.
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def wrote(path: Any, what: str) -> None:
+    err.print(f"wrote {escape(str(path))}: {escape(what)}", soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- training
@@ -58,6 +65,7 @@ class TrainingReporter:
         self.task = None
         self.info: dict[str, Any] = {}
         self._last_draw = 0.0
+        self.state: ProgressState | None = None
 
     def warn(self, message: str) -> None:
         warning(message)
@@ -75,21 +83,24 @@ class TrainingReporter:
             f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
             f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs")
         if self.live:
+            position = info["position"]
+            self.state = ProgressState(info["epochs"], info["updates_per_epoch"], position["updates"], time.monotonic(),
+                                       mean_loss=info["batch_size"] == 1, epoch=position["epoch"] + 1)
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                                     TextColumn("{task.fields[eta]}"),
+                                     TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[eta]}"),
                                      console=self.console, transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("", total=info["updates_per_epoch"], epoch=info["position"]["epoch"] + 1,
-                                               completed=info["position"]["batch"], loss="-", eta="")
+            self.task = self.progress.add_task("", total=info["updates_per_epoch"], completed=position["batch"],
+                                               epoch=f"{position['epoch'] + 1}/{info['epochs']}", loss="", eta="")
 
     def batch(self, done: int, total: int, loss: float) -> None:
-        if self.progress is None:
+        if self.progress is None or self.state is None:
             return
         now = time.monotonic()
+        fields = self.state.fields(done, loss, now)
         if now - self._last_draw > 0.1 or done == total:  # redraw at most 10 times a second
             self._last_draw = now
-            self.progress.update(self.task, completed=done, loss=f"{loss:.4f}")
+            self.progress.update(self.task, completed=done, **fields)
 
     def epoch(self, row: dict[str, Any]) -> None:
         parts = [f"epoch {row['epoch']}/{self.info.get('epochs', '?')}", f"batch loss {_num(row['train_loss'])}"]
@@ -102,10 +113,11 @@ class TrainingReporter:
         eta = self._eta(row["epoch"])
         parts += [eta] if eta else []
         line = " | ".join(parts)
-        if self.progress is not None:
+        if self.progress is not None and self.state is not None:
             self.progress.console.print(line)
-            self.progress.reset(self.task, total=self.info["updates_per_epoch"], epoch=row["epoch"] + 1, loss="-",
-                                eta=eta)
+            self.state.new_epoch(row["epoch"] + 1, time.monotonic())
+            self.progress.reset(self.task, total=self.info["updates_per_epoch"],
+                                epoch=f"{row['epoch'] + 1}/{self.info['epochs']}", loss="", eta="")
         else:
             self.console.print(line)
 
@@ -227,19 +239,41 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
         plain("\n".join(lines))
     else:
         # The terminal table keeps the columns a reader compares; problems go below it.
-        shown = [c for c in columns if c not in ("problems", "best_epoch_train_loss", "best_epoch_train_accuracy")]
-        table = Table(title="runs compared" + (f" (differing: {', '.join(differing)})" if differing else ""))
-        for column in shown:
-            table.add_column(column if column in differing else column.replace("_", " "),
-                             justify="left" if column in ("run", "status") or column in differing else "right")
-        for row in rows:
-            table.add_row(*(escape(_cell(row.get(c))) for c in shown))
-        out.print(table)
+        shown = [c for c in columns if c not in ("run", "problems", "best_epoch_train_loss", "best_epoch_train_accuracy")]
+        names = [str(row.get("run")) for row in rows]
+        labels = run_labels(names, rows, differing)
+        out.print(_runs_table(rows, labels, shown, differing))
+        if labels != names:
+            for label, name in zip(labels, names):
+                out.print(f"  {label}: {name}", markup=False, highlight=False, soft_wrap=True)
         for row in rows:
             if row.get("problems"):
-                err.print(f"[yellow]{escape(str(row['run']))}:[/] {escape(row['problems'])}")
+                err.print(f"[yellow]{escape(str(row['run']))}:[/] {escape(row['problems'])}", soft_wrap=True)
     if plot:
         err.print(f"plot: {plot}")
+
+
+def _runs_table(rows: list[dict[str, Any]], labels: list[str], shown: list[str], differing: list[str]) -> Table:
+    """One row per run when that fits the terminal, else one column per run. Cells fold, never cut."""
+    short = short_keys(differing)
+    headers = {c: short[c] if c in differing else c.replace("_", " ") for c in shown}
+    title = "runs compared" + (f" (differing: {', '.join(differing)})" if differing else "")
+    wide = Table(title=title)
+    wide.add_column("run", overflow="fold")
+    for column in shown:
+        wide.add_column(escape(headers[column]), overflow="fold",
+                        justify="left" if column == "status" or column in differing else "right")
+    for label, row in zip(labels, rows):
+        wide.add_row(escape(label), *(escape(_cell(row.get(c))) for c in shown))
+    if out.measure(wide, options=out.options.update_width(10**6)).maximum <= out.width:  # its natural width
+        return wide
+    tall = Table(title=title)
+    tall.add_column("", overflow="fold")
+    for label in labels:
+        tall.add_column(escape(label), justify="right", overflow="fold")
+    for column in shown:
+        tall.add_row(escape(headers[column]), *(escape(_cell(row.get(column))) for row in rows))
+    return tall
 
 
 def _cell(value: Any) -> str:

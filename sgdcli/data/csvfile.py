@@ -113,7 +113,7 @@ def _read(table: _Table, size: int, progress: Progress | None) -> tuple[np.ndarr
     options = {
         "read_options": pacsv.ReadOptions(column_names=table.header, skip_rows=table.header_lines,
                                           block_size=BLOCK_BYTES),
-        "parse_options": pacsv.ParseOptions(invalid_row_handler=_skip_blank),
+        "parse_options": pacsv.ParseOptions(invalid_row_handler=skip_blank),
         "convert_options": pacsv.ConvertOptions(include_columns=columns, column_types=types, null_values=[],
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
     }
@@ -140,7 +140,7 @@ def _read(table: _Table, size: int, progress: Progress | None) -> tuple[np.ndarr
     return x, y_column.to_numpy().reshape(-1, 1)
 
 
-def _skip_blank(row) -> str:
+def skip_blank(row) -> str:
     """Rows of only spaces are skipped like blank lines; any other row of the wrong width is an error."""
     return "skip" if not row.text.strip() else "error"
 

@@ -70,15 +70,15 @@ def row_of(path: str, index: int) -> str:
     return f"sample {index}"
 
 
-def first_problem(path: str, header: list[str], features: list[str], target: str,
+def first_problem(path: str, header: list[str], features: list[str], target: str | None,
                   numeric_target: bool) -> DataError | None:
     """The first bad row or cell in file order, as the DataError to raise; None if none is found.
-    A file without data rows is such a problem too."""
+    A file without data rows is such a problem too. `target` None: no target column is read (predict)."""
     position = {name: j for j, name in enumerate(header)}
     numeric = [(position[name], name) for name in features]
-    if numeric_target:
+    if numeric_target and target is not None:
         numeric.append((position[target], target))
-    target_at = position[target]
+    target_at = None if target is None else position[target]
     rows = 0
     with open(path, "rb") as handle:
         for line, row in records(handle, path):
@@ -90,7 +90,7 @@ def first_problem(path: str, header: list[str], features: list[str], target: str
                 problem = number_problem(row[j])
                 if problem:
                     return DataError(f"row {line}, column {name!r}: {problem}", source=path)
-            if not row[target_at].strip():
+            if target_at is not None and not row[target_at].strip():
                 return DataError(f"row {line}, column {target!r}: empty target cell", source=path)
     return None if rows else DataError("no data rows after the header", source=path)
 

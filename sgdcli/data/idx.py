@@ -69,6 +69,17 @@ def find_idx_files(folder: str | Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
+def find_images(folder: str | Path) -> Path:
+    """The images file to predict on in `folder`: the test images, else the training images (no labels needed)."""
+    folder = Path(folder)
+    for split in ("test", "train"):
+        found = _find_one(folder, STANDARD_NAMES[split][0])
+        if found is not None:
+            return found
+    names = " or ".join(f"{STANDARD_NAMES[split][0]}[.gz]" for split in ("test", "train"))
+    raise DataError(f"no IDX images file in the folder; expected {names}", source=str(folder))
+
+
 def load_idx_pair(
     images: str | Path, labels: str | Path, cache_dir: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -29,30 +29,8 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     are the classes "0".."C-1") or targets (N, K) float64. DataError naming the file otherwise.
     """
     source = str(path)
-    regular_file_size(path, DataError, "an .npz file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {info.filename: info for info in archive.infolist()}
-            keys = sorted(name[:-4] for name in members if name.endswith(".npy"))
-            if "x.npy" not in members or "y.npy" not in members:
-                raise DataError(f"expected arrays named 'x' and 'y', received {keys}", source=source)
-            x_info, y_info = members["x.npy"], members["y.npy"]
-            x_head, y_head = _header(archive, x_info, source, "x"), _header(archive, y_info, source, "y")
-            _check_shapes(x_head, y_head, classification, source)
-            needed = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, _, dtype in (x_head, y_head))
-            check_fits(needed, source, f"loading x {_shape(x_head[0])} and y {_shape(y_head[0])} as float64", DataError)
-            x = _inflate(archive, x_info, x_head)
-            y = _inflate(archive, y_info, y_head)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
-            NotImplementedError, RuntimeError) as exc:  # the last two: an unsupported method, encryption
-        raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
-    x = x.reshape(len(x), -1).astype(np.float64, copy=False)
-    bad = np.argwhere(~np.isfinite(x))
-    if len(bad):
-        raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
-                        source=source)
+    (x, y), sample_shape = _read(path, ("x", "y"), classification)
     names = tuple(f"x{i}" for i in range(x.shape[1]))
-    sample_shape = tuple(x_head[0][1:])  # (28, 28) for images stored as (N, 28, 28)
     if classification:
         labels, classes = _classes(y, source, class_names)
         return Dataset(x, labels, source, names, classes, sample_shape)
@@ -60,6 +38,41 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
     return Dataset(x, y, source, names, sample_shape=sample_shape)
+
+
+def load_npz_features(path: Path) -> np.ndarray:
+    """The archive's `x` as float64 (N, D), checked like training data; `y` is not needed (predict)."""
+    (x,), _ = _read(path, ("x",), False)
+    return x
+
+
+def _read(path: Path, keys: tuple[str, ...], classification: bool) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """The arrays named `keys` ("x" first), each header checked against its declared size and the
+    memory before it is inflated; x as finite float64 (N, D), and one sample's shape."""
+    source = str(path)
+    regular_file_size(path, DataError, "an .npz file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            if any(f"{key}.npy" not in members for key in keys):
+                found = sorted(name[:-4] for name in members if name.endswith(".npy"))
+                raise DataError(f"expected arrays named {' and '.join(map(repr, keys))}, received {found}",
+                                source=source)
+            heads = [_header(archive, members[f"{key}.npy"], source, key) for key in keys]
+            _check_shapes(heads[0], heads[1] if len(heads) > 1 else None, classification, source)
+            needed = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, _, dtype in heads)
+            shapes = " and ".join(f"{key} {_shape(head[0])}" for key, head in zip(keys, heads))
+            check_fits(needed, source, f"loading {shapes} as float64", DataError)
+            arrays = [_inflate(archive, members[f"{key}.npy"], head) for key, head in zip(keys, heads)]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+            NotImplementedError, RuntimeError) as exc:  # the last two: an unsupported method, encryption
+        raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
+    x = arrays[0].reshape(len(arrays[0]), -1).astype(np.float64, copy=False)
+    bad = np.argwhere(~np.isfinite(x))
+    if len(bad):
+        raise DataError(f"x[{bad[0][0]}, {bad[0][1]}]: expected a finite number, received {x[tuple(bad[0])]}",
+                        source=source)
+    return [x, *arrays[1:]], tuple(heads[0][0][1:])  # (28, 28) for images stored as (N, 28, 28)
 
 
 Header = tuple[tuple[int, ...], bool, np.dtype]  # shape, Fortran order, dtype
@@ -86,14 +99,17 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, key: s
     return shape, fortran, dtype
 
 
-def _check_shapes(x_head: Header, y_head: Header, classification: bool, source: str) -> None:
-    (x_shape, _, x_type), (y_shape, _, y_type) = x_head, y_head
+def _check_shapes(x_head: Header, y_head: Header | None, classification: bool, source: str) -> None:
+    x_shape, _, x_type = x_head
     if x_type.kind not in _NUMERIC or len(x_shape) < 2:
         raise DataError(f"x: expected a numeric array of shape (N, D), received {x_type} {_shape(x_shape)}",
                         source=source)
     if x_shape[0] == 0 or math.prod(x_shape[1:]) == 0:
         raise DataError(f"x: expected at least one sample and one feature, received shape {_shape(x_shape)}",
                         source=source)
+    if y_head is None:
+        return
+    y_shape, _, y_type = y_head
     if len(y_shape) == 0 or y_shape[0] != x_shape[0]:
         received = f"shape {_shape(y_shape)}" if len(y_shape) == 0 else str(y_shape[0])
         raise DataError(f"x has {x_shape[0]} samples but y has {received}", source=source)

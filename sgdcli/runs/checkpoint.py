@@ -109,6 +109,37 @@ def load(path: Path) -> Checkpoint:
         raise DamagedCheckpointError(f"damaged checkpoint: tensor {exc} is missing", source=source) from None
 
 
+def _foreign_kind(raw: bytes, source: str) -> str | None:
+    """What a file that is not a checkpoint looks like (ONNX, gzip, IDX, CSV, JSON, YAML, text), or None.
+
+    A safetensors file starts with its header length as 8 little-endian bytes, so it is never text."""
+    if source.endswith(".onnx"):
+        return "an ONNX model (sgdcli writes ONNX with sgdcli export but trains and reads its own checkpoints)"
+    if raw[:2] == b"\x1f\x8b":
+        return "a gzip-compressed file (IDX images or labels?)"
+    if raw[:2] == b"\x00\x00" and len(raw) > 3 and raw[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E) and 1 <= raw[3] <= 4:
+        return "an IDX data file (images or labels)"
+    head = raw[:65536]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # only a character cut at the end of the sample is still text
+            return None
+        text = head[: exc.start].decode("utf-8")
+    if "\x00" in text or not text.strip():
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0].lstrip("\ufeff")
+    if source.endswith((".csv", ".tsv")) or ("," in first and len(lines) > 1 and lines[1].count(",") == first.count(",")):
+        return f"a CSV file (header: {first[:60]}{'...' if len(first) > 60 else ''}), data for --data"
+    if first.lstrip().startswith(("{", "[")):
+        return "a JSON file"
+    if source.endswith((".yaml", ".yml")) or any(": " in line or line.rstrip().endswith(":")
+                                                  for line in lines[:5] if not line.startswith("#")):
+        return "a YAML file (a config? train it with sgdcli train)"
+    return "a text file"
+
+
 def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     """Parse the safetensors header ourselves first, so a hostile file is refused cheaply.
 
@@ -144,10 +175,16 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
 
 
 def _foreign(raw: bytes, source: str, received: str) -> NoReturn:
-    """The error for a file that did not parse as an sgdcli checkpoint; its first bytes choose the wording."""
+    """The error for a file that did not parse as an sgdcli checkpoint; its first bytes (and its name)
+    choose the wording, in people's words where the kind of file is recognisable."""
+    kind = _foreign_kind(raw, source)
+    if kind is not None:
+        raise CheckpointError(f"this is {kind}, not a checkpoint; expected a run directory or a {SUFFIX} "
+                              "checkpoint written by sgdcli train", source=source)
     if raw[:1] == b"\x80":
         received = "a pickle, which sgdcli never loads"
     elif raw[:2] == b"PK":
-        received = "a zip archive (PyTorch?)"
+        received = ("a NumPy .npz archive: data, not a model" if source.endswith(".npz")
+                    else "a zip archive (PyTorch?)")
     raise CheckpointError(f"not an sgdcli checkpoint (expected a safetensors file with sgdcli metadata; "
                           f"received {received})", source=source)

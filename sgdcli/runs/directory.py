@@ -278,6 +278,8 @@ def find_checkpoint(target: Path) -> Path:
     if _is_objective_run(target):
         raise CheckpointError("an objective run has no model to load: its path is in metrics.csv and path.png, "
                               "its end point in summary.json", source=str(target))
+    if not (target / CONFIG).exists() and not (target / CHECKPOINTS).exists():
+        raise CheckpointError(_not_a_run(target), source=str(target))
     raise CheckpointError(f"no checkpoint in {CHECKPOINTS}/ (expected {BEST} or {LAST}); "
                           "was the run stopped before its first epoch ended?", source=str(target))
 
@@ -338,6 +340,21 @@ def refuse_run_links(run_dir: Path) -> None:
     folder = run_dir / CHECKPOINTS
     refuse_links([run_dir / name for name in (CONFIG, METRICS, SUMMARY, LOCK, LOSS_PLOT, CHECKPOINTS)])
     refuse_links(sorted(folder.iterdir()) if folder.is_dir() else [])
+
+
+def _not_a_run(folder: Path) -> str:
+    """What to say about a folder that is not a run directory: often a folder of runs (`runs`)."""
+    try:
+        inside = [p for p in folder.iterdir() if p.is_dir() and ((p / CONFIG).exists() or (p / CHECKPOINTS).is_dir())]
+    except OSError:
+        inside = []
+    if not inside:
+        return (f"not a run directory (no {CONFIG} or {CHECKPOINTS}/ in it); expected a run directory written by "
+                "sgdcli train, or a checkpoint file")
+    newest = max(inside, key=lambda p: (p.stat().st_mtime, p.name))
+    runs = "1 run" if len(inside) == 1 else f"{len(inside)} runs"
+    return (f"a folder of {runs}, not a run directory; name one of them, e.g. {newest} (the newest), "
+            f"or compare them all with: sgdcli compare {folder}/*")
 
 
 def _is_objective_run(run_dir: Path) -> bool:

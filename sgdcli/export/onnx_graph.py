@@ -1,0 +1,96 @@
+"""ONNX: one graph from raw features to probabilities (or logits, or predicted values), built with the
+`onnx` package (`pip install 'sgdcli[onnx]'`). One emitter per step type in EMIT."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgdcli.errors import UsageError
+from sgdcli.export import steps as st
+
+OPSET = 17  # Softmax over one axis (opset 13+), Gemm, LeakyRelu: every runtime of the last years has it
+IR_VERSION = 8  # the IR of opset 17; newer IRs are refused by older runtimes
+
+
+class _Graph:
+    """Nodes and initializers collected while the steps are emitted in order."""
+
+    def __init__(self, helper: Any, numpy_helper: Any, dtype: np.dtype) -> None:
+        self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array, dtype=self.dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+
+def _scale(step: st.Scale, x: str, name: str, g: _Graph) -> str:
+    centred = g.node("Sub", [x, g.constant(f"{name}.shift", step.shift)], f"{name}.centred")
+    return g.node("Div", [centred, g.constant(f"{name}.scale", step.scale)], name)
+
+
+def _linear(step: st.Linear, x: str, name: str, g: _Graph) -> str:
+    # Gemm: Y = A @ B + C, with B = weight (D, M) as stored (no transpose).
+    return g.node("Gemm", [x, g.constant(f"{name}.weight", step.weight), g.constant(f"{name}.bias", step.bias)], name)
+
+
+# One entry per step type: (step, input name, output name, graph) -> output name.
+EMIT: dict[type, Callable[[Any, str, str, _Graph], str]] = {
+    st.Scale: _scale,
+    st.Linear: _linear,
+    st.Relu: lambda step, x, name, g: g.node("Relu", [x], name),
+    st.LeakyRelu: lambda step, x, name, g: g.node("LeakyRelu", [x], name, alpha=float(step.negative_slope)),
+    st.Sigmoid: lambda step, x, name, g: g.node("Sigmoid", [x], name),
+    st.Tanh: lambda step, x, name, g: g.node("Tanh", [x], name),
+    st.Softmax: lambda step, x, name, g: g.node("Softmax", [x], name, axis=1),
+}
+
+
+def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
+    """The serialised ONNX model (checked by onnx.checker) and a note on its input and output.
+
+    Input `features` (N, D) raw, unscaled, in the training columns' order; output `probabilities`,
+    `logits` or `predictions` (N, outputs). Metadata: feature_names, class_names (JSON)."""
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise UsageError("--format onnx needs the onnx package: pip install 'sgdcli[onnx]'") from None
+    g = _Graph(helper, numpy_helper, model.dtype)
+    current = "features"
+    for index, step in enumerate(model.steps):
+        current = EMIT[type(step)](step, current, f"{index}.{type(step).__name__.lower()}", g)
+    g.node("Identity", [current], model.output)
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
+    outputs = next(step.bias.shape[0] for step in reversed(model.steps) if isinstance(step, st.Linear))
+    graph = helper.make_graph(
+        g.nodes, "sgdcli", [helper.make_tensor_value_info("features", element, ["N", model.width])],
+        [helper.make_tensor_value_info(model.output, element, ["N", outputs])], g.initializers)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sgdcli",
+                                   ir_version=IR_VERSION)
+    metadata = {"feature_names": json.dumps(list(model.feature_names)), **{k: json.dumps(v) for k, v in model.info.items()}}
+    if model.class_names is not None:
+        metadata["class_names"] = json.dumps(list(model.class_names))
+    helper.set_model_props(onnx_model, metadata)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    classes = model.class_names or ()
+    meaning = (f" (N x 1: the probability of class {classes[1]!r})" if outputs == 1 and classes
+               else f" over the classes {', '.join(classes)}" if classes else "")
+    note = (f"input 'features' ({model.dtype}, N x {model.width}: raw values of {_columns(model)}); "
+            f"output '{model.output}'{meaning}")
+    return onnx_model.SerializeToString(), note
+
+
+def _columns(model: st.Exportable) -> str:
+    names = model.feature_names
+    return ", ".join(names) if len(names) <= 8 else f"{', '.join(names[:3])}, ..., {names[-1]}"
