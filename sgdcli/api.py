@@ -98,7 +98,7 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
                                                 eps=eps, rtol=rtol, rng=rng)
     rngs = build.Rngs.from_seed(config.seed)
     prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), prepared.x_train.shape[1],
+    model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), prepared.sample_shape,
                               build.output_width(config, prepared), rngs.init)
     pick = rng.choice(len(prepared.x_train), size=min(samples, len(prepared.x_train)), replace=False)
     x = prepared.x_train[pick].astype(np.float64)

@@ -6,22 +6,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-Probability = Annotated[float, Field(ge=0, lt=1)]
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys and non-finite numbers are errors."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+from sgdcli.config.base import Activation, Init, PositiveFloat, Probability, Section
+from sgdcli.config.image_layers import (
+    AvgPool2dConfig,
+    BatchNormConfig,
+    Conv2dConfig,
+    FlattenConfig,
+    GlobalAvgPool2dConfig,
+    MaxPool2dConfig,
+)
 
 
 def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -57,6 +56,9 @@ class CsvDataConfig(FileDataBase):
     source: Literal["csv"]
     target: str = Field(description="name of the target column")
     features: list[str] | None = Field(None, description="feature columns (default: every other column)")
+    sample_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, max_length=3,
+        description="shape of one sample, e.g. [1, 8, 8]: the feature columns in C order as images for conv layers")
 
 
 class NpzDataConfig(FileDataBase):
@@ -108,9 +110,6 @@ DataConfig = Annotated[
 
 
 # ---------------------------------------------------------------- model
-Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh", "identity"]
-Init = Literal["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "small_normal"]
-
 
 class DenseConfig(Section):
     """A fully connected layer y = activation(x @ weight + bias)."""
@@ -137,7 +136,11 @@ class DropoutConfig(Section):
     rate: Probability
 
 
-LayerConfig = Annotated[Union[DenseConfig, ActivationConfig, DropoutConfig], Field(discriminator="type")]
+LayerConfig = Annotated[
+    Union[DenseConfig, ActivationConfig, DropoutConfig, Conv2dConfig, MaxPool2dConfig, AvgPool2dConfig,
+          GlobalAvgPool2dConfig, FlattenConfig, BatchNormConfig],
+    Field(discriminator="type"),
+]
 
 
 class ModelConfig(Section):

@@ -35,6 +35,7 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
         raise DataError(f"cannot load the arrays without pickle ({exc}); expected numeric arrays", source=source) from None
     if x.dtype.kind not in "biuf" or x.ndim < 2:
         raise DataError(f"x: expected a numeric array of shape (N, D), received {x.dtype} {x.shape}", source=source)
+    sample_shape = tuple(x.shape[1:])  # images (H, W) or (C, H, W) keep their shape for conv layers
     x = x.reshape(len(x), -1).astype(np.float64)
     if len(y) != len(x):
         raise DataError(f"x has {len(x)} samples but y has {len(y)}", source=source)
@@ -50,13 +51,13 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
             raise DataError(f"y: expected class labels of shape (N,) or one-hot rows (N, C), received {y.dtype} "
                             f"{y.shape}", source=source)
         labels, class_names = encode_labels(y, source, class_names)
-        return Dataset(x, labels, source, names, class_names)
+        return Dataset(x, labels, source, names, class_names, sample_shape)
     if y.dtype.kind not in "biuf":
         raise DataError(f"y: expected numeric targets, received {y.dtype}", source=source)
     y = y.reshape(len(y), -1).astype(np.float64)
     if not np.isfinite(y).all():
         raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
-    return Dataset(x, y, source, names)
+    return Dataset(x, y, source, names, sample_shape=sample_shape)
 
 
 def _is_one_hot(y: np.ndarray) -> bool:

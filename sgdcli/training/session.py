@@ -56,7 +56,7 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
     """Data, model, loss, optimizer and schedule: everything before the run directory exists."""
     rngs = build.Rngs.from_seed(config.seed)
     prepared = build.prepare_data(config, rngs)
-    model = build.build_model(config.model, prepared.x_train.shape[1], build.output_width(config, prepared), rngs.init)
+    model = build.build_model(config.model, prepared.sample_shape, build.output_width(config, prepared), rngs.init)
     batch_size = build.batch_size(config.training, len(prepared.x_train))
     updates_per_epoch = math.ceil(len(prepared.x_train) / batch_size)
     problem = Problem(
@@ -282,7 +282,7 @@ class Session:
             "versions": runs.versions(),
         }
         return checkpoint.Checkpoint(
-            params={k: v.copy() for k, v in self.problem.model.parameters().items()},
+            params={k: v.copy() for k, v in self.problem.model.state_dict().items()},
             optimizer=self.problem.optimizer.state_dict(),
             shift=self.prepared.scaler.shift, scale=self.prepared.scaler.scale, meta=meta,
         )
