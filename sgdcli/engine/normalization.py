@@ -28,7 +28,7 @@ class BatchNorm(Layer):
     are over N (and H, W). In training, mean and var are the batch's (biased var); in evaluation
     the running estimates. Backward (training), with xhat = (x - mean) / sqrt(var + epsilon) and
     M values per channel: dx = weight / sqrt(var + epsilon) / M * (M*dy - sum dy - xhat * sum(dy*xhat)),
-    dweight = sum(dy*xhat), dbias = sum dy. Conventions of PyTorch's BatchNorm: the running
+    dweight = sum(dy*xhat), dbias = sum dy; in evaluation dx = dy * weight / sqrt(running_var + epsilon). Conventions of PyTorch's BatchNorm: the running
     statistics move by running = (1 - momentum) * running + momentum * batch, and use the
     unbiased batch variance var * M / (M - 1).
 
@@ -83,23 +83,21 @@ class BatchNorm(Layer):
             raise ValueError(f"BatchNorm expects inputs of shape (N, {self.features}) or (N, {self.features}, H, W), "
                              f"got shape {x.shape}")
         rows = _rows(x)
-        if not training:
-            scale = self.weight / np.sqrt(self.running_var + self.epsilon)
-            out = rows * scale
-            out += self.bias - self.running_mean * scale
-            return _like(out, x.shape), None
-        count = len(rows)
-        if count < 2:
-            raise ValueError(f"BatchNorm needs more than one value per channel in training, got inputs of shape {x.shape}")
-        mean = rows.mean(axis=0)
-        xhat = rows - mean
-        var = np.einsum("mc,mc->c", xhat, xhat) / count
+        if training:
+            count = len(rows)
+            if count < 2:
+                raise ValueError(f"BatchNorm needs more than one value per channel in training, got inputs of shape {x.shape}")
+            mean = rows.mean(axis=0)
+            xhat = rows - mean
+            var = np.einsum("mc,mc->c", xhat, xhat) / count
+            self._update_running_statistics(mean, var * (count / (count - 1)))
+        else:
+            xhat, var = rows - self.running_mean, self.running_var
         inv_std = 1.0 / np.sqrt(var + self.epsilon)
         xhat *= inv_std
         out = xhat * self.weight
         out += self.bias
-        self._update_running_statistics(mean, var * (count / (count - 1)))
-        return _like(out, x.shape), (x.shape, xhat, inv_std)
+        return _like(out, x.shape), (x.shape, xhat, inv_std, training)
 
     def _update_running_statistics(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
         """running = (1 - momentum) * running + momentum * batch, in place (the documented exception)."""
@@ -108,15 +106,15 @@ class BatchNorm(Layer):
             running += self.momentum * batch
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
-        if cache is None:
-            raise ValueError("BatchNorm backward needs the cache of a training-mode forward")
-        x_shape, xhat, inv_std = cache
+        x_shape, xhat, inv_std, training = cache
         dy = _rows(dout)
         dbias = dy.sum(axis=0)
         dweight = np.einsum("mc,mc->c", dy, xhat)
         grads = {"weight": dweight, "bias": dbias}
         if not need_dx:
             return None, grads
+        if not training:  # fixed statistics: an affine map, dx = dy * weight / sqrt(running_var + epsilon)
+            return _like(dy * (self.weight * inv_std), x_shape), grads
         count = len(dy)
         dx = xhat * dweight
         np.subtract(dy * count, dx, out=dx)
