@@ -274,7 +274,8 @@ def _float64_model(trained: TrainedModel) -> Sequential:
 
 def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
     expected = {key: array.shape for key, array in model.parameters().items()}
-    received = {key: np.shape(array) for key, array in params.items()}
+    buffers = model.buffers()  # batch norm's running statistics stay those of the checkpoint looked at
+    received = {key: np.shape(array) for key, array in params.items() if key not in buffers}
     if expected != received:
         raise CheckpointError(f"these weights do not fit the checkpoint's model: expected {expected}, "
                               f"received {received}", source=str(source))

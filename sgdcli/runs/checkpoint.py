@@ -105,9 +105,11 @@ def _read_metadata(raw: bytes, source: str) -> dict[str, str]:
     if len(raw) < 8:
         raise CheckpointError(f"{what}; received {len(raw)} bytes)", source=source)
     (size,) = struct.unpack("<Q", raw[:8])
-    if raw[:1] == b"\x80":
+    # A safetensors header is JSON right after its 8-byte length, whose bytes may be anything
+    # (a length of 0x1580 starts with 0x80 like a pickle): sniff other formats only without it.
+    if raw[8:9] != b"{" and raw[:1] == b"\x80":
         raise CheckpointError(f"{what}; received a pickle, which sgdcli never loads)", source=source)
-    if raw[:2] == b"PK":
+    if raw[8:9] != b"{" and raw[:2] == b"PK":
         raise CheckpointError(f"{what}; received a zip archive (PyTorch?))", source=source)
     if size > MAX_HEADER_BYTES:
         raise CheckpointError(f"{what}; received unknown bytes claiming a {size}-byte header)", source=source)

@@ -58,6 +58,7 @@ def _build(config: ExperimentConfig) -> tuple[build.PreparedData, Problem, build
     prepared = build.prepare_data(config, rngs)
     model = build.build_model(config.model, prepared.sample_shape, build.output_width(config, prepared), rngs.init)
     batch_size = build.batch_size(config.training, len(prepared.x_train))
+    build.check_batch_norm_batches(config.model, prepared.sample_shape, batch_size, len(prepared.x_train))
     updates_per_epoch = math.ceil(len(prepared.x_train) / batch_size)
     problem = Problem(
         model=model,
