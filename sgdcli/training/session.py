@@ -26,6 +26,7 @@ from sgdcli.errors import (
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import build
+from sgdcli.training.filters import write_filters_plot
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -214,6 +215,7 @@ class Session:
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
+            write_filters_plot(self.run_dir, self.problem.model)
         except SgdcliError:
             if status != "failed":
                 raise
