@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_common import busy_cpu_seconds, numpy_blas_threads, own_cpu_seconds  # noqa: E402
+from bench_common import TorchRun, numpy_blas_threads  # noqa: E402
 
 from sgdcli.config.loading import load_config  # noqa: E402
 from sgdcli.engine.conv import Conv2d  # noqa: E402
@@ -83,8 +83,8 @@ class Ours:
         return time.perf_counter() - start
 
 
-class Theirs:
-    """The same network in PyTorch, with sgdcli's initial weights (dense weight transposed)."""
+class Theirs(TorchRun):
+    """The same network in PyTorch, with sgdcli's initial weights (dense weight transposed); TorchRun's epoch."""
 
     def __init__(self, torch, ours: Ours, x: np.ndarray, y: np.ndarray) -> None:
         nn, self.torch = torch.nn, torch
@@ -112,22 +112,6 @@ class Theirs:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8)
         self.x, self.y = torch.from_numpy(x).reshape(-1, 1, 28, 28), torch.from_numpy(y)
 
-    def epoch(self, order: np.ndarray | None, stop_after: int | None = None, losses: list | None = None) -> float:
-        torch, n = self.torch, len(self.x)
-        index = None if order is None else torch.from_numpy(order)
-        start = time.perf_counter()
-        for count, first in enumerate(range(0, n, BATCH), 1):
-            rows = slice(first, first + BATCH) if index is None else index[first:first + BATCH]
-            self.optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.net(self.x[rows]), self.y[rows])
-            loss.backward()
-            self.optimizer.step()
-            if losses is not None:
-                losses.append(loss.item())
-            if stop_after is not None and count >= stop_after:
-                break
-        return time.perf_counter() - start
-
     def weights(self) -> list[np.ndarray]:
         return [p.detach().numpy() for p in self.net.parameters()]
 
@@ -140,7 +124,7 @@ def same_computation(torch, x, y, batch_norm: bool, updates: int = 5) -> dict:
     theirs = Theirs(torch, ours, x, y)
     our_losses, their_losses = [], []
     ours.epoch(our_losses)
-    theirs.epoch(None, losses=their_losses)
+    theirs.epoch(None, BATCH, losses=their_losses)
     errors = [float(np.linalg.norm(a - b) / np.linalg.norm(b - s))
               for a, b, s in zip(_ours_in_torch_order(ours), theirs.weights(), start)]
     loss_error = max(abs(a - b) / abs(b) for a, b in zip(our_losses, their_losses))
@@ -169,7 +153,7 @@ def child(which: str, batch_norm: bool, threads: int) -> None:
     if which == "torch":
         import torch
         torch.set_num_threads(threads)
-        Theirs(torch, ours, x, y).epoch(ours.next_order())
+        Theirs(torch, ours, x, y).epoch(ours.next_order(), BATCH)
     else:
         ours.epoch()
 
@@ -225,7 +209,7 @@ def race(torch, x, y, batch_norm: bool, rounds: int) -> dict:
     times = defaultdict(list)
     for r in range(rounds):  # alternate who goes first, so drift hits both
         order = ours.next_order()
-        runs = [("sgdcli", ours.epoch), ("torch", lambda: theirs.epoch(order))]
+        runs = [("sgdcli", ours.epoch), ("torch", lambda: theirs.epoch(order, BATCH))]
         for who, run in (runs if r % 2 == 0 else runs[::-1]):
             times[who].append(run())
             print(f"  round {r + 1}: {who} {times[who][-1]:.2f} s", flush=True)

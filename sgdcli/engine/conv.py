@@ -107,14 +107,6 @@ class Conv2d(Layer):
         return cls(weight, np.zeros(filters, dtype=weight.dtype) if bias else None, activation, stride, padding)
 
     @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self.params.get("bias")
-
-    @property
     def in_channels(self) -> int:
         return self.weight.shape[1]
 

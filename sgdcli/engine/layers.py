@@ -29,6 +29,16 @@ class Layer:
         self.params = {}
         self.buffers = {}
 
+    @property
+    def weight(self) -> np.ndarray:
+        """``params["weight"]`` of a layer that has one (Dense (D, M), Conv2d (F, C, kh, kw), BatchNorm (C,))."""
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """``params["bias"]``, or None for a layer built without one."""
+        return self.params.get("bias")
+
     def forward(
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, object]:
@@ -77,14 +87,6 @@ class Dense(Layer):
         """A new layer with ``weight = init(rng, in_features, units, dtype)`` and zero bias."""
         weight = np.ascontiguousarray(init(rng, in_features, units, dtype))
         return cls(weight, np.zeros(units, dtype=weight.dtype), activation)
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray:
-        return self.params["bias"]
 
     @property
     def in_features(self) -> int:

@@ -21,6 +21,20 @@ def _like(rows: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
     return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
+def _channel_sum(rows: np.ndarray, x_shape: tuple[int, ...], other: np.ndarray | None = None) -> np.ndarray:
+    """sum over rows of `rows` (or of rows * other) per channel, (M, C) -> (C,), summed per sample first.
+
+    Two levels (H*W values, then N partial sums) keep float32 rounding near (H*W + N) ulps instead of
+    the M = N*H*W of one running sum down the rows, so statistics agree with PyTorch's to ~1e-6.
+    """
+    if len(x_shape) == 4:
+        shape = (x_shape[0], -1, x_shape[1])
+        rows, other = rows.reshape(shape), None if other is None else other.reshape(shape)
+        partial = rows.sum(axis=1) if other is None else np.einsum("nmc,nmc->nc", rows, other)
+        return partial.sum(axis=0)
+    return rows.sum(axis=0) if other is None else np.einsum("mc,mc->c", rows, other)
+
+
 class BatchNorm(Layer):
     """y = weight * (x - mean) / sqrt(var + epsilon) + bias, per feature (dense) or channel (conv).
 
@@ -59,14 +73,6 @@ class BatchNorm(Layer):
         return cls(ones, zeros, zeros.copy(), ones.copy(), momentum, epsilon)
 
     @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray:
-        return self.params["bias"]
-
-    @property
     def running_mean(self) -> np.ndarray:
         return self.buffers["running_mean"]
 
@@ -87,9 +93,9 @@ class BatchNorm(Layer):
             count = len(rows)
             if count < 2:
                 raise ValueError(f"BatchNorm needs more than one value per channel in training, got inputs of shape {x.shape}")
-            mean = rows.mean(axis=0)
+            mean = _channel_sum(rows, x.shape) / count
             xhat = rows - mean
-            var = np.einsum("mc,mc->c", xhat, xhat) / count
+            var = _channel_sum(xhat, x.shape, xhat) / count
             self._update_running_statistics(mean, var * (count / (count - 1)))
         else:
             xhat, var = rows - self.running_mean, self.running_var
@@ -108,8 +114,8 @@ class BatchNorm(Layer):
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
         x_shape, xhat, inv_std, training = cache
         dy = _rows(dout)
-        dbias = dy.sum(axis=0)
-        dweight = np.einsum("mc,mc->c", dy, xhat)
+        dbias = _channel_sum(dy, x_shape)
+        dweight = _channel_sum(dy, x_shape, xhat)
         grads = {"weight": dweight, "bias": dbias}
         if not need_dx:
             return None, grads
