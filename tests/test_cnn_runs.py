@@ -177,3 +177,27 @@ def test_gradcheck_and_landscape_work_for_a_conv_model(tmp_path: Path, write_con
     landscape, csv_path, _ = api.landscape(run_dir, points=5, out=tmp_path / "scape")
     assert csv_path.is_file() and np.all(np.isfinite(landscape.losses))
     shutil.rmtree(run_dir)
+
+
+def test_idx_images_become_one_channel_images_for_a_conv_model(tmp_path: Path) -> None:
+    from test_idx_source import NAMES, idx_config, make_images
+    from test_idx import write
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for split, n, seed in (("train", 120, 0), ("t10k", 30, 1)):
+        x, y = make_images(n, seed)
+        write(folder / f"{split}-images-idx3-ubyte.gz", x, gz=True)
+        write(folder / f"{split}-labels-idx1-ubyte.gz", y, gz=True)
+    layers = [{"type": "conv2d", "filters": 3, "kernel_size": 2, "activation": "relu"}, {"type": "flatten"},
+              {"type": "dense", "units": len(NAMES)}]
+    config = load_config(idx_config(folder, model__layers=layers))
+    run_dir = api.train(config, runs_dir=tmp_path / "runs").run_dir
+    trained = api.load_trained(run_dir)
+    assert trained.model.input_shape == (1, 4, 4)  # (28, 28) -> (1, 28, 28) likewise
+    assert trained.model.layers[0].weight.shape == (3, 1, 2, 2)
+    assert api.evaluate(run_dir, split="test")["samples"] == 30
+    too_big = [{"type": "conv2d", "filters": 3, "kernel_size": 5}, *layers[1:]]
+    with pytest.raises(ConfigError, match=r"model.layers.0.kernel_size: the window \[5, 5\] is bigger than the "
+                                          r"layer's input, images \(C, H, W\) = \(1, 4, 4\)"):
+        api.train(load_config(idx_config(folder, model__layers=too_big)), runs_dir=tmp_path / "runs2")
+    assert not (tmp_path / "runs2").exists()

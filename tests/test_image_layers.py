@@ -199,3 +199,17 @@ def test_conv_init_uses_the_conv_fans() -> None:
     assert layer.weight.shape == (64, 8, 3, 3)
     assert np.abs(layer.weight).max() <= np.sqrt(6 / 72)
     assert layer.weight.std() == pytest.approx(np.sqrt(6 / 72) / np.sqrt(3), rel=0.05)
+
+
+def test_max_pool_backward_zeroes_what_no_window_covers() -> None:
+    # 5x7 in 2x2 windows: the last row and column are in none. Freed NaN memory of the same size
+    # is what an uninitialised allocation is likely to get back.
+    x = np.random.default_rng(12).normal(size=(2, 3, 5, 7))
+    pool = MaxPool2d((2, 2))
+    out, cache = pool.forward(x)
+    for _ in range(5):
+        garbage = np.full((2, 5, 7, 3), np.nan)
+        del garbage
+        dx, _grads = pool.backward(np.ones_like(out), cache)
+        assert np.isfinite(dx).all() and dx[:, :, 4, :].sum() == 0 and dx[:, :, :, 6].sum() == 0
+        assert dx.sum() == out.size  # each window routes its one gradient

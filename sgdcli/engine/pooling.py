@@ -68,7 +68,11 @@ class MaxPool2d(_Pool2d):
         if not need_dx:
             return None, {}
         x_shape, argmax = cache
-        dx = _zeros_like_layout(x_shape, argmax, dout.dtype)
+        tiled = self.stride == self.pool_size  # every input row/column in exactly one window, or past the last
+        dx = _zeros_like_layout(x_shape, argmax, dout.dtype, empty=tiled)
+        if tiled:  # only what the windows leave out still needs its zeros
+            dx[:, :, argmax.shape[2] * self.pool_size[0] :, :] = 0
+            dx[:, :, :, argmax.shape[3] * self.pool_size[1] :] = 0
         overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
         for k, window in enumerate(self._offsets(x_shape)):
             if overlapping:
@@ -119,9 +123,11 @@ class GlobalAvgPool2d(Layer):
         return "GlobalAvgPool2d()"
 
 
-def _zeros_like_layout(shape: tuple[int, ...], like: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Zeros of logical shape (N, C, H, W), channels-last in memory when ``like`` is (as conv outputs are)."""
+def _zeros_like_layout(shape: tuple[int, ...], like: np.ndarray, dtype: np.dtype, empty: bool = False) -> np.ndarray:
+    """Zeros (or, with `empty`, uninitialised memory) of logical shape (N, C, H, W), channels-last in
+    memory when ``like`` is (as conv outputs are)."""
     n, c, h, w = shape
+    allocate = np.empty if empty else np.zeros
     if like.ndim == 4 and like.strides[1] < like.strides[3]:
-        return np.zeros((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
-    return np.zeros(shape, dtype=dtype)
+        return allocate((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return allocate(shape, dtype=dtype)
