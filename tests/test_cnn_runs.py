@@ -143,12 +143,17 @@ def test_resume_of_a_batch_norm_cnn_is_bit_identical(tmp_path: Path, mode: str, 
     assert_identical(whole.run_dir, parted.run_dir)
 
 
-@pytest.mark.parametrize(("mode", "size", "expected"), [
-    ("sgd", 1, "every batch holds 1 sample"),
-    ("minibatch", 47, r"the last batch of each epoch \(48 samples, batches of 47\) holds 1 sample"),
-])
-def test_batch_norm_on_features_refuses_single_sample_batches(tmp_path, write_config, mode, size, expected) -> None:
-    layers = [CNN[4], {"type": "dense", "units": 5}, {"type": "batch_norm"}, {"type": "dense", "units": 3}]
+FEATURES_NORMED = [CNN[4], {"type": "dense", "units": 5}, {"type": "batch_norm"}, {"type": "dense", "units": 3}]
+ONE_PIXEL_NORMED = [{"type": "conv2d", "filters": 2, "kernel_size": 6}, {"type": "max_pool2d", "pool_size": 1},
+                    {"type": "batch_norm"}, CNN[4], CNN[6]]  # (2, 1, 1) images: one value per channel
+
+
+@pytest.mark.parametrize(("layers", "mode", "size", "expected"), [
+    (FEATURES_NORMED, "sgd", 1, "every batch holds 1 sample"),
+    (FEATURES_NORMED, "minibatch", 47, r"the last batch of each epoch \(48 samples, batches of 47\) holds 1 sample"),
+    (ONE_PIXEL_NORMED, "sgd", 1, "every batch holds 1 sample"),
+], ids=["features sgd", "features last batch", "1x1 images sgd"])
+def test_batch_norm_refuses_single_value_batches(tmp_path, write_config, layers, mode, size, expected) -> None:
     config = write_config(cnn_config(image_npz(tmp_path / "images.npz", n=60), model__layers=layers,
                                      training__batch={"mode": mode, "size": size}))
     result = run("train", config, "--runs-dir", tmp_path / "runs")

@@ -303,13 +303,13 @@ def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:
 
 
 def check_batch_norm_batches(model: cfg.ModelConfig, sample_shape: tuple[int, ...], size: int, n_train: int) -> None:
-    """A batch_norm layer on flat features needs batches of 2 or more in training (a variance of one value
-    is meaningless; PyTorch refuses it too): neither `size` nor the epoch's last, partial batch may be 1."""
+    """A batch_norm layer on flat features (or 1x1 images) needs batches of 2 or more in training (a variance
+    of one value is meaningless; PyTorch refuses it too): neither `size` nor the epoch's last batch may be 1."""
     if size > 1 and n_train % size != 1:
         return
     shape_list = shapes.infer_shapes(model.layers, sample_shape)
     for index, spec in enumerate(model.layers):
-        if isinstance(spec, image.BatchNormConfig) and len(shape_list[index]) == 1:
+        if isinstance(spec, image.BatchNormConfig) and math.prod(shape_list[index][1:]) == 1:  # (D,) or (C, 1, 1)
             which = "every batch" if size == 1 else f"the last batch of each epoch ({n_train} samples, batches of {size})"
             raise ConfigError(f"model.layers.{index} (batch_norm): normalizes each feature over the batch, but "
                               f"{which} holds 1 sample; expected training.batch.size of at least 2 that leaves "
