@@ -213,3 +213,21 @@ def test_max_pool_backward_zeroes_what_no_window_covers() -> None:
         dx, _grads = pool.backward(np.ones_like(out), cache)
         assert np.isfinite(dx).all() and dx[:, :, 4, :].sum() == 0 and dx[:, :, :, 6].sum() == 0
         assert dx.sum() == out.size  # each window routes its one gradient
+
+
+def test_predict_of_an_image_model_is_bounded_by_memory(monkeypatch) -> None:
+    from sgdcli.engine import model as model_module
+    net = small_cnn(np.random.default_rng(13), np.float64)
+    x = np.random.default_rng(14).normal(size=(7, 36))
+    whole = net.predict(x)
+    # widest per sample: conv columns, 6*6 pixels x 3*3 kernel x 1 channel = 324 > outputs 4*6*6 = 144
+    assert net._values_per_sample(x[:1].reshape(1, 1, 6, 6)) == 324
+    monkeypatch.setattr(model_module, "PREDICT_VALUES", 700)  # two samples' worth per pass
+    passes = []
+    infer = net._infer
+    monkeypatch.setattr(net, "_infer", lambda rows: passes.append(len(rows)) or infer(rows))
+    np.testing.assert_allclose(net.predict(x), whole, rtol=1e-12)
+    assert passes == [2, 2, 2, 1]
+    passes.clear()
+    net.predict(x, batch_size=1)
+    assert passes == [1] * 7

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conv import Conv2d
 from .layers import Layer
+
+PREDICT_VALUES = 2**24  # values per pass of an image model's predict (64 MiB in float32)
 
 
 class ParameterMismatch(ValueError):
@@ -122,13 +125,29 @@ class Sequential:
         }
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Outputs in evaluation mode, keeping no caches; ``batch_size`` bounds the rows per pass."""
+        """Outputs in evaluation mode, keeping no caches; ``batch_size`` bounds the rows per pass.
+
+        Image models also bound them by memory: at most PREDICT_VALUES activation values (and conv
+        im2col columns) per pass, so a 4,096-image evaluation of a CNN does not take gigabytes.
+        """
         x = self._input(x)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if self.input_shape is not None and len(x) > 1:
+            rows = max(1, PREDICT_VALUES // self._values_per_sample(x[:1]))
+            batch_size = rows if batch_size is None else min(batch_size, rows)
         if batch_size is None or len(x) <= batch_size:
             return self._infer(x)
         return np.concatenate([self._infer(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+    def _values_per_sample(self, sample: np.ndarray) -> int:
+        """The most values one sample holds at once in a pass: the widest layer output or conv columns."""
+        widest = sample.size
+        for layer in self.layers:
+            out, _ = layer.forward(sample, training=False)
+            columns = out.size // layer.weight.shape[0] * layer.weight[0].size if isinstance(layer, Conv2d) else 0
+            widest, sample = max(widest, out.size, columns), out
+        return widest
 
     def _input(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
