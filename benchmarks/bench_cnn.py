@@ -7,14 +7,13 @@ process, from the same weights on the same batches, after a check that both comp
     flock /tmp/sgdcli-heavy.lock python benchmarks/bench_cnn.py [--rounds 3] [--markdown]
 
 Prints: the same-computation check, epoch times per round and their ratio, peak resident memory of
-each framework training alone in a child process (ru_maxrss), and where sgdcli's time goes by op.
+each framework training alone in a child process (its VmHWM), and where sgdcli's time goes by op.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -140,10 +139,13 @@ def _ours_in_torch_order(ours: Ours) -> list[np.ndarray]:
 
 
 def peak_memory(which: str, batch_norm: bool, threads: int) -> float:
-    """MiB of ru_maxrss of a child process that loads the data and trains 100 updates, alone."""
+    """MiB of the peak resident memory of a child process that loads the data and trains 100 updates,
+    alone. The child reports its own VmHWM: ru_maxrss would also count the parent's pages it was
+    forked with (the high-water mark survives exec), and RUSAGE_CHILDREN is the maximum over every
+    child so far."""
     command = [sys.executable, __file__, "--child", which, "--threads", str(threads)] + (["--batch-norm"] * batch_norm)
-    subprocess.run(command, check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
 def child(which: str, batch_norm: bool, threads: int) -> None:
@@ -156,6 +158,8 @@ def child(which: str, batch_norm: bool, threads: int) -> None:
         Theirs(torch, ours, x, y).epoch(ours.next_order(), BATCH)
     else:
         ours.epoch()
+    status = Path("/proc/self/status").read_text()
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
 
 
 def profile(x, y, batch_norm: bool, updates: int = 60) -> list[tuple[str, float]]:
@@ -225,6 +229,7 @@ def main() -> None:
     parser.add_argument("--batch-norm", action="store_true", help="only the race with batch norm")
     parser.add_argument("--no-batch-norm", action="store_true", help="only the race without batch norm")
     parser.add_argument("--profile-only", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--child", choices=["sgdcli", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,6 +247,10 @@ def main() -> None:
     rows, profiles = [], {}
     for batch_norm in variants:
         name = "with batch norm" if batch_norm else "plain"
+        if args.memory_only:
+            mem = {who: peak_memory(who, batch_norm, threads) for who in ("sgdcli", "torch")}
+            print(f"{name}: peak RSS sgdcli {mem['sgdcli']:.0f} MiB, PyTorch {mem['torch']:.0f} MiB")
+            continue
         profiles[name] = profile(x, y, batch_norm)
         if args.profile_only:
             continue
