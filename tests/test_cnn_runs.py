@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from test_cli import run, train
+from test_idx_source import NAMES, idx_config, idx_folder  # noqa: F401 (idx_folder is a fixture)
 from test_resume import assert_identical, interrupt, resume
 
 from sgdcli import api
@@ -184,15 +185,8 @@ def test_gradcheck_and_landscape_work_for_a_conv_model(tmp_path: Path, write_con
     shutil.rmtree(run_dir)
 
 
-def test_idx_images_become_one_channel_images_for_a_conv_model(tmp_path: Path) -> None:
-    from test_idx_source import NAMES, idx_config, make_images
-    from test_idx import write
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for split, n, seed in (("train", 120, 0), ("t10k", 30, 1)):
-        x, y = make_images(n, seed)
-        write(folder / f"{split}-images-idx3-ubyte.gz", x, gz=True)
-        write(folder / f"{split}-labels-idx1-ubyte.gz", y, gz=True)
+def test_idx_images_become_one_channel_images_for_a_conv_model(tmp_path: Path, idx_folder: Path) -> None:
+    folder = idx_folder  # 4x4 images: 300 to train on, 90 to test
     layers = [{"type": "conv2d", "filters": 3, "kernel_size": 2, "activation": "relu"}, {"type": "flatten"},
               {"type": "dense", "units": len(NAMES)}]
     config = load_config(idx_config(folder, model__layers=layers))
@@ -200,7 +194,7 @@ def test_idx_images_become_one_channel_images_for_a_conv_model(tmp_path: Path) -
     trained = api.load_trained(run_dir)
     assert trained.model.input_shape == (1, 4, 4)  # (28, 28) -> (1, 28, 28) likewise
     assert trained.model.layers[0].weight.shape == (3, 1, 2, 2)
-    assert api.evaluate(run_dir, split="test")["samples"] == 30
+    assert api.evaluate(run_dir, split="test")["samples"] == 90
     too_big = [{"type": "conv2d", "filters": 3, "kernel_size": 5}, *layers[1:]]
     with pytest.raises(ConfigError, match=r"model.layers.0.kernel_size: the window \[5, 5\] is bigger than the "
                                           r"layer's input, images \(C, H, W\) = \(1, 4, 4\)"):
