@@ -68,6 +68,10 @@ class MaxPool2d(_Pool2d):
         if not need_dx:
             return None, {}
         x_shape, argmax = cache
+        if _channels_last(dout) != _channels_last(argmax):  # one copy, not a strided sweep per window offset
+            converted = np.empty_like(argmax, dtype=dout.dtype)  # argmax's memory layout
+            converted[...] = dout
+            dout = converted
         tiled = self.stride == self.pool_size  # every input row/column in exactly one window, or past the last
         dx = _zeros_like_layout(x_shape, argmax, dout.dtype, empty=tiled)
         if tiled:  # only what the windows leave out still needs its zeros
@@ -123,11 +127,16 @@ class GlobalAvgPool2d(Layer):
         return "GlobalAvgPool2d()"
 
 
+def _channels_last(array: np.ndarray) -> bool:
+    """True for an (N, C, H, W) array whose memory is (N, H, W, C), as conv outputs are."""
+    return array.ndim == 4 and array.strides[1] < array.strides[3]
+
+
 def _zeros_like_layout(shape: tuple[int, ...], like: np.ndarray, dtype: np.dtype, empty: bool = False) -> np.ndarray:
     """Zeros (or, with `empty`, uninitialised memory) of logical shape (N, C, H, W), channels-last in
     memory when ``like`` is (as conv outputs are)."""
     n, c, h, w = shape
     allocate = np.empty if empty else np.zeros
-    if like.ndim == 4 and like.strides[1] < like.strides[3]:
+    if _channels_last(like):
         return allocate((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
     return allocate(shape, dtype=dtype)
