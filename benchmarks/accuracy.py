@@ -1,7 +1,8 @@
 """Accuracy targets of the shipped configs, measured the way a user gets them: train, then eval.
 
-    python benchmarks/accuracy.py            # digits, iris, diabetes, quickstart, fashion-mlp (~1 minute)
+    python benchmarks/accuracy.py            # digits, iris, diabetes, quickstart, fashion-mlp, the two CNNs (~25 minutes)
     python benchmarks/accuracy.py --all      # also the digits batch modes and the Fashion-MNIST batch-mode configs
+    python benchmarks/accuracy.py --only digits-cnn.yaml --only fashion-cnn.yaml    # just these configs
 
 Prints a markdown table (config, split, metric, value, target, met?, training seconds per epoch)
 and exits 1 if a target is missed. Fashion-MNIST rows are skipped when the dataset is absent
@@ -27,6 +28,8 @@ CASES = [
     ("iris.yaml", [], "val", "accuracy", 0.93, False, False),
     ("diabetes.yaml", [], "val", "r2", 0.40, False, False),
     ("fashion-mlp.yaml", [], "test", "accuracy", 0.89, True, False),
+    ("digits-cnn.yaml", [], "val", "accuracy", 0.98, False, False),
+    ("fashion-cnn.yaml", [], "test", "accuracy", 0.92, True, False),
     ("digits-mlp.yaml", ["training.batch.mode=sgd"], "val", "accuracy", None, False, True),
     ("digits-mlp.yaml", ["training.batch.mode=full"], "val", "accuracy", None, False, True),
     ("fashion-batch-modes/sgd.yaml", [], "test", "accuracy", None, True, True),
@@ -38,11 +41,13 @@ CASES = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="also the batch-mode runs (several minutes more)")
+    parser.add_argument("--only", action="append", default=[], metavar="CONFIG",
+                        help="run only this config (a name in configs/, repeatable)")
     args = parser.parse_args()
     rows, missed = [], 0
     with tempfile.TemporaryDirectory() as runs:
         for name, overrides, split, metric, target, fashion, extra in CASES:
-            if extra and not args.all:
+            if (extra and not args.all and not args.only) or (args.only and name not in args.only):
                 continue
             label = " ".join([name, *(f"--set {o}" for o in overrides)])
             if fashion and not FASHION.is_dir():

@@ -196,3 +196,36 @@ def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, widt
 
     atomic_write(out, figure_png(draw_all, panels, 1, (width, 0.6 + panel_height * panels), sharex=True))
     return out
+
+
+def conv_filters(initial: np.ndarray, final: np.ndarray, title: str, path: Path) -> Path:
+    """A conv layer's kernels (F, C, kh, kw) as small images, initial (left) next to final (right).
+
+    One tile per filter; C = 3 is drawn as RGB, any other C as the mean over channels. Each side is
+    scaled symmetrically to its own largest |weight| (grey = 0, light = positive, dark = negative).
+    """
+
+    def draw(figure: Any, axes: Any) -> None:
+        for side, weights, label in ((axes[0, 0], initial, "initial"), (axes[0, 1], final, "final")):
+            side.imshow(_mosaic(weights), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            side.set_title(f"{label} (|w| ≤ {np.abs(weights).max():.3g})", fontsize=9)
+            side.set_axis_off()
+        figure.suptitle(title, fontsize=10)
+
+    atomic_write(path, figure_png(draw, 1, 2, (9, 4.8)))
+    return path
+
+
+def _mosaic(weights: np.ndarray) -> np.ndarray:
+    """Tiles of (F, C, kh, kw) kernels in a near-square grid, values mapped to [0, 1] (0.5 = zero), gaps white."""
+    weights = np.asarray(weights, dtype=np.float64)
+    tiles = weights.transpose(0, 2, 3, 1) if weights.shape[1] == 3 else weights.mean(axis=1)[..., None]
+    tiles = 0.5 + 0.5 * tiles / max(float(np.abs(tiles).max()), 1e-12)
+    count, kh, kw, channels = tiles.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    mosaic = np.ones((rows * (kh + 1) - 1, columns * (kw + 1) - 1, channels))
+    for index in range(count):
+        r, c = divmod(index, columns)
+        mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = tiles[index]
+    return mosaic[..., 0] if channels == 1 else mosaic

@@ -85,3 +85,20 @@ def test_foreign_files_are_refused(tmp_path, payload, expected):
     path.write_bytes(payload)
     with pytest.raises(CheckpointError, match=expected):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"], ids=["like a pickle", "like a zip"])
+def test_a_header_length_that_starts_like_another_format_still_loads(tmp_path, first_bytes):
+    # The 8-byte header length is little-endian: a 0x1580-byte header starts with 0x80 (a pickle's
+    # first byte), a 0x4B50-byte one with "PK" (a zip's). Found with a batch-norm CNN's checkpoint.
+    path = tmp_path / "c.safetensors"
+    wanted = int.from_bytes(first_bytes, "little")
+    modulus = 256 ** len(first_bytes)
+    state = sample()
+    state.meta["padding"] = ""
+    size = int.from_bytes(checkpoint.encode(state)[:8], "little")
+    state.meta["padding"] = "x" * ((wanted - size) % modulus)  # each x adds one byte to the header
+    raw = checkpoint.encode(state)
+    assert raw[: len(first_bytes)] == first_bytes
+    path.write_bytes(raw)
+    assert checkpoint.load(path).meta["padding"] == state.meta["padding"]

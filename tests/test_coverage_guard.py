@@ -7,6 +7,7 @@ import typing
 from conftest import REPO
 from test_gradients import ACTIVATION_CASES, LAYER_CASES, LOSS_CASES
 
+from sgdcli.config import base
 from sgdcli.config import schema as config
 from sgdcli.training import build
 
@@ -24,8 +25,12 @@ def test_every_layer_type_in_the_schema_has_a_gradient_check():
     assert union_tags(config.LayerConfig) == set(LAYER_CASES)
 
 
+def test_every_layer_type_in_the_schema_has_a_builder():
+    assert set(typing.get_args(typing.get_args(config.LayerConfig)[0])) == set(build.LAYERS)
+
+
 def test_every_activation_in_the_schema_has_a_gradient_check_and_a_builder():
-    assert literal_values(config.Activation) == set(ACTIVATION_CASES) == set(build.ACTIVATIONS)
+    assert literal_values(base.Activation) == set(ACTIVATION_CASES) == set(build.ACTIVATIONS)
 
 
 def test_every_loss_in_the_schema_has_a_gradient_check_and_a_builder():
@@ -47,7 +52,7 @@ def sections_in(annotation) -> list[type]:
     found, stack = [], [annotation]
     while stack:
         current = stack.pop()
-        if isinstance(current, type) and issubclass(current, config.Section):
+        if isinstance(current, type) and issubclass(current, base.Section):
             found.append(current)
         else:
             stack.extend(typing.get_args(current))

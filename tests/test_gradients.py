@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from image_cases import IMAGE_LAYER_CASES
 
 from sgdcli.analysis.gradcheck import (
     TensorCheck,
@@ -70,6 +71,7 @@ LAYER_CASES = {
     "dense": _dense_case,
     "dropout": _dropout_case,
     "activation": _activation_case,
+    **IMAGE_LAYER_CASES,
 }
 
 

@@ -23,7 +23,7 @@ from sgdcli.errors import CheckpointError, UsageError
 from sgdcli.runs import checkpoint as checkpoints
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, provenance
-from sgdcli.training.trained import TrainedModel, load_trained
+from sgdcli.training.trained import TrainedModel, load_trained, sample_shape_of
 
 Weights = dict[str, np.ndarray]
 
@@ -280,15 +280,16 @@ def _find_checkpoint(run: Path, checkpoint: str | Path | None) -> Path:
 def _float64_model(trained: TrainedModel) -> Sequential:
     """A float64 copy of the trained model, so central differences and slopes are meaningful."""
     spec = trained.config.model.model_copy(update={"dtype": "float64"})
-    model = build.build_model(spec, len(trained.feature_names), int(trained.meta["outputs"]),
+    model = build.build_model(spec, sample_shape_of(trained.meta), int(trained.meta["outputs"]),
                               np.random.default_rng(0))  # the weights are overwritten
-    model.load_parameters(trained.model.parameters())
+    model.load_parameters(trained.model.state_dict())
     return model
 
 
 def _matching(model: Sequential, params: Weights, source: Path) -> Weights:
     expected = {key: array.shape for key, array in model.parameters().items()}
-    received = {key: np.shape(array) for key, array in params.items()}
+    buffers = model.buffers()  # batch norm's running statistics stay those of the checkpoint looked at
+    received = {key: np.shape(array) for key, array in params.items() if key not in buffers}
     if expected != received:
         raise CheckpointError(f"these weights do not fit the checkpoint's model: expected {expected}, "
                               f"received {received}", source=str(source))

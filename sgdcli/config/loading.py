@@ -17,6 +17,7 @@ from sgdcli.config.schema import (
     ExperimentConfig,
     ObjectiveConfig,
 )
+from sgdcli.config import shapes
 from sgdcli.config.yamlio import parse_scalar, read_yaml
 from sgdcli.errors import ConfigError
 
@@ -52,7 +53,20 @@ def load_config(
         config = schema.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as exc:
         raise ConfigError(format_validation_error(exc, schema), source=where) from None
+    if isinstance(config, ExperimentConfig):
+        _check_shapes(config, where)
     return config.read_from(where)
+
+
+def _check_shapes(config: ExperimentConfig, where: str) -> None:
+    """Layer order always; every layer's shape too when the config alone gives the sample shape."""
+    try:
+        shapes.check_order(config.model.layers)
+        sample_shape = getattr(config.data, "sample_shape", None)
+        if sample_shape is not None:
+            shapes.infer_shapes(config.model.layers, tuple(sample_shape))
+    except shapes.ShapeError as exc:
+        raise ConfigError(str(exc), source=where) from None
 
 
 def _deep_copy(value: Any) -> Any:

@@ -7,30 +7,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    Strict,
     PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-# Strict types, field by field (pydantic's strict mode): a boolean only where a boolean is meant
-# (`epochs: true` is not 1), an integer only as an integer (`epochs: 3.0` and `"3"` are refused),
-# a number never from a quoted string (`learning_rate: "0.1"`); an integer is a valid number.
-Integer = Annotated[int, Strict()]
-Number = Annotated[float, Strict()]
-Flag = Annotated[bool, Strict()]
-PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
-Probability = Annotated[float, Strict(), Field(ge=0, lt=1)]
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys and non-finite numbers are errors."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+from sgdcli.config.base import Activation, Flag, Init, Integer, Number, PositiveFloat, Probability, Section
+from sgdcli.config.image_layers import (
+    AvgPool2dConfig,
+    BatchNormConfig,
+    Conv2dConfig,
+    FlattenConfig,
+    GlobalAvgPool2dConfig,
+    MaxPool2dConfig,
+)
 
 
 def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -66,6 +58,9 @@ class CsvDataConfig(FileDataBase):
     source: Literal["csv"]
     target: str = Field(description="name of the target column")
     features: list[str] | None = Field(None, min_length=1, description="feature columns (default: every other column)")
+    sample_shape: list[Annotated[Integer, Field(ge=1)]] | None = Field(
+        None, min_length=1, max_length=3,
+        description="shape of one sample, e.g. [1, 8, 8]: the feature columns in C order as images for conv layers")
 
     @field_validator("features")
     @classmethod
@@ -130,9 +125,6 @@ DataConfig = Annotated[
 
 
 # ---------------------------------------------------------------- model
-Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh", "identity"]
-Init = Literal["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "small_normal"]
-
 
 class DenseConfig(Section):
     """A fully connected layer y = activation(x @ weight + bias)."""
@@ -167,7 +159,11 @@ class DropoutConfig(Section):
     rate: Probability
 
 
-LayerConfig = Annotated[Union[DenseConfig, ActivationConfig, DropoutConfig], Field(discriminator="type")]
+LayerConfig = Annotated[
+    Union[DenseConfig, ActivationConfig, DropoutConfig, Conv2dConfig, MaxPool2dConfig, AvgPool2dConfig,
+          GlobalAvgPool2dConfig, FlattenConfig, BatchNormConfig],
+    Field(discriminator="type"),
+]
 
 
 class ModelConfig(Section):

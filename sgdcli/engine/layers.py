@@ -1,7 +1,8 @@
 """Layers in the cs231n pattern: ``forward -> (out, cache)``, ``backward(dout, cache) -> (dx, grads)``.
 
-Parameters live in ``layer.params`` (local names such as "weight", "bias"); nothing else is
-stored on a layer between calls, so forward is re-entrant and ``backward`` depends only on
+Parameters live in ``layer.params`` (local names such as "weight", "bias"), non-trainable
+state in ``layer.buffers`` (batch norm's running statistics); nothing else is stored on a
+layer between calls, so forward is re-entrant and ``backward`` depends only on
 the cache it is handed. ``backward`` never writes into ``dout``.
 """
 
@@ -14,16 +15,29 @@ from numpy.typing import DTypeLike
 
 from .activations import Activation
 
-Initializer = Callable[[np.random.Generator, int, int, DTypeLike], np.ndarray]
+Initializer = Callable[..., np.ndarray]  # (rng, fan_in, fan_out, dtype[, shape]), see init.py
 
 
 class Layer:
-    """Base class. ``params`` maps local names to the layer's arrays ({} for parameter-free layers)."""
+    """Base class. ``params`` maps local names to the layer's trainable arrays ({} for parameter-free
+    layers); ``buffers`` to its non-trainable state (updated by the layer itself, never by an optimizer)."""
 
     params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
 
     def __init__(self) -> None:
         self.params = {}
+        self.buffers = {}
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``params["weight"]`` of a layer that has one (Dense (D, M), Conv2d (F, C, kh, kw), BatchNorm (C,))."""
+        return self.params["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """``params["bias"]``, or None for a layer built without one."""
+        return self.params.get("bias")
 
     def forward(
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
@@ -73,14 +87,6 @@ class Dense(Layer):
         """A new layer with ``weight = init(rng, in_features, units, dtype)`` and zero bias."""
         weight = np.ascontiguousarray(init(rng, in_features, units, dtype))
         return cls(weight, np.zeros(units, dtype=weight.dtype), activation)
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self.params["weight"]
-
-    @property
-    def bias(self) -> np.ndarray:
-        return self.params["bias"]
 
     @property
     def in_features(self) -> int:
@@ -181,3 +187,20 @@ class Dropout(Layer):
 
     def __repr__(self) -> str:
         return f"Dropout(rate={self.rate})"
+
+
+class Flatten(Layer):
+    """y = x.reshape(N, -1) in C order (PyTorch's ``flatten(1)``): (N, C, H, W) -> (N, C*H*W); dx = dout reshaped back."""
+
+    def forward(
+        self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, tuple[int, ...]]:
+        return x.reshape(len(x), -1), x.shape
+
+    def backward(
+        self, dout: np.ndarray, cache: tuple[int, ...], *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        return (dout.reshape(cache) if need_dx else None), {}
+
+    def __repr__(self) -> str:
+        return "Flatten()"

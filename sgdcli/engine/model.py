@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conv import Conv2d
 from .layers import Layer
+
+PREDICT_VALUES = 2**24  # values per pass of an image model's predict (64 MiB in float32)
 
 
 class ParameterMismatch(ValueError):
@@ -48,14 +51,19 @@ class Sequential:
 
     Inputs are converted to the model dtype on entry (a no-op when they already have it), so
     integer or float64 data never silently turns a float32 model's activations into float64.
+    With ``input_shape`` (e.g. (1, 28, 28) for a conv model), flat rows (N, prod(input_shape))
+    are viewed as (N, *input_shape) on entry; inputs already of that shape pass unchanged.
+    ``buffers()`` is the layers' non-trainable state (batch norm's running statistics), keyed
+    like the parameters; ``state_dict()`` is both, what a checkpoint stores.
     """
 
-    def __init__(self, layers: list[Layer]) -> None:
+    def __init__(self, layers: list[Layer], input_shape: tuple[int, ...] | None = None) -> None:
         self.layers = list(layers)
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {index} is not a Layer: {layer!r}")
-        dtypes = {array.dtype for array in self.parameters().values()}
+        dtypes = {array.dtype for array in self.state_dict().values()}
         if len(dtypes) > 1:
             raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
 
@@ -74,6 +82,22 @@ class Sequential:
             for name, array in layer.params.items()
         }
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The layers' non-trainable state arrays (not copies), keyed like ``parameters()``."""
+        return {
+            f"{index}.{name}": array
+            for index, layer in enumerate(self.layers)
+            for name, array in layer.buffers.items()
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers (not copies), in layer order: everything a checkpoint must hold."""
+        return {
+            f"{index}.{name}": array
+            for index, layer in enumerate(self.layers)
+            for name, array in (*layer.params.items(), *layer.buffers.items())
+        }
+
     def num_parameters(self) -> int:
         return sum(array.size for array in self.parameters().values())
 
@@ -81,7 +105,7 @@ class Sequential:
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, list]:
         """Return ``(out, caches)`` with one cache per layer, for ``backward``."""
-        out = np.asarray(x, dtype=self.dtype)
+        out = self._input(x)
         caches = []
         for layer in self.layers:
             out, cache = layer.forward(out, training=training, rng=rng)
@@ -106,13 +130,39 @@ class Sequential:
         }
 
     def predict(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Outputs in evaluation mode, keeping no caches; ``batch_size`` bounds the rows per pass."""
-        x = np.asarray(x, dtype=self.dtype)
+        """Outputs in evaluation mode, keeping no caches; ``batch_size`` bounds the rows per pass.
+
+        Image models also bound them by memory: at most PREDICT_VALUES activation values (and conv
+        im2col columns) per pass, so a 4,096-image evaluation of a CNN does not take gigabytes.
+        """
+        x = self._input(x)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if self.input_shape is not None and len(x) > 1:
+            rows = max(1, PREDICT_VALUES // self._values_per_sample(x[:1]))
+            batch_size = rows if batch_size is None else min(batch_size, rows)
         if batch_size is None or len(x) <= batch_size:
             return self._infer(x)
         return np.concatenate([self._infer(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
+    def _values_per_sample(self, sample: np.ndarray) -> int:
+        """The most values one sample holds at once in a pass: the widest layer output or conv columns."""
+        widest = sample.size
+        for layer in self.layers:
+            out, _ = layer.forward(sample, training=False)
+            columns = out.size // layer.weight.shape[0] * layer.weight[0].size if isinstance(layer, Conv2d) else 0
+            widest, sample = max(widest, out.size, columns), out
+        return widest
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=self.dtype)
+        shape = self.input_shape
+        if shape is None or x.shape[1:] == shape:
+            return x
+        if x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
+            return x.reshape(len(x), *shape)
+        raise ValueError(f"expected inputs of shape (N, {', '.join(map(str, shape))}) or flat rows "
+                         f"(N, {int(np.prod(shape))}), got shape {x.shape}")
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:
@@ -120,12 +170,13 @@ class Sequential:
         return x
 
     def load_parameters(self, values: dict[str, np.ndarray]) -> None:
-        """Copy ``values`` into the existing arrays, cast to the model dtype.
+        """Copy ``values`` (keyed like ``state_dict()``: parameters and buffers) into the existing arrays,
+        cast to the model dtype.
 
         Raises ParameterMismatch (changing nothing) unless the keys and shapes match exactly and
         every value is floating point (integer or boolean weights are no trained model's).
         """
-        params = self.parameters()
+        params = self.state_dict()
         missing = [key for key in params if key not in values]
         unexpected = [key for key in values if key not in params]
         wrong_shape = [

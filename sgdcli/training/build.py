@@ -9,18 +9,23 @@ from pathlib import Path
 
 import numpy as np
 
+from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
+from sgdcli.config import shapes
 from sgdcli.data import csvfile, idx, npzfile, splits
 from sgdcli.data.dataset import Dataset
 from sgdcli.data.scaling import Scaler
 from sgdcli.data.synthetic import synthetic
 from sgdcli.engine import (
     activations,
+    conv,
     init,
     layers,
     losses,
+    normalization,
     objectives,
     optimizers,
+    pooling,
     schedules,
 )
 from sgdcli.engine.model import Sequential
@@ -205,9 +210,20 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
         feature_names=train.feature_names,
         class_names=train.class_names,
         source=train.source,
-        sample_shape=train.sample_shape or (train.x.shape[1],),
+        sample_shape=_sample_shape(config.data, train),
         validation_mask=mask,
     )
+
+
+def _sample_shape(data: cfg.DataConfig, train: Dataset) -> tuple[int, ...]:
+    """The data's own sample shape (images keep theirs), or CSV's data.sample_shape over its columns."""
+    width, given = train.x.shape[1], getattr(data, "sample_shape", None)
+    if given is None:
+        return train.sample_shape or (width,)
+    if math.prod(given) != width:
+        raise ConfigError(f"data.sample_shape: expected a shape of {width} values (the data's feature columns), "
+                          f"received {list(given)} ({math.prod(given)} values)")
+    return tuple(given)
 
 
 def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -> np.ndarray:
@@ -251,27 +267,59 @@ def outputs_for(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | Non
 
 
 # ---------------------------------------------------------------- model
-def build_model(model: cfg.ModelConfig, in_features: int, out_features: int, rng: np.random.Generator) -> Sequential:
-    """Layers in config order; the last dense layer's units must match the targets."""
+def build_model(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], out_features: int,
+                rng: np.random.Generator) -> Sequential:
+    """Layers in config order for samples of `sample_shape` (an int: flat features); the last dense
+    layer's units must match the targets. A layer that does not fit its input is a ConfigError."""
     last_dense = max(i for i, layer in enumerate(model.layers) if isinstance(layer, cfg.DenseConfig))
     if model.layers[last_dense].units != out_features:
         raise ConfigError(f"model.layers.{last_dense}.units: expected {out_features} (the number of "
                           f"{'classes' if out_features > 1 else 'outputs'} the data and loss need), "
                           f"received {model.layers[last_dense].units}")
+    try:
+        shape_list = shapes.infer_shapes(model.layers, (sample_shape,) if isinstance(sample_shape, int) else sample_shape)
+    except shapes.ShapeError as exc:
+        raise ConfigError(str(exc)) from None
     dtype = np.dtype(model.dtype)
-    width, built = in_features, []
-    for spec in model.layers:
-        if isinstance(spec, cfg.DenseConfig):
-            activation = ACTIVATIONS[spec.activation](spec.negative_slope)
-            relu_like = spec.activation in ("relu", "leaky_relu")
-            initializer = INITS[spec.init or ("he_uniform" if relu_like else "glorot_uniform")]
-            built.append(layers.Dense.create(width, spec.units, activation, initializer, rng, dtype))
-            width = spec.units
-        elif isinstance(spec, cfg.ActivationConfig):
-            built.append(layers.ActivationLayer(ACTIVATIONS[spec.function](spec.negative_slope)))
-        else:
-            built.append(layers.Dropout(spec.rate))
-    return Sequential(built)
+    built = [LAYERS[type(spec)](spec, shape_list[i], dtype, rng) for i, spec in enumerate(model.layers)]
+    input_shape = shape_list[0]
+    return Sequential(built, input_shape=input_shape if len(input_shape) > 1 else None)
+
+
+def _initializer(spec: cfg.DenseConfig | image.Conv2dConfig):
+    return INITS[spec.init or ("he_uniform" if spec.activation in ("relu", "leaky_relu") else "glorot_uniform")]
+
+
+def _dense(spec: cfg.DenseConfig, in_shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator) -> layers.Layer:
+    activation = ACTIVATIONS[spec.activation](spec.negative_slope)
+    return layers.Dense.create(in_shape[0], spec.units, activation, _initializer(spec), rng, dtype)
+
+
+def _conv2d(spec: image.Conv2dConfig, in_shape: tuple[int, ...], dtype: np.dtype, rng: np.random.Generator) -> layers.Layer:
+    activation = ACTIVATIONS[spec.activation](spec.negative_slope)
+    return conv.Conv2d.create(in_shape[0], spec.filters, shapes.pair(spec.kernel_size), activation,
+                              _initializer(spec), rng, dtype, stride=shapes.pair(spec.stride),
+                              padding=shapes.conv_padding(spec, in_shape), bias=spec.bias)
+
+
+def _pool(pool: type[pooling.MaxPool2d] | type[pooling.AvgPool2d]):
+    return lambda spec, in_shape, dtype, rng: pool(
+        shapes.pair(spec.pool_size), shapes.pair(spec.stride if spec.stride is not None else spec.pool_size))
+
+
+LAYERS = {
+    cfg.DenseConfig: _dense,
+    cfg.ActivationConfig: lambda spec, in_shape, dtype, rng: layers.ActivationLayer(
+        ACTIVATIONS[spec.function](spec.negative_slope)),
+    cfg.DropoutConfig: lambda spec, in_shape, dtype, rng: layers.Dropout(spec.rate),
+    image.Conv2dConfig: _conv2d,
+    image.MaxPool2dConfig: _pool(pooling.MaxPool2d),
+    image.AvgPool2dConfig: _pool(pooling.AvgPool2d),
+    image.GlobalAvgPool2dConfig: lambda spec, in_shape, dtype, rng: pooling.GlobalAvgPool2d(),
+    image.FlattenConfig: lambda spec, in_shape, dtype, rng: layers.Flatten(),
+    image.BatchNormConfig: lambda spec, in_shape, dtype, rng: normalization.BatchNorm.create(
+        in_shape[0], dtype, spec.momentum, spec.epsilon),
+}
 
 
 def build_loss(loss: cfg.LossConfig) -> losses.Loss:
@@ -307,6 +355,20 @@ def batch_size(training: cfg.TrainingConfig, n_train: int) -> int:
         raise ConfigError(f"training.batch.size: expected at most the {n_train} training samples, "
                           f"received {training.batch.size}")
     return training.batch.size
+
+
+def check_batch_norm_batches(model: cfg.ModelConfig, sample_shape: tuple[int, ...], size: int, n_train: int) -> None:
+    """A batch_norm layer on flat features (or 1x1 images) needs batches of 2 or more in training (a variance
+    of one value is meaningless; PyTorch refuses it too): neither `size` nor the epoch's last batch may be 1."""
+    if size > 1 and n_train % size != 1:
+        return
+    shape_list = shapes.infer_shapes(model.layers, sample_shape)
+    for index, spec in enumerate(model.layers):
+        if isinstance(spec, image.BatchNormConfig) and math.prod(shape_list[index][1:]) == 1:  # (D,) or (C, 1, 1)
+            which = "every batch" if size == 1 else f"the last batch of each epoch ({n_train} samples, batches of {size})"
+            raise ConfigError(f"model.layers.{index} (batch_norm): normalizes each feature over the batch, but "
+                              f"{which} holds 1 sample; expected training.batch.size of at least 2 that leaves "
+                              "no single-sample batch")
 
 
 def build_schedule(optimizer: cfg.OptimizerConfig, updates_per_epoch: int, epochs: int) -> schedules.Schedule:

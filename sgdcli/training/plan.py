@@ -55,7 +55,7 @@ def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[bui
     with naming(config):
         prepared = build.prepare_data(config, rngs)
     checked = for_prepared(config, prepared)
-    return prepared, checked, build.build_model(config.model, checked.features, checked.outputs, rngs.init)
+    return prepared, checked, build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
 
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:

@@ -28,6 +28,7 @@ from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import boundary, build, interrupts, plan, provenance, track, trajectory
 from sgdcli.training import resume as resuming
+from sgdcli.training.filters import write_filters_plot
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -62,6 +63,7 @@ def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.Prepar
     rngs = build.Rngs.from_seed(config.seed)
     prepared, checked, model = plan.prepare_checked(config, rngs)
     batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
+    build.check_batch_norm_batches(config.model, prepared.sample_shape, batch_size, len(prepared.x_train))
     problem = Problem(
         model=model,
         loss=build.build_loss(config.loss),
@@ -289,6 +291,7 @@ class Session:
             if rows and self.tracker:
                 track.plot(rows, self.tracker.statistics, self.tracker.names, self.run_dir.name,
                            self.run_dir / track.LAYERS_PLOT)
+            write_filters_plot(self.run_dir, self.problem.model)
         except SgdcliError:
             if status != "failed":
                 raise
@@ -363,7 +366,7 @@ class Session:
             "versions": runs.versions(),
         }
         return checkpoint.Checkpoint(
-            params={k: v.copy() for k, v in self.problem.model.parameters().items()},
+            params={k: v.copy() for k, v in self.problem.model.state_dict().items()},
             optimizer=self.problem.optimizer.state_dict(),
             shift=self.prepared.scaler.shift, scale=self.prepared.scaler.scale, meta=meta,
         )

@@ -44,6 +44,11 @@ class TrainedModel:
         return [self.class_names[i] for i in metrics.predict_labels(self.predict(x))]
 
 
+def sample_shape_of(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of one sample the checkpoint's model was built for (older checkpoints: flat features)."""
+    return tuple(int(d) for d in meta.get("sample_shape") or (len(meta["feature_names"]),))
+
+
 def load_trained(target: Path | str) -> TrainedModel:
     """A run directory (best checkpoint, else last) or a checkpoint file -> TrainedModel."""
     path = runs.find_checkpoint(Path(target))
@@ -56,7 +61,7 @@ def load_trained(target: Path | str) -> TrainedModel:
     _check_arrays(saved, config, path)
     rng = np.random.default_rng(0)  # the weights are overwritten below
     try:
-        model = build.build_model(config.model, len(meta["feature_names"]), int(meta["outputs"]), rng)
+        model = build.build_model(config.model, sample_shape_of(meta), int(meta["outputs"]), rng)
         model.load_parameters(saved.params)
     except ParameterMismatch as exc:
         raise CheckpointError(f"the weights do not fit the saved architecture: {exc}", source=str(path)) from None

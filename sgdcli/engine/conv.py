@@ -1,0 +1,162 @@
+"""2-D convolution on channels-first images (N, C, H, W) as im2col + one GEMM, and its backward.
+
+Layout: tensors have PyTorch's logical shape (N, C, H, W), but the arrays this module returns
+are views of channels-last memory (N, H, W, C): the GEMM writes (N*OH*OW, F) rows, and a
+transposed view avoids a copy. Every layer here accepts any memory layout, and the next conv's
+im2col reads channels-last memory with unit stride.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import DTypeLike
+
+from .activations import Activation
+from .layers import Initializer, Layer
+
+Pair = tuple[int, int]
+Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def output_size(size: int, kernel: int, stride: int, pad_before: int = 0, pad_after: int = 0) -> int:
+    """floor((size + pads - kernel) / stride) + 1: the output length of a conv or pool window (PyTorch's)."""
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+def channels_last(x: np.ndarray, padding: Padding = (0, 0, 0, 0)) -> np.ndarray:
+    """x (N, C, H, W) as (N, H', W', C), zero-padded by (top, bottom, left, right); a view when no padding."""
+    top, bottom, left, right = padding
+    if not any(padding):
+        return x.transpose(0, 2, 3, 1)
+    n, c, h, w = x.shape
+    padded = np.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
+    padded[:, top : top + h, left : left + w, :] = x.transpose(0, 2, 3, 1)
+    return padded
+
+
+def window_view(x_nhwc: np.ndarray, kernel: Pair, stride: Pair) -> np.ndarray:
+    """Every kernel window of x (N, H, W, C) as a read-only view (N, OH, OW, kh, kw, C)."""
+    windows = sliding_window_view(x_nhwc, kernel, axis=(1, 2))  # (N, H-kh+1, W-kw+1, C, kh, kw)
+    return windows[:, :: stride[0], :: stride[1]].transpose(0, 1, 2, 4, 5, 3)
+
+
+def im2col(x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding) -> np.ndarray:
+    """x (N, C, H, W) -> columns (N*OH*OW, kh*kw*C), one row per output pixel, ordered (kh, kw, C)."""
+    windows = window_view(channels_last(x, padding), kernel, stride)
+    n, oh, ow, kh, kw, c = windows.shape
+    return windows.reshape(n * oh * ow, kh * kw * c)  # the one copy
+
+
+def input_gradient(dz: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: Pair, padding: Padding,
+                   out_hw: Pair) -> np.ndarray:
+    """dx of a convolution: col2im(dz @ W), the adjoint of im2col, one kernel offset at a time.
+
+    dz (N*OH*OW, F), weight (F, C, kh, kw) -> dx (N, C, H, W) (a view of channels-last memory):
+    for each offset (i, j), dz @ weight[:, :, i, j] (N*OH*OW, C) is added to the input pixels
+    that offset read. kh*kw small GEMMs whose results stay in cache beat one big (N*OH*OW,
+    kh*kw*C) product scattered afterwards (~1.6x on the benchmark's 3x3 conv).
+    """
+    n, c, h, w = x_shape
+    (sh, sw), (top, bottom, left, right), (oh, ow) = stride, padding, out_hw
+    dx = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dz.dtype)
+    for i in range(weight.shape[2]):
+        for j in range(weight.shape[3]):
+            block = dz @ np.ascontiguousarray(weight[:, :, i, j])
+            dx[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :] += block.reshape(n, oh, ow, c)
+    return dx[:, top : top + h, left : left + w, :].transpose(0, 3, 1, 2)
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, as PyTorch's ``conv2d``) with a fused activation.
+
+    Shapes: x (N, C, H, W), weight (F, C, kh, kw), bias (F,) (absent when built without bias),
+    y (N, F, OH, OW) with OH = floor((H + top + bottom - kh) / stride_h) + 1 (OW likewise).
+    y[n, f, p, q] = activation(bias[f] + sum_{c,i,j} weight[f, c, i, j] * xp[n, c, p*sh + i, q*sw + j]),
+    xp being x zero-padded by ``padding`` = (top, bottom, left, right).
+    As GEMMs, with cols = im2col(x) (N*OH*OW, kh*kw*C) and W = weight in (F, kh*kw*C) order:
+    z = cols @ W.T + bias; dW = dz.T @ cols; dbias = sum_rows dz; dx = col2im(dz @ W) (``input_gradient``).
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, activation: Activation,
+                 stride: Pair = (1, 1), padding: Padding = (0, 0, 0, 0)) -> None:
+        super().__init__()
+        if weight.ndim != 4:
+            raise ValueError(f"Conv2d weight must have shape (F, C, kh, kw), got shape {weight.shape}")
+        if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype):
+            raise ValueError(f"Conv2d bias must be {weight.dtype} of shape ({weight.shape[0]},), "
+                             f"got {bias.dtype} {bias.shape}")
+        if not isinstance(activation, Activation):
+            raise TypeError(f"Conv2d activation must be an Activation instance, got {activation!r}")
+        if len(stride) != 2 or min(stride) < 1 or len(padding) != 4 or min(padding) < 0:
+            raise ValueError(f"Conv2d needs stride (sh, sw) >= 1 and padding (top, bottom, left, right) >= 0, "
+                             f"got {stride} and {padding}")
+        self.params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+        self.activation = activation
+        self.stride = (int(stride[0]), int(stride[1]))
+        self.padding = tuple(int(p) for p in padding)
+
+    @classmethod
+    def create(cls, in_channels: int, filters: int, kernel_size: Pair, activation: Activation, init: Initializer,
+               rng: np.random.Generator, dtype: DTypeLike, *, stride: Pair = (1, 1),
+               padding: Padding = (0, 0, 0, 0), bias: bool = True) -> "Conv2d":
+        """Weights from ``init`` with fan_in = C*kh*kw and fan_out = F*kh*kw; zero bias."""
+        kh, kw = kernel_size
+        shape = (filters, in_channels, kh, kw)
+        weight = np.ascontiguousarray(init(rng, in_channels * kh * kw, filters * kh * kw, dtype, shape))
+        return cls(weight, np.zeros(filters, dtype=weight.dtype) if bias else None, activation, stride, padding)
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def filters(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def kernel_size(self) -> Pair:
+        return self.weight.shape[2], self.weight.shape[3]
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """(F, OH, OW) for one sample of shape (C, H, W)."""
+        _, h, w = input_shape
+        (kh, kw), (sh, sw), (top, bottom, left, right) = self.kernel_size, self.stride, self.padding
+        return self.filters, output_size(h, kh, sh, top, bottom), output_size(w, kw, sw, left, right)
+
+    def _weight_matrix(self) -> np.ndarray:
+        # (F, C, kh, kw) -> (F, kh*kw*C), the column order of im2col
+        return self.weight.transpose(0, 2, 3, 1).reshape(self.filters, -1)
+
+    def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2d expects inputs of shape (N, {self.in_channels}, H, W), got shape {x.shape}")
+        _, oh, ow = self.output_shape(x.shape[1:])
+        if oh < 1 or ow < 1:
+            raise ValueError(f"Conv2d kernel {self.kernel_size} does not fit inputs of shape {x.shape[1:]} "
+                             f"with padding {self.padding}")
+        cols = im2col(x, self.kernel_size, self.stride, self.padding)
+        z = cols @ self._weight_matrix().T
+        if self.bias is not None:
+            z += self.bias
+        out = self.activation.forward_in_place(z)  # may be z itself, overwritten
+        images = out.reshape(len(x), oh, ow, self.filters).transpose(0, 3, 1, 2)
+        return images, (x.shape, cols, z, out)
+
+    def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
+        x_shape, cols, z, out = cache
+        n, f, oh, ow = dout.shape
+        dz = self.activation.backward(dout.transpose(0, 2, 3, 1).reshape(-1, f), z, out)
+        kh, kw = self.kernel_size
+        dweight = (dz.T @ cols).reshape(f, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
+        grads = {"weight": np.ascontiguousarray(dweight)}
+        if self.bias is not None:
+            grads["bias"] = dz.sum(axis=0)
+        if not need_dx:
+            return None, grads
+        return input_gradient(dz, self.weight, x_shape, self.stride, self.padding, (oh, ow)), grads
+
+    def __repr__(self) -> str:
+        return (f"Conv2d(in_channels={self.in_channels}, filters={self.filters}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
+                f"activation={self.activation!r})")
