@@ -16,19 +16,18 @@ from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import landscape as landscape_module
-from sgdcli.analysis import landscape_files
+from sgdcli.analysis import landscape_files, unit_maps
 from sgdcli.analysis import lr_find as lr_find_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
-from sgdcli.analysis import unit_maps
 from sgdcli.analysis.run_labels import run_labels
 from sgdcli.config import editor_schema
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
+from sgdcli.errors import ConfigError, DataError
 from sgdcli.export import npz_arrays, onnx_graph, torch_state
 from sgdcli.export import steps as export_steps
-from sgdcli.errors import ConfigError, DataError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, descent, plan, provenance

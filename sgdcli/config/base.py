@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo
 
 # Strict types, field by field (pydantic's strict mode): a boolean only where a boolean is meant
 # (`epochs: true` is not 1), an integer only as an integer (`epochs: 3.0` and `"3"` are refused),
@@ -22,3 +23,14 @@ class Section(BaseModel):
     """Base of every config section: unknown keys and non-finite numbers are errors."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative data paths are relative to the config file's folder."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value.resolve()

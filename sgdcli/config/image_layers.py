@@ -6,7 +6,15 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from sgdcli.config.base import Activation, Flag, Init, Integer, Number, PositiveFloat, Section
+from sgdcli.config.base import (
+    Activation,
+    Flag,
+    Init,
+    Integer,
+    Number,
+    PositiveFloat,
+    Section,
+)
 
 Pair = Union[Annotated[Integer, Field(ge=1, le=4096)], Annotated[list[Annotated[Integer, Field(ge=1, le=4096)]],
                                                              Field(min_length=2, max_length=2)]]

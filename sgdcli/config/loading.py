@@ -11,13 +11,13 @@ from typing import Annotated, Any, Union
 import pydantic
 from pydantic import BaseModel
 
+from sgdcli.config import shapes
 from sgdcli.config.schema import (
     GRADIENT_OPTIMIZERS,
     AnyConfig,
     ExperimentConfig,
     ObjectiveConfig,
 )
-from sgdcli.config import shapes
 from sgdcli.config.yamlio import parse_scalar, read_yaml
 from sgdcli.errors import ConfigError
 

@@ -9,9 +9,9 @@ Work is done on the distinct values only; no per-row Python objects are made.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 import re
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 import numpy as np
 

@@ -14,7 +14,6 @@ import math
 import numpy as np
 from numpy.typing import DTypeLike
 
-
 Shape = tuple[int, ...] | None
 
 

@@ -14,10 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgdcli.runs import checkpoint
-from sgdcli.errors import CheckpointError, DamagedCheckpointError, RunDirError, SgdcliError
-from sgdcli.fileio import atomic_write_text, fsync_dir, open_no_follow, refuse_links, remove_stale_temps, write_error
 from sgdcli.config.yamlio import dump_yaml, read_yaml
+from sgdcli.errors import (
+    CheckpointError,
+    DamagedCheckpointError,
+    RunDirError,
+    SgdcliError,
+)
+from sgdcli.fileio import (
+    atomic_write_text,
+    fsync_dir,
+    open_no_follow,
+    refuse_links,
+    remove_stale_temps,
+    write_error,
+)
+from sgdcli.runs import checkpoint
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from sgdcli.config import data_sources, shapes
 from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
-from sgdcli.config import shapes
 from sgdcli.data import csvfile, idx, npzfile, splits
 from sgdcli.data.dataset import Dataset
 from sgdcli.data.scaling import Scaler
@@ -106,7 +106,7 @@ class PreparedData:
     validation_mask: np.ndarray | None = None  # (N,) bool over the training file's rows; None: no split
 
 
-def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Generator | None = None,
+def load_dataset(data: data_sources.DataConfig, classification: bool, rng: np.random.Generator | None = None,
                  path: Path | None = None, class_names: tuple[str, ...] | None = None,
                  features: tuple[str, ...] | None = None) -> Dataset:
     """Read the config's training data, or `path`: another file (a folder for IDX) in the same format.
@@ -114,7 +114,7 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
     `class_names` and `features` are a trained model's classes and CSV columns: labels outside
     them are a data error, and columns are found by name.
     """
-    if isinstance(data, cfg.IdxDataConfig):
+    if isinstance(data, data_sources.IdxDataConfig):
         if not classification:
             raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy, "
                               "received a regression loss")
@@ -124,9 +124,9 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
         else:
             images, labels = _idx_files(data, "train")
         return idx.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
-    if isinstance(data, cfg.CsvDataConfig):
+    if isinstance(data, data_sources.CsvDataConfig):
         return csvfile.load_csv(path or data.path, data.target, features or data.features, classification, class_names)
-    if isinstance(data, cfg.NpzDataConfig):
+    if isinstance(data, data_sources.NpzDataConfig):
         return npzfile.load_npz(path or data.path, classification, class_names)
     if path is not None:
         raise DataError("a built-in synthetic dataset has no file format to read other files in", source=str(path))
@@ -137,7 +137,7 @@ def load_dataset(data: cfg.DataConfig, classification: bool, rng: np.random.Gene
 def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None) -> Dataset | None:
     """The config's held-out test set (data.test_file, or the IDX test pair), if it names one."""
     data = config.data
-    if isinstance(data, cfg.IdxDataConfig):
+    if isinstance(data, data_sources.IdxDataConfig):
         files = _idx_files(data, "test")
         return None if files is None else idx.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
     test_file = getattr(data, "test_file", None)
@@ -148,12 +148,12 @@ def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | N
 
 def has_test_set(config: cfg.ExperimentConfig) -> bool:
     data = config.data
-    if isinstance(data, cfg.IdxDataConfig):
+    if isinstance(data, data_sources.IdxDataConfig):
         return data.test_images is not None or (data.path is not None and "test" in idx.find_idx_files(data.path))
     return getattr(data, "test_file", None) is not None
 
 
-def _idx_files(data: cfg.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
+def _idx_files(data: data_sources.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
     if data.path is not None:
         return idx.find_idx_files(data.path).get(split)
     if split == "train":
@@ -188,7 +188,7 @@ def split_with_mask(config: cfg.ExperimentConfig, rngs: Rngs,
 def data_files(config: cfg.ExperimentConfig) -> list[tuple[str, Path]]:
     """Every file the config's data is read from, with its role: train, validation or test."""
     data = config.data
-    if isinstance(data, cfg.IdxDataConfig):
+    if isinstance(data, data_sources.IdxDataConfig):
         found = [(split, _idx_files(data, split)) for split in ("train", "test")]
         return [(split, path) for split, pair in found if pair is not None for path in pair]
     roles = [("train", getattr(data, "path", None)), ("validation", getattr(data, "validation_file", None)),
@@ -215,7 +215,7 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
     )
 
 
-def _sample_shape(data: cfg.DataConfig, train: Dataset) -> tuple[int, ...]:
+def _sample_shape(data: data_sources.DataConfig, train: Dataset) -> tuple[int, ...]:
     """The data's own sample shape (images keep theirs), or CSV's data.sample_shape over its columns."""
     width, given = train.x.shape[1], getattr(data, "sample_shape", None)
     if given is None:

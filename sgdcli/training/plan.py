@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sgdcli.config import data_sources
 from sgdcli.config import schema as cfg
 from sgdcli.data.dataset import Dataset
 from sgdcli.engine import metrics
@@ -126,8 +127,8 @@ def resolved(config: cfg.ExperimentConfig, checked: Plan) -> dict:
     """The config with the defaults that depend on the data filled in: the CSV's feature columns,
     the IDX class names."""
     data = config.to_dict()
-    if isinstance(config.data, cfg.CsvDataConfig) and config.data.features is None:
+    if isinstance(config.data, data_sources.CsvDataConfig) and config.data.features is None:
         data["data"]["features"] = list(checked.feature_names)
-    if isinstance(config.data, cfg.IdxDataConfig) and config.data.class_names is None:
+    if isinstance(config.data, data_sources.IdxDataConfig) and config.data.class_names is None:
         data["data"]["class_names"] = list(checked.class_names or ())
     return data

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from sgdcli.config import schema as cfg
+from sgdcli.config import data_sources
 from sgdcli.data import npzfile, stream
 from sgdcli.engine.activations import sigmoid
 from sgdcli.engine.metrics import predict_labels
@@ -26,7 +26,7 @@ def output_columns(trained: TrainedModel) -> list[str]:
     per output. The prediction is named predicted_<target> for CSV data (so --keep <target> can sit beside
     it), else predicted (predicted_0, predicted_1, ... for several regression outputs)."""
     data = trained.config.data
-    name = f"predicted_{data.target}" if isinstance(data, cfg.CsvDataConfig) else "predicted"
+    name = f"predicted_{data.target}" if isinstance(data, data_sources.CsvDataConfig) else "predicted"
     if trained.class_names is not None:
         return [name, *(f"p_{label}" for label in trained.class_names)]
     outputs = int(trained.meta["outputs"])
@@ -50,15 +50,15 @@ def feature_batches(trained: TrainedModel, path: Path, keep: Sequence[str] = (),
     """Raw features of `path`, read the way the model's training data was (CSV columns by name, the
     target column not needed; NPZ `x`; IDX images), `rows` at a time."""
     data, width = trained.config.data, len(trained.feature_names)
-    if isinstance(data, cfg.CsvDataConfig):
+    if isinstance(data, data_sources.CsvDataConfig):
         yield from stream.csv_batches(path, trained.feature_names, keep, rows)
         return
     if keep:
         raise UsageError(f"--keep copies CSV columns; {Path(path).name} is read as {data.source} data, which has none")
-    if isinstance(data, cfg.NpzDataConfig):
+    if isinstance(data, data_sources.NpzDataConfig):
         x = npzfile.load_npz_features(path)
         what = f"{width} features (x of shape (N, {width}))"
-    elif isinstance(data, cfg.IdxDataConfig):
+    elif isinstance(data, data_sources.IdxDataConfig):
         x, _ = stream.idx_images(path)
         what = f"images of {width} pixels ({'x'.join(map(str, trained.meta.get('sample_shape') or [width]))})"
     else:

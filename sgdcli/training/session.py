@@ -26,7 +26,15 @@ from sgdcli.errors import (
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import boundary, build, interrupts, plan, provenance, track, trajectory
+from sgdcli.training import (
+    boundary,
+    build,
+    interrupts,
+    plan,
+    provenance,
+    track,
+    trajectory,
+)
 from sgdcli.training import resume as resuming
 from sgdcli.training.filters import write_filters_plot
 from sgdcli.training.loop import (
