@@ -69,7 +69,7 @@ def test_an_npz_data_archive_is_named_too(tmp_path):
 
 
 COMMANDS = ["train", "eval", "predict", "export", "schema", "compare", "validate", "gradcheck", "landscape",
-            "optimizers"]
+            "optimizers", "boundary", "lr-find"]
 
 
 def test_help_text_is_whole_at_80_columns():

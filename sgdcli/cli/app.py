@@ -262,9 +262,9 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP, metavar="KEY=VALUE"),
 ) -> None:
-    """Check a config and its data as train does before its first update, without training.
+    """Check a config and its data as train would, without training.
 
-    Prints the resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
+    Runs every check train runs before its first update. Prints the resolved config (defaults filled in) and, on stderr, the sizes and memory training will use."""
     from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.config.yamlio import dump_yaml
@@ -343,8 +343,10 @@ def boundary(
     units: bool = typer.Option(False, "--units", help="Also a small map per first-layer unit (TensorFlow Playground)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the PNG(s) [default: ./boundary-RUN]."),
 ) -> None:
-    """Decision regions of a checkpoint over the plane of its two features, with the data; --units adds
-    each first-layer unit's activation over the same plane."""
+    """Decision regions of a two-feature classifier.
+
+    Over the plane of its two features, with the data; --units adds each first-layer unit's
+    activation over the same plane."""
     from sgdcli import api
     from sgdcli.cli import show
 
@@ -361,8 +363,10 @@ def lr_find(
     updates: int = typer.Option(100, "--updates", help="Updates, step size raised exponentially from start to end."),
     out: Path = typer.Option(Path("lr-find"), "--out", help="Folder for the test's own output folder."),
 ) -> None:
-    """Learning-rate range test (Smith 2015, fastai's lr_find): raise the step size every update from the
-    initial weights; writes the loss curve (CSV + PNG) and prints suggested step sizes."""
+    """Learning-rate range test: suggested step sizes.
+
+    Smith 2015, fastai's lr_find: raise the step size every update from the initial weights;
+    writes the loss curve (CSV + PNG) and prints suggested step sizes."""
     from sgdcli import api
     from sgdcli.cli import show
 

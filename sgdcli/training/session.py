@@ -27,16 +27,13 @@ from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import (
-    boundary,
     build,
     interrupts,
     plan,
     provenance,
-    track,
-    trajectory,
 )
 from sgdcli.training import resume as resuming
-from sgdcli.training.filters import write_filters_plot
+from sgdcli.training.recorders import Recorders
 from sgdcli.training.loop import (
     EpochResult,
     Interrupted,
@@ -105,13 +102,8 @@ class Session:
         self.resumed_from: int | None = None
         self.finished: str | None = None  # resume: why there is nothing to do
         self._lock = None
-        self.tracker = track.build_tracker(config.training.track, self.problem.model.parameters(),
-                                           self.problem.updates_per_epoch,
-                                           isinstance(config.optimizer, GRADIENT_OPTIMIZERS))
-        self.boundary = boundary.build_recorder(self.prepared, self.classification,
-                                                build.output_width(config, self.prepared),
-                                                config.training.epochs) if config.training.boundary else None
-        self.trajectory = trajectory.TrajectoryRecorder(self.problem.model.parameters(), config.training.epochs)
+        self.recorders = Recorders(config, self.prepared, self.problem.model, self.problem.updates_per_epoch,
+                                   self.classification)
 
     # ------------------------------------------------------------ starting
     @classmethod
@@ -187,7 +179,7 @@ class Session:
         runs.keep_metrics_until(run_dir / runs.METRICS, session.position.epoch, aside)
         if aside is not None and aside.exists():
             session._warn(f"the metrics rows after the checkpoint resumed from are kept in {aside.name}")
-        session.trajectory.resume_from(run_dir, session.position.epoch)
+        session.recorders.resume_from(run_dir, session.position.epoch)
         runs.write_config(run_dir, config.to_dict())
         return session
 
@@ -227,25 +219,21 @@ class Session:
     def _run(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         started = resumed = self._segment_started = time.perf_counter()
         status, message, stopped_early = "completed", None, False
-        columns = runs.metric_columns(self.classification) + (self.tracker.columns if self.tracker else [])
+        columns = runs.metric_columns(self.classification) + self.recorders.columns
         writer = runs.MetricsWriter(self.run_dir / runs.METRICS, columns)
         try:
             try:
                 if self.reporter:
                     self.reporter.start(self._info())
                 epochs = train_epochs(self.problem, self.position, self.config.training.epochs, self.rngs.shuffle,
-                                      self.rngs.dropout, self._on_batch(), should_stop, observer=self.tracker)
-                if self.boundary:
-                    self.boundary.record(self.position.epoch, self.problem.model)
-                self.trajectory.record(self.position.epoch, self.problem.model.parameters())
+                                      self.rngs.dropout, self._on_batch(), should_stop, observer=self.recorders.tracker)
+                self.recorders.record(self.position.epoch, self.problem.model)
                 resumed = time.perf_counter()
                 for result in epochs:
                     self.train_seconds += time.perf_counter() - resumed
                     row = self._measure(result)
                     final = result.epoch == self.config.training.epochs
-                    if self.boundary:
-                        self.boundary.record(result.epoch, self.problem.model, last=final)
-                    self.trajectory.record(result.epoch, self.problem.model.parameters(), last=final)
+                    self.recorders.record(result.epoch, self.problem.model, last=final)
                     writer.write(row)
                     self._save_epoch(row)
                     if self.reporter:
@@ -291,15 +279,7 @@ class Session:
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
-            self.trajectory.record(self.position.epoch, self.problem.model.parameters(), last=True)
-            self.trajectory.write(self.run_dir)
-            if self.boundary:
-                self.boundary.record(self.position.epoch, self.problem.model, last=True)
-                self.boundary.write(self.run_dir, self.run_dir.name)
-            if rows and self.tracker:
-                track.plot(rows, self.tracker.statistics, self.tracker.names, self.run_dir.name,
-                           self.run_dir / track.LAYERS_PLOT)
-            write_filters_plot(self.run_dir, self.problem.model)
+            self.recorders.write(self.run_dir, self.position.epoch, self.problem.model, rows)
         except SgdcliError:
             if status != "failed":
                 raise
@@ -331,8 +311,7 @@ class Session:
         if prepared.x_val is not None:
             row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
                 p.model, p.loss, prepared.x_val, prepared.y_val, self.classification)
-        if self.tracker:
-            row.update(self.tracker.epoch_row(p.model.parameters()))
+        row.update(self.recorders.epoch_row(p.model))
         self.last_row = row
         return row
 
