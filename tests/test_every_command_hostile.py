@@ -30,6 +30,10 @@ CONFIGS = {
     "data file missing": config_text(data={"source": "csv", "path": "missing.csv", "target": "y"}),
     "output layer wrong for the classes": config_text(model__layers__1__units=5),
     "batch larger than the data": config_text(training__batch__size=10_000),
+    "a device as the CSV data": config_text(data={"source": "csv", "path": "/dev/zero", "target": "y"}),
+    "a device as the NPZ data": config_text(data={"source": "npz", "path": "/dev/zero"}),
+    "a device as the IDX images": config_text(data={"source": "idx", "train_images": "/dev/zero",
+                                                    "train_labels": "/dev/zero"}),
 }
 RUNS = {f"checkpoint: {label}": crafted_run(craft)
         for label, (craft, _) in {**CRAFTED, **CRAFTED_FOR_RESUME}.items()}
