@@ -11,7 +11,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(**changes) -> dict:
-    """A config that trains in well under a second (synthetic moons, 2-8-2 network)."""
+    """A config that trains in well under a second (synthetic moons, 2-8-2 network).
+
+    Its two features would draw boundary.gif at the end of every run (~0.5 s each): off here,
+    tests/test_boundary.py covers it."""
     config = {
         "name": "tiny",
         "seed": 0,
@@ -19,7 +22,7 @@ def tiny_config(**changes) -> dict:
         "model": {"layers": [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}]},
         "loss": {"type": "cross_entropy"},
         "optimizer": {"type": "sgd", "learning_rate": 0.1, "momentum": 0.9},
-        "training": {"epochs": 4, "batch": {"mode": "minibatch", "size": 16}},
+        "training": {"epochs": 4, "batch": {"mode": "minibatch", "size": 16}, "boundary": False},
     }
     for dotted, value in changes.items():
         node = config
