@@ -6,7 +6,6 @@ import ast
 import csv
 import io
 import json
-import re
 import subprocess
 import sys
 import typing
@@ -166,6 +165,12 @@ IMAGE_CASES = {
 }
 
 
+def digits_pixels(path):
+    """The 64 pixel columns of a digits CSV, (N, 64) raw."""
+    with open(path) as handle:
+        return np.array([[float(row[f"pixel_{i}"]) for i in range(64)] for row in csv.DictReader(handle)])
+
+
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory):
     """Each IMAGE_CASES model trained two epochs on the digits CSV read as (1, 8, 8) images: case ->
@@ -173,8 +178,7 @@ def image_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     data = folder / "digits.csv"
     data.write_bytes((REPO / "data" / "digits.csv").read_bytes())
-    with open(data) as handle:
-        x = np.array([[float(row[f"pixel_{i}"]) for i in range(64)] for row in csv.DictReader(handle)])
+    x = digits_pixels(data)
     runs = {}
     for index, (case, layers) in enumerate(IMAGE_CASES.items()):
         config = tiny_config(data={"source": "csv", "path": str(data), "target": "digit", "sample_shape": [1, 8, 8],
@@ -216,6 +220,29 @@ def test_onnx_image_graph_has_the_layers_hyperparameters(tmp_path, image_runs):
     assert norms[0]["epsilon"] == pytest.approx(0.001) and norms[1]["epsilon"] == pytest.approx(1e-5)
     shape = next(init for init in graph.initializer if init.name.endswith("reshape.shape"))
     assert list(onnx.numpy_helper.to_array(shape)) == [-1, 1, 8, 8]
+
+
+def test_onnx_of_a_float64_image_model_is_float64_and_says_where_it_runs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    data = tmp_path / "digits.csv"
+    data.write_bytes((REPO / "data" / "digits.csv").read_bytes())
+    layers = [{"type": "conv2d", "filters": 3, "kernel_size": 2, "padding": "same", "activation": "tanh"},
+              {"type": "avg_pool2d", "pool_size": 2}, {"type": "batch_norm"}, {"type": "global_avg_pool2d"},
+              {"type": "dense", "units": 10}]
+    config = tiny_config(data={"source": "csv", "path": str(data), "target": "digit", "sample_shape": [1, 8, 8]},
+                         model={"layers": layers, "dtype": "float64"}, training__epochs=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    run_dir = api.train(api.load_config(tmp_path / "c.yaml"), runs_dir=tmp_path / "runs").run_dir
+    result = run("export", run_dir, "--format", "onnx", "--out", tmp_path / "l.onnx", "--logits")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime's CPU kernels for AveragePool, Conv, GlobalAveragePool take float32 only" in result.output
+    model = onnx.load(str(tmp_path / "l.onnx"))
+    assert {init.data_type for init in model.graph.initializer} == {onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64}
+    x = digits_pixels(data)[:40]
+    (logits,) = ReferenceEvaluator(model).run(None, {"features": x})
+    np.testing.assert_allclose(logits, api.load_trained(run_dir).predict(x), rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------- PyTorch layout, checked with NumPy

@@ -124,7 +124,21 @@ def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
                    if isinstance(step, st.Reshape)), "")
     note = (f"input 'features' ({model.dtype}, N x {model.width}: raw values of {_columns(model)}{images}); "
             f"output '{model.output}'{meaning}")
-    return onnx_model.SerializeToString(), note
+    return onnx_model.SerializeToString(), note + _float64_caveat(model)
+
+
+# Ops whose onnxruntime CPU kernels take float32 only (the ONNX standard allows double; onnx.reference runs them).
+FLOAT32_ONLY_IN_ONNXRUNTIME = {st.Conv2d: "Conv", st.AvgPool2d: "AveragePool", st.GlobalAvgPool2d: "GlobalAveragePool"}
+
+
+def _float64_caveat(model: st.Exportable) -> str:
+    """For a float64 graph with ops onnxruntime runs in float32 only: which ones, and what to do."""
+    ops = sorted({FLOAT32_ONLY_IN_ONNXRUNTIME[type(step)] for step in model.steps
+                  if type(step) in FLOAT32_ONLY_IN_ONNXRUNTIME})
+    if np.dtype(model.dtype) != np.float64 or not ops:
+        return ""
+    return (f"; the graph is float64 as the model, and onnxruntime's CPU kernels for {', '.join(ops)} take float32 "
+            "only: run it with onnx.reference.ReferenceEvaluator or another runtime, or train with model.dtype float32")
 
 
 def _columns(model: st.Exportable) -> str:
