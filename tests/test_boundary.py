@@ -36,8 +36,14 @@ def test_regions_are_the_models_classes_on_the_grid_rows_y_columns_x():
     assert ys[-1] == pytest.approx(both[:, 1].max() + 0.15 * span[1])
 
 
+def default_boundary(config: dict) -> dict:
+    """The config as a user writes it: training.boundary left to its default (on); tiny_config turns it off."""
+    del config["training"]["boundary"]
+    return config
+
+
 def test_frames_every_k_epochs_at_most_about_sixty_and_the_gif_has_them(tmp_path):
-    config = api.load_config(tiny_config(training__epochs=130, training__batch={"mode": "full"}))
+    config = api.load_config(default_boundary(tiny_config(training__epochs=130, training__batch={"mode": "full"})))
     result = api.train(config, runs_dir=tmp_path)
     # k = ceil(130 / 60) = 3: epochs 0, 3, ..., 129 (44 frames) and the last, 130
     with Image.open(result.run_dir / "boundary.gif") as gif:
@@ -59,10 +65,10 @@ def test_the_last_frame_is_the_trained_model(tmp_path):
 
 
 def test_one_input_regression_draws_the_fitted_curve(tmp_path):
-    config = api.load_config(tiny_config(
+    config = api.load_config(default_boundary(tiny_config(
         data={"source": "synthetic", "dataset": "sine", "samples": 80, "validation": 0.25},
         model={"layers": [{"type": "dense", "units": 6, "activation": "tanh"}, {"type": "dense", "units": 1}]},
-        loss={"type": "mse"}))
+        loss={"type": "mse"})))
     result = api.train(config, runs_dir=tmp_path)
     assert (result.run_dir / "boundary.gif").is_file()
     trained = api.load_trained(result.run_dir / "checkpoints" / "last.safetensors")
