@@ -119,3 +119,35 @@ def test_validate_counts_the_split_training_draws(tmp_path, write_config, fracti
         _, checked = api.validate(loaded)
         train, val = build.split_data(loaded, build.Rngs.from_seed(loaded.seed))
         assert (checked.train_samples, checked.val_samples) == (len(train), len(val))
+
+
+def _layers_cases(tmp_path) -> list[tuple[dict, list[dict], int]]:
+    """(data, layers, batch size) that train refuses once it knows the data's sample shape."""
+    _csv(tmp_path / "d.csv", rows=30)  # 24 training samples after data.validation 0.2
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    _idx(folder / "train-labels-idx1-ubyte.gz", (np.arange(40, dtype=np.uint8) % 3).tobytes(), (40,))
+    _idx(folder / "train-images-idx3-ubyte.gz", bytes(40 * 9), (40, 3, 3))
+    csv = {"source": "csv", "path": "d.csv", "target": "label", "validation": 0.2}
+    dense = [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 3}]
+    return [
+        ({**csv, "sample_shape": [1, 1, 2]}, [{"type": "conv2d", "filters": 2, "kernel_size": 3}, {"type": "flatten"},
+                                              {"type": "dense", "units": 3}], 4),  # a 3x3 window on 1x2 images
+        ({"source": "idx", "path": "idx", "validation": 0.25},
+         [{"type": "conv2d", "filters": 2, "kernel_size": 5}, {"type": "flatten"}, {"type": "dense", "units": 3}], 4),
+        (csv, [dense[0], {"type": "batch_norm"}, dense[1]], 23),  # the last batch of 24 holds 1 sample
+    ]
+
+
+def test_validate_refuses_with_trains_words_what_the_sample_shape_shows(tmp_path, write_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for data, layers, size in _layers_cases(tmp_path):
+        config = _config(data)
+        config["model"]["layers"] = layers
+        config["training"]["batch"]["size"] = size
+        path = write_config(config)
+        checked = runner.invoke(app, ["validate", str(path)])
+        trained = runner.invoke(app, ["train", str(path)])
+        assert (checked.exit_code, trained.exit_code) == (2, 2), (checked.output, trained.output)
+        assert _words(checked) == _words(trained) and str(path) in _words(checked), _words(checked)
+        assert not (tmp_path / "runs").exists()

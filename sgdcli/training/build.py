@@ -210,16 +210,16 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
         feature_names=train.feature_names,
         class_names=train.class_names,
         source=train.source,
-        sample_shape=_sample_shape(config.data, train),
+        sample_shape=sample_shape(config.data, train.x.shape[1], train.sample_shape),
         validation_mask=mask,
     )
 
 
-def _sample_shape(data: data_sources.DataConfig, train: Dataset) -> tuple[int, ...]:
-    """The data's own sample shape (images keep theirs), or CSV's data.sample_shape over its columns."""
-    width, given = train.x.shape[1], getattr(data, "sample_shape", None)
+def sample_shape(data: data_sources.DataConfig, width: int, own: tuple[int, ...]) -> tuple[int, ...]:
+    """The data's own sample shape `own` (images keep theirs), or CSV's data.sample_shape over its `width` columns."""
+    given = getattr(data, "sample_shape", None)
     if given is None:
-        return train.sample_shape or (width,)
+        return own or (width,)
     if math.prod(given) != width:
         raise ConfigError(f"data.sample_shape: expected a shape of {width} values (the data's feature columns), "
                           f"received {list(given)} ({math.prod(given)} values)")

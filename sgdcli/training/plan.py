@@ -13,6 +13,7 @@ import numpy as np
 
 from sgdcli.config import data_sources
 from sgdcli.config import schema as cfg
+from sgdcli.config import shapes as layer_shapes
 from sgdcli.data.dataset import Dataset
 from sgdcli.engine import metrics
 from sgdcli.engine.model import Sequential
@@ -65,7 +66,9 @@ def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[bui
     with naming(config):
         prepared = build.prepare_data(config, rngs)
     checked = for_prepared(config, prepared)
-    return prepared, checked, build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
+    with naming(config):
+        model = build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
+    return prepared, checked, model
 
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:
@@ -131,12 +134,23 @@ def check_config(config: cfg.ExperimentConfig) -> Plan:
     if isinstance(config.data, data_sources.SyntheticDataConfig):
         with naming(config):
             train, val = build.split_data(config, build.Rngs.from_seed(config.seed))
-        return for_data(config, train, val)
-    with naming(config):
-        full, train_samples, val_samples = shapes.training_shapes(config)
-    # outputs_for reads only the targets' columns (regression) or the class names
-    width = build.outputs_for(config, full.class_names, np.empty((0, full.target_width)))
-    return _for_sizes(config, full.source, train_samples, val_samples, width, full.class_names, full.feature_names)
+            sample_shape = build.sample_shape(config.data, train.x.shape[1], train.sample_shape)
+        checked = for_data(config, train, val)
+    else:
+        with naming(config):
+            full, train_samples, val_samples = shapes.training_shapes(config)
+            sample_shape = build.sample_shape(config.data, len(full.feature_names), full.sample_shape)
+        # outputs_for reads only the targets' columns (regression) or the class names
+        width = build.outputs_for(config, full.class_names, np.empty((0, full.target_width)))
+        checked = _for_sizes(config, full.source, train_samples, val_samples, width, full.class_names,
+                             full.feature_names)
+    with naming(config):  # what build_model and the session check next, on the sample shape alone
+        try:
+            layer_shapes.infer_shapes(config.model.layers, sample_shape)
+        except layer_shapes.ShapeError as exc:
+            raise ConfigError(str(exc)) from None
+        build.check_batch_norm_batches(config.model, sample_shape, checked.batch_size, checked.train_samples)
+    return checked
 
 
 def resolved(config: cfg.ExperimentConfig, checked: Plan) -> dict:
