@@ -5,7 +5,9 @@ seeded validation split exactly as training draws it."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +87,8 @@ def test_idx_validate_reads_the_images_header_not_the_pixels(tmp_path, write_con
     checked = runner.invoke(app, ["validate", str(config)])
     assert checked.exit_code == 0, checked.output
     assert "32 training / 8 validation samples" in _words(checked) and "9 features, 4 classes" in _words(checked)
+    cache = Path(os.environ["XDG_CACHE_HOME"])  # conftest's private cache: validate writes nothing there
+    assert not [p for p in cache.rglob("*") if p.is_file()]
     trained = runner.invoke(app, ["train", str(config)])
     assert trained.exit_code == 3 and "truncated" in _words(trained), trained.output
     # the labels are read: a count that disagrees with the images' header is still refused

@@ -297,10 +297,11 @@ def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = N
 def idx_shape(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
               known_classes: tuple[str, ...] | None = None) -> DataShape:
     """load_idx's checks on the images' header (count, image shape, memory) and the labels; the
-    pixels are neither inflated nor read past the header."""
+    pixels are neither inflated nor read past the header, so a truncated images file passes here
+    and is refused by load_idx."""
     dtype, shape = _read_header(images)
-    y, classes = _classes(_load_cached(labels, default_cache_dir()), labels, class_names, known_classes, shape,
-                          images)
+    # the labels are decoded directly (one byte a sample): nothing is written to the decode cache
+    y, classes = _classes(read_idx(labels), labels, class_names, known_classes, shape, images)
     width = math.prod(shape[1:])
     return DataShape(shape[0], str(images), tuple(f"pixel_{i}" for i in range(width)), tuple(shape[1:]), y, classes)
 
