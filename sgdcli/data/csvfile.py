@@ -70,8 +70,9 @@ def csv_shape(path: Path, target: str, features: list[str] | tuple[str, ...] | N
     table, _ = _open_table(path, target, features, classification)
     names = table.names
     target_only = replace(table, names=[])
-    with _parsing(target_only):
-        y = pacsv.read_csv(source, **_options(target_only)).column(target)
+    with _parsing(target_only), pa.OSFile(source, "r") as handle:  # streamed: one block of the file at a time
+        y = pa.chunked_array([batch.column(0) for batch in pacsv.open_csv(handle, **_options(target_only))],
+                             type=pa.string() if classification else pa.float64())
     if len(y) == 0:
         raise DataError("no data rows after the header", source=source)
     if not classification:
