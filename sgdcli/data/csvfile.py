@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from sgdcli.data import csvrows
-from sgdcli.data.dataset import Dataset
+from sgdcli.data.dataset import Dataset, DataShape
 from sgdcli.data.labels import encode_codes
 from sgdcli.errors import DataError
 from sgdcli.fileio import check_fits, format_bytes, regular_file_size
@@ -45,18 +46,9 @@ def load_csv(path: Path, target: str, features: list[str] | tuple[str, ...] | No
     `progress` (default: a line on stderr every few seconds).
     """
     source = str(path)
-    size = regular_file_size(path, DataError, "a CSV file")
-    # measured: a 218 MB file of 7-character numbers peaks at 0.8 GB (values held twice while parsing)
-    check_fits(CSV_MEMORY_FACTOR * size, source, f"loading this {format_bytes(size)} CSV file (about "
-               f"{CSV_MEMORY_FACTOR} times its size)", DataError)
-    header, header_lines = csvrows.read_header(source)
-    table = _Table(source, header, header_lines, _columns(header, target, features, source), target, classification)
-    try:
+    table, size = _open_table(path, target, features, classification)
+    with _parsing(table):
         x, y = _read(table, size, progress)
-    except pa.ArrowInvalid as exc:
-        raise table.problem(f"not valid CSV: {exc}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read: {exc.strerror or exc}", source=source) from None
     if len(x) == 0:
         raise DataError("no data rows after the header", source=source)
     if not np.isfinite(x).all() or (not classification and not np.isfinite(y).all()):
@@ -65,6 +57,30 @@ def load_csv(path: Path, target: str, features: list[str] | tuple[str, ...] | No
         return Dataset(x, y, source, tuple(table.names))
     labels, classes = _encode(y, table, class_names)
     return Dataset(x, labels, source, tuple(table.names), classes)
+
+
+def csv_shape(path: Path, target: str, features: list[str] | tuple[str, ...] | None, classification: bool,
+              class_names: tuple[str, ...] | None = None) -> DataShape:
+    """load_csv's checks on what they need: the header, the row count and the target column. The
+    feature cells are not parsed (a bad one is found by `train`); every row's width still is.
+
+    DataError naming the file (and the row and column) as load_csv words it.
+    """
+    source = str(path)
+    table, _ = _open_table(path, target, features, classification)
+    names = table.names
+    target_only = replace(table, names=[])
+    with _parsing(target_only), pa.OSFile(source, "r") as handle:  # streamed: one block of the file at a time
+        y = pa.chunked_array([batch.column(0) for batch in pacsv.open_csv(handle, **_options(target_only))],
+                             type=pa.string() if classification else pa.float64())
+    if len(y) == 0:
+        raise DataError("no data rows after the header", source=source)
+    if not classification:
+        if not np.isfinite(y.to_numpy()).all():
+            raise target_only.problem("expected finite numbers")
+        return DataShape(len(y), source, tuple(names), (len(names),))
+    labels, classes = _encode(y, target_only, class_names)
+    return DataShape(len(y), source, tuple(names), (len(names),), labels, classes)
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,29 @@ class _Table:
         """The first bad row or cell, found by reading the rows again; `fallback` if none is found."""
         found = csvrows.first_problem(self.path, self.header, self.names, self.target, not self.classification)
         return found or DataError(fallback, source=self.path)
+
+
+def _open_table(path: Path, target: str, features, classification: bool) -> tuple[_Table, int]:
+    """The file's size, checked against memory (measured: a 218 MB file of 7-character numbers peaks
+    at 0.8 GB, values held twice while parsing), and its header and columns."""
+    source = str(path)
+    size = regular_file_size(path, DataError, "a CSV file")
+    check_fits(CSV_MEMORY_FACTOR * size, source, f"loading this {format_bytes(size)} CSV file (about "
+               f"{CSV_MEMORY_FACTOR} times its size)", DataError)
+    header, header_lines = csvrows.read_header(source)
+    return _Table(source, header, header_lines, _columns(header, target, features, source), target,
+                  classification), size
+
+
+@contextmanager
+def _parsing(table: _Table) -> Iterator[None]:
+    """pyarrow's and the system's errors while reading, as a DataError naming the row if one is bad."""
+    try:
+        yield
+    except pa.ArrowInvalid as exc:
+        raise table.problem(f"not valid CSV: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", source=table.path) from None
 
 
 def _columns(header: list[str], target: str, features, source: str) -> list[str]:
@@ -108,15 +147,7 @@ def _listing(header: list[str]) -> str:
 def _read(table: _Table, size: int, progress: Progress | None) -> tuple[np.ndarray, pa.ChunkedArray | np.ndarray]:
     """Stream the file block by block: x as float64 blocks, the target as strings (classes) or floats."""
     columns = [*table.names, table.target]
-    types = {name: pa.float64() for name in table.names}
-    types[table.target] = pa.string() if table.classification else pa.float64()
-    options = {
-        "read_options": pacsv.ReadOptions(column_names=table.header, skip_rows=table.header_lines,
-                                          block_size=BLOCK_BYTES),
-        "parse_options": pacsv.ParseOptions(invalid_row_handler=skip_blank),
-        "convert_options": pacsv.ConvertOptions(include_columns=columns, column_types=types, null_values=[],
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
-    }
+    options = _options(table)
     report = progress or _Progress(table.path)
     started = time.monotonic()
     blocks, targets = [], []
@@ -134,10 +165,24 @@ def _read(table: _Table, size: int, progress: Progress | None) -> tuple[np.ndarr
         report.done(sum(len(b) for b in blocks))
     x = np.concatenate(blocks) if blocks else np.empty((0, len(feature_columns)))
     del blocks
-    y_column = pa.chunked_array(targets, type=types[table.target])
+    y_column = pa.chunked_array(targets, type=pa.string() if table.classification else pa.float64())
     if table.classification:
         return x, y_column
     return x, y_column.to_numpy().reshape(-1, 1)
+
+
+def _options(table: _Table) -> dict:
+    """pyarrow's reader options for the table's feature columns (float64) and its target column."""
+    types = {name: pa.float64() for name in table.names}
+    types[table.target] = pa.string() if table.classification else pa.float64()
+    return {
+        "read_options": pacsv.ReadOptions(column_names=table.header, skip_rows=table.header_lines,
+                                          block_size=BLOCK_BYTES),
+        "parse_options": pacsv.ParseOptions(invalid_row_handler=skip_blank),
+        "convert_options": pacsv.ConvertOptions(include_columns=[*table.names, table.target], column_types=types,
+                                                null_values=[], strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False),
+    }
 
 
 def skip_blank(row) -> str:

@@ -28,3 +28,18 @@ class Dataset:
 
     def subset(self, index: np.ndarray) -> "Dataset":
         return replace(self, x=self.x[index], y=self.y[index])
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What `validate` needs to know of a data file without reading its features: the number of
+    samples, the features' names and one sample's shape, and the targets — class indices (N,)
+    int64 with `class_names`, or for regression only their width (`y` None)."""
+
+    rows: int
+    source: str
+    feature_names: tuple[str, ...]
+    sample_shape: tuple[int, ...]
+    y: np.ndarray | None = None  # class indices (N,); None for regression targets
+    class_names: tuple[str, ...] | None = None
+    target_width: int = 1  # regression target columns

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sgdcli.data.dataset import Dataset
+from sgdcli.data.dataset import Dataset, DataShape
 from sgdcli.data.labels import encode_codes
 from sgdcli.errors import DataError
 from sgdcli.fileio import check_fits, read_bytes, regular_file_size
@@ -40,6 +40,7 @@ _TYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_HEADER = 4 + 4 * 255
 _CACHE_VERSION = "v1"
+_HEADER_READ = 1 << 20  # compressed bytes read for a header: far more than 1,024 inflated bytes need
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -86,10 +87,16 @@ def load_idx_pair(
     """Load matching images (N, ...) and integer labels (N,), via a decode cache if `cache_dir`."""
     x = _load_cached(images, cache_dir)
     y = _load_cached(labels, cache_dir)
-    if x.ndim < 2:
+    _check_pair(x.shape, y, images, labels)
+    return x, y
+
+
+def _check_pair(shape: tuple[int, ...], y: np.ndarray, images: str | Path, labels: str | Path) -> None:
+    """Images of `shape` (N, ...) and labels `y` (N,) of integers, or a DataError naming the file."""
+    if len(shape) < 2:
         raise DataError(
             f"expected an idx3 image file with at least 2 dimensions, "
-            f"received {x.ndim} (shape {_shape_text(x.shape)})",
+            f"received {len(shape)} (shape {_shape_text(shape)})",
             source=str(images),
         )
     if y.ndim != 1:
@@ -100,12 +107,11 @@ def load_idx_pair(
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"expected integer labels, received {y.dtype}", source=str(labels))
-    if len(x) != len(y):
+    if shape[0] != len(y):
         raise DataError(
-            f"holds {len(x)} images but {labels} holds {len(y)} labels; the counts must match",
+            f"holds {shape[0]} images but {labels} holds {len(y)} labels; the counts must match",
             source=str(images),
         )
-    return x, y
 
 
 def default_cache_dir() -> Path:
@@ -281,8 +287,44 @@ def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = N
     named by `class_names` (data.class_names, a name per label value) or by the label value;
     with `known_classes` (a trained model's), every label's name must be one of them."""
     pixels, raw_labels = load_idx_pair(images, labels, cache_dir=default_cache_dir())
-    source = str(images)
     sample_shape = tuple(pixels.shape[1:])
+    y, classes = _classes(raw_labels, labels, class_names, known_classes)
+    width = int(np.prod(sample_shape))
+    return Dataset(pixels.reshape(len(pixels), width), y, str(images),
+                   tuple(f"pixel_{i}" for i in range(width)), classes, sample_shape)
+
+
+def idx_shape(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
+              known_classes: tuple[str, ...] | None = None) -> DataShape:
+    """load_idx's checks on the images' header (count, image shape, memory) and the labels; the
+    pixels are neither inflated nor read past the header, so a truncated images file passes here
+    and is refused by load_idx."""
+    dtype, shape = _read_header(images)
+    # the labels are decoded directly (one byte a sample): nothing is written to the decode cache
+    y, classes = _classes(read_idx(labels), labels, class_names, known_classes, shape, images)
+    width = math.prod(shape[1:])
+    return DataShape(shape[0], str(images), tuple(f"pixel_{i}" for i in range(width)), tuple(shape[1:]), y, classes)
+
+
+def _read_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """The header of an IDX file (raw or gzip), checked as _decode checks it, from its first bytes."""
+    regular_file_size(path, DataError, "an IDX file")
+    with open(path, "rb") as handle:
+        raw = handle.read(_HEADER_READ)
+    gz_named, source = str(path).endswith(".gz"), str(path)
+    dtype, shape, _ = _parse_header(_gunzip(raw, _MAX_HEADER, source) if raw.startswith(_GZIP_MAGIC) else raw,
+                                    source, gz_named)
+    check_fits(2 * math.prod(shape) * dtype.itemsize + 4 * math.prod(shape), source,
+               f"the header's shape {_shape_text(shape)} of {dtype.name} (decoded, then as float32)", DataError)
+    return dtype, shape
+
+
+def _classes(raw_labels: np.ndarray, labels: Path, class_names: tuple[str, ...] | None,
+             known_classes: tuple[str, ...] | None, shape: tuple[int, ...] | None = None,
+             images: Path | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels encoded as load_idx documents; with `shape`, first checked against the images' header."""
+    if shape is not None:
+        _check_pair(shape, raw_labels, images, labels)
     distinct, codes = np.unique(raw_labels, return_inverse=True)
     if distinct[0] < 0:
         raise DataError(f"label {int(distinct[0])} is negative; expected class labels 0, 1, ...", source=str(labels))
@@ -292,8 +334,5 @@ def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = N
     names = [class_names[v] if class_names is not None else str(v) for v in distinct.tolist()]
     if known_classes is None and len(names) < 2:
         raise DataError(f"every label is {names[0]!r}; classification needs at least 2 classes", source=str(labels))
-    y, classes = encode_codes(names, codes.reshape(-1), str(labels), known_classes or tuple(names),
-                              locate=lambda i: f"label {i}")
-    width = int(np.prod(sample_shape))
-    return Dataset(pixels.reshape(len(pixels), width), y, source,
-                   tuple(f"pixel_{i}" for i in range(width)), classes, sample_shape)
+    return encode_codes(names, codes.reshape(-1), str(labels), known_classes or tuple(names),
+                        locate=lambda i: f"label {i}")

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sgdcli.data.dataset import Dataset
+from sgdcli.data.dataset import Dataset, DataShape
 from sgdcli.data.labels import encode_codes, encode_labels
 from sgdcli.errors import DataError
 from sgdcli.fileio import check_fits, format_bytes, regular_file_size
 
 _NUMERIC = "biuf"
+# what zipfile and numpy raise for a damaged archive; the last two: an unsupported method, encryption
+_UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+               NotImplementedError, RuntimeError)
 
 
 def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | None = None) -> Dataset:
@@ -34,9 +37,7 @@ def load_npz(path: Path, classification: bool, class_names: tuple[str, ...] | No
     if classification:
         labels, classes = _classes(y, source, class_names)
         return Dataset(x, labels, source, names, classes, sample_shape)
-    y = y.reshape(len(y), -1).astype(np.float64)
-    if not np.isfinite(y).all():
-        raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
+    y = _targets(y, source)
     return Dataset(x, y, source, names, sample_shape=sample_shape)
 
 
@@ -46,6 +47,50 @@ def load_npz_features(path: Path) -> np.ndarray:
     return x
 
 
+def npz_shape(path: Path, classification: bool, class_names: tuple[str, ...] | None = None) -> DataShape:
+    """load_npz's checks on the .npy headers and `y`; `x` is not inflated (its values are checked by `train`)."""
+    source = str(path)
+    regular_file_size(path, DataError, "an .npz file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, ("x", "y"), source)
+            heads = [_header(archive, members[f"{key}.npy"], source, key) for key in ("x", "y")]
+            _check_shapes(heads[0], heads[1], classification, source)
+            _check_memory(heads, ("x", "y"), source)
+            y = _inflate(archive, members["y.npy"], heads[1])
+    except _UNREADABLE as exc:
+        raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
+    x_shape = heads[0][0]
+    names = tuple(f"x{i}" for i in range(math.prod(x_shape[1:])))
+    if classification:
+        labels, classes = _classes(y, source, class_names)
+        return DataShape(x_shape[0], source, names, tuple(x_shape[1:]), labels, classes)
+    y = _targets(y, source)
+    return DataShape(x_shape[0], source, names, tuple(x_shape[1:]), target_width=y.shape[1])
+
+
+def _targets(y: np.ndarray, source: str) -> np.ndarray:
+    """Regression targets as finite float64 (N, K), or a DataError naming the first bad sample."""
+    y = y.reshape(len(y), -1).astype(np.float64)
+    if not np.isfinite(y).all():
+        raise DataError(f"y[{np.argwhere(~np.isfinite(y))[0][0]}]: expected a finite number", source=source)
+    return y
+
+
+def _members(archive: zipfile.ZipFile, keys: tuple[str, ...], source: str) -> dict[str, zipfile.ZipInfo]:
+    members = {info.filename: info for info in archive.infolist()}
+    if any(f"{key}.npy" not in members for key in keys):
+        found = sorted(name[:-4] for name in members if name.endswith(".npy"))
+        raise DataError(f"expected arrays named {' and '.join(map(repr, keys))}, received {found}", source=source)
+    return members
+
+
+def _check_memory(heads: list, keys: tuple[str, ...], source: str) -> None:
+    needed = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, _, dtype in heads)
+    shapes = " and ".join(f"{key} {_shape(head[0])}" for key, head in zip(keys, heads))
+    check_fits(needed, source, f"loading {shapes} as float64", DataError)
+
+
 def _read(path: Path, keys: tuple[str, ...], classification: bool) -> tuple[list[np.ndarray], tuple[int, ...]]:
     """The arrays named `keys` ("x" first), each header checked against its declared size and the
     memory before it is inflated; x as finite float64 (N, D), and one sample's shape."""
@@ -53,19 +98,12 @@ def _read(path: Path, keys: tuple[str, ...], classification: bool) -> tuple[list
     regular_file_size(path, DataError, "an .npz file")
     try:
         with zipfile.ZipFile(path) as archive:
-            members = {info.filename: info for info in archive.infolist()}
-            if any(f"{key}.npy" not in members for key in keys):
-                found = sorted(name[:-4] for name in members if name.endswith(".npy"))
-                raise DataError(f"expected arrays named {' and '.join(map(repr, keys))}, received {found}",
-                                source=source)
+            members = _members(archive, keys, source)
             heads = [_header(archive, members[f"{key}.npy"], source, key) for key in keys]
             _check_shapes(heads[0], heads[1] if len(heads) > 1 else None, classification, source)
-            needed = sum(math.prod(shape) * (dtype.itemsize + 8) for shape, _, dtype in heads)
-            shapes = " and ".join(f"{key} {_shape(head[0])}" for key, head in zip(keys, heads))
-            check_fits(needed, source, f"loading {shapes} as float64", DataError)
+            _check_memory(heads, keys, source)
             arrays = [_inflate(archive, members[f"{key}.npy"], head) for key, head in zip(keys, heads)]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
-            NotImplementedError, RuntimeError) as exc:  # the last two: an unsupported method, encryption
+    except _UNREADABLE as exc:
         raise DataError(f"not a readable .npz archive ({exc})", source=source) from None
     x = arrays[0].reshape(len(arrays[0]), -1).astype(np.float64, copy=False)
     bad = np.argwhere(~np.isfinite(x))

@@ -122,7 +122,7 @@ def load_dataset(data: data_sources.DataConfig, classification: bool, rng: np.ra
             found = idx.find_idx_files(path)
             images, labels = found.get("test", found["train"])
         else:
-            images, labels = _idx_files(data, "train")
+            images, labels = idx_files(data, "train")
         return idx.load_idx(images, labels, tuple(data.class_names or ()) or None, class_names)
     if isinstance(data, data_sources.CsvDataConfig):
         return csvfile.load_csv(path or data.path, data.target, features or data.features, classification, class_names)
@@ -138,7 +138,7 @@ def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | N
     """The config's held-out test set (data.test_file, or the IDX test pair), if it names one."""
     data = config.data
     if isinstance(data, data_sources.IdxDataConfig):
-        files = _idx_files(data, "test")
+        files = idx_files(data, "test")
         return None if files is None else idx.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
     test_file = getattr(data, "test_file", None)
     if test_file is None:
@@ -153,7 +153,7 @@ def has_test_set(config: cfg.ExperimentConfig) -> bool:
     return getattr(data, "test_file", None) is not None
 
 
-def _idx_files(data: data_sources.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
+def idx_files(data: data_sources.IdxDataConfig, split: str) -> tuple[Path, Path] | None:
     if data.path is not None:
         return idx.find_idx_files(data.path).get(split)
     if split == "train":
@@ -173,7 +173,7 @@ def split_with_mask(config: cfg.ExperimentConfig, rngs: Rngs,
     or no validation). A given `mask` (a run's recorded split) is applied instead of drawing one."""
     data, classification = config.data, config.is_classification
     full = load_dataset(data, classification, rngs.data)
-    _check_targets(config, full)
+    check_targets(config, full.class_names, full.source)
     validation_file = getattr(data, "validation_file", None)
     if validation_file is not None:
         return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names), None
@@ -189,7 +189,7 @@ def data_files(config: cfg.ExperimentConfig) -> list[tuple[str, Path]]:
     """Every file the config's data is read from, with its role: train, validation or test."""
     data = config.data
     if isinstance(data, data_sources.IdxDataConfig):
-        found = [(split, _idx_files(data, split)) for split in ("train", "test")]
+        found = [(split, idx_files(data, split)) for split in ("train", "test")]
         return [(split, path) for split, pair in found if pair is not None for path in pair]
     roles = [("train", getattr(data, "path", None)), ("validation", getattr(data, "validation_file", None)),
              ("test", getattr(data, "test_file", None))]
@@ -210,16 +210,16 @@ def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:
         feature_names=train.feature_names,
         class_names=train.class_names,
         source=train.source,
-        sample_shape=_sample_shape(config.data, train),
+        sample_shape=sample_shape(config.data, train.x.shape[1], train.sample_shape),
         validation_mask=mask,
     )
 
 
-def _sample_shape(data: data_sources.DataConfig, train: Dataset) -> tuple[int, ...]:
-    """The data's own sample shape (images keep theirs), or CSV's data.sample_shape over its columns."""
-    width, given = train.x.shape[1], getattr(data, "sample_shape", None)
+def sample_shape(data: data_sources.DataConfig, width: int, own: tuple[int, ...]) -> tuple[int, ...]:
+    """The data's own sample shape `own` (images keep theirs), or CSV's data.sample_shape over its `width` columns."""
+    given = getattr(data, "sample_shape", None)
     if given is None:
-        return train.sample_shape or (width,)
+        return own or (width,)
     if math.prod(given) != width:
         raise ConfigError(f"data.sample_shape: expected a shape of {width} values (the data's feature columns), "
                           f"received {list(given)} ({math.prod(given)} values)")
@@ -235,11 +235,12 @@ def target_array(y: np.ndarray, config: cfg.ExperimentConfig, dtype: np.dtype) -
     return y.astype(dtype)
 
 
-def _check_targets(config: cfg.ExperimentConfig, data: Dataset) -> None:
-    names = data.class_names or ()
+def check_targets(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None, source: str) -> None:
+    """binary_cross_entropy needs exactly 2 classes: a DataError naming the data file and the config."""
+    names = class_names or ()
     if isinstance(config.loss, cfg.BinaryCrossEntropyConfig) and len(names) != 2:
         raise DataError(f"{_target_name(config)}: expected exactly 2 classes for loss.type binary_cross_entropy "
-                        f"(in {config.file}), received {len(names)}: {names_text(names)}", source=data.source)
+                        f"(in {config.file}), received {len(names)}: {names_text(names)}", source=source)
 
 
 def names_text(names: tuple[str, ...], shown: int = 10) -> str:

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from sgdcli.config import data_sources
 from sgdcli.config import schema as cfg
+from sgdcli.config import shapes as layer_shapes
 from sgdcli.data.dataset import Dataset
 from sgdcli.engine import metrics
 from sgdcli.engine.model import Sequential
 from sgdcli.errors import ConfigError
-from sgdcli.training import build, memory
+from sgdcli.training import build, memory, shapes
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,20 @@ def for_data(config: cfg.ExperimentConfig, train: Dataset, val: Dataset | None) 
     """Check `config` against its (unscaled) training and validation sets; ConfigError naming the
     config file and the dotted key for the first thing that does not fit."""
     width = build.outputs_for(config, train.class_names, train.y)
+    return _for_sizes(config, train.source, len(train), 0 if val is None else len(val), width,
+                      train.class_names, train.feature_names)
+
+
+def _for_sizes(config: cfg.ExperimentConfig, source: str, train_samples: int, val_samples: int, outputs: int,
+               class_names: tuple[str, ...] | None, feature_names: tuple[str, ...]) -> Plan:
+    """for_data's checks on the sizes alone: what `validate` knows without reading the features."""
     with naming(config):
-        batch = _batch_size(config, len(train), train.source)
-    measured = max(len(train) if config.training.eval_train else 0, 0 if val is None else len(val))
-    needed = check_model(config, train.x.shape[1], width, train.class_names, train.source, batch, config.optimizer,
+        batch = _batch_size(config, train_samples, source)
+    measured = max(train_samples if config.training.eval_train else 0, val_samples)
+    needed = check_model(config, len(feature_names), outputs, class_names, source, batch, config.optimizer,
                          config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
-    return Plan(train.source, len(train), 0 if val is None else len(val), train.x.shape[1], width,
-                train.class_names, train.feature_names, batch, needed)
+    return Plan(source, train_samples, val_samples, len(feature_names), outputs, class_names, feature_names, batch,
+                needed)
 
 
 def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[build.PreparedData, Plan, Sequential]:
@@ -56,7 +66,9 @@ def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[bui
     with naming(config):
         prepared = build.prepare_data(config, rngs)
     checked = for_prepared(config, prepared)
-    return prepared, checked, build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
+    with naming(config):
+        model = build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
+    return prepared, checked, model
 
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:
@@ -117,10 +129,28 @@ def _batch_size(config: cfg.ExperimentConfig, samples: int, source: str) -> int:
 
 def check_config(config: cfg.ExperimentConfig) -> Plan:
     """Everything `train` checks before its first update, without building the model or a run
-    directory: the data is read and split as training reads it, then checked against the config."""
-    with naming(config):
-        train, val = build.split_data(config, build.Rngs.from_seed(config.seed))
-    return for_data(config, train, val)
+    directory, reading only what the checks need: a data file's header, row count and targets (not
+    the feature cells or pixels; shapes.training_shapes). Synthetic data is generated as training does."""
+    if isinstance(config.data, data_sources.SyntheticDataConfig):
+        with naming(config):
+            train, val = build.split_data(config, build.Rngs.from_seed(config.seed))
+            sample_shape = build.sample_shape(config.data, train.x.shape[1], train.sample_shape)
+        checked = for_data(config, train, val)
+    else:
+        with naming(config):
+            full, train_samples, val_samples = shapes.training_shapes(config)
+            sample_shape = build.sample_shape(config.data, len(full.feature_names), full.sample_shape)
+        # outputs_for reads only the targets' columns (regression) or the class names
+        width = build.outputs_for(config, full.class_names, np.empty((0, full.target_width)))
+        checked = _for_sizes(config, full.source, train_samples, val_samples, width, full.class_names,
+                             full.feature_names)
+    with naming(config):  # what build_model and the session check next, on the sample shape alone
+        try:
+            layer_shapes.infer_shapes(config.model.layers, sample_shape)
+        except layer_shapes.ShapeError as exc:
+            raise ConfigError(str(exc)) from None
+        build.check_batch_norm_batches(config.model, sample_shape, checked.batch_size, checked.train_samples)
+    return checked
 
 
 def resolved(config: cfg.ExperimentConfig, checked: Plan) -> dict:

@@ -68,7 +68,8 @@ def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.Prepar
     rngs = build.Rngs.from_seed(config.seed)
     prepared, checked, model = plan.prepare_checked(config, rngs)
     batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
-    build.check_batch_norm_batches(config.model, prepared.sample_shape, batch_size, len(prepared.x_train))
+    with plan.naming(config):
+        build.check_batch_norm_batches(config.model, prepared.sample_shape, batch_size, len(prepared.x_train))
     problem = Problem(
         model=model,
         loss=build.build_loss(config.loss),
