@@ -154,9 +154,9 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
     rngs = build.Rngs.from_seed(config.seed)
     with plan.naming(config):
         prepared = build.prepare_data(config, rngs)
-    features, outputs = prepared.x_train.shape[1], build.output_width(config, prepared)
+    outputs = build.output_width(config, prepared)
     batch = min(samples, len(prepared.x_train))
-    plan.check_model(config, features, outputs, prepared.class_names, prepared.source, batch, None, "float64",
+    plan.check_model(config, prepared.sample_shape, outputs, prepared.class_names, prepared.source, batch, None, "float64",
                      "the gradient check (float64)")
     model = build.build_model(config.model.model_copy(update={"dtype": "float64"}), prepared.sample_shape, outputs,
                               rngs.init)

@@ -150,3 +150,42 @@ def test_objective_divergence_shows_no_numpy_warning(tmp_path):
                                      "optimizer.learning_rate=100", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 5, result.stderr
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+CNN = [{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+       {"type": "batch_norm"}, {"type": "max_pool2d"}, {"type": "flatten"}, {"type": "dense", "units": 3}]
+
+
+def test_memory_estimate_counts_conv_and_batch_norm_as_the_built_model_holds_them():
+    import numpy as np
+
+    from sgdcli.training import build
+
+    config = load_config(tiny_config(model__layers=CNN, optimizer={"type": "sgd", "learning_rate": 0.1}))
+    needed = memory.estimate(config.model, (1, 8, 8), 2, config.optimizer)
+    model = build.build_model(config.model, (1, 8, 8), 3, np.random.default_rng(0))
+    # conv 1*3*3*4 + 4 = 40, batch norm 2*4 + running mean/var 2*4, dense 64*3 + 3 = 195: what the model holds
+    assert needed.parameters == sum(array.nbytes for array in model.state_dict().values()) == (40 + 16 + 195) * 4
+    assert needed.gradients == (40 + 8 + 195) * 4  # running statistics take no gradient
+    # per sample: outputs 64 (input), 256 (conv), 256 (batch norm), 64, 64, 3 -> 707; dout and dx of the
+    # largest, 2 * 256; the conv's im2col columns, 8*8 positions x 1*3*3 -> 576. Batch 2, 4 bytes each.
+    assert needed.activations == 2 * (707 + 512 + 576) * 4
+
+
+def test_a_cnn_too_large_for_memory_is_refused_before_any_weight_exists(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "images.npz", x=rng.random((20, 8, 8)), y=np.arange(20) % 2)
+    huge = [{"type": "conv2d", "filters": 65_536, "kernel_size": 3, "padding": "same"},
+            {"type": "conv2d", "filters": 65_536, "kernel_size": 3, "padding": "same"},  # 3.9e10 weights
+            {"type": "flatten"}, {"type": "dense", "units": 2}]
+    config = tiny_config(data={"source": "npz", "path": "images.npz", "validation": 0}, model__layers=huge)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    for args in (["validate", "c.yaml"], ["train", "c.yaml", "--runs-dir", "runs"], ["gradcheck", "c.yaml"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output, result.stderr)
+        assert "c.yaml: model.layers:" in result.stderr and "needs about" in result.stderr
+        assert "parameters 144.0 GiB" in result.stderr or "parameters 288.1 GiB" in result.stderr  # 65,536 x 65,536 x 3 x 3 weights: float32, or float64 for gradcheck
+    assert not (tmp_path / "runs").exists()

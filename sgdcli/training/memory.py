@@ -3,6 +3,7 @@ and how much this process may use."""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
+from sgdcli.config import shapes
 from sgdcli.errors import ConfigError
 
 # Optimizer state arrays kept per parameter array (sgd: the velocity, only with momentum).
@@ -49,32 +52,56 @@ class Estimate:
         return f"about {size_text(self.total)} ({shown})"
 
 
-def estimate(model: cfg.ModelConfig, in_features: int, batch: int, optimizer: cfg.OptimizerConfig | None,
-             dtype: str | np.dtype | None = None, eval_rows: int = 0) -> Estimate:
+def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch: int,
+             optimizer: cfg.OptimizerConfig | None, dtype: str | np.dtype | None = None,
+             eval_rows: int = 0) -> Estimate:
     """The memory one training update of this model needs, in bytes (arithmetic on the config only).
 
-    Parameters: D·M + M per dense layer. Gradients: as many again (none for `perturb`, which takes no
+    Parameters: D·M + M per dense layer, C·kh·kw·F (+ F) per conv layer, 2·C (+ 2·C running
+    statistics) per batch norm. Gradients: as many again (none for `perturb`, which takes no
     gradient). Optimizer state: the parameters times the optimizer's state arrays (Adam: m and v).
-    Activations: each layer's (batch, width) output kept for the backward pass, plus the input and
-    two arrays of the widest layer for the backward pass's dout and dx. The losses measured after
-    each epoch run `eval_rows` samples at a time, keeping no caches: the input and output of the widest
-    layer; when that is more, it is what counts.
+    Activations: each layer's output for a batch (kept for the backward pass), plus the input, two
+    arrays of the largest output for the backward pass's dout and dx, and the largest conv layer's
+    im2col columns (out_h·out_w × C·kh·kw per sample). The losses measured after each epoch run
+    `eval_rows` samples at a time, keeping no caches: the largest output twice and the columns;
+    when that is more, it is what counts. A model whose layers do not fit the sample shape is
+    counted as flat here; that error is raised where the shapes are checked.
     """
     itemsize = np.dtype(dtype or model.dtype).itemsize
-    width, count, outputs = in_features, 0, [in_features]
-    for layer in model.layers:
-        if isinstance(layer, cfg.DenseConfig):
-            count += width * layer.units + layer.units
-            width = layer.units
-        outputs.append(width)
-    parameters = count * itemsize
+    found = _shapes(model.layers, sample_shape)
+    trainable, buffers, columns = 0, 0, [0]
+    for spec, shape_in, shape_out in zip(model.layers, found, found[1:]):
+        if isinstance(spec, cfg.DenseConfig):
+            trainable += math.prod(shape_in) * spec.units + spec.units
+        elif isinstance(spec, image.Conv2dConfig):
+            kh, kw = shapes.pair(spec.kernel_size)
+            trainable += shape_in[0] * kh * kw * spec.filters + (spec.filters if spec.bias else 0)
+            columns.append(math.prod(shape_out[1:]) * shape_in[0] * kh * kw)
+        elif isinstance(spec, image.BatchNormConfig):
+            trainable += 2 * shape_in[0]
+            buffers += 2 * shape_in[0]
+    sizes = [math.prod(shape) for shape in found]
+    weights = trainable * itemsize
     slots = STATE_SLOTS[type(optimizer)](optimizer) if optimizer is not None else 0
-    gradients = 0 if isinstance(optimizer, cfg.PerturbConfig) else parameters
-    activations = batch * (sum(outputs) + 2 * max(outputs)) * itemsize
-    evaluation = eval_rows * 2 * max(outputs) * itemsize
+    gradients = 0 if isinstance(optimizer, cfg.PerturbConfig) else weights
+    parameters = weights + buffers * itemsize
+    activations = batch * (sum(sizes) + 2 * max(sizes) + max(columns)) * itemsize
+    evaluation = eval_rows * (2 * max(sizes) + max(columns)) * itemsize
     if evaluation > activations:
-        return Estimate(parameters, gradients, slots * parameters, evaluation, eval_rows, evaluation=True)
-    return Estimate(parameters, gradients, slots * parameters, activations, batch)
+        return Estimate(parameters, gradients, slots * weights, evaluation, eval_rows, evaluation=True)
+    return Estimate(parameters, gradients, slots * weights, activations, batch)
+
+
+def _shapes(layers, sample_shape: int | tuple[int, ...]) -> list[tuple[int, ...]]:
+    """[input, output of each layer]; flat widths when the layers do not fit the sample shape."""
+    given = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+    try:
+        return shapes.infer_shapes(layers, given)
+    except shapes.ShapeError:
+        found = [(math.prod(given),)]
+        for spec in layers:
+            found.append((spec.units,) if isinstance(spec, cfg.DenseConfig) else found[-1])
+        return found
 
 
 def available() -> tuple[int, str]:

@@ -44,17 +44,20 @@ def for_data(config: cfg.ExperimentConfig, train: Dataset, val: Dataset | None) 
     """Check `config` against its (unscaled) training and validation sets; ConfigError naming the
     config file and the dotted key for the first thing that does not fit."""
     width = build.outputs_for(config, train.class_names, train.y)
+    with naming(config):
+        sample_shape = build.sample_shape(config.data, train.x.shape[1], train.sample_shape)
     return _for_sizes(config, train.source, len(train), 0 if val is None else len(val), width,
-                      train.class_names, train.feature_names)
+                      train.class_names, train.feature_names, sample_shape)
 
 
 def _for_sizes(config: cfg.ExperimentConfig, source: str, train_samples: int, val_samples: int, outputs: int,
-               class_names: tuple[str, ...] | None, feature_names: tuple[str, ...]) -> Plan:
+               class_names: tuple[str, ...] | None, feature_names: tuple[str, ...],
+               sample_shape: tuple[int, ...]) -> Plan:
     """for_data's checks on the sizes alone: what `validate` knows without reading the features."""
     with naming(config):
         batch = _batch_size(config, train_samples, source)
     measured = max(train_samples if config.training.eval_train else 0, val_samples)
-    needed = check_model(config, len(feature_names), outputs, class_names, source, batch, config.optimizer,
+    needed = check_model(config, sample_shape, outputs, class_names, source, batch, config.optimizer,
                          config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
     return Plan(source, train_samples, val_samples, len(feature_names), outputs, class_names, feature_names, batch,
                 needed)
@@ -73,19 +76,20 @@ def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[bui
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:
     """The same checks on data already split and scaled."""
-    train = Dataset(prepared.x_train, prepared.y_train, prepared.source, prepared.feature_names, prepared.class_names)
+    train = Dataset(prepared.x_train, prepared.y_train, prepared.source, prepared.feature_names, prepared.class_names,
+                    prepared.sample_shape)
     val = None if prepared.x_val is None else Dataset(prepared.x_val, prepared.y_val, prepared.source, ())
     return for_data(config, train, val)
 
 
-def check_model(config: cfg.ExperimentConfig, features: int, outputs: int, class_names: tuple[str, ...] | None,
+def check_model(config: cfg.ExperimentConfig, sample_shape: tuple[int, ...], outputs: int, class_names: tuple[str, ...] | None,
                 source: str, batch: int, optimizer: cfg.OptimizerConfig | None, dtype: str,
                 what: str, eval_rows: int = 0) -> memory.Estimate:
     """The last dense layer against the outputs the data and loss need, and the model's memory (in
     `dtype`, with `optimizer`'s state and a batch of `batch`) against what this process may use."""
     with naming(config):
         _check_output_layer(config, outputs, class_names, source)
-        needed = memory.estimate(config.model, features, max(batch, 1), optimizer, dtype, eval_rows)
+        needed = memory.estimate(config.model, sample_shape, max(batch, 1), optimizer, dtype, eval_rows)
         memory.check_fits(needed, what, config.file)
     return needed
 
@@ -143,7 +147,7 @@ def check_config(config: cfg.ExperimentConfig) -> Plan:
         # outputs_for reads only the targets' columns (regression) or the class names
         width = build.outputs_for(config, full.class_names, np.empty((0, full.target_width)))
         checked = _for_sizes(config, full.source, train_samples, val_samples, width, full.class_names,
-                             full.feature_names)
+                             full.feature_names, sample_shape)
     with naming(config):  # what build_model and the session check next, on the sample shape alone
         try:
             layer_shapes.infer_shapes(config.model.layers, sample_shape)
