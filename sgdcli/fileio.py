@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -154,23 +155,36 @@ def regular_file_size(path: Path | str, error: type[SgdcliError], what: str) -> 
     return info.st_size
 
 
-def memory_limit() -> int:
-    """Bytes of memory this process may use: physical memory, or the cgroup's limit if lower.
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 
-    Data loading compares what a file declares (shape and type) with this before allocating.
+
+def memory_available() -> tuple[int, str]:
+    """The most memory this process may use, in bytes, and what sets that limit: the machine's
+    physical memory, the address-space limit (`ulimit -v`) or a container's cgroup limit (v2 or v1).
+
+    Data loading (what a file declares) and the model's estimate are compared with this before
+    anything is allocated.
     """
     try:
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's physical memory")]
     except (ValueError, OSError):
-        limit = 1 << 62
-    for control in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        limits = [(1 << 62, "no known limit")]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append((soft, "the address-space limit (ulimit -v)"))
+    for control in CGROUP_LIMITS:
         try:
-            text = Path(control).read_text().strip()
+            text = control.read_text().strip()
         except OSError:
             continue
         if text.isdigit():
-            limit = min(limit, int(text))
-    return limit
+            limits.append((int(text), "the container's memory limit (cgroup)"))
+    return min(limits)
+
+
+def memory_limit() -> int:
+    """memory_available()'s bytes alone."""
+    return memory_available()[0]
 
 
 def check_fits(needed: int, source: str, what: str, error: type[SgdcliError]) -> None:

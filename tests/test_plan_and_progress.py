@@ -12,7 +12,7 @@ from conftest import REPO, tiny_config
 from rich.console import Console
 from typer.testing import CliRunner
 
-from sgdcli import api
+from sgdcli import api, fileio
 from sgdcli.cli import render
 from sgdcli.cli.app import app
 from sgdcli.config.loading import load_config
@@ -48,13 +48,13 @@ def test_memory_estimate_by_hand():
 def test_a_model_past_the_limit_is_refused_with_the_estimate(monkeypatch):
     config = load_config(tiny_config())
     needed = memory.estimate(config.model, 2, 16, config.optimizer)
-    monkeypatch.setattr(memory, "available", lambda: (needed.total - 1, "a test limit"))
+    monkeypatch.setattr(memory, "memory_available", lambda: (needed.total - 1, "a test limit"))
     with pytest.raises(ConfigError) as info:
         memory.check_fits(needed, "training this model", "c.yaml")
     message = str(info.value)
     assert message.startswith("c.yaml: model.layers: training this model needs about")
     assert memory.size_text(needed.total) in message and "a test limit" in message
-    monkeypatch.setattr(memory, "available", lambda: (needed.total, "a test limit"))
+    monkeypatch.setattr(memory, "memory_available", lambda: (needed.total, "a test limit"))
     memory.check_fits(needed, "training this model", "c.yaml")  # exactly at the limit fits
 
 
@@ -63,7 +63,7 @@ def test_available_memory_follows_ulimit(monkeypatch):
 
     monkeypatch.setattr(resource, "getrlimit", lambda which: (2**30, resource.RLIM_INFINITY)
                         if which == resource.RLIMIT_AS else (resource.RLIM_INFINITY,) * 2)
-    assert memory.available() == (2**30, "the address-space limit (ulimit -v)")
+    assert fileio.memory_available() == (2**30, "the address-space limit (ulimit -v)")
 
 
 def test_size_text():

@@ -4,10 +4,7 @@ and how much this process may use."""
 from __future__ import annotations
 
 import math
-import os
-import resource
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +12,7 @@ from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
 from sgdcli.config import shapes
 from sgdcli.errors import ConfigError
+from sgdcli.fileio import memory_available
 
 # Optimizer state arrays kept per parameter array (sgd: the velocity, only with momentum).
 STATE_SLOTS = {
@@ -25,7 +23,6 @@ STATE_SLOTS = {
     cfg.AdamwConfig: lambda c: 2,
     cfg.PerturbConfig: lambda c: 0,
 }
-CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 
 
 @dataclass(frozen=True)
@@ -104,25 +101,9 @@ def _shapes(layers, sample_shape: int | tuple[int, ...]) -> list[tuple[int, ...]
         return found
 
 
-def available() -> tuple[int, str]:
-    """The most memory this process may use, in bytes, and what sets that limit: the machine's
-    physical memory, the address-space limit (`ulimit -v`) or a container's cgroup limit."""
-    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's physical memory")]
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        limits.append((soft, "the address-space limit (ulimit -v)"))
-    try:
-        text = CGROUP_LIMIT.read_text().strip()
-        if text.isdigit():
-            limits.append((int(text), "the container's memory limit (cgroup memory.max)"))
-    except OSError:
-        pass
-    return min(limits)
-
-
 def check_fits(needed: Estimate, what: str, source: str | None) -> None:
     """ConfigError (naming `source` and the key `model.layers`) when `needed` exceeds what is available."""
-    limit, reason = available()
+    limit, reason = memory_available()
     hint = "" if needed.evaluation else ", or a smaller batch"  # evaluation chunks do not follow the batch
     if needed.total > limit:
         raise ConfigError(f"model.layers: {what} needs {needed.describe()}; expected at most {size_text(limit)} "
