@@ -175,13 +175,18 @@ def _options(table: _Table) -> dict:
     """pyarrow's reader options for the table's feature columns (float64) and its target column."""
     types = {name: pa.float64() for name in table.names}
     types[table.target] = pa.string() if table.classification else pa.float64()
+    return reader_options(table.header, table.header_lines, types)
+
+
+def reader_options(header: list[str], header_lines: int, types: dict[str, pa.DataType]) -> dict:
+    """Keyword arguments for `pyarrow.csv.open_csv`: the columns of `types`, in that order and of those
+    types, after the header's lines; no null spellings (an empty cell or `NA` is not a number), rows
+    of only spaces skipped like blank lines."""
     return {
-        "read_options": pacsv.ReadOptions(column_names=table.header, skip_rows=table.header_lines,
-                                          block_size=BLOCK_BYTES),
+        "read_options": pacsv.ReadOptions(column_names=header, skip_rows=header_lines, block_size=BLOCK_BYTES),
         "parse_options": pacsv.ParseOptions(invalid_row_handler=skip_blank),
-        "convert_options": pacsv.ConvertOptions(include_columns=[*table.names, table.target], column_types=types,
-                                                null_values=[], strings_can_be_null=False,
-                                                quoted_strings_can_be_null=False),
+        "convert_options": pacsv.ConvertOptions(include_columns=list(types), column_types=types, null_values=[],
+                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
     }
 
 

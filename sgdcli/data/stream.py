@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from sgdcli.data import csvrows, idx
-from sgdcli.data.csvfile import BLOCK_BYTES, skip_blank
+from sgdcli.data.csvfile import reader_options
 from sgdcli.errors import DataError
 from sgdcli.fileio import regular_file_size
 
@@ -40,14 +40,9 @@ def csv_batches(path: Path, features: Sequence[str], keep: Sequence[str], rows: 
         duplicates = sorted({h for h in header if header.count(h) > 1})
         raise DataError(f"header names column(s) {', '.join(duplicates)} more than once", source=source)
     columns = list(dict.fromkeys([*features, *keep]))
-    types = {name: pa.string() for name in keep}
-    types.update({name: pa.float64() for name in features})  # a kept feature column is read as a number
-    options = {
-        "read_options": pacsv.ReadOptions(column_names=header, skip_rows=header_lines, block_size=BLOCK_BYTES),
-        "parse_options": pacsv.ParseOptions(invalid_row_handler=skip_blank),
-        "convert_options": pacsv.ConvertOptions(include_columns=columns, column_types=types, null_values=[],
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
-    }
+    # a kept feature column is read as a number
+    types = {name: pa.float64() if name in features else pa.string() for name in columns}
+    options = reader_options(header, header_lines, types)
 
     def problem(fallback: str) -> DataError:  # the first bad row or cell, found by reading the rows again
         return csvrows.first_problem(source, header, list(features), None, False) or DataError(fallback, source=source)
