@@ -42,8 +42,9 @@ __all__ = ["load_config", "validate", "train", "resume", "sweep", "gradcheck", "
 
 # ---------------------------------------------------------------- training
 def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = None,
-          reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train `config` into a new run directory under `runs_dir`.
+          reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None,
+          run_dir: Path | str | None = None) -> TrainResult:
+    """Train `config` into a new run directory under `runs_dir` (or exactly `run_dir`, which must not exist).
 
     Data and config problems raise before anything is written. Divergence and interruption
     return a result with that status; the run keeps its last good checkpoint. An objective
@@ -52,8 +53,8 @@ def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = N
     if name is not None:
         config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
     if isinstance(config, ObjectiveConfig):
-        return descent.run(config, Path(runs_dir), should_stop)
-    return Session.start(config, Path(runs_dir), reporter).run(should_stop)
+        return descent.run(config, Path(runs_dir), should_stop, run_dir and Path(run_dir))
+    return Session.start(config, Path(runs_dir), reporter, run_dir and Path(run_dir)).run(should_stop)
 
 
 def resume(run_dir: Path | str, config: ExperimentConfig | None = None, overrides: Sequence[str] = (),
@@ -69,9 +70,11 @@ def resume(run_dir: Path | str, config: ExperimentConfig | None = None, override
 def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, seeds: int | None = None) -> Comparison:
+          should_stop: Callable[[], bool] | None = None, seeds: int | None = None,
+          scheduler: str | None = None) -> Comparison:
     """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
-    own process, at most `jobs` at once; return their comparison. Failed or diverged members are
+    own process, at most `jobs` at once — or, with a Dask `scheduler` address, each a task on that
+    cluster (sgdcli.training.dask_sweep); return their comparison. Failed or diverged members are
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
     `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
     compares with bands: mean ± standard deviation over the seeds.
@@ -83,7 +86,12 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
         sweeps = [*sweeps, "seed=" + ",".join(str(base.seed + i) for i in range(seeds))]
     parsed = sweep_module.parse(list(sweeps))
     members = sweep_module.members(name or base.name, parsed)
-    sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
+    if scheduler is None:
+        sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
+    else:
+        from sgdcli.training import dask_sweep  # imports dask only now
+
+        dask_sweep.run(Path(config), list(overrides), members, Path(runs_dir), scheduler, on_done, should_stop)
     finished = [m.run_dir for m in members if m.run_dir is not None]
     swept = [key for key, _ in parsed]
     swept = [key for key in swept if seeds is None or key != "seed"]

@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple
 
 import typer
 
+from sgdcli.cli.sweeping import SweepExecutor
 from sgdcli.errors import SgdcliError
 
 app = typer.Typer(
@@ -101,6 +102,12 @@ def train(
                                     help="Train every combination of the listed values (repeatable), each a normal "
                                          "run named after its values, then print their comparison."),
     jobs: int = typer.Option(1, "--jobs", help="Sweep members trained at the same time (separate processes)."),
+    executor: SweepExecutor = typer.Option(SweepExecutor.local, "--executor", help="Where sweep members train: "
+                                           "local processes, or tasks on a Dask cluster (needs --scheduler)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
+                                            help="With --executor dask: the Dask scheduler's address."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", metavar="DIR", help="Train into exactly this new "
+                                           "directory (instead of RUNS_DIR/<name>-<time>); refused if it exists."),
     plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K",
                                         help="Train with K seeds (the config's and the next K-1), then compare them "
@@ -114,22 +121,13 @@ def train(
 
     if config is None and resume is None:
         raise UsageError("give a CONFIG file to train, or --resume RUN_DIR")
-    if resume is not None and (name is not None or sweep or seeds is not None):
-        raise UsageError("--resume continues one run as it was: it takes no --name, --sweep or --seeds")
-    if sweep or seeds is not None:
-        from sgdcli.training.sweep import exit_status
+    if resume is not None and (name is not None or sweep or seeds is not None or run_dir is not None):
+        raise UsageError("--resume continues one run as it was: it takes no --name, --sweep, --seeds or --run-dir")
+    if sweep or seeds is not None or executor is not SweepExecutor.local or scheduler is not None:
+        from sgdcli.cli.sweeping import sweep_command
 
-        finished = []
-        with graceful_stop() as stop:
-            result = api.sweep(config, set_, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
-                               on_done=lambda member: (finished.append(member), render.sweep_member(member)),
-                               should_stop=stop, seeds=seeds)
-        render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
-        if result.sweep_plot is not None:
-            render.err.print(f"heatmap: {result.sweep_plot}")
-        if stop():
-            raise typer.Exit(128 + stop.signal)
-        raise typer.Exit(exit_status(finished))
+        raise typer.Exit(sweep_command(config, set_, sweep, runs_dir, jobs, name, plot, seeds, executor, scheduler,
+                                       run_dir))
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
@@ -138,7 +136,8 @@ def train(
                 result = api.resume(resume, experiment, set_, reporter=reporter, should_stop=stop)
             else:
                 experiment = api.load_config(config, set_)
-                result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop)
+                result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop,
+                                   run_dir=run_dir)
     finally:
         reporter.close()
     if result.message and result.status == "completed":  # a resume with nothing left to do

@@ -53,28 +53,37 @@ def metric_columns(classification: bool) -> list[str]:
     return BASE_COLUMNS + (ACCURACY_COLUMNS if classification else [])
 
 
-def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoints: bool = True) -> Path:
-    """runs_dir/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... if taken; never reuses a directory."""
+def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoints: bool = True,
+                   path: Path | None = None) -> Path:
+    """runs_dir/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... if taken; never reuses a directory.
+
+    With `path`, exactly that directory (`train --run-dir`: a sweep member whose place must be known
+    before it starts); it must not exist yet (RunDirError, exit 4)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    parent = runs_dir if path is None else path.parent
     try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunDirError(f"cannot create the runs directory: {exc.strerror}", source=str(runs_dir)) from None
-    for attempt in range(1, 1000):
-        path = runs_dir / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}")
+        raise RunDirError(f"cannot create the runs directory: {exc.strerror}", source=str(parent)) from None
+    candidates = [path] if path is not None else [
+        runs_dir / (f"{name}-{stamp}" if attempt == 1 else f"{name}-{stamp}-{attempt}") for attempt in range(1, 1000)]
+    for candidate in candidates:
         try:
-            path.mkdir()  # atomic: exactly one process gets each name
+            candidate.mkdir()  # atomic: exactly one process gets each name
         except FileExistsError:
             continue
         except OSError as exc:
-            raise write_error(path, exc) from None
+            raise write_error(candidate, exc) from None
         if checkpoints:
             try:
-                (path / CHECKPOINTS).mkdir()
+                (candidate / CHECKPOINTS).mkdir()
             except OSError as exc:
-                remove_unstarted(path)
-                raise write_error(path / CHECKPOINTS, exc, "the run could not start and was removed") from None
-        return path
+                remove_unstarted(candidate)
+                raise write_error(candidate / CHECKPOINTS, exc, "the run could not start and was removed") from None
+        return candidate
+    if path is not None:
+        raise RunDirError("already exists, and a run directory is never reused: continue that run with "
+                          "`sgdcli train --resume` or choose another --run-dir", source=str(path))
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
 

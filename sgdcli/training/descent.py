@@ -21,19 +21,21 @@ from sgdcli.training.session import TrainResult
 PATH_PLOT = "path.png"
 
 
-def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None = None,
+        run_dir: Path | None = None) -> TrainResult:
     """Take `training.steps` updates from `objective.start`; metrics.csv holds the path (w0, w1, ...).
 
     NumPy's overflow warnings are silenced: the path is checked for non-finite values (a diverged
     run ends with its own message) and its plot may hold huge ones.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
-        return _run(config, runs_dir, should_stop)
+        return _run(config, runs_dir, should_stop, run_dir)
 
 
-def _run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None) -> TrainResult:
+def _run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None,
+         place: Path | None) -> TrainResult:
     objective = build.build_objective(config.objective)
-    run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False)
+    run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False, path=place)
     lock = runs.lock_run(run_dir)
     try:
         runs.write_config(run_dir, config.to_dict())

@@ -108,10 +108,12 @@ class Session:
 
     # ------------------------------------------------------------ starting
     @classmethod
-    def start(cls, config: ExperimentConfig, runs_dir: Path, reporter: Reporter | None) -> "Session":
-        """Build everything first (bad data or config: nothing written), then create the run."""
+    def start(cls, config: ExperimentConfig, runs_dir: Path, reporter: Reporter | None,
+              run_dir: Path | None = None) -> "Session":
+        """Build everything first (bad data or config: nothing written), then create the run (in
+        runs_dir, or exactly `run_dir`, which must not exist yet)."""
         session = cls(config, None, reporter)
-        session.run_dir = runs.create_run_dir(Path(runs_dir), config.name)
+        session.run_dir = runs.create_run_dir(Path(runs_dir), config.name, path=run_dir)
         try:
             session._lock = runs.lock_run(session.run_dir)
             runs.write_config(session.run_dir, config.to_dict())

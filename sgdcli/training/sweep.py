@@ -92,7 +92,7 @@ def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_d
             running.remove(entry)
             out.seek(0)
             err.seek(0)
-            _record(member, process.returncode, out.read(), err.read())
+            record(member, process.returncode, out.read(), err.read())
             out.close()
             err.close()
             if on_done:
@@ -100,7 +100,9 @@ def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_d
         time.sleep(0.05)
 
 
-def _record(member: Member, returncode: int, out: str, err: str) -> None:
+def record(member: Member, returncode: int, out: str, err: str) -> None:
+    """What a member's `sgdcli train` earned, from its exit status, stdout (its run directory last) and
+    stderr (its `error:` and `warning:` lines)."""
     lines = [line for line in out.splitlines() if line.strip()]
     if lines and Path(lines[-1]).is_dir():
         member.run_dir = Path(lines[-1])

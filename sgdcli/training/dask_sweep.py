@@ -1,0 +1,185 @@
+"""Sweeps on a Dask distributed cluster: the checks before anything is submitted (the scheduler, its
+workers, the shared runs folder, the data), one task per member, and the sweep stopped on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sgdcli.config.loading import load_config
+from sgdcli.config.yamlio import dump_yaml
+from sgdcli.errors import SgdcliError, UsageError
+from sgdcli.training import dask_member, interrupts
+from sgdcli.training.sweep import Member, record
+
+CONNECT_SECONDS = 10  # a scheduler that does not answer within this is reported, not waited for
+WORKERS_SECONDS = 10  # how long a scheduler with no worker is given to get one
+RETRIES = 2  # a member task that raised is run again (a worker that dies is Dask's allowed-failures)
+START_HINT = ("start one with `dask scheduler` on that machine (it prints its address) and workers with `dask "
+              "worker tcp://HOST:8786` on the others; see README \"Sweeps on a Dask cluster\"")
+
+
+def distributed_module():
+    """`distributed`, imported only when a sweep uses it; UsageError (exit 2) naming the extra if missing."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--executor dask needs Dask's distributed scheduler, which is not installed: "
+                         "pip install 'sgdcli[dask]'") from None
+    return distributed
+
+
+def run(config: Path, overrides: list[str], members: list[Member], runs_dir: Path, scheduler: str,
+        on_done: Callable[[Member], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+    """Train every member as one task on the cluster at `scheduler`; as `sweep.run`, a failed member is
+    recorded, not fatal. Checks first, exit 2 with nothing submitted: the scheduler answers and has a
+    worker; every worker sees the runs folder (a probe file) and every member's data files.
+
+    Each member's run directory is fixed here (`<name>-<YYYYmmdd-HHMMSS>` under `runs_dir`, the time the
+    sweep started) so a task Dask retries after its worker died continues that run with `--resume`.
+    """
+    distributed = distributed_module()
+    runs_dir = runs_dir.absolute()  # the workers' view: the same absolute path on the shared folder
+    specs = _specs(config, overrides, members, runs_dir, on_done)
+    client = connect(distributed, scheduler)
+    try:
+        check_workers(client, runs_dir, sorted({path for spec in specs.values() for path in spec.pop("paths")}))
+        with interrupts.deferring(should_stop):  # a signal sets the flag: the members are stopped, then reported
+            _run(distributed, client, members, specs, on_done, should_stop)
+    finally:
+        client.close()
+
+
+def _specs(config: Path, overrides: list[str], members: list[Member], runs_dir: Path,
+           on_done: Callable[[Member], None] | None) -> dict[str, dict[str, Any]]:
+    """Each member's task input: its resolved config (data paths absolute, the name its own) as YAML text
+    and its run directory. A member whose config is invalid is recorded as failed, as a local one is."""
+    specs, stamp = {}, time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):  # never a directory that exists: a retry would take it for its own
+        suffix = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        if not any(os.path.lexists(runs_dir / f"{m.name}-{suffix}") for m in members):
+            break
+    for member in members:
+        try:
+            resolved = load_config(config, [*overrides, *member.overrides])
+        except SgdcliError as exc:
+            record(member, exc.exit_code, "", f"error: {exc}")
+            if on_done:
+                on_done(member)
+            continue
+        specs[member.name] = {"name": member.name, "run_dir": str(runs_dir / f"{member.name}-{suffix}"),
+                              "config": dump_yaml({**resolved.to_dict(), "name": member.name}),
+                              "paths": [str(path) for path in _paths(resolved)]}
+    return specs
+
+
+def _paths(section: Any) -> list[Path]:
+    """Every path a config names (data files and folders), already absolute."""
+    if isinstance(section, Path):
+        return [section]
+    if isinstance(section, (list, tuple)):
+        return [path for item in section for path in _paths(item)]
+    fields = getattr(type(section), "model_fields", None)
+    if fields is None:
+        return []
+    return [path for key in fields for path in _paths(getattr(section, key))]
+
+
+def connect(distributed, address: str):
+    """A Client of the scheduler at `address`, which has at least one worker; UsageError (exit 2) naming
+    the address otherwise, after at most CONNECT_SECONDS + WORKERS_SECONDS, never a hang."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme != "tcp" or not host or not port:
+        raise UsageError(f"--scheduler: expected tcp://HOST:PORT (the address `dask scheduler` prints), "
+                         f"received {address!r}")
+    try:  # a plain connection first: a closed port fails at once, where a Dask client retries until its timeout
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+        client = distributed.Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UsageError(f"no Dask scheduler answers at {address} ({why}); {START_HINT}") from None
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_SECONDS)
+    except (OSError, TimeoutError):
+        client.close()
+        raise UsageError(f"the Dask scheduler at {address} has no workers (none joined within {WORKERS_SECONDS} s); "
+                         f"start some with `dask worker {address}`") from None
+    return client
+
+
+def check_workers(client, runs_dir: Path, paths: list[str]) -> None:
+    """Every worker must see the runs folder (a file with a random token the driver writes there) and
+    every data file; UsageError (exit 2) naming each worker and what it cannot see otherwise."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        name = f".sgdcli-probe-{secrets.token_hex(8)}"
+        token = secrets.token_hex(16)
+        (runs_dir / name).write_text(token, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{runs_dir}: cannot write the runs folder ({exc.strerror})") from None
+    try:
+        answers = client.run(dask_member.probe, str(runs_dir), name, token, paths, on_error="return")
+    finally:
+        (runs_dir / name).unlink(missing_ok=True)
+    problems = [f"worker {worker}: " + "; ".join(found if isinstance(found, list) else [f"the check failed ({found})"])
+                for worker, found in sorted(answers.items()) if found != []]
+    if problems:
+        raise UsageError("the Dask workers must see the runs folder and the data at the same paths as this "
+                         f"machine, on a shared filesystem (NFS, a cluster filesystem): {'. '.join(problems)}")
+
+
+def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, Any]],
+         on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None) -> None:
+    stop = distributed.Event(f"sgdcli-stop-{secrets.token_hex(8)}", client=client)
+    by_name = {member.name: member for member in members}
+    futures = {client.submit(dask_member.run_member, {**spec, "stop": stop.name}, key=f"sgdcli-{spec['name']}-{secrets.token_hex(4)}",
+                             retries=RETRIES, pure=False): by_name[name] for name, spec in specs.items()}
+    pending = distributed.as_completed(list(futures), loop=client.loop)
+    stopping = False
+    try:
+        while not pending.is_empty():
+            if not stopping and should_stop and should_stop():
+                stopping = True
+                stop.set()  # running members get SIGINT from their task and save a checkpoint
+                running = {key for keys in client.processing().values() for key in keys}
+                client.cancel([future for future in futures if future.key not in running and not future.done()])
+            if not pending.has_ready():
+                time.sleep(0.1)
+                continue
+            for future in pending.next_batch(block=False):
+                member = futures[future]
+                _finish(member, future, specs[member.name]["run_dir"])
+                if on_done:
+                    on_done(member)
+    finally:
+        stop.set()  # however the driver ends, no task starts another member
+
+
+def _finish(member: Member, future, run_dir: str) -> None:
+    """Record what the task reports, or why it reported nothing (cancelled, lost with its workers)."""
+    if future.cancelled():
+        member.status = "not started"
+        return
+    try:
+        answer = future.result()
+    except Exception as exc:  # e.g. KilledWorker: the member's workers died more often than Dask allows
+        member.exit_code, member.status = 1, "failed"
+        member.message = f"{type(exc).__name__}: {exc}"
+        member.run_dir = Path(run_dir) if dask_member.has_checkpoint(Path(run_dir)) else None
+        if member.run_dir is not None:
+            member.message += f"; continue it with sgdcli train --resume {run_dir}"
+        return
+    if answer["exit_code"] is None:
+        member.status = "not started"
+        return
+    record(member, answer["exit_code"], answer["stdout"], answer["stderr"])
