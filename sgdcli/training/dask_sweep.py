@@ -142,8 +142,8 @@ def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, 
          on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None) -> None:
     stop = distributed.Event(f"sgdcli-stop-{secrets.token_hex(8)}", client=client)
     by_name = {member.name: member for member in members}
-    futures = {client.submit(dask_member.run_member, {**spec, "stop": stop.name}, key=f"sgdcli-{spec['name']}-{secrets.token_hex(4)}",
-                             retries=RETRIES, pure=False): by_name[name] for name, spec in specs.items()}
+    futures = {client.submit(dask_member.run_member, {**spec, "stop": stop.name}, retries=RETRIES, pure=False,
+                             key=f"sgdcli-{name}-{secrets.token_hex(4)}"): by_name[name] for name, spec in specs.items()}
     pending = distributed.as_completed(list(futures), loop=client.loop)
     stopping = False
     try:
@@ -161,8 +161,9 @@ def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, 
                 _finish(member, future, specs[member.name]["run_dir"])
                 if on_done:
                     on_done(member)
-    finally:
-        stop.set()  # however the driver ends, no task starts another member
+    except BaseException:
+        stop.set()  # the driver failed: no task starts another member, running ones save and stop
+        raise
 
 
 def _finish(member: Member, future, run_dir: str) -> None:
