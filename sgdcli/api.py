@@ -52,9 +52,10 @@ def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = N
     """
     if name is not None:
         config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
+    place = None if run_dir is None else Path(run_dir)
     if isinstance(config, ObjectiveConfig):
-        return descent.run(config, Path(runs_dir), should_stop, run_dir and Path(run_dir))
-    return Session.start(config, Path(runs_dir), reporter, run_dir and Path(run_dir)).run(should_stop)
+        return descent.run(config, Path(runs_dir), should_stop, place)
+    return Session.start(config, Path(runs_dir), reporter, place).run(should_stop)
 
 
 def resume(run_dir: Path | str, config: ExperimentConfig | None = None, overrides: Sequence[str] = (),

@@ -190,6 +190,14 @@ def _trainings(runs: Path) -> list[tuple[int, int, Path]]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Running (an orphan that has exited may stay a zombie until PID 1 reaps it)."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def _rows(run: Path) -> int:
     try:
         return len((run / "metrics.csv").read_text().splitlines()) - 1
@@ -225,7 +233,7 @@ def test_a_worker_killed_mid_member_still_gives_identical_results(cluster, exper
         before = _rows(run)
         os.kill(worker, signal.SIGKILL)  # the worker process running the member's task (its nanny restarts one)
         deadline = time.monotonic() + 20
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         stopped_at = _rows(run)  # its training got SIGTERM with the worker (PR_SET_PDEATHSIG) and saved
         out, err = driver.communicate(timeout=120)
@@ -420,3 +428,24 @@ def test_a_member_lost_with_its_workers_is_a_failed_row_naming_its_resume(tmp_pa
     _finish(member, Lost(), str(tmp_path / "run"))
     assert member.status == "failed" and member.exit_code == 1 and member.run_dir == tmp_path / "run"
     assert "all those workers died" in member.message and f"--resume {tmp_path / 'run'}" in member.message
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_named_without_a_hang(cluster, experiment, tmp_path,
+                                                                        monkeypatch):
+    """A server that accepts and never answers (a Dask Client would wait forever), and a worker's address."""
+    from sgdcli.training import dask_sweep
+
+    monkeypatch.setattr(dask_sweep, "CONNECT_SECONDS", 1)
+    worker = next(iter(cluster.workers()))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        results = {where: runner.invoke(app, ["train", str(experiment), *SWEEP, "--runs-dir", str(tmp_path / "runs"),
+                                              "--executor", "dask", "--scheduler", where]) for where in (address, worker)}
+    assert time.monotonic() - started < 10
+    assert results[address].exit_code == 2 and "does not answer as Dask does within 1 s" in results[address].output
+    assert results[worker].exit_code == 2 and f"{worker} is a Dask Worker, not a Dask scheduler" in " ".join(
+        results[worker].output.split())
+    assert not (tmp_path / "runs").exists()

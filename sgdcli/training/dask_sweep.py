@@ -3,6 +3,7 @@ workers, the shared runs folder, the data), one task per member, and the sweep s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -104,10 +105,17 @@ def connect(distributed, address: str):
                          f"received {address!r}")
     try:  # a plain connection first: a closed port fails at once, where a Dask client retries until its timeout
         socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
-        client = distributed.Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except OSError as exc:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise UsageError(f"no Dask scheduler answers at {address} ({why}); {START_HINT}") from None
+    try:  # then Dask's own handshake, bounded: a Client waits forever on a server that is not Dask
+        kind = asyncio.run(asyncio.wait_for(_identity(distributed, address), CONNECT_SECONDS)).get("type")
+    except (OSError, TimeoutError, ValueError, TypeError, AttributeError):
+        kind = None
+    if kind != "Scheduler":
+        what = f"a Dask {kind}" if kind else f"a server that does not answer as Dask does within {CONNECT_SECONDS} s"
+        raise UsageError(f"{address} is {what}, not a Dask scheduler; {START_HINT}")
+    client = distributed.Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
     try:
         client.wait_for_workers(1, timeout=WORKERS_SECONDS)
     except (OSError, TimeoutError):
@@ -115,6 +123,16 @@ def connect(distributed, address: str):
         raise UsageError(f"the Dask scheduler at {address} has no workers (none joined within {WORKERS_SECONDS} s); "
                          f"start some with `dask worker {address}`") from None
     return client
+
+
+async def _identity(distributed, address: str) -> dict:
+    """What the Dask server at `address` says it is (`type`: Scheduler, Worker, Nanny)."""
+    comm = await distributed.comm.connect(address, timeout=CONNECT_SECONDS)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
 
 
 def check_workers(client, runs_dir: Path, paths: list[str]) -> None:
