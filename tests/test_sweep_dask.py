@@ -23,7 +23,7 @@ from sgdcli.cli.app import app
 
 REPO = Path(__file__).resolve().parent.parent
 DASK = Path(sys.executable).parent / "dask"
-# sgd-mode members take ~1.5 s of training (room to kill one mid-way), full-batch ones a blink.
+# sgd-mode members train for about a second (room to kill one mid-way), full-batch ones a blink.
 SWEEP = ["--sweep", "training.batch.mode=sgd,full", "--sweep", "optimizer.momentum=0,0.9"]
 EPOCHS = 40
 
