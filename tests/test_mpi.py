@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from sgdcli.runs import checkpoint
 
 pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install 'sgdcli[mpi]'")
@@ -153,3 +153,29 @@ def test_plain_train_never_imports_mpi4py(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, env=environment())
     assert result.returncode == 0, result.stderr
+
+
+BROKEN_RANK = """import sys
+from sgdcli.errors import DataError
+from sgdcli.training import provenance
+def unreadable(path):
+    raise DataError("cannot read: Permission denied (only this process)", source=str(path))
+provenance.file_identity = unreadable
+from sgdcli.cli.app import main
+sys.argv = ["sgdcli", "train", "config.yaml", "--runs-dir", "runs"]
+main()
+"""
+
+
+def test_an_error_only_another_process_sees_reaches_the_user_and_no_run_is_left(tmp_path):
+    iris = {**CONFIG, "data": {"source": "csv", "path": str(REPO / "data" / "iris.csv"), "target": "species"},
+            "model": {"layers": [{"type": "dense", "units": 3}]}}
+    write(tmp_path, iris)
+    command = [str(MPIEXEC), "-n", "1", sys.executable, "-m", "sgdcli", "train", "config.yaml", "--runs-dir", "runs",
+               ":", "-n", "1", sys.executable, "-c", BROKEN_RANK]  # rank 1 alone cannot read the data
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=environment())
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("MPI process 1: ") == 1 and "only this process" in result.stderr
+    assert result.stderr.count("MPI process 1 stopped with an error (exit status 3") == 1
+    assert "could not start" in result.stderr and "Traceback" not in result.stderr
+    assert not any((tmp_path / "runs").iterdir())

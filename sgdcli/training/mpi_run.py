@@ -81,7 +81,7 @@ def _lead(parallel: DataParallel, open_session: Callable[[], Session], should_st
     except PeerFailed as exc:
         session.close()
         if new_run and runs.remove_unstarted(session.run_dir):
-            raise PeerFailed(f"{exc.message}; the run directory {session.run_dir} was removed", exc.exit_code) from None
+            raise PeerFailed(f"{exc.message}, and its directory {session.run_dir} was removed", exc.exit_code) from None
         raise
     return _train(parallel, session, should_stop)
 
@@ -102,7 +102,9 @@ def _follow(parallel: DataParallel, should_stop: Callable[[], bool] | None) -> N
         except BaseException as exc:
             parallel.status(exit_code(exc))
             if isinstance(exc, SgdcliError) and not isinstance(exc, PeerFailed):  # only this rank knows why
-                raise type(exc)(f"MPI process {parallel.rank}: {exc.message}", source=exc.source) from None
+                where = f"MPI process {parallel.rank}"
+                raise (type(exc)(exc.message, source=f"{where}: {exc.source}") if exc.source
+                       else type(exc)(f"{where}: {exc.message}")) from None
             raise
         parallel.status(0)
     result = _train(parallel, session, should_stop)

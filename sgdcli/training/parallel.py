@@ -113,8 +113,11 @@ def shard(count: int, size: int, rank: int) -> tuple[int, int]:
 def ordered_sum(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = rows[0] + rows[1] + ... + rows[P-1], added in that order, so the rounding is the same
     on every rank and in every run (an allreduce may add in any order)."""
-    np.copyto(out, rows[0])
-    for row in rows[1:]:
+    if len(rows) == 1:
+        np.copyto(out, rows[0])
+        return out
+    np.add(rows[0], rows[1], out=out)  # one pass fewer than copying rows[0] first
+    for row in rows[2:]:
         out += row
     return out
 
@@ -193,15 +196,16 @@ class DataParallel:
     def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int, dropout_rng: np.random.Generator
                  ) -> tuple[float, dict[str, np.ndarray]]:
         """Mean loss and mean gradient over a global batch of `count` rows, of which this rank holds
-        `xb`, `yb` (rows `shard(count)`): each rank's summed gradient (the mean over its shard
-        times its rows), gathered, added in rank order, divided by `count`."""
+        `xb`, `yb` (rows `shard(count)`): each rank's summed gradient divided by `count` (its shard's
+        mean gradient times rows / count, applied to dloss/dlogits before backprop, so the combined
+        buffer needs no pass of its own), gathered, and added in rank order."""
         lo, _ = self.shard(count)
         rows = len(xb)
         outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
         send = self.send
         if rows:
             value, dout = self.loss.value_and_grad(outputs, yb)
-            dout = dout * rows  # the shard's summed gradient
+            dout = dout * (rows / count)  # the shard's summed gradient over the global batch size
             offset = 0
             for grad in self.model.backward(dout, caches).values():
                 send[offset : offset + grad.size] = grad.reshape(-1)
@@ -213,7 +217,6 @@ class DataParallel:
         self.comm.allgather(send, self.gathered)
         self._read_control(self.gathered[:, -1])
         ordered_sum(self.gathered, self.total)
-        np.divide(self.total[: self.width], count, out=self.total[: self.width])
         return float(self.total[-2]) / count, self.grads
 
     def _read_control(self, control: np.ndarray) -> None:
@@ -223,12 +226,13 @@ class DataParallel:
             raise self.peer_failed(rank, code)
         self.stop_agreed = bool((control >= STOP).any())
 
-    def peer_failed(self, rank: int, code: int) -> BaseException:
+    def peer_failed(self, rank: int, code: int,
+                    outcome: str = "every process stopped before the next update; the run keeps its last "
+                                   "checkpoint") -> BaseException:
         if self.rank:
             return QuietExit(code)
-        return PeerFailed(f"MPI process {rank} stopped with an error (exit status {code}; its message is above); "
-                          "every process stopped before the next update and the run keeps its last checkpoint",
-                          code)
+        return PeerFailed(f"MPI process {rank} stopped with an error (exit status {code}; its message is above): "
+                          f"{outcome}", code)
 
     def finish(self, code: int) -> None:
         """Every rank's last collective, whatever the outcome: its exit status, sent as the control
@@ -247,4 +251,4 @@ class DataParallel:
         self.comm.allgather(np.array([code], np.int64), out)
         failed = np.flatnonzero(out[:, 0])
         if code == 0 and len(failed):
-            raise self.peer_failed(int(failed[0]), int(out[failed[0], 0]))
+            raise self.peer_failed(int(failed[0]), int(out[failed[0], 0]), "the run could not start")
