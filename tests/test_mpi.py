@@ -63,6 +63,8 @@ def train(tmp_path: Path, runs: str, processes: int) -> Path:
     assert result.returncode == 0, result.stderr
     (run,) = run_dirs(tmp_path, runs)
     assert result.stdout.strip() == str(Path(runs) / run.name)  # one path printed: rank 0's
+    assert result.stderr.count("training tiny:") == 1
+    assert (f"data-parallel on {processes} MPI processes" in result.stderr) == (processes > 1)
     return run
 
 

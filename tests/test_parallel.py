@@ -49,9 +49,8 @@ def run_ranks(size: int, work) -> list:
     def target(rank: int) -> None:
         try:
             results[rank] = work(rank, FakeComm(hub, rank))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test (a rank left waiting times out)
             results[rank] = exc
-            hub.barrier.abort()
 
     threads = [threading.Thread(target=target, args=(rank,)) for rank in range(size)]
     for thread in threads:

@@ -75,15 +75,16 @@ def _lead(parallel: DataParallel, open_session: Callable[[], Session], should_st
     parallel.comm.broadcast(np.array([code], CODE).tobytes() + state)
     if session.finished:
         return session.run(should_stop)
-    try:
-        with interrupts.deferring(should_stop):  # from here a signal stops every rank after the same update
+    with interrupts.deferring(should_stop):  # from here a signal stops every rank after the same update
+        try:
             parallel.status(0)
-    except PeerFailed as exc:
-        session.close()
-        if new_run and runs.remove_unstarted(session.run_dir):
-            raise PeerFailed(f"{exc.message}, and its directory {session.run_dir} was removed", exc.exit_code) from None
-        raise
-    return _train(parallel, session, should_stop)
+        except PeerFailed as exc:
+            session.close()
+            if new_run and runs.remove_unstarted(session.run_dir):
+                raise PeerFailed(f"{exc.message}, and its directory {session.run_dir} was removed",
+                                 exc.exit_code) from None
+            raise
+        return _train(parallel, session, should_stop)
 
 
 def _follow(parallel: DataParallel, should_stop: Callable[[], bool] | None) -> NoReturn:
@@ -107,7 +108,7 @@ def _follow(parallel: DataParallel, should_stop: Callable[[], bool] | None) -> N
                        else type(exc)(f"{where}: {exc.message}")) from None
             raise
         parallel.status(0)
-    result = _train(parallel, session, should_stop)
+        result = _train(parallel, session, should_stop)
     raise QuietExit(_status_code(result.status, should_stop))
 
 
