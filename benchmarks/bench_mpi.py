@@ -2,6 +2,7 @@
 `train_epochs` on P = 2 MPI processes with one BLAS thread each, against P = 1 with one thread.
 
     flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py [--rounds 5]
+    flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py --profile [--case 'full batch']
 
 The script launches its own workers (`python bench_mpi.py --worker` alone, and under the venv's
 `mpiexec -n 2`). It first checks that both compute the same thing (weights after 3 updates agree to
@@ -119,6 +120,54 @@ def worker(args) -> None:
         print(json.dumps(result), flush=True)
 
 
+def profile_worker(args) -> None:
+    """Where an update's time goes, phase by phase (the loop's steps written out, timed one by one)."""
+    from sgdcli.training import parallel
+    from sgdcli.training.session import _build
+
+    config = experiment(CASES[args.case], args.dropout)
+    _, problem, rngs = _build(config, 10)
+    model, loss, optimizer, params = problem.model, problem.loss, problem.optimizer, problem.model.parameters()
+    data_parallel = None
+    if parallel.launched_size() > 1:
+        data_parallel = parallel.DataParallel(parallel.MpiCommunicator())
+        data_parallel.attach(config, problem)
+    phases: dict[str, float] = {}
+
+    def timed(name, function, *arguments):
+        started = time.perf_counter()
+        result = function(*arguments)
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+        return result
+
+    size, order, updates = problem.batch_size, rngs.shuffle.permutation(len(problem.x)), 60
+    for update in range(updates + 5):
+        if update == 5:  # after the warm-up
+            phases.clear()
+        start = (update * size) % (len(problem.x) - size + 1)
+        lo, hi = (0, size) if data_parallel is None else data_parallel.shard(size)
+        rows = slice(lo, hi) if size >= len(problem.x) else order[start + lo : start + hi]  # full batch: slices
+        xb, yb = timed("batch gather", lambda: (problem.x[rows], problem.y[rows]))
+        outputs, caches = timed("forward", model.forward, xb, True, rngs.dropout)
+        value, dout = timed("loss", loss.value_and_grad, outputs, yb)
+        grads = timed("backward", model.backward, dout * ((hi - lo) / size), caches)
+        if data_parallel is not None:
+            def pack(send=data_parallel.send):
+                offset = 0
+                for grad in grads.values():
+                    send[offset : offset + grad.size] = grad.reshape(-1)
+                    offset += grad.size
+            timed("pack", pack)
+            timed("allgather", data_parallel.comm.allgather, data_parallel.send, data_parallel.gathered)
+            timed("ordered sum", parallel.ordered_sum, data_parallel.gathered, data_parallel.total)
+            grads = data_parallel.grads
+        timed("optimizer step", optimizer.step, params, grads, 0.001)
+    if data_parallel is None or data_parallel.rank == 0:
+        total = sum(phases.values())
+        print(f"P={1 if data_parallel is None else data_parallel.size}: {total / updates * 1e3:.2f} ms an update: "
+              + ", ".join(f"{name} {seconds / updates * 1e3:.2f}" for name, seconds in phases.items()), flush=True)
+
+
 def launch(case: str, processes: int, updates: int, dropout: bool, weights: Path | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", "--case", case, "--updates", str(updates)]
     command += ["--dropout"] * dropout + (["--weights", str(weights)] if weights else [])
@@ -158,9 +207,17 @@ def main() -> None:
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--dropout", action="store_true", help="with dropout 0.2 after the hidden layer")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="time each phase of an update of --case instead")
     args = parser.parse_args()
     if args.worker:
-        return worker(args)
+        return profile_worker(args) if args.profile else worker(args)
+    if args.profile:  # where the time of a minibatch update goes, P = 1 and P = 2
+        for processes in (1, 2):
+            command = [sys.executable, __file__, "--worker", "--profile", "--case", args.case]
+            command = [str(MPIEXEC), "-n", "2", *command] if processes > 1 else command
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}, **THREADS}
+            print(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip())
+        return None
     rows = []
     for case in CASES:
         difference = check_same(case, args.dropout)
