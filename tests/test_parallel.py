@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from sgdcli.config.loading import load_config
 from sgdcli.errors import ConfigError
 from sgdcli.training import parallel
@@ -121,6 +121,23 @@ def test_ranks_train_the_weights_one_process_trains(size, changes):
         assert abs(ranked_position.loss_sum - position.loss_sum) <= 1e-12 * abs(position.loss_sum)
     for params, _ in results[1:]:  # every rank holds the same weights, bit for bit
         assert all(np.array_equal(params[name], results[0][0][name]) for name in params)
+
+
+def test_an_empty_shard_of_a_conv_network_keeps_every_rank_in_step():
+    # 1,797 digits in batches of 1,796: the last batch is 1 row, so rank 1's shard is empty
+    experiment = load_config({
+        "name": "cnn", "seed": 0, "data": {"source": "csv", "path": str(REPO / "data" / "digits.csv"),
+                                           "target": "digit", "validation": 0, "sample_shape": [1, 8, 8]},
+        "model": {"dtype": "float64", "layers": [
+            {"type": "conv2d", "filters": 3, "kernel_size": 3, "activation": "relu"}, {"type": "flatten"},
+            {"type": "dropout", "rate": 0.3}, {"type": "dense", "units": 10}]},
+        "loss": {"type": "cross_entropy"}, "optimizer": {"type": "sgd", "learning_rate": 0.1},
+        "training": {"epochs": 2, "batch": {"mode": "minibatch", "size": 1796}}})
+    alone, position = train(experiment)
+    for params, ranked_position in run_ranks(2, lambda rank, comm: train(experiment, comm)):
+        assert ranked_position.updates == position.updates == 4
+        for name, value in alone.items():
+            np.testing.assert_allclose(params[name], value, rtol=1e-12, atol=1e-14)
 
 
 def test_one_collective_per_update():

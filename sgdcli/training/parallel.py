@@ -93,7 +93,7 @@ class PeerFailed(SgdcliError):
 
 def exit_code(exc: BaseException) -> int:
     """The exit status the CLI gives `exc` (README "Exit status")."""
-    if isinstance(exc, (SgdcliError, PeerFailed)):
+    if isinstance(exc, SgdcliError):
         return exc.exit_code
     if isinstance(exc, QuietExit):
         return exc.code
@@ -200,10 +200,9 @@ class DataParallel:
         mean gradient times rows / count, applied to dloss/dlogits before backprop, so the combined
         buffer needs no pass of its own), gathered, and added in rank order."""
         lo, _ = self.shard(count)
-        rows = len(xb)
-        outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
-        send = self.send
+        rows, send = len(xb), self.send
         if rows:
+            outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
             value, dout = self.loss.value_and_grad(outputs, yb)
             dout = dout * (rows / count)  # the shard's summed gradient over the global batch size
             offset = 0
@@ -211,7 +210,10 @@ class DataParallel:
                 send[offset : offset + grad.size] = grad.reshape(-1)
                 offset += grad.size
             send[-2] = value * rows
-        else:  # a last partial batch smaller than the number of processes leaves this shard empty
+        else:  # a last batch smaller than the number of processes: an empty shard, whose forward pass
+            # over one dummy row only draws the batch's dropout numbers, as the other ranks do
+            self.model.forward(np.zeros((1, *xb.shape[1:]), xb.dtype), training=True,
+                               rng=ShardRng(dropout_rng, count, 0))
             send[:-1] = 0
         send[-1] = STOP if self.local_stop is not None and self.local_stop() else 0.0
         self.comm.allgather(send, self.gathered)
