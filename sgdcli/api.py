@@ -30,7 +30,7 @@ from sgdcli.export import npz_arrays, onnx_graph, torch_state
 from sgdcli.export import steps as export_steps
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
-from sgdcli.training import build, descent, plan, provenance
+from sgdcli.training import build, descent, mpi_run, parallel, plan, provenance
 from sgdcli.training import predict as predict_module
 from sgdcli.training import sweep as sweep_module
 from sgdcli.training.session import Reporter, Session, TrainResult
@@ -53,6 +53,8 @@ def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = N
     if name is not None:
         config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
     place = None if run_dir is None else Path(run_dir)
+    if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
+        return mpi_run.train(config, Path(runs_dir), reporter, should_stop, place)
     if isinstance(config, ObjectiveConfig):
         return descent.run(config, Path(runs_dir), should_stop, place)
     return Session.start(config, Path(runs_dir), reporter, place).run(should_stop)
@@ -63,8 +65,10 @@ def resume(run_dir: Path | str, config: ExperimentConfig | None = None, override
     """Continue a run from its newest valid checkpoint, bit for bit as if it had never stopped.
 
     `config` (or the run's own config with `overrides`) must equal the run's, except that
-    training.epochs may grow.
+    training.epochs may grow. Under mpiexec, on the number of processes the run was trained on.
     """
+    if parallel.launched_size() > 1:
+        return mpi_run.resume(Path(run_dir), config, overrides, reporter, should_stop)
     return Session.resume(Path(run_dir), config, tuple(overrides), reporter).run(should_stop)
 
 
@@ -80,6 +84,8 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
     compares with bands: mean ± standard deviation over the seeds.
     """
+    if parallel.launched_size() > 1:
+        mpi_run.refuse("--sweep and --seeds train each member in a process of its own")
     base = load_config(config, list(overrides))  # the sweep's own config must be valid
     if seeds is not None:
         if seeds < 1 or any(s.partition("=")[0].strip() == "seed" for s in sweeps):

@@ -81,7 +81,8 @@ class TrainingReporter:
         self.console.print(
             f"training [bold]{info['name']}[/]: {info['train_samples']} training / {info['val_samples']} validation "
             f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
-            f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs")
+            f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs"
+            + (f", data-parallel on {info['processes']} MPI processes" if info.get("processes", 1) > 1 else ""))
         if self.live:
             position = info["position"]
             self.state = ProgressState(info["epochs"], info["updates_per_epoch"], position["updates"], time.monotonic(),

@@ -83,7 +83,11 @@ def load(path: Path) -> Checkpoint:
     CheckpointError (naming the file) for anything else that is not a checkpoint sgdcli can read.
     """
     source = str(path)
-    raw = read_bytes(path, CheckpointError, "a checkpoint file", regular_only=True)
+    return decode(read_bytes(path, CheckpointError, "a checkpoint file", regular_only=True), source)
+
+
+def decode(raw: bytes, source: str) -> Checkpoint:
+    """A checkpoint from the bytes `encode` made (a file's, or sent by another process), verified as `load` does."""
     metadata = _read_metadata(raw, source)
     try:
         tensors = load_tensors(raw)

@@ -17,6 +17,14 @@ from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import DivergenceError
 
 
+class Sharded(Protocol):
+    """Data-parallel training's part of an update (sgdcli.training.parallel.DataParallel)."""
+
+    def shard(self, count: int) -> tuple[int, int]: ...
+    def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int,
+                 dropout_rng: np.random.Generator) -> tuple[float, dict[str, np.ndarray]]: ...
+
+
 @dataclass
 class Problem:
     """Everything one training run updates or reads, already built from the config."""
@@ -30,6 +38,7 @@ class Problem:
     batch_size: int
     shuffle: bool = True
     clip_norm: float | None = None
+    parallel: Sharded | None = None  # data-parallel: this process computes one shard of each batch
 
     @property
     def updates_per_epoch(self) -> int:
@@ -94,6 +103,7 @@ def train_epochs(
     n = len(x)
     shuffled = problem.shuffle and size < n  # full batch: one update whatever the order, so no copies
     search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch
+    parallel = problem.parallel
     while position.epoch < epochs:
         if shuffled:
             if position.batch == 0:
@@ -102,10 +112,14 @@ def train_epochs(
                 shuffle_rng.bit_generator.state = position.epoch_rng
         order = shuffle_rng.permutation(n) if shuffled else None
         for start in range(position.batch * size, n, size):
+            count = min(size, n - start)
+            first, last = start, start + count
+            if parallel is not None:  # this process's contiguous shard of the batch
+                first, last = (start + row for row in parallel.shard(count))
             if order is None:  # slices, no copies
-                xb, yb = x[start : start + size], y[start : start + size]
+                xb, yb = x[first:last], y[first:last]
             else:
-                index = order[start : start + size]
+                index = order[first:last]
                 xb, yb = x[index], y[index]
             if search:
                 value, passes = problem.optimizer.step(
@@ -115,11 +129,15 @@ def train_epochs(
                     raise _diverged(position, f"the loss is {value}")
                 position.forward_passes += passes
             else:
-                outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
-                value, dout = problem.loss.value_and_grad(outputs, yb)
+                if parallel is None:
+                    outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
+                    value, dout = problem.loss.value_and_grad(outputs, yb)
+                else:  # every process gets the whole batch's loss and gradient
+                    value, grads = parallel.gradient(xb, yb, count, dropout_rng)
                 if not math.isfinite(value):
                     raise _diverged(position, f"the loss is {value}")
-                grads = model.backward(dout, caches)
+                if parallel is None:
+                    grads = model.backward(dout, caches)
                 _check_gradients(grads, position)
                 if problem.clip_norm is not None:
                     clip_by_global_norm(grads, problem.clip_norm)
@@ -129,9 +147,9 @@ def train_epochs(
                     observer.after_step(params)
                 position.forward_passes += 1
             position.updates += 1
-            position.samples += len(xb)
+            position.samples += count
             position.batch += 1
-            position.loss_sum += value * len(xb)
+            position.loss_sum += value * count
             if on_batch is not None:
                 on_batch(position.batch, value)
             if should_stop is not None and should_stop():

@@ -131,3 +131,27 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
                                  and isinstance(best.get("epoch"), int) and isinstance(best.get("row"), dict)):
         raise CheckpointError(f"best: expected the best epoch's score, epoch and metrics, received {best!r:.100}",
                               source=str(path))
+
+
+
+
+def launcher(processes: int) -> str:
+    """What goes before `sgdcli train` to run on `processes` processes."""
+    return f"mpiexec -n {processes} " if processes > 1 else ""
+
+
+def check_processes(meta: dict[str, Any], path: Path, processes: int) -> None:
+    """A run continues on the number of MPI processes it was trained on (checkpoints before sgdcli
+    recorded it: 1): another number cuts every batch differently and adds the gradients in another
+    order, so the run would not continue bit for bit."""
+    trained = meta.get("processes", 1)
+    if not isinstance(trained, int) or isinstance(trained, bool) or trained < 1:
+        raise CheckpointError(f"processes: expected a whole number of at least 1, received {trained!r:.100}",
+                              source=str(path))
+    if trained != processes:
+        def count(p: int) -> str:
+            return f"{p} process" + "es" * (p != 1)
+        raise CheckpointError(f"the run was trained on {count(trained)} and this resume runs on {count(processes)}: "
+                              "a data-parallel run resumes only on the number of processes it was trained on, "
+                              "else its batches would be cut and its gradients added differently; continue with: "
+                              f"{launcher(trained)}sgdcli train --resume {path.parent.parent}", source=str(path))

@@ -26,13 +26,9 @@ from sgdcli.errors import (
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
-from sgdcli.training import (
-    build,
-    interrupts,
-    plan,
-    provenance,
-)
+from sgdcli.training import build, interrupts, plan, provenance
 from sgdcli.training import resume as resuming
+from sgdcli.training.parallel import DataParallel
 from sgdcli.training.recorders import Recorders
 from sgdcli.training.loop import (
     EpochResult,
@@ -88,10 +84,13 @@ class Session:
     """A run being trained: holds the run directory's lock from start (or resume) to the end."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path | None, reporter: Reporter | None,
-                 schedule_epochs: int | None = None) -> None:
+                 schedule_epochs: int | None = None, parallel: DataParallel | None = None) -> None:
         self.config, self.run_dir, self.reporter = config, run_dir, reporter
         self.schedule_epochs = schedule_epochs or config.training.epochs
         self.prepared, self.problem, self.rngs = _build(config, self.schedule_epochs)
+        self.parallel, self.processes = parallel, 1 if parallel is None else parallel.size
+        if parallel is not None:
+            parallel.attach(config, self.problem)
         self.data = provenance.record(config, self.prepared.validation_mask)  # the files and split, in checkpoints
         self.wall_before = 0.0  # wall seconds of earlier segments (before a resume)
         self._segment_started: float | None = None
@@ -109,10 +108,10 @@ class Session:
     # ------------------------------------------------------------ starting
     @classmethod
     def start(cls, config: ExperimentConfig, runs_dir: Path, reporter: Reporter | None,
-              run_dir: Path | None = None) -> "Session":
+              run_dir: Path | None = None, parallel: DataParallel | None = None) -> "Session":
         """Build everything first (bad data or config: nothing written), then create the run (in
         runs_dir, or exactly `run_dir`, which must not exist yet)."""
-        session = cls(config, None, reporter)
+        session = cls(config, None, reporter, parallel=parallel)
         session.run_dir = runs.create_run_dir(Path(runs_dir), config.name, path=run_dir)
         try:
             session._lock = runs.lock_run(session.run_dir)
@@ -133,7 +132,7 @@ class Session:
 
     @classmethod
     def resume(cls, run_dir: Path, requested: ExperimentConfig | None, overrides: list[str] | tuple[str, ...],
-               reporter: Reporter | None) -> "Session":
+               reporter: Reporter | None, parallel: DataParallel | None = None) -> "Session":
         """Continue a run from its newest valid checkpoint, exactly as if it had not stopped.
 
         Nothing is written until every check has passed: no symbolic links in the run, config.yaml
@@ -150,6 +149,7 @@ class Session:
             saved = resuming.saved_config(run_dir)
             path, state, damaged = runs.newest_checkpoint(run_dir)
             resuming.check_meta(state.meta, path)
+            resuming.check_processes(state.meta, path, 1 if parallel is None else parallel.size)
             resuming.check_saved(saved, path, state, run_dir)
             config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
             resuming.check_requested(saved, config, run_dir)
@@ -158,7 +158,7 @@ class Session:
                                   f"the run {run_dir} has already done, received {config.training.epochs}",
                                   source=config.file)
             resuming.check_files(state.meta.get("data"), path)
-            session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path))
+            session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path), parallel)
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
             session._restore(path, state)
@@ -215,7 +215,7 @@ class Session:
             if self.finished:
                 return TrainResult(self.run_dir, "completed", runs.read_run(self.run_dir).summary or {}, self.finished)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
-                return self._run(should_stop)
+                return self._run(should_stop if self.parallel is None else self.parallel.watch(should_stop))
         finally:
             self.close()
 
@@ -223,7 +223,7 @@ class Session:
         started = resumed = self._segment_started = time.perf_counter()
         status, message, stopped_early = "completed", None, False
         columns = runs.metric_columns(self.classification) + self.recorders.columns
-        writer = runs.MetricsWriter(self.run_dir / runs.METRICS, columns)
+        writer = self._metrics_writer(columns)
         try:
             try:
                 if self.reporter:
@@ -255,7 +255,7 @@ class Session:
                 self._save_last()  # mid-epoch state: `--resume` continues from this very update
                 status = "interrupted"
                 message = (f"interrupted after update {self.position.updates} (epoch {self.position.epoch + 1}); "
-                           f"continue with: sgdcli train --resume {self.run_dir}")
+                           f"continue with: {resuming.launcher(self.processes)}sgdcli train --resume {self.run_dir}")
         except DiskError as exc:  # the previous checkpoint is intact; say so in the summary if there is room
             self._finish("failed", exc.message, False, started)
             raise
@@ -299,7 +299,7 @@ class Session:
                 "batch_size": p.batch_size, "updates_per_epoch": p.updates_per_epoch,
                 "epochs": self.config.training.epochs, "parameters": p.model.num_parameters(),
                 "classification": self.classification, "resumed_from": self.resumed_from,
-                "position": self.position.to_dict()}
+                "position": self.position.to_dict(), "processes": self.processes}
 
     def _measure(self, result: EpochResult) -> dict[str, Any]:
         p, prepared = self.problem, self.prepared
@@ -319,11 +319,19 @@ class Session:
         return row
 
     # ------------------------------------------------------------ checkpoints
-    def _save_epoch(self, row: dict[str, Any]) -> None:
+    def _metrics_writer(self, columns: list[str]) -> runs.MetricsWriter:
+        return runs.MetricsWriter(self.run_dir / runs.METRICS, columns)
+
+    def _note_best(self, row: dict[str, Any]) -> bool:
+        """Whether the epoch of `row` is the best so far (then it becomes `self.best`)."""
         score = best_rule.score(row)
         improved = score is not None and (self.best is None or score < self.best["score"])
         if improved:
             self.best = {"score": score, "epoch": row["epoch"], "row": row}
+        return improved
+
+    def _save_epoch(self, row: dict[str, Any]) -> None:
+        improved = self._note_best(row)
         state = self._save_last()
         folder = self.run_dir / runs.CHECKPOINTS
         if improved:
@@ -347,7 +355,7 @@ class Session:
             "best": self.best, "metrics": self.last_row, "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
                                                 else time.perf_counter() - self._segment_started),
-            "schedule_epochs": self.schedule_epochs, "data": self.data,
+            "schedule_epochs": self.schedule_epochs, "data": self.data, "processes": self.processes,
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
             "sample_shape": list(self.prepared.sample_shape),
@@ -383,6 +391,7 @@ class Session:
             "wall_seconds": round(wall, 3),
             "seconds_per_epoch": round(self.train_seconds / epochs, 4) if epochs else None,
             "batch_size": self.problem.batch_size,
+            "processes": self.processes,
             "parameters": self.problem.model.num_parameters(),
             "final": self.last_row,
             "best": self.best["row"] if self.best else None,
