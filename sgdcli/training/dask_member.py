@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ from sgdcli.runs.directory import CHECKPOINTS, LOCK
 POLL_SECONDS = 0.5  # how often a running member asks the scheduler whether the sweep was stopped
 LOCK_WAIT_SECONDS = 300  # a retry waits this long for an orphaned attempt to save and let go of the run
 KEPT_LINES = 50  # error and warning lines sent back to the driver (the output stays bounded)
+
+# This worker's member trainings by sweep (the name of the sweep's stop Event), so that `interrupt`
+# reaches them at once; each entry is [process, whether it was sent SIGINT].
+_TRAININGS: dict[str, list[list]] = {}
+_TRAININGS_LOCK = threading.Lock()
 
 
 def run_member(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +64,7 @@ def run_member(spec: dict[str, Any]) -> dict[str, Any]:
                 notes.append(f"warning: {run_dir} had no checkpoint to resume from (an earlier attempt stopped "
                              f"before its first one); kept as {aside.name}, trained again")
             command = ["train", str(config), "--run-dir", str(run_dir)]
-        code, out, err = _train(command, stop.is_set)
+        code, out, err = _train(command, stop.is_set, spec["stop"])
     lines = [line for line in err.splitlines() if line.startswith(("error: ", "warning: "))]
     result.update(exit_code=code, stdout="\n".join(out.splitlines()[-1:]),
                   stderr="\n".join([*notes, *lines][-KEPT_LINES:]))
@@ -94,25 +100,53 @@ def wait_unlocked(run_dir: Path, stopped) -> bool:
         os.close(fd)
 
 
-def _train(arguments: list[str], stopped) -> tuple[int, str, str]:
-    """`python -m sgdcli ARGUMENTS` with this worker's Python; SIGINT forwarded when the sweep stops."""
+def _train(arguments: list[str], stopped, sweep: str) -> tuple[int, str, str]:
+    """`python -m sgdcli ARGUMENTS` with this worker's Python; SIGINT forwarded when the sweep stops: at
+    once when the driver calls `interrupt`, or when this task's poll of the sweep's stop Event sees it."""
     command = [sys.executable, "-m", "sgdcli", *arguments]
     # Output goes to files, not pipes: a chatty child can never block on a full pipe.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
                                    preexec_fn=_die_with_parent(os.getpid()))
-        signalled = False
-        while process.poll() is None:
-            if not signalled and stopped():
-                process.send_signal(signal.SIGINT)  # it finishes its update and saves a checkpoint: resumable
-                signalled = True
-            try:
-                process.wait(POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
+        entry = [process, False]
+        with _TRAININGS_LOCK:
+            _TRAININGS.setdefault(sweep, []).append(entry)
+        try:
+            while process.poll() is None:
+                if stopped():
+                    _interrupt(entry)
+                try:
+                    process.wait(POLL_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            with _TRAININGS_LOCK:
+                _TRAININGS[sweep].remove(entry)
+                if not _TRAININGS[sweep]:
+                    del _TRAININGS[sweep]
         out.seek(0)
         err.seek(0)
         return process.returncode, out.read(), err.read()
+
+
+def interrupt(sweep: str) -> int:
+    """Run on every worker (Client.run) when the driver stops the sweep whose stop Event is named
+    `sweep`: SIGINT at once to this worker's trainings of that sweep, none of another sweep's. Each
+    finishes its update and saves a checkpoint. Returns how many were signalled."""
+    with _TRAININGS_LOCK:
+        entries = list(_TRAININGS.get(sweep, []))
+    return sum(_interrupt(entry) for entry in entries)
+
+
+def _interrupt(entry: list) -> bool:
+    """SIGINT to a running training, once (a second one would be ignored anyway)."""
+    with _TRAININGS_LOCK:
+        process, signalled = entry
+        if signalled or process.poll() is not None:
+            return False
+        entry[1] = True
+        process.send_signal(signal.SIGINT)  # it finishes its update and saves a checkpoint: resumable
+        return True
 
 
 def _die_with_parent(parent: int):

@@ -169,6 +169,7 @@ def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, 
             if not stopping and should_stop and should_stop():
                 stopping = True
                 stop.set()  # running members get SIGINT from their task and save a checkpoint
+                _interrupt_now(client, stop.name)
                 running = {key for keys in client.processing().values() for key in keys}
                 client.cancel([future for future in futures if future.key not in running and not future.done()])
             if not pending.has_ready():
@@ -182,6 +183,15 @@ def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, 
     except BaseException:
         stop.set()  # the driver failed: no task starts another member, running ones save and stop
         raise
+
+
+def _interrupt_now(client, sweep: str) -> None:
+    """SIGINT to the sweep's running trainings at once, on every worker (their tasks' poll of the stop
+    Event, every POLL_SECONDS, does it too: this only saves the wait, so a failure here is not fatal)."""
+    try:
+        client.run(dask_member.interrupt, sweep, on_error="return")
+    except Exception:  # noqa: BLE001 - e.g. a worker leaving right now; the Event still stops its member
+        pass
 
 
 def _finish(member: Member, future, run_dir: str) -> None:
