@@ -16,8 +16,8 @@ from .activations import Activation
 from .layers import Initializer, Layer
 
 Pair = tuple[int, int]
-FEW_CHANNELS = 8  # inputs with fewer channels use im2col_transposed
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+FEW_CHANNELS = 8  # inputs with fewer channels use im2col_transposed
 
 
 def output_size(size: int, kernel: int, stride: int, pad_before: int = 0, pad_after: int = 0) -> int:
