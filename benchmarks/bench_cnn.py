@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from bench_common import TorchRun, numpy_blas_threads  # noqa: E402
 
 from sgdcli.config.loading import load_config  # noqa: E402
+from sgdcli.engine.allocator import retain_freed_memory  # noqa: E402
 from sgdcli.engine.conv import Conv2d  # noqa: E402
 from sgdcli.engine.layers import Dense  # noqa: E402
 from sgdcli.engine.normalization import BatchNorm  # noqa: E402
@@ -164,6 +165,7 @@ def child(which: str, batch_norm: bool, threads: int) -> None:
 
 def profile(x, y, batch_norm: bool, updates: int = 60) -> list[tuple[str, float]]:
     """Seconds per update of each layer's forward and backward, the loss and the optimizer step."""
+    retain_freed_memory()  # as train_epochs does
     ours = Ours(experiment(batch_norm), x, y)
     model, loss, optimizer, params = ours.problem.model, ours.problem.loss, ours.problem.optimizer, \
         ours.problem.model.parameters()

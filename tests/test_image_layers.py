@@ -9,7 +9,7 @@ from image_cases import IMAGE_LAYER_CASES
 
 from sgdcli.analysis.gradcheck import check_layer, check_model
 from sgdcli.engine.activations import Identity, ReLU
-from sgdcli.engine.conv import Conv2d, im2col, input_gradient
+from sgdcli.engine.conv import FEW_CHANNELS, Conv2d, im2col, im2col_transposed, input_gradient
 from sgdcli.engine.init import glorot_uniform, he_uniform
 from sgdcli.engine.layers import Dense, Dropout, Flatten
 from sgdcli.engine.losses import CrossEntropy
@@ -64,6 +64,28 @@ def test_max_pool_routes_to_the_first_maximum() -> None:
     np.testing.assert_array_equal(dx, [[[[0, 10, 20, 0], [0, 0, 0, 0]]]])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_two_by_two_max_pool_routes_every_tie_pattern_to_the_first_maximum(channels_last: bool) -> None:
+    # All 3^4 windows over the values {0, 1, 2}: every pattern of ties, against np.argmax (its first maximum).
+    windows = np.array(np.meshgrid(*[[0.0, 1.0, 2.0]] * 4, indexing="ij")).reshape(4, -1).T  # (81, 4)
+    x = windows.reshape(1, 81, 2, 2)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    out, cache = MaxPool2d((2, 2)).forward(x)
+    np.testing.assert_array_equal(out.reshape(81), windows.max(axis=1))
+    dout = np.arange(1.0, 82.0).reshape(1, 81, 1, 1)
+    dx, _ = MaxPool2d((2, 2)).backward(dout, cache)
+    expected = np.zeros((81, 4))
+    expected[np.arange(81), windows.argmax(axis=1)] = np.arange(1.0, 82.0)
+    np.testing.assert_array_equal(dx.reshape(81, 4), expected)
+
+
+def test_two_by_two_max_pool_gradients() -> None:
+    rng = np.random.default_rng(15)  # 5x7: a row and a column in no window; distinct values fix the argmax
+    x = rng.permutation(2 * 3 * 5 * 7).reshape(2, 3, 5, 7) * 0.01
+    assert all(check.passed for check in check_layer(MaxPool2d((2, 2)), x, rng=rng))
+
+
 def test_pools_drop_a_partial_window_and_average_by_hand() -> None:
     x = np.arange(15.0).reshape(1, 1, 3, 5)  # 3x5 with 2x2 windows: one row and one column dropped
     out, cache = AvgPool2d((2, 2)).forward(x)
@@ -99,6 +121,27 @@ def test_batch_norm_gradients_for_dense_outputs_and_in_evaluation() -> None:
     evaluation = check_layer(layer, x, rng=rng, training=False)  # fixed statistics: an affine map
     assert {check.name for check in evaluation} == {"x", "weight", "bias"}
     assert all(check.passed for check in evaluation)
+
+
+@pytest.mark.parametrize("channels", [2, FEW_CHANNELS + 1])  # transposed columns, then im2col's
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_gradients_in_both_column_layouts(channels: int, bias: bool) -> None:
+    rng = np.random.default_rng(13)
+    layer = Conv2d.create(channels, 3, (3, 2), Identity(), he_uniform, rng, np.float64, stride=(2, 1),
+                          padding=(1, 0, 1, 2), bias=bias)
+    if bias:
+        layer.params["bias"][:] = rng.normal(size=3)
+    checks = check_layer(layer, rng.normal(size=(2, channels, 6, 5)), rng=rng)
+    assert {check.name for check in checks} == {"x", *layer.params}
+    assert all(check.passed for check in checks)
+
+
+def test_transposed_columns_are_im2col_transposed_with_a_ones_row() -> None:
+    rng = np.random.default_rng(14)
+    x, stride, padding = rng.normal(size=(2, 3, 7, 6)), (2, 1), (1, 2, 0, 1)
+    cols = im2col_transposed(x, (3, 2), stride, padding, ones_row=True)
+    np.testing.assert_array_equal(cols[:-1], im2col(x, (3, 2), stride, padding).T)
+    np.testing.assert_array_equal(cols[-1], np.ones(cols.shape[1]))
 
 
 @pytest.mark.parametrize("name", IMAGE_LAYER_CASES)

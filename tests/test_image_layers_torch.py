@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sgdcli.engine.activations import Identity
-from sgdcli.engine.conv import Conv2d
+from sgdcli.engine.conv import FEW_CHANNELS, Conv2d
 from sgdcli.engine.init import he_uniform
 from sgdcli.engine.normalization import BatchNorm
 from sgdcli.engine.pooling import AvgPool2d, MaxPool2d
@@ -31,11 +31,12 @@ def forward_backward(fn, x: np.ndarray, *params: np.ndarray, dout_seed: int = 0)
     ((2, 2), (2, 2), (1, 2, 0, 1)),
     ((5, 5), (1, 1), (2, 2, 2, 2)),
 ])
-def test_conv2d_matches_torch(kernel, stride, padding) -> None:
+@pytest.mark.parametrize("channels", [3, FEW_CHANNELS])  # both column layouts
+def test_conv2d_matches_torch(kernel, stride, padding, channels) -> None:
     rng = np.random.default_rng(0)
-    layer = Conv2d.create(3, 5, kernel, Identity(), he_uniform, rng, np.float64, stride=stride, padding=padding)
+    layer = Conv2d.create(channels, 5, kernel, Identity(), he_uniform, rng, np.float64, stride=stride, padding=padding)
     layer.params["bias"][:] = rng.normal(size=5)
-    x = rng.normal(size=(4, 3, 9, 8))
+    x = rng.normal(size=(4, channels, 9, 8))
     top, bottom, left, right = padding
     expected, dout, (dx, dweight, dbias) = forward_backward(
         lambda x, w, b: F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=stride), x, layer.weight, layer.bias)

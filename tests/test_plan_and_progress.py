@@ -168,8 +168,9 @@ def test_memory_estimate_counts_conv_and_batch_norm_as_the_built_model_holds_the
     assert needed.parameters == sum(array.nbytes for array in model.state_dict().values()) == (40 + 16 + 195) * 4
     assert needed.gradients == (40 + 8 + 195) * 4  # running statistics take no gradient
     # per sample: outputs 64 (input), 256 (conv), 256 (batch norm), 64, 64, 3 -> 707; dout and dx of the
-    # largest, 2 * 256; the conv's im2col columns, 8*8 positions x 1*3*3 -> 576. Batch 2, 4 bytes each.
-    assert needed.activations == 2 * (707 + 512 + 576) * 4
+    # largest, 2 * 256; the conv's im2col columns, 8*8 positions x (1*3*3 + a row of ones for the bias) -> 640.
+    # Batch 2, 4 bytes each.
+    assert needed.activations == 2 * (707 + 512 + 640) * 4
 
 
 def test_a_cnn_too_large_for_memory_is_refused_before_any_weight_exists(tmp_path, monkeypatch):

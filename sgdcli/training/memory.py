@@ -11,6 +11,7 @@ import numpy as np
 from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
 from sgdcli.config import shapes
+from sgdcli.engine.conv import FEW_CHANNELS
 from sgdcli.errors import ConfigError
 from sgdcli.fileio import memory_available
 
@@ -59,7 +60,8 @@ def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch:
     gradient). Optimizer state: the parameters times the optimizer's state arrays (Adam: m and v).
     Activations: each layer's output for a batch (kept for the backward pass), plus the input, two
     arrays of the largest output for the backward pass's dout and dx, and the largest conv layer's
-    im2col columns (out_h·out_w × C·kh·kw per sample). The losses measured after each epoch run
+    im2col columns (out_h·out_w × C·kh·kw per sample, + 1 for the bias's row of ones below FEW_CHANNELS
+    input channels). The losses measured after each epoch run
     `eval_rows` samples at a time, keeping no caches: the largest output twice and the columns;
     when that is more, it is what counts. A model whose layers do not fit the sample shape is
     counted as flat here; that error is raised where the shapes are checked.
@@ -73,7 +75,8 @@ def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch:
         elif isinstance(spec, image.Conv2dConfig):
             kh, kw = shapes.pair(spec.kernel_size)
             trainable += shape_in[0] * kh * kw * spec.filters + (spec.filters if spec.bias else 0)
-            columns.append(math.prod(shape_out[1:]) * shape_in[0] * kh * kw)
+            ones_row = spec.bias and shape_in[0] < FEW_CHANNELS  # im2col_transposed carries the bias on a row of ones
+            columns.append(math.prod(shape_out[1:]) * (shape_in[0] * kh * kw + ones_row))
         elif isinstance(spec, image.BatchNormConfig):
             trainable += 2 * shape_in[0]
             buffers += 2 * shape_in[0]
