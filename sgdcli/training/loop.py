@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from sgdcli.engine.gradients import Gradient, as_array, squared_norm
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
@@ -63,7 +64,7 @@ class EpochResult:
 class StepObserver(Protocol):
     """Looks at gradient updates (sgdcli.training.track): `before_step` returns whether it wants `after_step`."""
 
-    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> bool: ...
+    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, Gradient]) -> bool: ...
     def after_step(self, params: dict[str, np.ndarray]) -> None: ...
 
 
@@ -119,7 +120,7 @@ def train_epochs(
                 value, dout = problem.loss.value_and_grad(outputs, yb)
                 if not math.isfinite(value):
                     raise _diverged(position, f"the loss is {value}")
-                grads = model.backward(dout, caches)
+                grads = model.backward(dout, caches, factored=True)
                 _check_gradients(grads, position)
                 if problem.clip_norm is not None:
                     clip_by_global_norm(grads, problem.clip_norm)
@@ -141,12 +142,11 @@ def train_epochs(
         yield result
 
 
-def _check_gradients(grads: dict[str, np.ndarray], position: Position) -> None:
+def _check_gradients(grads: dict[str, Gradient], position: Position) -> None:
     for name, grad in grads.items():
-        flat = grad.reshape(-1)
-        if not math.isfinite(float(np.dot(flat, flat))):
+        if not math.isfinite(squared_norm(grad)):
             layer = f"layer {name.split('.')[0]} ({name})"
-            if np.isfinite(grad).all():  # finite, only its square overflowed: still a blow-up
+            if np.isfinite(as_array(grad)).all():  # finite, only its square overflowed: still a blow-up
                 raise _diverged(position, f"the gradient of {layer} overflowed")
             raise _diverged(position, f"the gradient of {layer} is not finite")
 
