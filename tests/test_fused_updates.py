@@ -7,6 +7,7 @@ bit-identical on the BLAS path."""
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -278,3 +279,23 @@ def test_batch_one_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatc
     assert resumed.status == "completed"
     assert_identical(reference.run_dir, resumed.run_dir)
     assert ("ger", "s") in blas._ROUTINES or ("ger", "d") in blas._ROUTINES
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_factored_float32_update_allocates_nothing_parameter_sized_and_stays_float32(name: str) -> None:
+    rng = np.random.default_rng(12)
+    params = {"w": rng.normal(size=(500, 400)).astype(np.float32)}  # above blas.MIN_SIZE: the BLAS path
+    grad = {"w": OuterProduct(rng.normal(size=500).astype(np.float32), rng.normal(size=400).astype(np.float32))}
+    optimizer = OPTIMIZERS[name](0.0)
+    optimizer.step(params, grad, np.float64(0.01))  # creates the state and work arrays (and imports scipy)
+    tracemalloc.start()
+    try:
+        for _ in range(optimizer.FLUSH_EVERY):
+            optimizer.step(params, grad, np.float64(0.01))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < params["w"].nbytes / 50, f"{name}: an update allocated {peak} bytes"
+    arrays = [params["w"], *optimizer._scratch.values(), *optimizer._built.values(),
+              *(v for k, v in optimizer.state_dict().items() if k != "iterations")]
+    assert all(array.dtype == np.float32 for array in arrays)

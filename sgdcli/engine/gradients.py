@@ -2,9 +2,9 @@
 
 With a batch of one, a dense layer's weight gradient x.T @ dz is the outer product of the input x
 (D,) and dz (M,). Building it costs a pass over a weight-sized array, and an optimizer then reads
-it again; kept as its two factors, plain SGD and SGD with momentum apply it with one BLAS rank-1
-update (``blas.ger``) straight into the weights or the velocity. What needs the values themselves
-(an optimizer whose formula is elementwise in g, L2 weight decay) calls ``materialize``; the global
+it again; kept as its two factors, SGD (plain, momentum, Nesterov) and Adam apply it with BLAS
+rank-1 updates (``blas.ger``) straight into the weights, the velocity or the moments. What needs
+the values themselves (AdaGrad, RMSProp, L2 weight decay) calls ``materialize``; the global
 norm (divergence check, clipping, layer statistics) comes from the factors:
 ‖x dzᵀ‖² = ‖x‖² ‖dz‖², the same value up to rounding.
 
