@@ -60,17 +60,17 @@ from bench_common import (
 
 from sgdcli.training import build
 
-TARGETS = {  # issue 5: upper bounds on sgdcli's time divided by the other's, side by side
-    ("sgd-momentum", "torch"): 1.0, ("adam", "torch"): 0.85, ("rmsprop", "torch"): 0.85,
+TARGETS = {  # upper bounds on sgdcli's time divided by the other's, side by side (issues 5 and 16)
+    ("sgd-momentum", "torch"): 0.8, ("adam", "torch"): 0.8, ("rmsprop", "torch"): 0.8,
     ("sgd-momentum", "sklearn"): 0.6, ("adam", "sklearn"): 0.6,
-    ("batch-1", "torch"): 0.5, ("full-batch", "torch"): 1.0,
+    ("batch-1 sgd", "torch"): 0.5, ("batch-1 sgd-momentum", "torch"): 0.5, ("full-batch", "torch"): 0.9,
 }
 
 
 def target_key(race: Race) -> str:
-    """The race's first part of a TARGETS key: its optimizer case, "batch-1" or "full-batch"."""
+    """The race's first part of a TARGETS key: its optimizer case, "batch-1 <case>" or "full-batch"."""
     if race.name.startswith("batch 1 ("):
-        return "batch-1"
+        return "batch-1 " + race.name.split(", ")[-1]
     return "full-batch" if race.name.startswith("full") else race.name.split(", ")[-1]
 
 
@@ -122,7 +122,7 @@ def print_races(bench: Bench) -> None:
 
 
 def print_environment(torch, with_sklearn: bool, threads: int) -> dict:
-    print("# sgdcli benchmark (issue 5)")
+    print("# sgdcli benchmark (issues 5 and 16)")
     print(f"python {platform.python_version()}, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
           + (f", scikit-learn {optional('sklearn').__version__}" if with_sklearn else ", scikit-learn not installed"))
@@ -144,7 +144,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and updates (a smoke run, ~1 minute)")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per framework and optimizer (default 5, quick 2)")
     parser.add_argument("--sgd-updates", type=int, default=None, help="batch-1 updates per timed stretch (default 3000)")
-    parser.add_argument("--warm", type=int, default=None, help="batch-1 updates before the late timing (default 6000)")
+    parser.add_argument("--warm", type=int, default=None,
+                        help="batch-1 updates between the fresh and the late timing (default 0: late = after 3000)")
+    parser.add_argument("--batch1", nargs="+", default=list(bench_batch1.BATCH1_CASES),
+                        choices=list(bench_batch1.BATCH1_CASES), help="the batch-1 optimizer cases to race")
     parser.add_argument("--data", type=Path, default=DATA, help=f"Fashion-MNIST IDX folder (default {DATA})")
     parser.add_argument("--cases", nargs="+", default=["check", "minibatch", "batch1", "full", "subnormal", "profile",
                                                       "bookkeeping", "memory", "help"],
@@ -156,7 +159,7 @@ def main() -> int:
     args = parser.parse_args()
     rounds = args.epochs or (2 if args.quick else 5)
     sgd_updates = args.sgd_updates or (1000 if args.quick else 3000)
-    warm = args.warm if args.warm is not None else (3000 if args.quick else 6000)
+    warm = args.warm if args.warm is not None else 0
     torch = None if args.no_torch else optional("torch")
     with_sklearn = not args.no_sklearn and optional("sklearn") is not None
     threads = numpy_blas_threads()
@@ -177,12 +180,13 @@ def main() -> int:
                   y_test=y_test, torch=torch, with_sklearn=with_sklearn, threads=threads,
                   report={"environment": environment})
 
-    if "check" in args.cases and torch and not same_computation(bench):
+    batch1_cases = {case: bench_batch1.BATCH1_CASES[case] for case in args.batch1}
+    if "check" in args.cases and torch and not same_computation(bench, batch1_cases if "batch1" in args.cases else {}):
         return 1
     if "minibatch" in args.cases:
         bench.races += bench_minibatch.run_races(bench)
     if "batch1" in args.cases:
-        bench.races += bench_batch1.run_races(bench, sgd_updates, warm)
+        bench.races += bench_batch1.run_races(bench, sgd_updates, warm, args.batch1)
     if "full" in args.cases:
         bench.races += bench_full.run_races(bench)
     if bench.races:
@@ -204,7 +208,7 @@ def main() -> int:
         bench.report["others_cpu_share"] = share
     targets = bench.targets
     if targets:
-        print("\n## Targets (issue 5)")
+        print("\n## Targets (issues 5 and 16)")
         print_table(["what", "measured", "target", ""], targets, markdown=False)
     if args.markdown:
         print("\n## Markdown (for the README's Performance section)\n")

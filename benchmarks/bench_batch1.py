@@ -1,5 +1,6 @@
-"""The batch-1 race of benchmarks/bench.py: pure SGD with momentum, seconds per update for sgdcli
-(with and without its subnormal flush) and PyTorch, fresh and after several thousand updates."""
+"""The batch-1 races of benchmarks/bench.py: one sample per update, seconds per update for sgdcli and
+PyTorch, fresh and after several thousand updates (subnormal momentum included), for plain SGD, SGD
+with momentum (also sgdcli with its subnormal flush off), Adam and RMSProp (issue 16)."""
 
 from __future__ import annotations
 
@@ -16,24 +17,44 @@ from bench_common import (
     subnormal_fraction,
 )
 
+# Plain SGD and momentum as in configs/fashion-batch-modes (step sizes that train at batch 1);
+# Adam and RMSProp at their usual 1e-3.
+BATCH1_CASES = {
+    "sgd": {"type": "sgd", "learning_rate": 0.005},
+    "sgd-momentum": {"type": "sgd", "learning_rate": 0.001, "momentum": 0.9},
+    "adam": {"type": "adam", "learning_rate": 0.001},
+    "rmsprop": {"type": "rmsprop", "learning_rate": 0.001},
+}
+STATE = {"sgd-momentum": ("velocity", "momentum_buffer"), "adam": ("first_moment", "exp_avg"),
+         "rmsprop": ("mean_square", "square_avg")}  # sgdcli's state name, torch's
 
-def race_batch_one(updates: int, warm: int, rounds: int, x, y, data_dir: Path, torch) -> tuple[Race, Race, dict]:
-    """Pure SGD with momentum: seconds per update when fresh, and after `warm` more updates.
+
+def race_batch_one(case: str, updates: int, warm: int, rounds: int, x, y, data_dir: Path, torch
+                   ) -> tuple[Race, Race, dict]:
+    """Seconds per update over the first `updates` updates (fresh), and over stretches of as many
+    after those and `warm` more (rounded up to whole stretches).
 
     One "epoch" here is the first `updates` training images, one update each, so an epoch of
-    train_epochs is exactly the timed stretch. Also runs sgdcli with its subnormal flush off.
+    train_epochs is exactly the timed stretch. With momentum, sgdcli also runs with its subnormal
+    flush off.
     """
-    optimizer = {"type": "sgd", "learning_rate": 0.001, "momentum": 0.9}
+    warm_rounds = math.ceil(warm / updates)
+    optimizer = BATCH1_CASES[case]
     config = experiment(optimizer, {"mode": "sgd"}, data_dir)
     xs, ys = x[:updates], y[:updates]
-    ours, unflushed = SgdcliRun(config, xs, ys), SgdcliRun(config, xs, ys)
-    unflushed.problem.optimizer.FLUSH_EVERY = 1 << 62  # never: the subnormals stay
+    ours = SgdcliRun(config, xs, ys)
+    unflushed = SgdcliRun(config, xs, ys) if case == "sgd-momentum" else None
+    if unflushed:
+        unflushed.problem.optimizer.FLUSH_EVERY = 1 << 62  # never: the subnormals stay
     theirs = TorchRun(torch, ours, optimizer, xs, ys) if torch else None
-    fresh, later = Race("batch 1 (fresh)", "update"), Race(f"batch 1 (after {warm:,} updates)", "update")
+    fresh = Race(f"batch 1 (fresh), {case}", "update")
+    later = Race(f"batch 1 (after {updates * (1 + warm_rounds):,} updates), {case}", "update")
 
     def one_round(race: Race | None, r: int) -> None:
         order = ours.next_order()
-        runs = [("sgdcli", ours.epoch), ("sgdcli, no flush", unflushed.epoch)]
+        runs = [("sgdcli", ours.epoch)]
+        if unflushed:
+            runs.append(("sgdcli, no flush", unflushed.epoch))
         if theirs:
             runs.append(("torch", lambda: theirs.epoch(order, 1)))
         for who, run in rotate(runs, r):
@@ -42,22 +63,29 @@ def race_batch_one(updates: int, warm: int, rounds: int, x, y, data_dir: Path, t
                 race.add(who, seconds / updates)
 
     one_round(fresh, 0)
-    for r in range(max(1, math.ceil(warm / updates))):
+    for r in range(warm_rounds):
         one_round(None, r)
     for r in range(rounds):
         one_round(later, r)
-    subnormals = {"sgdcli": subnormal_fraction(ours.problem.optimizer.state_dict()["velocity/0.weight"]),
-                  "sgdcli, no flush": subnormal_fraction(unflushed.problem.optimizer.state_dict()["velocity/0.weight"])}
-    if theirs:
-        buffer = theirs.optimizer.state[theirs.net[0].weight]["momentum_buffer"]
-        subnormals["torch"] = subnormal_fraction(buffer.numpy())
-    later.note = ("first-layer momentum entries that are subnormal floats: "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in subnormals.items()))
+    subnormals = {}
+    if case in STATE:
+        ours_name, torch_name = STATE[case]
+        subnormals["sgdcli"] = subnormal_fraction(ours.problem.optimizer.state_dict()[f"{ours_name}/0.weight"])
+        if unflushed:
+            subnormals["sgdcli, no flush"] = subnormal_fraction(
+                unflushed.problem.optimizer.state_dict()[f"{ours_name}/0.weight"])
+        if theirs:
+            subnormals["torch"] = subnormal_fraction(theirs.optimizer.state[theirs.net[0].weight][torch_name].numpy())
+        later.note = (f"first-layer {ours_name} entries that are subnormal floats: "
+                      + ", ".join(f"{k} {v:.0%}" for k, v in subnormals.items()))
     return fresh, later, subnormals
 
 
-def run_races(bench: Bench, updates: int, warm: int) -> list[Race]:
-    print(f"racing batch 1 ({updates:,} updates per stretch, {warm:,} between) ...", flush=True)
-    fresh, later, _ = race_batch_one(updates, warm, max(2, bench.rounds // 2 + 1), bench.x, bench.y, bench.data_dir,
-                                     bench.torch)
-    return [fresh, later]
+def run_races(bench: Bench, updates: int, warm: int, cases: list[str] | None = None) -> list[Race]:
+    races = []
+    for case in cases or BATCH1_CASES:
+        print(f"racing batch 1, {case} ({updates:,} updates per stretch, {warm:,} between) ...", flush=True)
+        fresh, later, _ = race_batch_one(case, updates, warm, max(2, bench.rounds // 2 + 1), bench.x, bench.y,
+                                         bench.data_dir, bench.torch)
+        races += [fresh, later]
+    return races

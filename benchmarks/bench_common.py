@@ -266,34 +266,38 @@ class Bench:
 
 
 # ---------------------------------------------------------------- 1. the same computation?
-def check_same_computation(torch, x: np.ndarray, y: np.ndarray, data_dir: Path, updates: int = 5) -> list[dict]:
+def check_same_computation(torch, x: np.ndarray, y: np.ndarray, data_dir: Path, updates: int = 5,
+                           batch: int = BATCH, cases: dict | None = None) -> list[dict]:
     """Five updates from identical weights on identical batches: sgdcli's train_epochs vs PyTorch."""
-    x, y = x[: updates * BATCH], y[: updates * BATCH]
+    x, y = x[: updates * batch], y[: updates * batch]
     rows = []
-    for case, optimizer in CASES.items():
-        config = experiment(optimizer, {"mode": "minibatch", "size": BATCH}, data_dir, shuffle=False)
+    for case, optimizer in (CASES if cases is None else cases).items():
+        mode = {"mode": "sgd"} if batch == 1 else {"mode": "minibatch", "size": batch}
+        config = experiment(optimizer, mode, data_dir, shuffle=False)
         ours = SgdcliRun(config, x, y)
         start = {k: v.copy() for k, v in ours.problem.model.parameters().items()}
         theirs = TorchRun(torch, ours, optimizer, x, y)
         our_losses, their_losses = [], []
         ours.epoch(on_batch=lambda batch, value, losses=our_losses: losses.append(value))
-        theirs.epoch(None, BATCH, losses=their_losses)
+        theirs.epoch(None, batch, losses=their_losses)
         after, reference = ours.problem.model.parameters(), theirs.weights()
         # The error relative to how far the weights moved: float32 rounding gives ~1e-6.
         update_error = max(float(np.linalg.norm(after[k] - reference[k]) / np.linalg.norm(reference[k] - start[k]))
                            for k in after)
         loss_error = max(abs(a - b) / abs(b) for a, b in zip(our_losses, their_losses))
-        rows.append({"case": case, "updates": len(our_losses), "update_error": update_error, "loss_error": loss_error,
+        rows.append({"case": case, "batch": batch, "updates": len(our_losses), "update_error": update_error, "loss_error": loss_error,
                      "ok": len(our_losses) == len(their_losses) == updates and update_error < 1e-4 and loss_error < 1e-5})
     return rows
 
 
-def same_computation(bench: Bench) -> bool:
-    """Prints the check; False if sgdcli and PyTorch disagree (the benchmark must then stop)."""
+def same_computation(bench: Bench, batch1_cases: dict) -> bool:
+    """Prints the check (batch 128, and batch 1 for `batch1_cases`); False if sgdcli and PyTorch
+    disagree (the benchmark must then stop)."""
     print("## Same computation? 5 updates from the same weights on the same batches, sgdcli vs PyTorch")
-    rows = check_same_computation(bench.torch, bench.x, bench.y, bench.data_dir)
+    rows = (check_same_computation(bench.torch, bench.x, bench.y, bench.data_dir)
+            + check_same_computation(bench.torch, bench.x, bench.y, bench.data_dir, batch=1, cases=batch1_cases))
     for row in rows:
-        print(f"  {row['case']:13s} updates {row['updates']}, weights differ by {row['update_error']:.1e} of the "
+        print(f"  batch {row['batch']:3d} {row['case']:13s} updates {row['updates']}, weights differ by {row['update_error']:.1e} of the "
               f"distance moved, losses by {row['loss_error']:.1e} (relative): {'agree' if row['ok'] else 'DISAGREE'}")
     bench.report["check"] = rows
     if not all(row["ok"] for row in rows):

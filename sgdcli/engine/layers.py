@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .activations import Activation
+from .gradients import Gradient, OuterProduct
 
 Initializer = Callable[..., np.ndarray]  # (rng, fan_in, fan_out, dtype[, shape]), see init.py
 
@@ -50,6 +51,13 @@ class Layer:
     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """Return ``(dx, grads)`` with ``grads`` keyed like ``params``; ``dx`` is None when not ``need_dx``."""
         raise NotImplementedError
+
+    def backward_factored(
+        self, dout: np.ndarray, cache: object, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, Gradient]]:
+        """``backward``, but a gradient may come as its factors (``gradients.OuterProduct``) where the
+        layer can give them; the default gives the arrays of ``backward``."""
+        return self.backward(dout, cache, need_dx=need_dx)
 
 
 class Dense(Layer):
@@ -113,10 +121,23 @@ class Dense(Layer):
     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         x, z, out = cache
         dz = self.activation.backward(dout, z, out)
-        # One sample: x.T @ dz is an outer product, which np.matmul computes ~8x slower than
-        # np.dot (a BLAS rank-1 update) because the inner dimension is 1.
-        dweight = np.dot(x.T, dz) if len(x) == 1 else x.T @ dz
+        # One sample: x.T @ dz is an outer product, which np.matmul (inner dimension 1) computes
+        # several times slower than a broadcast multiply, x_i * dz_j with the same single rounding.
+        dweight = np.multiply(x.T, dz) if len(x) == 1 else x.T @ dz
         grads = {"weight": dweight, "bias": dz.sum(axis=0)}
+        dx = dz @ self.weight.T if need_dx else None
+        return dx, grads
+
+    def backward_factored(
+        self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, Gradient]]:
+        """``backward``; with one sample the weight gradient is ``OuterProduct(x[0], dz[0])``, not built."""
+        x, z, out = cache
+        if len(x) != 1:
+            return self.backward(dout, cache, need_dx=need_dx)
+        dz = self.activation.backward(dout, z, out)
+        # The bias gradient is a copy: clipping scales it in place, and dz is the OuterProduct's factor.
+        grads = {"weight": OuterProduct(x[0], dz[0]), "bias": dz.sum(axis=0)}
         dx = dz @ self.weight.T if need_dx else None
         return dx, grads
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .conv import Conv2d
+from .gradients import Gradient
 from .layers import Layer
 
 PREDICT_VALUES = 2**24  # values per pass of an image model's predict (64 MiB in float32)
@@ -112,17 +113,21 @@ class Sequential:
             caches.append(cache)
         return out, caches
 
-    def backward(self, dout: np.ndarray, caches: list) -> dict[str, np.ndarray]:
+    def backward(self, dout: np.ndarray, caches: list, *, factored: bool = False) -> dict[str, Gradient]:
         """Gradients keyed like ``parameters()``, given dL/dout and the caches of one ``forward``.
 
         Layers below the first one with parameters are not visited, and that layer computes no dx.
+        ``factored``: a gradient may come as its factors (a dense weight's from one sample as a
+        ``gradients.OuterProduct``, which the optimizers apply without building it); else all are arrays.
         """
         if len(caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} caches (one per layer), got {len(caches)}")
         first = next((index for index, layer in enumerate(self.layers) if layer.params), len(self.layers))
-        per_layer: dict[int, dict[str, np.ndarray]] = {}
+        per_layer: dict[int, dict[str, Gradient]] = {}
         for index in range(len(self.layers) - 1, first - 1, -1):
-            dout, per_layer[index] = self.layers[index].backward(dout, caches[index], need_dx=index > first)
+            layer = self.layers[index]
+            backward = layer.backward_factored if factored else layer.backward
+            dout, per_layer[index] = backward(dout, caches[index], need_dx=index > first)
         return {
             f"{index}.{name}": per_layer[index][name]
             for index, layer in enumerate(self.layers)

@@ -4,7 +4,9 @@ Symbols in the update rules: w is a parameter array, g its gradient, lr the lear
 passed to ``step``, t the 1-based number of the step being taken. Every update writes into
 the parameter arrays in place; the caller's gradient arrays are never modified. Without an
 L2 weight_decay an update allocates nothing: it works in place and in one scratch array per
-parameter.
+parameter. A gradient may be a ``gradients.OuterProduct`` (a dense weight's from one sample):
+SGD and Adam, whose rules only add multiples of g and of g * g, apply its factors with BLAS
+rank-1 updates; the others build it first, into a work array kept like the scratch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .gradients import Gradient, OuterProduct, add_scaled, add_squared, squared_norm
 
 
 class Optimizer:
@@ -21,7 +25,9 @@ class Optimizer:
     implements ``_update(w, g, state, lr, scratch)`` in place. ``scratch`` is a work array
     shaped like w whose contents mean nothing: kept from step to step so that an update
     allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs,
-    ``self.iterations`` already counts the step in progress (so it equals t).
+    ``self.iterations`` already counts the step in progress (so it equals t). A subclass with
+    ``takes_factored = True`` gets an OuterProduct g as it is (and touches g only through
+    ``gradients.add_scaled`` / ``add_squared``); otherwise g is built first.
 
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
     (``AdamW`` overrides this with decoupled decay).
@@ -38,6 +44,7 @@ class Optimizer:
     """
 
     FLUSH_EVERY = 32
+    takes_factored = False
 
     def __init__(self, weight_decay: float = 0.0) -> None:
         if not weight_decay >= 0:
@@ -46,6 +53,7 @@ class Optimizer:
         self.iterations = 0
         self._state: dict[str, dict[str, np.ndarray]] = {}
         self._scratch: dict[str, np.ndarray] = {}  # work arrays, one per parameter; not state
+        self._built: dict[str, np.ndarray] = {}  # where an OuterProduct gradient is built; not state
         # True after load_state_dict until the next step has matched the state to the parameters.
         self._loaded_unverified = False
 
@@ -55,22 +63,26 @@ class Optimizer:
         """Fresh state for one parameter, e.g. ``{"velocity": zeros_like(param)}``."""
         return {}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+    def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _apply_weight_decay(self, param: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
+    def _apply_weight_decay(self, param: np.ndarray, grad: Gradient, learning_rate: float) -> Gradient:
         """L2 penalty: return g + weight_decay * w as a new array (the caller's g is untouched)."""
         if not self.weight_decay:
             return grad
         decayed = param * self.weight_decay
-        decayed += grad
+        if isinstance(grad, OuterProduct):
+            grad.add_to(decayed, 1.0)
+        else:
+            decayed += grad
         return decayed
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], learning_rate: float) -> None:
-        """Apply one update to every array in ``params`` in place, using ``grads`` with the same keys."""
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, Gradient], learning_rate: float) -> None:
+        """Apply one update to every array in ``params`` in place, using ``grads`` with the same keys
+        (arrays, or ``gradients.OuterProduct``)."""
         if grads.keys() != params.keys():
             missing = [key for key in params if key not in grads]
             unexpected = [key for key in grads if key not in params]
@@ -88,10 +100,10 @@ class Optimizer:
             state = self._state.get(key)
             if state is None:
                 state = self._state[key] = self._init_state(param)
-            scratch = self._scratch.get(key)
-            if scratch is None or scratch.shape != param.shape or scratch.dtype != param.dtype:
-                scratch = self._scratch[key] = np.empty_like(param)
+            scratch = _work_array(self._scratch, key, param)
             grad = self._apply_weight_decay(param, grads[key], learning_rate)
+            if isinstance(grad, OuterProduct) and not self.takes_factored:
+                grad = grad.materialize(out=_work_array(self._built, key, param))
             self._update(param, grad, state, learning_rate, scratch)
             if flush:
                 for array in state.values():
@@ -171,8 +183,10 @@ class SGD(Optimizer):
     momentum == 0:  w -= lr * g
     momentum > 0:   v = momentum * v - lr * g;  w += v
     nesterov:       v = momentum * v - lr * g;  w += momentum * v - lr * g
-    (v is the "velocity" state, starting at 0.)
+    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built.
     """
+
+    takes_factored = True
 
     def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
@@ -186,17 +200,16 @@ class SGD(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"velocity": np.zeros_like(param)} if self.momentum else {}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+    def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
-        step = np.multiply(grad, learning_rate, out=scratch)  # lr * g
         if not self.momentum:
-            param -= step
+            add_scaled(param, -learning_rate, grad, scratch)
             return
         velocity = state["velocity"]
         velocity *= self.momentum
-        velocity -= step
+        add_scaled(velocity, -learning_rate, grad, scratch)
         if self.nesterov:
-            param -= step
+            add_scaled(param, -learning_rate, grad, scratch)
             param += np.multiply(velocity, self.momentum, out=scratch)
         else:
             param += velocity
@@ -263,7 +276,7 @@ class RMSProp(Optimizer):
                 scratch: np.ndarray) -> None:
         mean_square = state["mean_square"]
         mean_square *= self.rho
-        mean_square += np.multiply(np.square(grad, out=scratch), 1 - self.rho, out=scratch)
+        add_squared(mean_square, 1 - self.rho, grad, scratch)
         direction = np.sqrt(mean_square, out=scratch)
         direction += self.epsilon
         np.divide(grad, direction, out=direction)  # g / (sqrt(s) + epsilon)
@@ -284,7 +297,10 @@ class Adam(Optimizer):
     m_hat = m / (1 - beta1**t);        v_hat = v / (1 - beta2**t)
     w -= lr * m_hat / (sqrt(v_hat) + epsilon)
     (m is the "first_moment" state and v the "second_moment" state, both starting at 0.)
+    An OuterProduct g enters m and v by BLAS ger (g * g = x² ⊗ dz² is rank-1 too), never built.
     """
+
+    takes_factored = True
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
@@ -305,9 +321,9 @@ class Adam(Optimizer):
         t = self.iterations
         m, v = state["first_moment"], state["second_moment"]
         m *= self.beta1
-        m += np.multiply(grad, 1 - self.beta1, out=scratch)
+        add_scaled(m, 1 - self.beta1, grad, scratch)
         v *= self.beta2
-        v += np.multiply(np.square(grad, out=scratch), 1 - self.beta2, out=scratch)
+        add_squared(v, 1 - self.beta2, grad, scratch)
         # Both bias corrections fold into scalars, with c = sqrt(1 - beta2**t):
         # lr m_hat / (sqrt(v_hat) + eps) = (lr c / (1 - beta1**t)) m / (sqrt(v) + eps c).
         c = math.sqrt(1 - self.beta2**t)
@@ -327,10 +343,18 @@ class AdamW(Adam):
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(beta1, beta2, epsilon, weight_decay)
 
-    def _apply_weight_decay(self, param: np.ndarray, grad: np.ndarray, learning_rate: float) -> np.ndarray:
+    def _apply_weight_decay(self, param: np.ndarray, grad: Gradient, learning_rate: float) -> Gradient:
         if self.weight_decay:
             param *= 1 - learning_rate * self.weight_decay
         return grad
+
+
+def _work_array(store: dict[str, np.ndarray], key: str, param: np.ndarray) -> np.ndarray:
+    """store[key], (re)made shaped like param: made once, reused by every step."""
+    array = store.get(key)
+    if array is None or array.shape != param.shape or array.dtype != param.dtype:
+        array = store[key] = np.empty_like(param)
+    return array
 
 
 def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
@@ -343,15 +367,16 @@ def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
     array *= keep  # NaN compares False but stays NaN (NaN * 0)
 
 
-def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+def clip_by_global_norm(grads: dict[str, Gradient], max_norm: float) -> float:
     """Scale all ``grads`` in place by max_norm / norm when their global L2 norm exceeds ``max_norm``.
 
-    norm = sqrt(sum over arrays of sum(g * g)). Returns the norm before clipping. A non-finite
-    norm is returned as is and the gradients are left alone, so the caller can detect divergence.
+    norm = sqrt(sum over arrays of sum(g * g)) (an OuterProduct's from its factors, and scaled by
+    its ``scale``). Returns the norm before clipping. A non-finite norm is returned as is and the
+    gradients are left alone, so the caller can detect divergence.
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    norm = math.sqrt(sum(squared_norm(g) for g in grads.values()))
     if math.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
         for g in grads.values():

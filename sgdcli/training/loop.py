@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from sgdcli.engine.allocator import retain_freed_memory
+from sgdcli.engine.gradients import Gradient, as_array, squared_norm
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
@@ -73,7 +74,7 @@ class EpochResult:
 class StepObserver(Protocol):
     """Looks at gradient updates (sgdcli.training.track): `before_step` returns whether it wants `after_step`."""
 
-    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> bool: ...
+    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, Gradient]) -> bool: ...
     def after_step(self, params: dict[str, np.ndarray]) -> None: ...
 
 
@@ -138,8 +139,8 @@ def train_epochs(
                     value, grads = parallel.gradient(xb, yb, count, dropout_rng)
                 if not math.isfinite(value):
                     raise _diverged(position, f"the loss is {value}")
-                if parallel is None:
-                    grads = model.backward(dout, caches)
+                if parallel is None:  # batch 1: a dense layer's weight gradient as its two factors
+                    grads = model.backward(dout, caches, factored=True)
                 _check_gradients(grads, position)
                 if problem.clip_norm is not None:
                     clip_by_global_norm(grads, problem.clip_norm)
@@ -161,12 +162,11 @@ def train_epochs(
         yield result
 
 
-def _check_gradients(grads: dict[str, np.ndarray], position: Position) -> None:
+def _check_gradients(grads: dict[str, Gradient], position: Position) -> None:
     for name, grad in grads.items():
-        flat = grad.reshape(-1)
-        if not math.isfinite(float(np.dot(flat, flat))):
+        if not math.isfinite(squared_norm(grad)):
             layer = f"layer {name.split('.')[0]} ({name})"
-            if np.isfinite(grad).all():  # finite, only its square overflowed: still a blow-up
+            if np.isfinite(as_array(grad)).all():  # finite, only its square overflowed: still a blow-up
                 raise _diverged(position, f"the gradient of {layer} overflowed")
             raise _diverged(position, f"the gradient of {layer} is not finite")
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from sgdcli import plots
+from sgdcli.engine.gradients import Gradient, squared_norm
 from sgdcli.errors import ConfigError
 
 STATISTICS = ("grad_norm", "weight_norm", "update_ratio")
@@ -54,15 +55,14 @@ class LayerTracker:
         self._sums = {s: dict.fromkeys(self.names, 0.0) for s in ("grad_norm", "update_ratio")}
         self._counts = {s: dict.fromkeys(self.names, 0) for s in ("grad_norm", "update_ratio")}
 
-    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> bool:
+    def before_step(self, batch: int, params: dict[str, np.ndarray], grads: dict[str, Gradient]) -> bool:
         """Batch `batch` (0-based within the epoch) is about to be applied; True if it is measured."""
         if batch % self.stride != self.stride - 1 and batch != self.last:
             return False
         if "grad_norm" in self.statistics:
             sums, counts = self._sums["grad_norm"], self._counts["grad_norm"]
             for name, grad in grads.items():
-                flat = grad.reshape(-1)
-                sums[name] += math.sqrt(float(np.dot(flat, flat)))
+                sums[name] += math.sqrt(squared_norm(grad))
                 counts[name] += 1
         for name, before in self._before.items():
             np.copyto(before, params[name])
