@@ -40,7 +40,8 @@ def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> byte
     def draw_one(figure: Any, axes: Any) -> None:
         draw(axes[0, 0])
         axes[0, 0].grid(True, alpha=0.3)
-        axes[0, 0].legend(fontsize=7, loc="best")
+        if axes[0, 0].get_legend_handles_labels()[0]:  # no labelled artist: no empty legend box, no warning
+            axes[0, 0].legend(fontsize=7, loc="best")
 
     return figure_png(draw_one, 1, 1, size)
 

@@ -449,3 +449,45 @@ def test_an_address_that_is_not_a_dask_scheduler_is_named_without_a_hang(cluster
     assert results[worker].exit_code == 2 and f"{worker} is a Dask Worker, not a Dask scheduler" in " ".join(
         results[worker].output.split())
     assert not (tmp_path / "runs").exists()
+
+
+def test_data_missing_on_the_driver_too_fails_each_member_as_a_local_sweep_does(experiment, tmp_path):
+    """Not a shared-folder problem: the members fail with the local executor's message and exit 3,
+    and nothing is asked of a cluster (there is none at this address)."""
+    pytest.importorskip("distributed")
+    config = tmp_path / "moved.yaml"
+    config.write_text(experiment.read_text())  # its ../data/iris.csv does not exist from tmp_path
+    local = _sweep(config, tmp_path, "--runs-dir", "local")
+    done = _sweep(config, tmp_path, "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9")
+    missing = str((tmp_path / ".." / "data" / "iris.csv").resolve())
+    assert local.returncode == done.returncode == 3, (local.stderr, done.stderr)
+    message = " ".join(done.stderr.split())
+    assert f"{missing}: file not found" in message and "scheduler" not in message and "shared" not in message
+    assert message.count("file not found") == " ".join(local.stderr.split()).count("file not found") >= 4  # as locally
+
+
+@pytest.mark.parametrize("typed", ["tcp://127.0.0.1:{port}/", " tcp://127.0.0.1:{port} ", "127.0.0.1:{port}"])
+def test_a_scheduler_address_is_read_as_dask_prints_it_give_or_take_a_slash_or_a_space(experiment, tmp_path, typed):
+    pytest.importorskip("distributed")
+    with socket.socket() as free:  # a port nobody listens on: the message shows the address as read
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = _sweep(experiment, tmp_path, "--executor", "dask", "--scheduler", typed.format(port=port))
+    assert done.returncode == 2, done.stderr
+    assert f"no Dask scheduler answers at tcp://127.0.0.1:{port} (" in " ".join(done.stderr.split())
+
+
+@pytest.mark.parametrize("typed", ["tcp://127.0.0.1:8786/status", "tcp://127.0.0.1:8786?x=1"])
+def test_a_scheduler_address_with_a_path_is_a_format_error(experiment, tmp_path, typed):
+    pytest.importorskip("distributed")
+    done = _sweep(experiment, tmp_path, "--executor", "dask", "--scheduler", typed)
+    assert done.returncode == 2 and "expected tcp://HOST:PORT" in done.stderr, done.stderr
+
+
+def test_a_failed_members_message_names_the_users_config_not_the_workers_copy(cluster, experiment, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sgdcli", "train", str(experiment), "--sweep",
+                           "model.layers.1.units=2", "--runs-dir", "runs", "--executor", "dask", "--scheduler",
+                           cluster.address], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert f"{experiment}: model.layers.1.units" in message and "sgdcli-member-" not in message

@@ -65,7 +65,9 @@ def run_member(spec: dict[str, Any]) -> dict[str, Any]:
                              f"before its first one); kept as {aside.name}, trained again")
             command = ["train", str(config), "--run-dir", str(run_dir)]
         code, out, err = _train(command, stop.is_set, spec["stop"])
-    lines = [line for line in err.splitlines() if line.startswith(("error: ", "warning: "))]
+    # The member's config file is a temporary copy on this worker: messages name the user's config instead.
+    lines = [line.replace(str(config), spec.get("source", str(config)))
+             for line in err.splitlines() if line.startswith(("error: ", "warning: "))]
     result.update(exit_code=code, stdout="\n".join(out.splitlines()[-1:]),
                   stderr="\n".join([*notes, *lines][-KEPT_LINES:]))
     return result

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from sgdcli.config.loading import load_config
 from sgdcli.config.yamlio import dump_yaml
-from sgdcli.errors import SgdcliError, UsageError
+from sgdcli.errors import DataError, SgdcliError, UsageError
 from sgdcli.training import dask_member, interrupts
 from sgdcli.training.sweep import Member, record
 
@@ -48,6 +48,8 @@ def run(config: Path, overrides: list[str], members: list[Member], runs_dir: Pat
     distributed = distributed_module()
     runs_dir = runs_dir.absolute()  # the workers' view: the same absolute path on the shared folder
     specs = _specs(config, overrides, members, runs_dir, on_done)
+    if not specs:  # every member failed already (its config or data): nothing to submit
+        return
     client = connect(distributed, scheduler)
     try:
         check_workers(client, runs_dir, sorted({path for spec in specs.values() for path in spec.pop("paths")}))
@@ -74,9 +76,15 @@ def _specs(config: Path, overrides: list[str], members: list[Member], runs_dir: 
             if on_done:
                 on_done(member)
             continue
+        missing = [path for path in _paths(resolved) if not os.path.exists(path)]
+        if missing:  # missing here too: the member fails as a local one does (exit 3), not as a worker problem
+            record(member, DataError.exit_code, "", f"error: {DataError('file not found', source=str(missing[0]))}")
+            if on_done:
+                on_done(member)
+            continue
         specs[member.name] = {"name": member.name, "run_dir": str(runs_dir / f"{member.name}-{suffix}"),
                               "config": dump_yaml({**resolved.to_dict(), "name": member.name}),
-                              "paths": [str(path) for path in _paths(resolved)]}
+                              "source": str(config.absolute()), "paths": [str(path) for path in _paths(resolved)]}
     return specs
 
 
@@ -95,14 +103,16 @@ def _paths(section: Any) -> list[Path]:
 def connect(distributed, address: str):
     """A Client of the scheduler at `address`, which has at least one worker; UsageError (exit 2) naming
     the address otherwise, after at most CONNECT_SECONDS + WORKERS_SECONDS, never a hang."""
+    address = address.strip()
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
         host = port = None
-    if parts.scheme != "tcp" or not host or not port:
+    if parts.scheme != "tcp" or not host or not port or parts.path.strip("/") or parts.query or parts.fragment:
         raise UsageError(f"--scheduler: expected tcp://HOST:PORT (the address `dask scheduler` prints), "
                          f"received {address!r}")
+    address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"  # a trailing / dropped
     try:  # a plain connection first: a closed port fails at once, where a Dask client retries until its timeout
         socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
     except OSError as exc:

@@ -145,7 +145,8 @@ def refuse(config: ExperimentConfig, processes: int) -> None:
     for index, layer in enumerate(config.model.layers):
         if isinstance(layer, BatchNormConfig):
             raise ConfigError(f"model.layers.{index}: batch_norm normalises with the whole batch's statistics, "
-                              f"which {how.replace('cannot', 'are not')}", source=source)
+                              f"which cannot be split across the {processes} MPI processes; run it without mpiexec",
+                              source=source)
     if not isinstance(config.optimizer, GRADIENT_OPTIMIZERS):
         raise ConfigError(f"optimizer.type: {config.optimizer.type} is derivative-free: it has no gradient to "
                           f"combine and {how}", source=source)
