@@ -128,6 +128,19 @@ def test_progress_shows_the_estimated_time_of_the_whole_run_after_the_first_epoc
     assert lines[2].endswith("| run ~7h 00m, 6h 59m left"), lines
 
 
+def test_after_a_resume_the_whole_run_counts_the_earlier_segments_too(monkeypatch):
+    clock = iter([100.0, 110.0])  # resumed after epoch 15 of 30, which took 150 s; 10 s an epoch now
+    monkeypatch.setattr(render.time, "monotonic", lambda: next(clock))
+    output = io.StringIO()
+    reporter = render.TrainingReporter(Console(file=output, width=200))
+    reporter.start({"name": "x", "train_samples": 8, "val_samples": 0, "parameters": 3, "batch_size": 4,
+                    "updates_per_epoch": 2, "epochs": 30, "wall_before": 150.0,
+                    "position": {"epoch": 15, "batch": 0, "updates": 30}})
+    reporter.epoch({"train_loss": 0.5, "learning_rate": 0.1, "seconds": 1.0, "epoch": 16})
+    # 150 s before + 10 s of epoch 16 + 14 epochs x 10 s left = 300 s in all
+    assert output.getvalue().splitlines()[-1].endswith("| run ~5m 00s, 2m 20s left"), output.getvalue()
+
+
 def test_durations():
     assert [render._duration(s) for s in (3.2, 200, 25_320, 200_000)] == ["3s", "3m 20s", "7h 02m", "2d 07h"]
 

@@ -124,14 +124,15 @@ class TrainingReporter:
 
     def _eta(self, epoch: int) -> str:
         """The whole run's estimated wall time and what is left of it, from the mean wall time of the
-        epochs done in this process (evaluation and checkpoints included); '' once the run is done."""
+        epochs done in this process (evaluation and checkpoints included); after a resume the whole run
+        counts the earlier segments' wall time too (`wall_before`); '' once the run is done."""
         started, first = self._started
         done, planned = epoch - first, self.info.get("epochs", epoch)
         if done < 1 or epoch >= planned:
             return ""
         elapsed = time.monotonic() - started
         left = elapsed / done * (planned - epoch)
-        return f"run ~{_duration(elapsed + left)}, {_duration(left)} left"
+        return f"run ~{_duration(self.info.get('wall_before', 0.0) + elapsed + left)}, {_duration(left)} left"
 
     def close(self) -> None:
         if self.progress is not None:

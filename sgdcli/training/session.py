@@ -299,7 +299,7 @@ class Session:
                 "batch_size": p.batch_size, "updates_per_epoch": p.updates_per_epoch,
                 "epochs": self.config.training.epochs, "parameters": p.model.num_parameters(),
                 "classification": self.classification, "resumed_from": self.resumed_from,
-                "position": self.position.to_dict(), "processes": self.processes}
+                "position": self.position.to_dict(), "processes": self.processes, "wall_before": self.wall_before}
 
     def _measure(self, result: EpochResult) -> dict[str, Any]:
         p, prepared = self.problem, self.prepared
