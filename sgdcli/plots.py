@@ -34,14 +34,19 @@ class Curve:
                    diverged)
 
 
+def legend(axes: Any, **options: Any) -> None:
+    """A legend on `axes` when something on it is labelled: none (no empty box, no matplotlib warning) otherwise."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(**options)
+
+
 def png(draw: Callable[[Any], None], size: tuple[float, float] = (8, 5)) -> bytes:
     """Draw on one fresh axes with `draw(axes)`, add a grid and legend, return the PNG bytes."""
 
     def draw_one(figure: Any, axes: Any) -> None:
         draw(axes[0, 0])
         axes[0, 0].grid(True, alpha=0.3)
-        if axes[0, 0].get_legend_handles_labels()[0]:  # no labelled artist: no empty legend box, no warning
-            axes[0, 0].legend(fontsize=7, loc="best")
+        legend(axes[0, 0], fontsize=7, loc="best")
 
     return figure_png(draw_one, 1, 1, size)
 
@@ -192,8 +197,7 @@ def write_panels(draw: Callable[[list[Any]], None], panels: int, out: Path, widt
         draw(axes_list)
         for each in axes_list:
             each.grid(True, alpha=0.3)
-            if each.get_legend_handles_labels()[0]:
-                each.legend(fontsize=6, loc="best", ncol=2)
+            legend(each, fontsize=6, loc="best", ncol=2)
 
     atomic_write(out, figure_png(draw_all, panels, 1, (width, 0.6 + panel_height * panels), sharex=True))
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sgdcli import fileio
 from sgdcli.config.loading import load_config
 from sgdcli.config.yamlio import dump_yaml
 from sgdcli.errors import DataError, SgdcliError, UsageError
@@ -69,16 +70,13 @@ def _specs(config: Path, overrides: list[str], members: list[Member], runs_dir: 
         if not any(os.path.lexists(runs_dir / f"{m.name}-{suffix}") for m in members):
             break
     for member in members:
-        try:
+        try:  # a config error, or data missing here too, fails the member as a local sweep does
             resolved = load_config(config, [*overrides, *member.overrides])
+            for path in _paths(resolved):  # (not as a worker's shared-folder problem)
+                with fileio.reading(path, DataError, "data"):
+                    os.stat(path)
         except SgdcliError as exc:
             record(member, exc.exit_code, "", f"error: {exc}")
-            if on_done:
-                on_done(member)
-            continue
-        missing = [path for path in _paths(resolved) if not os.path.exists(path)]
-        if missing:  # missing here too: the member fails as a local one does (exit 3), not as a worker problem
-            record(member, DataError.exit_code, "", f"error: {DataError('file not found', source=str(missing[0]))}")
             if on_done:
                 on_done(member)
             continue
