@@ -64,6 +64,29 @@ def test_overrides_apply_by_dotted_path():
     assert config.optimizer.learning_rate == pytest.approx(0.02)
 
 
+
+@pytest.mark.parametrize("overrides,section,before", [
+    (["optimizer.momentum=0.9", "optimizer.type=adam"], "optimizer", "sgd"),  # momentum is an sgd key
+    (["model.layers.0.type=conv2d"], "model.layers.0", "dense"),  # units is a dense key
+])
+def test_set_of_a_sections_type_says_the_files_other_keys_stay_and_how_to_replace_it(overrides, section, before):
+    with pytest.raises(ConfigError) as info:
+        load_config(tiny_config(), overrides)
+    message = str(info.value)
+    assert f"{section}." in message.splitlines()[0]  # the error itself comes first, as always
+    after = overrides[-1].split("=")[1]
+    assert (f"--set {section}.type={after} replaced only the file's {section}.type ({before})" in message
+            and f"--set '{section}={{type: {after}, ...}}'" in message), message
+
+
+def test_set_of_a_whole_section_as_a_mapping_replaces_it_and_a_valid_retype_needs_no_note():
+    config = load_config(tiny_config(), ["optimizer.momentum=0.9", "optimizer={type: adam, learning_rate: 0.01}"])
+    assert config.optimizer.type == "adam" and config.optimizer.learning_rate == pytest.approx(0.01)
+    with pytest.raises(ConfigError) as info:  # a retype that is not what the error is about gets no note
+        load_config(tiny_config(), ["loss.type=mse", "optimizer.momentun=0.9"])
+    assert "note:" not in str(info.value)
+
+
 BAD = [
     # (change to the tiny config as dotted=value overrides, text the message must contain)
     (["optimizer.momentun=0.9"], "optimizer.momentun: unknown key; did you mean 'momentum'?"),

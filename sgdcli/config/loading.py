@@ -46,13 +46,18 @@ def load_config(
             raise ConfigError("the file is empty; expected a mapping of config keys", source=where)
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of config keys at the top level, received {_kind(raw)}", source=where)
+    retyped: dict[str, tuple[Any, Any]] = {}  # section -> (its type in the file, the type --set gave it)
     for item in overrides:
-        apply_override(raw, item)
+        key, before, after = apply_override(raw, item)
+        section, _, last = key.rpartition(".")
+        if last == "type" and section and before is not None and before != after:
+            retyped.setdefault(section, (before, after))
     schema = ObjectiveConfig if "objective" in raw else ExperimentConfig
     try:
         config = schema.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, schema), source=where) from None
+        message = format_validation_error(exc, schema)
+        raise ConfigError(message + _retype_hint(message, retyped), source=where) from None
     if isinstance(config, ExperimentConfig):
         _check_shapes(config, where)
     return config.read_from(where)
@@ -83,8 +88,24 @@ def _kind(value: Any) -> str:
     )
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `dotted.path=value` to the raw config dict (value parsed as a YAML scalar)."""
+def _retype_hint(message: str, retyped: dict[str, tuple[Any, Any]]) -> str:
+    """For each section whose `type` --set changed and that an error line is about: why its other keys
+    remain (they came from the file, written for the old type) and how to replace the section whole."""
+    lines = message.splitlines()
+    hints = [f"\nnote: --set {section}.type={after} replaced only the file's {section}.type ({before}); the file's "
+             f"other {section} keys are still there; to replace the whole section, give it as a mapping: "
+             f"--set '{section}={{type: {after}, ...}}'"
+             for section, (before, after) in retyped.items() if any(line.startswith(f"{section}.") for line in lines)]
+    return "".join(hints)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> tuple[str, Any, Any]:
+    """Apply one `dotted.path=value` to the raw config dict (value parsed as YAML, as the file is read).
+
+    Returns the dotted key, the value it replaced (None where there was none) and the new value.
+    Raises ConfigError naming the key when the path does not fit the config (an index past a list's
+    end, a key below a single value) or the text is not YAML.
+    """
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
@@ -109,9 +130,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         else:
             raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a single value, not a section")
         if last:
-            node[index] = value
-        else:
-            node = node[index]
+            break
+        node = node[index]
+    before = node[index] if isinstance(node, list) else node.get(index)
+    node[index] = value
+    return key, before, value
 
 
 def format_validation_error(exc: pydantic.ValidationError, schema: type[BaseModel]) -> str:
