@@ -128,6 +128,21 @@ def test_resuming_a_finished_run_does_nothing(tmp_path, stop):
     assert everything(run) == before and (run / "run.lock").read_bytes() == lock_before
 
 
+def test_early_stopping_is_announced_with_the_metric_its_best_epoch_and_the_patience(tmp_path, write_config):
+    config = tiny_config(training__patience=2, training__epochs=60,
+                         optimizer={"type": "sgd", "learning_rate": 2.0, "momentum": 0.9})
+    result = runner.invoke(app, ["train", str(write_config(config)), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((Path(result.stdout.strip()) / "summary.json").read_text())
+    epoch, best = summary["epochs"], summary["best_epoch"]
+    assert summary["stopped_early"] and summary["status"] == "completed" and epoch - best == 2 and epoch < 60
+    expected = (f"stopped early after epoch {epoch} of 60: val_loss has not improved for 2 epochs "
+                f"(training.patience: 2); the best, {summary['best']['val_loss']:.6g} at epoch {best}, "
+                "is in checkpoints/best.safetensors")
+    assert summary["message"] == expected
+    assert " ".join(expected.split()) in " ".join(result.stderr.split())  # rich may wrap the line
+
+
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_eval_refuses_a_device_or_pipe_posing_as_a_checkpoint(tmp_path, special):
     # /dev/zero would never end (memory grows without bound); a FIFO would block forever.

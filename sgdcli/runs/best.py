@@ -11,13 +11,16 @@ from typing import Any
 SCORE_COLUMNS = ("val_loss", "train_loss_full", "train_loss")  # the first one a row has is its score
 
 
+def score_column(row: dict[str, Any]) -> str | None:
+    """The column of a metrics row that "best" minimises (the first of SCORE_COLUMNS it has), or None."""
+    return next((key for key in SCORE_COLUMNS if row.get(key) is not None), None)
+
+
 def score(row: dict[str, Any]) -> float | None:
     """The number "best" minimises for one metrics row (lower is better); None if not finite."""
-    for key in SCORE_COLUMNS:
-        value = row.get(key)
-        if value is not None:
-            return value if math.isfinite(value) else None
-    return None
+    key = score_column(row)
+    value = None if key is None else row[key]
+    return value if value is not None and math.isfinite(value) else None
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import CosineConfig, ExperimentConfig
 from sgdcli.config.yamlio import read_yaml
 from sgdcli.errors import CheckpointError, ConfigError, RunDirError
+from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import provenance
@@ -99,6 +100,15 @@ def schedule_note(config: ExperimentConfig, epochs_of_schedule: int, last_rate: 
         return None
     return (f"the cosine schedule keeps the length it was created with ({epochs_of_schedule} epochs); epochs "
             f"{epochs_of_schedule + 1}-{config.training.epochs} use its final step size {last_rate:.6g}")
+
+
+def early_stop(config: ExperimentConfig, epoch: int, best: dict[str, Any]) -> str:
+    """What the console and summary.json say when `training.patience` ends a run after `epoch`;
+    `best` is the session's best epoch ({"epoch", "score", "row"})."""
+    column = best_rule.score_column(best["row"])
+    return (f"stopped early after epoch {epoch} of {config.training.epochs}: {column} has not improved for "
+            f"{epoch - best['epoch']} epochs (training.patience: {config.training.patience}); the best, "
+            f"{best['score']:.6g} at epoch {best['epoch']}, is in {runs.CHECKPOINTS}/{runs.BEST}")
 
 
 def finished(run_dir: Path, epochs_done: int, planned: int, batch: int, patience_exhausted: bool) -> str | None:

@@ -242,7 +242,7 @@ class Session:
                     if self.reporter:
                         self.reporter.epoch(row)
                     if self._patience_exhausted():
-                        stopped_early = True
+                        stopped_early, message = True, resuming.early_stop(self.config, result.epoch, self.best)
                         break
                     if should_stop is not None and should_stop():
                         raise Interrupted()
