@@ -76,13 +76,14 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
           should_stop: Callable[[], bool] | None = None, seeds: int | None = None,
-          scheduler: str | None = None) -> Comparison:
+          scheduler: str | None = None, on_note: Callable[[str], None] | None = None) -> Comparison:
     """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
     own process, at most `jobs` at once — or, with a Dask `scheduler` address, each a task on that
     cluster (sgdcli.training.dask_sweep); return their comparison. Failed or diverged members are
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
     `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
-    compares with bands: mean ± standard deviation over the seeds.
+    compares with bands: mean ± standard deviation over the seeds. `on_note` hears what a Dask sweep
+    has to say while it waits (its cluster without workers, and back).
     """
     if parallel.launched_size() > 1:
         mpi_run.refuse("--sweep and --seeds train each member in a process of its own")
@@ -98,7 +99,8 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     else:
         from sgdcli.training import dask_sweep  # imports dask only now
 
-        dask_sweep.run(Path(config), list(overrides), members, Path(runs_dir), scheduler, on_done, should_stop)
+        dask_sweep.run(Path(config), list(overrides), members, Path(runs_dir), scheduler, on_done, should_stop,
+                        on_note)
     finished = [m.run_dir for m in members if m.run_dir is not None]
     swept = [key for key, _ in parsed]
     swept = [key for key in swept if seeds is None or key != "seed"]

@@ -491,3 +491,50 @@ def test_a_failed_members_message_names_the_users_config_not_the_workers_copy(cl
     message = " ".join(done.stderr.split())
     assert done.returncode == 2, done.stderr
     assert f"{experiment}: model.layers.1.units" in message and "sgdcli-member-" not in message
+
+
+class _Scheduler:
+    address = "tcp://127.0.0.1:8786"
+
+
+class _CountingClient:
+    """A client whose scheduler reports the next count of `counts` each time it is asked."""
+
+    scheduler = _Scheduler()
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts, self.asked = counts, 0
+
+    def scheduler_info(self, n_workers: int = -1) -> dict:
+        self.asked += 1
+        return {"n_workers": self.counts.pop(0), "workers": {}}
+
+
+def test_a_cluster_without_workers_is_reported_once_after_a_while_and_again_when_they_are_back():
+    from sgdcli.training.dask_sweep import ALONE_SECONDS, Workers
+
+    notes: list[str] = []
+    client = _CountingClient([2, 0, 0, 0, 0, 1, 0])
+    workers = Workers(client, notes.append)
+    for now in (0.0, 0.5, 1.0, 2.0, 1.0 + ALONE_SECONDS - 0.5):  # not asked at 0.5; none since 1.0: 9.5 s alone
+        workers.check(now)
+    assert client.asked == 4 and notes == []
+    workers.check(1.0 + ALONE_SECONDS + 0.5)
+    assert len(notes) == 1 and notes[0].startswith(f"no Dask worker has been connected to tcp://127.0.0.1:8786 "
+                                                   f"for {ALONE_SECONDS} s: the sweep waits for workers to join")
+    workers.check(100.0)  # a worker is back
+    assert notes[1:] == ["1 Dask worker connected again: the sweep goes on"]
+    workers.check(101.0)  # alone again: a new wait, not reported before its own ALONE_SECONDS
+    assert len(notes) == 2 and client.counts == []
+    silent = _CountingClient([0])
+    Workers(silent, None).check(0.0)
+    assert silent.asked == 0  # nobody to tell: the scheduler is not asked
+
+
+def test_the_workers_count_is_read_from_a_real_scheduler(cluster):
+    import distributed
+
+    from sgdcli.training.dask_sweep import Workers
+
+    with distributed.Client(cluster.address, timeout=10, set_as_default=False) as client:
+        assert Workers(client, None).count() == len(cluster.workers()) == 2

@@ -41,7 +41,7 @@ def sweep_command(config: Path, overrides: list[str], sweep: list[str], runs_dir
     with graceful_stop() as stop:
         result = api.sweep(config, overrides, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
                            on_done=lambda member: (finished.append(member), render.sweep_member(member)),
-                           should_stop=stop, seeds=seeds, scheduler=scheduler)
+                           should_stop=stop, seeds=seeds, scheduler=scheduler, on_note=render.warning)
     render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
     if result.sweep_plot is not None:
         render.err.print(f"heatmap: {result.sweep_plot}")

@@ -22,6 +22,7 @@ from sgdcli.training.sweep import Member, record
 
 CONNECT_SECONDS = 10  # a scheduler that does not answer within this is reported, not waited for
 WORKERS_SECONDS = 10  # how long a scheduler with no worker is given to get one
+ALONE_SECONDS = 10  # a cluster without a worker for this long is reported (Dask itself waits in silence)
 RETRIES = 2  # a member task that raised is run again (a worker that dies is Dask's allowed-failures)
 START_HINT = ("start one with `dask scheduler` on that machine (it prints its address) and workers with `dask "
               "worker tcp://HOST:8786` on the others; see README \"Sweeps on a Dask cluster\"")
@@ -38,10 +39,14 @@ def distributed_module():
 
 
 def run(config: Path, overrides: list[str], members: list[Member], runs_dir: Path, scheduler: str,
-        on_done: Callable[[Member], None] | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+        on_done: Callable[[Member], None] | None = None, should_stop: Callable[[], bool] | None = None,
+        on_note: Callable[[str], None] | None = None) -> None:
     """Train every member as one task on the cluster at `scheduler`; as `sweep.run`, a failed member is
     recorded, not fatal. Checks first, exit 2 with nothing submitted: the scheduler answers and has a
     worker; every worker sees the runs folder (a probe file) and every member's data files.
+
+    `on_note` hears when the cluster has had no worker for ALONE_SECONDS (the sweep then waits for
+    workers to join, as Dask does) and when workers are back.
 
     Each member's run directory is fixed here (`<name>-<YYYYmmdd-HHMMSS>` under `runs_dir`, the time the
     sweep started) so a task Dask retries after its worker died continues that run with `--resume`.
@@ -55,7 +60,7 @@ def run(config: Path, overrides: list[str], members: list[Member], runs_dir: Pat
     try:
         check_workers(client, runs_dir, sorted({path for spec in specs.values() for path in spec.pop("paths")}))
         with interrupts.deferring(should_stop):  # a signal sets the flag: the members are stopped, then reported
-            _run(distributed, client, members, specs, on_done, should_stop)
+            _run(distributed, client, members, specs, on_done, should_stop, Workers(client, on_note))
     finally:
         client.close()
 
@@ -164,8 +169,44 @@ def check_workers(client, runs_dir: Path, paths: list[str]) -> None:
                          f"machine, on a shared filesystem (NFS, a cluster filesystem): {'. '.join(problems)}")
 
 
+class Workers:
+    """Watches the number of workers while the sweep waits: says once when there has been none for
+    ALONE_SECONDS (members wait, unstarted or to be retried, until one joins) and once when they are back.
+    Asks the scheduler at most once a second (`Client.scheduler_info`, totals only)."""
+
+    def __init__(self, client, on_note: Callable[[str], None] | None) -> None:
+        self.client, self.on_note = client, on_note
+        self.asked = self.alone_since = None  # monotonic seconds
+        self.told = False
+
+    def count(self) -> int:
+        """The workers connected to the scheduler now (one round trip; no per-worker details)."""
+        return int(self.client.scheduler_info(n_workers=0)["n_workers"])
+
+    def check(self, now: float) -> None:
+        """Called while the sweep waits; `now` in monotonic seconds."""
+        if self.on_note is None or (self.asked is not None and now - self.asked < 1.0):
+            return
+        self.asked = now
+        try:
+            count = self.count()
+        except Exception:  # noqa: BLE001 - the scheduler is unreachable now; the client reconnects or fails the futures
+            return
+        if count:
+            if self.told:
+                self.on_note(f"{count} Dask worker{'s' if count > 1 else ''} connected again: the sweep goes on")
+            self.alone_since, self.told = None, False
+        elif self.alone_since is None:
+            self.alone_since = now
+        elif not self.told and now - self.alone_since >= ALONE_SECONDS:
+            self.told = True
+            self.on_note(f"no Dask worker has been connected to {self.client.scheduler.address} for {ALONE_SECONDS} s: the sweep "
+                         "waits for workers to join (`dask worker ADDRESS`); Ctrl-C stops it and leaves every "
+                         "member resumable")
+
+
 def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, Any]],
-         on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None) -> None:
+         on_done: Callable[[Member], None] | None, should_stop: Callable[[], bool] | None, workers: Workers) -> None:
     stop = distributed.Event(f"sgdcli-stop-{secrets.token_hex(8)}", client=client)
     by_name = {member.name: member for member in members}
     futures = {client.submit(dask_member.run_member, {**spec, "stop": stop.name}, retries=RETRIES, pure=False,
@@ -181,6 +222,7 @@ def _run(distributed, client, members: list[Member], specs: dict[str, dict[str, 
                 running = {key for keys in client.processing().values() for key in keys}
                 client.cancel([future for future in futures if future.key not in running and not future.done()])
             if not pending.has_ready():
+                workers.check(time.monotonic())
                 time.sleep(0.1)
                 continue
             for future in pending.next_batch(block=False):
