@@ -8,8 +8,10 @@ The script launches its own workers (`python bench_mpi.py --worker` alone, and u
 `mpiexec -n 2`). It first checks that both compute the same thing (weights after 3 updates agree to
 float64 rounding) and aborts if not; then it times, per case, whole epochs (minibatch 512, 106 updates)
 or single updates (full batch, 54,000 images), P = 1 and P = 2 alternating, and reports the median time,
-the speed-up, and what combining the gradients costs per update (the allgather, including any wait
-for the slower rank, and the ordered sum). Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
+the speed-up, what combining the gradients costs per update (every collective — P = 2 shards the
+update: the gradient slices' alltoall, the divergence check's norms, the updated weights' allgather,
+the optimizer state after an epoch — including any wait for the slower rank, and the ordered sum),
+and the optimizer step alone (P = 2: each rank's half). Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ def main() -> None:
                     combine.append((result["gather"] + result["sum"]) / updates)
         rows.append((case, times, combine, step))
     print("| case | per update, P=1 (1 thread) | P=2 (1 thread each) | speed-up, median (min–max) | speed-up, "
-          "best rounds | combining the gradients, P=2 | optimizer step P=1 / P=2 |")
+          "best rounds | collectives and ordered sum, P=2 | optimizer step P=1 / P=2 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for case, times, combine, step in rows:
         one, two = statistics.median(times[1]), statistics.median(times[2])

@@ -14,6 +14,7 @@ from sgdcli.training.loop import Interrupted, Position, train_epochs
 from sgdcli.training.parallel import DataParallel, PeerFailed, QuietExit, exit_code
 from sgdcli.training.session import _build
 from sgdcli.training.sharding import FlatLayout, ShardedOptimizer
+from sgdcli.training.track import LayerTracker
 from test_parallel import config, run_ranks
 
 OPTIMIZERS = {
@@ -28,7 +29,8 @@ OPTIMIZERS = {
 
 def run(experiment, comm=None, shard_update=True, stop_after=None, start=None):
     """Train `experiment` (on `comm`'s ranks), stopping after `stop_after` updates if given, or going on
-    from `start` (what a checkpoint holds); returns what a checkpoint would hold."""
+    from `start` (what a checkpoint holds); returns what a checkpoint would hold, and the layer
+    statistics of `training.track` per epoch."""
     _, problem, rngs = _build(experiment, experiment.training.epochs)
     should_stop = None
     if stop_after is not None:
@@ -37,7 +39,8 @@ def run(experiment, comm=None, shard_update=True, stop_after=None, start=None):
         data_parallel = DataParallel(comm, shard_update)
         data_parallel.attach(experiment, problem)
         should_stop = data_parallel.watch(should_stop)
-    position = Position()
+    position, rows = Position(), []
+    tracker = LayerTracker(experiment.training.track, problem.model.parameters(), problem.updates_per_epoch)
     if start is not None:
         problem.model.load_parameters(start["params"])
         problem.optimizer.load_state_dict(start["optimizer"], problem.model.parameters())
@@ -45,13 +48,14 @@ def run(experiment, comm=None, shard_update=True, stop_after=None, start=None):
         rngs.shuffle.bit_generator.state, rngs.dropout.bit_generator.state = start["rngs"]
     try:
         for _ in train_epochs(problem, position, experiment.training.epochs, rngs.shuffle, rngs.dropout,
-                              should_stop=should_stop):
-            pass
+                              should_stop=should_stop, observer=tracker if tracker.statistics else None):
+            rows.append(tracker.epoch_row(problem.model.parameters()))
     except Interrupted:
         pass
     return {"params": {k: v.copy() for k, v in problem.model.state_dict().items()},
             "optimizer": problem.optimizer.state_dict(), "position": position.to_dict(),
-            "rngs": (rngs.shuffle.bit_generator.state, rngs.dropout.bit_generator.state), "problem": problem}
+            "rngs": (rngs.shuffle.bit_generator.state, rngs.dropout.bit_generator.state), "problem": problem,
+            "rows": rows}
 
 
 def assert_close(state, expected):
@@ -87,6 +91,21 @@ def test_sharded_ranks_end_with_one_process_weights_and_optimizer_state(size, op
         assert_identical(state, sharded[0])
         assert_identical(state, other)  # sharded = replicated, bit for bit
         assert_identical(state, repeat)  # and every run the same
+
+
+@pytest.mark.parametrize("track,sharded", [(["weight_norm", "update_ratio"], True), (["grad_norm"], False)])
+def test_layer_statistics_are_one_process_statistics(track, sharded):
+    # update_ratio reads the whole weights before and after a step: every rank holds them, so the update
+    # stays sharded; grad_norm needs the whole gradient on every rank: the update is not sharded
+    experiment = config(optimizer=OPTIMIZERS["adam-l2"], training__track=track)
+    alone = run(experiment)
+    for state in run_ranks(2, lambda rank, comm: run(experiment, comm)):
+        assert isinstance(state["problem"].optimizer, ShardedOptimizer) == sharded
+        assert_close(state, alone)
+        assert len(state["rows"]) == 3 and state["rows"][0].keys() == alone["rows"][0].keys()
+        for row, expected in zip(state["rows"], alone["rows"]):
+            for column, value in expected.items():
+                assert row[column] == pytest.approx(value, rel=1e-12), column
 
 
 def test_each_rank_keeps_the_optimizer_state_of_its_slice_only():

@@ -233,7 +233,6 @@ class DataParallel:
         self.send = np.zeros((rows, width + 2), dtype)
         self.received = np.zeros((self.size, width + 2), dtype)
         self.total = np.zeros(width + 2, dtype)
-        # where each gradient's pieces go in the send buffer, and this process's pieces of the sum
         # where each gradient's pieces for the other ranks go in the send buffer (replicated: all of them)
         own = self.rank if self.sharded else -1
         self._copies = [(piece.key, self.send[piece.owner, piece.lo - piece.owner * width : piece.hi - piece.owner * width],
@@ -289,11 +288,7 @@ class DataParallel:
             send[..., :-1] = 0
             own = None
         send[..., -1] = STOP if self.local_stop is not None and self.local_stop() else 0.0
-        self._exchange(send, self.received)
-        if self.sharded:
-            self.received[self.rank, -2:] = send[self.rank, -2:]
-        self.phase = CHECK if self.sharded else UPDATE
-        control = self.received[:, -1]
+        control = self._send_update()
         self._raise_failed(control)
         self.stop_agreed = bool((control >= STOP).any())
         self.gather_due = self.stop_agreed or ends_epoch
@@ -302,6 +297,14 @@ class DataParallel:
         else:
             ordered_sum(self.received, self.total)
         return float(self.total[-2]) / count, self.grads
+
+    def _send_update(self) -> np.ndarray:
+        """The update's first collective; returns every rank's control value."""
+        self._exchange(self.send, self.received)
+        if self.sharded:  # this rank's own row is not sent: its two slots are copied
+            self.received[self.rank, -2:] = self.send[self.rank, -2:]
+        self.phase = CHECK if self.sharded else UPDATE
+        return self.received[:, -1]
 
     def _add(self, own: dict[str, np.ndarray] | None) -> None:
         """This rank's slice of the sum, in rank order: the other ranks' parts as received, its own part
@@ -372,8 +375,7 @@ class DataParallel:
             if self.phase == WEIGHTS:
                 self._share()
             self.send[..., -1] = -code
-            self._exchange(self.send, self.received)
-            control = self.received[:, -1]
+            control = self._send_update()
         codes = -control
         if code == 0 and (codes > 0).any():
             rank = int(np.flatnonzero(codes > 0)[0])
