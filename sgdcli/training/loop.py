@@ -172,7 +172,7 @@ def nonfinite(grads: dict[str, Gradient]) -> tuple[str, bool] | None:
     return None
 
 
-def _check_gradients(grads: dict[str, Gradient], position: Position, parallel: Sharded | None) -> None:
+def _check_gradients(grads: dict[str, Gradient], position: Position, parallel: Sharded | None = None) -> None:
     found = nonfinite(grads) if parallel is None else parallel.nonfinite(grads)  # data-parallel: every rank agrees
     if found is not None:
         name, overflowed = found
