@@ -1,9 +1,10 @@
 """Data-parallel synchronous SGD: each global batch cut into contiguous shards, one per process,
 their summed gradients combined in a fixed rank order, every process ending the update with the
 same weights. By default the update itself is sharded too (ZeRO stage 1, `sharding`): each process
-receives only its slice of every process's gradient (one alltoall), adds them in rank order, steps
-that slice of the weights and optimizer state, and the updated slices are gathered into every
-process's weights (one allgather). The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
+receives only its slice of every process's gradient (one alltoall), adds them in rank order, agrees
+with the others on the divergence check (a small allgather), steps that slice of the weights and
+optimizer state, and the updated slices are gathered into every process's weights (one allgather).
+The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
 """
 
 from __future__ import annotations
