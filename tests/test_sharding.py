@@ -237,3 +237,14 @@ def test_a_rank_failing_mid_update_stops_the_others_instead_of_leaving_them_wait
     rank_0, rank_1 = run_ranks(2, _fail_during(phase_method))
     assert isinstance(rank_1, MemoryError)
     assert isinstance(rank_0, PeerFailed) and rank_0.exit_code == 1 and "MPI process 1" in rank_0.message
+
+
+def test_a_float32_sharded_update_keeps_every_buffer_and_state_float32():
+    experiment = config(model__dtype="float32", optimizer=OPTIMIZERS["adam-l2"])
+    for state in run_ranks(3, lambda rank, comm: run(experiment, comm)):
+        data_parallel, optimizer = state["problem"].parallel, state["problem"].optimizer
+        arrays = {"send": data_parallel.send, "received": data_parallel.received, "total": data_parallel.total,
+                  "norms": data_parallel.all_norms, "weights": data_parallel.weights,
+                  **{f"own state {k}": v for k, v in optimizer.optimizer.state_dict().items() if k != "iterations"},
+                  **{f"whole state {k}": v for k, v in state["optimizer"].items() if k != "iterations"}}
+        assert {name: str(array.dtype) for name, array in arrays.items() if array.dtype != np.float32} == {}
