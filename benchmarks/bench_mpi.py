@@ -8,8 +8,10 @@ The script launches its own workers (`python bench_mpi.py --worker` alone, and u
 `mpiexec -n 2`). It first checks that both compute the same thing (weights after 3 updates agree to
 float64 rounding) and aborts if not; then it times, per case, whole epochs (minibatch 512, 106 updates)
 or single updates (full batch, 54,000 images), P = 1 and P = 2 alternating, and reports the median time,
-the speed-up, and what combining the gradients costs per update (the allgather, including any wait
-for the slower rank, and the ordered sum). Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
+the speed-up, what combining the gradients costs per update (every collective — P = 2 shards the
+update: the gradient slices' alltoall, the divergence check's norms, the updated weights' allgather,
+the optimizer state after an epoch — including any wait for the slower rank, and the ordered sum),
+and the optimizer step alone (P = 2: each rank's half). Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -49,15 +51,24 @@ def experiment(batch: dict, dropout: bool, dtype: str = "float32"):
 
 
 class TimedComm:
-    """The MPI communicator, timing each allgather (the transfer and any wait for the other rank)."""
+    """The MPI communicator, timing every collective (the transfer and any wait for the other rank)."""
 
     def __init__(self, comm) -> None:
         self.comm, self.rank, self.size, self.seconds = comm, comm.rank, comm.size, 0.0
 
-    def allgather(self, send, out) -> None:
+    def _timed(self, collective, *arguments) -> None:
         started = time.perf_counter()
-        self.comm.allgather(send, out)
+        collective(*arguments)
         self.seconds += time.perf_counter() - started
+
+    def allgather(self, send, out) -> None:
+        self._timed(self.comm.allgather, send, out)
+
+    def allgather_slices(self, buffer) -> None:
+        self._timed(self.comm.allgather_slices, buffer)
+
+    def alltoall(self, send, out) -> None:
+        self._timed(self.comm.alltoall, send, out)
 
     def broadcast(self, data):
         return self.comm.broadcast(data)
@@ -84,13 +95,14 @@ def worker(args) -> None:
             summed[0] += time.perf_counter() - started
             return out
         parallel.ordered_sum = timed_sum
-    plain_step, stepping = problem.optimizer.step, [0.0]
+    optimizer = getattr(problem.optimizer, "optimizer", problem.optimizer)  # sharded: the slice's own step
+    plain_step, stepping = optimizer.step, [0.0]
 
     def timed_step(*args):
         started = time.perf_counter()
         plain_step(*args)
         stepping[0] += time.perf_counter() - started
-    problem.optimizer.step = timed_step
+    optimizer.step = timed_step
     position, done = Position(), [0]
     limit = [1]  # the warm-up update: BLAS buffers, fresh pages
 
@@ -123,15 +135,16 @@ def worker(args) -> None:
 def profile_worker(args) -> None:
     """Where an update's time goes, phase by phase (the loop's steps written out, timed one by one)."""
     from sgdcli.training import parallel
+    from sgdcli.training.loop import nonfinite
     from sgdcli.training.session import _build
 
     config = experiment(CASES[args.case], args.dropout)
     _, problem, rngs = _build(config, 10)
-    model, loss, optimizer, params = problem.model, problem.loss, problem.optimizer, problem.model.parameters()
     data_parallel = None
     if parallel.launched_size() > 1:
         data_parallel = parallel.DataParallel(parallel.MpiCommunicator())
         data_parallel.attach(config, problem)
+    model, loss, params = problem.model, problem.loss, problem.model.parameters()
     phases: dict[str, float] = {}
 
     def timed(name, function, *arguments):
@@ -151,17 +164,27 @@ def profile_worker(args) -> None:
         outputs, caches = timed("forward", model.forward, xb, True, rngs.dropout)
         value, dout = timed("loss", loss.value_and_grad, outputs, yb)
         grads = timed("backward", model.backward, dout * ((hi - lo) / size), caches)
-        if data_parallel is not None:
-            def pack(send=data_parallel.send):
-                offset = 0
-                for grad in grads.values():
-                    send[offset : offset + grad.size] = grad.reshape(-1)
-                    offset += grad.size
-            timed("pack", pack)
-            timed("allgather", data_parallel.comm.allgather, data_parallel.send, data_parallel.gathered)
-            timed("ordered sum", parallel.ordered_sum, data_parallel.gathered, data_parallel.total)
-            grads = data_parallel.grads
-        timed("optimizer step", optimizer.step, params, grads, 0.001)
+        if data_parallel is None:
+            timed("divergence check", nonfinite, grads)
+            timed("optimizer step", problem.optimizer.step, params, grads, 0.001)
+            continue
+        dp = data_parallel
+
+        def pack():
+            for key, destination, part in dp._copies:
+                np.copyto(destination, grads[key].reshape(-1)[part])
+        timed("pack", pack)
+        timed("alltoall" if dp.sharded else "allgather", dp._exchange, dp.send, dp.received)
+        if dp.sharded:
+            timed("ordered sum", dp._add, grads)
+        else:
+            timed("ordered sum", parallel.ordered_sum, dp.received, dp.total)
+        timed("divergence check", dp.nonfinite, dp.grads)
+        if dp.sharded:
+            timed("optimizer step", dp.optimizer.optimizer.step, dp.optimizer.params, dp.grads, 0.001)
+            timed("weights allgather", dp.comm.allgather_slices, dp.weights.reshape(dp.size, -1))
+        else:
+            timed("optimizer step", problem.optimizer.step, params, dp.grads, 0.001)
     if data_parallel is None or data_parallel.rank == 0:
         total = sum(phases.values())
         print(f"P={1 if data_parallel is None else data_parallel.size}: {total / updates * 1e3:.2f} ms an update: "
@@ -237,7 +260,7 @@ def main() -> None:
                     combine.append((result["gather"] + result["sum"]) / updates)
         rows.append((case, times, combine, step))
     print("| case | per update, P=1 (1 thread) | P=2 (1 thread each) | speed-up, median (min–max) | speed-up, "
-          "best rounds | combining the gradients, P=2 | optimizer step P=1 / P=2 |")
+          "best rounds | collectives and ordered sum, P=2 | optimizer step P=1 / P=2 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for case, times, combine, step in rows:
         one, two = statistics.median(times[1]), statistics.median(times[2])

@@ -72,9 +72,14 @@ def test_two_and_three_processes_train_the_single_process_weights(tmp_path):
     write(tmp_path)
     alone, two, again, three = (train(tmp_path, runs, p) for runs, p in
                                 (("one", 0), ("two", 2), ("again", 2), ("three", 3)))
-    for run in (two, three):
+    state = {run: checkpoint.load(run / "checkpoints" / "last.safetensors") for run in (alone, two, again, three)}
+    for run in (two, three):  # the weights, and the whole optimizer state each rank kept a slice of (sharded)
         for name, value in weights(alone).items():
             np.testing.assert_allclose(weights(run)[name], value, rtol=1e-12, atol=1e-15)
+        assert state[run].optimizer.keys() == state[alone].optimizer.keys()
+        for name, value in state[alone].optimizer.items():
+            np.testing.assert_allclose(state[run].optimizer[name], value, rtol=1e-12, atol=1e-15, err_msg=name)
+    assert all(np.array_equal(state[again].optimizer[k], v) for k, v in state[two].optimizer.items())
     assert all(np.array_equal(weights(two)[k], v) for k, v in weights(again).items())  # bit-identical
     for run, processes in ((alone, 1), (two, 2), (three, 3)):
         assert checkpoint.load(run / "checkpoints" / "last.safetensors").meta["processes"] == processes

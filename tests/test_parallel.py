@@ -22,20 +22,37 @@ class Hub:
 
     def __init__(self, size: int) -> None:
         self.size, self.barrier, self.slots = size, threading.Barrier(size, timeout=20), [None] * size
-        self.calls = 0
+        self.calls: dict[str, int] = {}
 
 
 class FakeComm:
+    """MPI's collectives on threads. Every rank must call the same collective with the same shape at
+    the same time, as MPI requires: a mismatch raises on every rank (MPI would fail or hang)."""
+
     def __init__(self, hub: Hub, rank: int) -> None:
         self.hub, self.rank, self.size = hub, rank, hub.size
 
-    def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
-        self.hub.slots[self.rank] = send.copy()
+    def _exchange(self, kind: str, data: np.ndarray) -> list[np.ndarray]:
+        self.hub.slots[self.rank] = (kind, data.shape, data.dtype, data.copy())
         self.hub.barrier.wait()
-        out[...] = np.stack(self.hub.slots)
+        slots = list(self.hub.slots)
         if self.rank == 0:
-            self.hub.calls += 1
+            self.hub.calls[kind] = self.hub.calls.get(kind, 0) + 1
         self.hub.barrier.wait()
+        if len({slot[:3] for slot in slots}) != 1:
+            raise AssertionError(f"ranks called different collectives: {[slot[:3] for slot in slots]}")
+        return [slot[3] for slot in slots]
+
+    def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
+        out[...] = np.stack(self._exchange("allgather", send))
+
+    def allgather_slices(self, buffer: np.ndarray) -> None:
+        buffer[...] = np.stack([whole[rank] for rank, whole in enumerate(self._exchange("allgather_slices", buffer))])
+
+    def alltoall(self, send: np.ndarray, out: np.ndarray) -> None:
+        for rank, whole in enumerate(self._exchange("alltoall", send)):
+            if rank != self.rank:  # as MpiCommunicator: a rank's own row is not sent
+                out[rank] = whole[self.rank]
 
     def broadcast(self, data: bytes | None) -> bytes:
         raise AssertionError("not used by the loop")
@@ -140,16 +157,24 @@ def test_an_empty_shard_of_a_conv_network_keeps_every_rank_in_step():
             np.testing.assert_allclose(params[name], value, rtol=1e-12, atol=1e-14)
 
 
-def test_one_collective_per_update():
+@pytest.mark.parametrize("changes,expected", [
+    # sharded: the gradient slices, the slices' norms (divergence check), the updated weight slices;
+    # after each epoch's last update the optimizer state too (3 epochs)
+    ({}, {"alltoall": 21, "allgather": 21, "allgather_slices": 21 + 3}),
+    # clipping needs the whole gradient everywhere: one allgather of every gradient, nothing else
+    ({"optimizer": {"type": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}}, {"allgather": 21}),
+], ids=["sharded", "replicated"])
+def test_collectives_per_update(changes, expected):
     hub_calls = []
 
     def work(rank, comm):
-        result = train(config(), comm)
+        result = train(config(**changes), comm)
         hub_calls.append(comm.hub.calls)
         return result
 
     (_, position), _ = run_ranks(2, work)
-    assert hub_calls[0] == position.updates == 3 * 7  # 97 rows in batches of 16: 7 updates an epoch
+    assert position.updates == 3 * 7  # 97 rows in batches of 16: 7 updates an epoch
+    assert hub_calls[0] == expected
 
 
 def test_a_stop_seen_by_one_rank_stops_every_rank_after_the_same_update():

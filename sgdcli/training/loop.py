@@ -23,8 +23,9 @@ class Sharded(Protocol):
     """Data-parallel training's part of an update (sgdcli.training.parallel.DataParallel)."""
 
     def shard(self, count: int) -> tuple[int, int]: ...
-    def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int,
-                 dropout_rng: np.random.Generator) -> tuple[float, dict[str, np.ndarray]]: ...
+    def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int, dropout_rng: np.random.Generator,
+                 ends_epoch: bool) -> tuple[float, dict[str, np.ndarray]]: ...
+    def nonfinite(self, grads: dict[str, np.ndarray]) -> tuple[str, bool] | None: ...
 
 
 @dataclass
@@ -136,12 +137,12 @@ def train_epochs(
                     outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
                     value, dout = problem.loss.value_and_grad(outputs, yb)
                 else:  # every process gets the whole batch's loss and gradient
-                    value, grads = parallel.gradient(xb, yb, count, dropout_rng)
+                    value, grads = parallel.gradient(xb, yb, count, dropout_rng, start + count == n)
                 if not math.isfinite(value):
                     raise _diverged(position, f"the loss is {value}")
                 if parallel is None:  # batch 1: a dense layer's weight gradient as its two factors
                     grads = model.backward(dout, caches, factored=True)
-                _check_gradients(grads, position)
+                _check_gradients(grads, position, parallel)
                 if problem.clip_norm is not None:
                     clip_by_global_norm(grads, problem.clip_norm)
                 observed = observer is not None and observer.before_step(position.batch, params, grads)
@@ -162,13 +163,21 @@ def train_epochs(
         yield result
 
 
-def _check_gradients(grads: dict[str, Gradient], position: Position) -> None:
+def nonfinite(grads: dict[str, Gradient]) -> tuple[str, bool] | None:
+    """The first gradient whose sum of squares (in its dtype) is not finite, and whether all its entries
+    are finite (then only the square overflowed: still a blow-up); None when every one is finite."""
     for name, grad in grads.items():
         if not math.isfinite(squared_norm(grad)):
-            layer = f"layer {name.split('.')[0]} ({name})"
-            if np.isfinite(as_array(grad)).all():  # finite, only its square overflowed: still a blow-up
-                raise _diverged(position, f"the gradient of {layer} overflowed")
-            raise _diverged(position, f"the gradient of {layer} is not finite")
+            return name, bool(np.isfinite(as_array(grad)).all())
+    return None
+
+
+def _check_gradients(grads: dict[str, Gradient], position: Position, parallel: Sharded | None = None) -> None:
+    found = nonfinite(grads) if parallel is None else parallel.nonfinite(grads)  # data-parallel: every rank agrees
+    if found is not None:
+        name, overflowed = found
+        layer = f"layer {name.split('.')[0]} ({name})"
+        raise _diverged(position, f"the gradient of {layer} {'overflowed' if overflowed else 'is not finite'}")
 
 
 def _diverged(position: Position, what: str) -> DivergenceError:

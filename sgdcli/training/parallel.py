@@ -1,12 +1,16 @@
 """Data-parallel synchronous SGD: each global batch cut into contiguous shards, one per process,
-their summed gradients combined in a fixed rank order (one allgather per update), every process
-applying the same update. The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
+their summed gradients combined in a fixed rank order, every process ending the update with the
+same weights. By default the update itself is sharded too (ZeRO stage 1, `sharding`): each process
+receives only its slice of every process's gradient (one alltoall), adds them in rank order, agrees
+with the others on the divergence check (a small allgather), steps that slice of the weights and
+optimizer state, and the updated slices are gathered into every process's weights (one allgather).
+The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -14,7 +18,8 @@ import numpy as np
 from sgdcli.config.image_layers import BatchNormConfig
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.errors import ConfigError, SgdcliError, UsageError
-from sgdcli.training.loop import Problem
+from sgdcli.training.loop import Problem, nonfinite
+from sgdcli.training.sharding import FlatLayout, ShardedOptimizer, flatten_parameters
 
 # What MPI launchers tell the processes they start: MPICH's hydra and Intel MPI (PMI_SIZE, also
 # set by srun --mpi=pmi2), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
@@ -42,13 +47,21 @@ def launched_rank() -> int:
 
 
 class Communicator(Protocol):
-    """The two collectives data-parallel training needs, rooted at or gathered from every rank."""
+    """The collectives data-parallel training needs, rooted at or gathered from every rank; arrays
+    have the same dtype and shape on every rank."""
 
     rank: int
     size: int
 
     def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
-        """out[r] = rank r's `send`, for every r; `send` (K,), `out` (size, K), same dtype everywhere."""
+        """out[r] = rank r's `send`, for every r; `send` (K,), `out` (size, K)."""
+
+    def allgather_slices(self, buffer: np.ndarray) -> None:
+        """In place: buffer[r] = rank r's buffer[r], for every r; `buffer` (size, K)."""
+
+    def alltoall(self, send: np.ndarray, out: np.ndarray) -> None:
+        """out[r] = rank r's send[this rank], for every other rank r (this rank's own row is not sent:
+        out[this rank] is left as it is); `send`, `out` (size, K)."""
 
     def broadcast(self, data: bytes | None) -> bytes:
         """Rank 0's `data` on every rank (the others pass None)."""
@@ -64,11 +77,20 @@ class MpiCommunicator:
             raise QuietExit(2) if launched_rank() else UsageError(
                 f"mpiexec started {launched_size()} processes but mpi4py is not installed; "
                 f"data-parallel training needs it: {INSTALL_HINT}") from None
-        self._comm = MPI.COMM_WORLD
+        self._comm, self._in_place = MPI.COMM_WORLD, MPI.IN_PLACE
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
 
     def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
         self._comm.Allgather(send, out)
+
+    def allgather_slices(self, buffer: np.ndarray) -> None:
+        self._comm.Allgather(self._in_place, buffer)
+
+    def alltoall(self, send: np.ndarray, out: np.ndarray) -> None:
+        width = send.shape[1]
+        counts = [0 if rank == self.rank else width for rank in range(self.size)]  # no copy to itself
+        displacements = [rank * width for rank in range(self.size)]
+        self._comm.Alltoallv([send, (counts, displacements)], [out, (counts, displacements)])
 
     def broadcast(self, data: bytes | None) -> bytes:
         length = np.array([0 if data is None else len(data)], np.int64)
@@ -110,7 +132,7 @@ def shard(count: int, size: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
-def ordered_sum(rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+def ordered_sum(rows: np.ndarray | Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
     """out = rows[0] + rows[1] + ... + rows[P-1], added in that order, so the rounding is the same
     on every rank and in every run (an allreduce may add in any order)."""
     if len(rows) == 1:
@@ -152,22 +174,50 @@ def refuse(config: ExperimentConfig, processes: int) -> None:
                           f"combine and {how}", source=source)
 
 
+UPDATE, CHECK, WEIGHTS = "update", "check", "weights"  # the collective a process does next (see DataParallel)
+
+
+def needs_whole_gradient(config: ExperimentConfig, problem: Problem) -> bool:
+    """Whether every process needs the whole combined gradient: clipping by its global norm, or
+    `training.track: [grad_norm]`; such runs take the replicated update instead of the sharded one."""
+    return problem.clip_norm is not None or "grad_norm" in config.training.track
+
+
 class DataParallel:
     """This process's part of synchronous data-parallel training (one object per process).
 
-    `attach` sizes one flat buffer for every gradient plus two slots (the shard's loss sum and the
-    control value); `gradient` is called by the loop once per update and returns the batch's mean
-    loss and mean gradient, identical on every rank. The control slot carries Ctrl-C/SIGTERM (every
-    rank stops after the same update) and a failed rank (every other rank stops before updating).
+    `gradient` is called by the loop once per update: it computes this process's shard and returns
+    the batch's mean loss and the combined mean gradient; `nonfinite` is the loop's divergence check.
+    Two ways to update, with bit-identical results:
+
+    - **sharded** (ZeRO stage 1, Rajbhandari et al. 2020; `sharding`), the default: the weights are
+      views of one flat vector cut into P slices. An alltoall brings each process every process's part
+      of its own slice (plus two slots per slice: the shard's loss sum and the control value), added in
+      rank order; the divergence check exchanges each slice's squared gradient norms (a small
+      allgather); the optimizer steps this process's slice of the weights and of its state; an
+      allgather of the updated slices writes every process's weights in place. After an epoch's last
+      update, or the update every process stops after, the optimizer state is gathered too (rank 0's
+      checkpoint holds all of it).
+    - **replicated**, when every process needs the whole gradient (`needs_whole_gradient`), or
+      `shard_update=False`: one allgather of every gradient, every process adds all of them in rank
+      order and applies the whole update.
+
+    The control value carries Ctrl-C/SIGTERM (every rank stops after the same update) and a failed
+    rank (every other rank stops before updating); `finish` completes whatever collective of the
+    update the other processes wait in (`phase`).
     """
 
-    def __init__(self, comm: Communicator) -> None:
+    def __init__(self, comm: Communicator, shard_update: bool = True) -> None:
         self.comm, self.size, self.rank = comm, comm.size, comm.rank
+        self.shard_update, self.sharded = shard_update, False
         self.local_stop: Callable[[], bool] | None = None
-        self.stop_agreed = False
+        self.stop_agreed = self.gather_due = False
+        self.phase = UPDATE
 
     def attach(self, config: ExperimentConfig, problem: Problem) -> None:
-        """Check that `config` can be split (ConfigError, exit 2, if not), then train `problem` sharded."""
+        """Check that `config` can be split (ConfigError, exit 2, if not), then train `problem` sharded:
+        its model's parameters become views of one flat vector, and (sharded update) its optimizer a
+        `ShardedOptimizer`. Call before anything holds the parameters or the optimizer state."""
         refuse(config, self.size)
         if self.size > problem.batch_size:
             raise ConfigError(f"training.batch.size: expected at least one sample per MPI process ({self.size} "
@@ -175,15 +225,34 @@ class DataParallel:
         self.model, self.loss = problem.model, problem.loss
         problem.parallel = self
         params = self.model.parameters()
-        dtype = next(iter(params.values())).dtype
-        self.width = sum(p.size for p in params.values())
-        self.send = np.zeros(self.width + 2, dtype)
-        self.gathered = np.zeros((self.size, self.width + 2), dtype)
-        self.total = np.zeros(self.width + 2, dtype)
-        self.grads, offset = {}, 0
-        for name, param in params.items():  # views into the combined buffer: no copy per update
-            self.grads[name] = self.total[offset : offset + param.size].reshape(param.shape)
-            offset += param.size
+        self.names = list(params)
+        self.sharded = self.shard_update and not needs_whole_gradient(config, problem)
+        layout = FlatLayout(params, self.size if self.sharded else 1)
+        self.weights = flatten_parameters(self.model, layout)
+        width, dtype = layout.width, self.weights.dtype
+        rows = self.size if self.sharded else 1  # sharded: one row per destination; replicated: one for all
+        self.send = np.zeros((rows, width + 2), dtype)
+        self.received = np.zeros((self.size, width + 2), dtype)
+        self.total = np.zeros(width + 2, dtype)
+        # where each gradient's pieces for the other ranks go in the send buffer (replicated: all of them)
+        own = self.rank if self.sharded else -1
+        self._copies = [(piece.key, self.send[piece.owner, piece.lo - piece.owner * width : piece.hi - piece.owner * width],
+                         piece.inner) for owner in range(layout.size) if owner != own for piece in layout.pieces(owner)]
+        mine = layout.pieces(max(own, 0))
+        offset = max(own, 0) * width
+        self.grads = {piece.key: self.total[piece.lo - offset : piece.hi - offset] for piece in mine}
+        # this rank's own pieces are added straight from its gradients: never copied, never sent
+        self._own = [(piece.key, piece.inner, slice(piece.lo - offset, piece.hi - offset)) for piece in mine]
+        if not self.sharded:
+            self.grads = {key: grad.reshape(layout.shapes[key]) for key, grad in self.grads.items()}
+            self.send = self.send[0]
+            self._exchange = self.comm.allgather
+            return
+        self._exchange = self.comm.alltoall
+        self.norms = np.zeros(2 * len(self.names) + 1, dtype)  # squared norms, finite flags, control
+        self.all_norms = np.zeros((self.size, len(self.norms)), dtype)
+        self.optimizer = problem.optimizer = ShardedOptimizer(problem.optimizer, layout, self.rank, self.weights,
+                                                              self._share)
 
     def watch(self, local_stop: Callable[[], bool] | None) -> Callable[[], bool]:
         """The stop rule for the loop: this rank's signal flag is sent with each update, and the
@@ -194,40 +263,97 @@ class DataParallel:
     def shard(self, count: int) -> tuple[int, int]:
         return shard(count, self.size, self.rank)
 
-    def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int, dropout_rng: np.random.Generator
-                 ) -> tuple[float, dict[str, np.ndarray]]:
+    def gradient(self, xb: np.ndarray, yb: np.ndarray, count: int, dropout_rng: np.random.Generator,
+                 ends_epoch: bool = False) -> tuple[float, dict[str, np.ndarray]]:
         """Mean loss and mean gradient over a global batch of `count` rows, of which this rank holds
         `xb`, `yb` (rows `shard(count)`): each rank's summed gradient divided by `count` (its shard's
         mean gradient times rows / count, applied to dloss/dlogits before backprop, so the combined
-        buffer needs no pass of its own), gathered, and added in rank order."""
+        buffer needs no pass of its own), exchanged, and added in rank order. Sharded: the gradient
+        is this rank's pieces only (flat, keyed by parameter). `ends_epoch`: the epoch's last update
+        (then the optimizer state is gathered after it)."""
         lo, _ = self.shard(count)
         rows, send = len(xb), self.send
         if rows:
             outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
             value, dout = self.loss.value_and_grad(outputs, yb)
             dout = dout * (rows / count)  # the shard's summed gradient over the global batch size
-            offset = 0
-            for grad in self.model.backward(dout, caches).values():
-                send[offset : offset + grad.size] = grad.reshape(-1)
-                offset += grad.size
-            send[-2] = value * rows
+            grads = self.model.backward(dout, caches)
+            for key, destination, part in self._copies:
+                np.copyto(destination, grads[key].reshape(-1)[part])
+            send[..., -2] = value * rows
+            own = grads
         else:  # a last batch smaller than the number of processes: an empty shard, whose forward pass
             # over one dummy row only draws the batch's dropout numbers, as the other ranks do
             self.model.forward(np.zeros((1, *xb.shape[1:]), xb.dtype), training=True,
                                rng=ShardRng(dropout_rng, count, 0))
-            send[:-1] = 0
-        send[-1] = STOP if self.local_stop is not None and self.local_stop() else 0.0
-        self.comm.allgather(send, self.gathered)
-        self._read_control(self.gathered[:, -1])
-        ordered_sum(self.gathered, self.total)
+            send[..., :-1] = 0
+            own = None
+        send[..., -1] = STOP if self.local_stop is not None and self.local_stop() else 0.0
+        control = self._send_update()
+        self._raise_failed(control)
+        self.stop_agreed = bool((control >= STOP).any())
+        self.gather_due = self.stop_agreed or ends_epoch
+        if self.sharded:
+            self._add(own)
+        else:
+            ordered_sum(self.received, self.total)
         return float(self.total[-2]) / count, self.grads
 
-    def _read_control(self, control: np.ndarray) -> None:
+    def _send_update(self) -> np.ndarray:
+        """The update's first collective; returns every rank's control value."""
+        self._exchange(self.send, self.received)
+        if self.sharded:  # this rank's own row is not sent: its two slots are copied
+            self.received[self.rank, -2:] = self.send[self.rank, -2:]
+        self.phase = CHECK if self.sharded else UPDATE
+        return self.received[:, -1]
+
+    def _add(self, own: dict[str, np.ndarray] | None) -> None:
+        """This rank's slice of the sum, in rank order: the other ranks' parts as received, its own part
+        read from its gradients (`own`; None: an empty shard, whose row of `received` holds zeros)."""
+        received, rank = self.received, self.rank
+        ordered_sum(received[:, -2:], self.total[-2:])  # the shards' loss sums (and control values)
+        for key, part, at in self._own:
+            mine = received[rank, at] if own is None else own[key].reshape(-1)[part]
+            ordered_sum([*received[:rank, at], mine, *received[rank + 1 :, at]], self.total[at])
+
+    def nonfinite(self, grads: dict[str, np.ndarray]) -> tuple[str, bool] | None:
+        """The first parameter (in model order) whose combined gradient's sum of squares is not finite,
+        and whether all its entries are finite (an overflow), or None: `loop.nonfinite` of the whole
+        gradient. Sharded: each slice's sums of squares (in the model's dtype) and finite flags are
+        gathered and added in rank order (a small collective), so every rank reaches the same verdict."""
+        if not self.sharded:
+            return nonfinite(grads)
+        count, norms = len(self.names), self.norms
+        norms[:count], norms[count:] = 0, 1
+        for key, grad in grads.items():
+            index = self.names.index(key)
+            norms[index] = np.dot(grad, grad)
+            if not np.isfinite(norms[index]):
+                norms[count + index] = np.isfinite(grad).all()
+        norms[-1] = 0
+        self.comm.allgather(norms, self.all_norms)
+        self.phase = WEIGHTS
+        self._raise_failed(self.all_norms[:, -1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = np.add.accumulate(self.all_norms[:, :count], axis=0)[-1]  # rank 0 first, in the dtype
+        for index, name in enumerate(self.names):
+            if not np.isfinite(sums[index]):
+                return name, bool(self.all_norms[:, count + index].all())
+        return None
+
+    def _share(self) -> None:
+        """After this rank's slice was updated: every slice into every rank's weights (in place), then,
+        when due, the optimizer state."""
+        self.comm.allgather_slices(self.weights.reshape(self.size, -1))
+        if self.gather_due:
+            self.optimizer.gather_state(self.comm.allgather_slices)
+        self.phase = UPDATE
+
+    def _raise_failed(self, control: np.ndarray) -> None:
         failed = [(rank, -int(value)) for rank, value in enumerate(control) if value < 0]
         if failed:
             rank, code = failed[0]
             raise self.peer_failed(rank, code)
-        self.stop_agreed = bool((control >= STOP).any())
 
     def peer_failed(self, rank: int, code: int,
                     outcome: str = "every process stopped before the next update; the run keeps its last "
@@ -239,11 +365,19 @@ class DataParallel:
 
     def finish(self, code: int) -> None:
         """Every rank's last collective, whatever the outcome: its exit status, sent as the control
-        value of an update (so a rank still waiting for the next update learns that this one failed)."""
-        self.send[:] = 0
-        self.send[-1] = -code
-        self.comm.allgather(self.send, self.gathered)
-        codes = -self.gathered[:, -1]
+        value of the collective the other ranks wait in (so a rank still waiting for the next update,
+        or in the middle of one, learns that this one failed). A rank that stopped between the
+        sharded update's check and its weights first completes the weights' allgather."""
+        if self.phase == CHECK:
+            self.norms[-1] = -code
+            self.comm.allgather(self.norms, self.all_norms)
+            control = self.all_norms[:, -1]
+        else:
+            if self.phase == WEIGHTS:
+                self._share()
+            self.send[..., -1] = -code
+            control = self._send_update()
+        codes = -control
         if code == 0 and (codes > 0).any():
             rank = int(np.flatnonzero(codes > 0)[0])
             raise self.peer_failed(rank, int(codes[rank]))
