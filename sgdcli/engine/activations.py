@@ -29,7 +29,14 @@ class Activation:
     ``forward_in_place(z)`` is for a caller that no longer needs z (a Dense layer): an
     activation whose backward reads only ``a`` computes a in z's own buffer, so the layer
     keeps one activation-sized array instead of two. By default it is ``forward(z)``.
+
+    ``non_decreasing``: z1 <= z2 implies forward(z1) <= forward(z2) exactly in floating point, so a
+    maximum commutes with the activation (``fusion.ConvMaxPool`` pools before activating). True for
+    the piecewise-linear ones; sigmoid and tanh are non-decreasing in exact arithmetic, but their
+    float exp need not be to the last bit, so they say False.
     """
+
+    non_decreasing = False
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -64,6 +71,8 @@ class ReLU(Activation):
     ~10x slower on a random mask.
     """
 
+    non_decreasing = True
+
     def forward(self, z: np.ndarray) -> np.ndarray:
         return np.maximum(z, _zero_row(z))
 
@@ -78,6 +87,8 @@ class ReLU(Activation):
 
 class LeakyReLU(Activation):
     """a = z if z > 0 else negative_slope * z;  dz = dout * (1 if z > 0 else negative_slope)."""
+
+    non_decreasing = True
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         if not 0 <= negative_slope <= 1:
@@ -132,6 +143,8 @@ class Tanh(Activation):
 
 class Identity(Activation):
     """a = z;  dz = dout. Returns its inputs unchanged (no copy); callers never write into them."""
+
+    non_decreasing = True
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         return z
