@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .workers import split
+
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function 1 / (1 + exp(-z)), same dtype as ``z``.
@@ -68,20 +70,31 @@ class ReLU(Activation):
 
     Backward reads only a, so ``forward_in_place`` reuses z's buffer. Backward writes the mask
     as 0.0 / 1.0 into its result and multiplies in place: no temporary, and np.where would be
-    ~10x slower on a random mask.
+    ~10x slower on a random mask. Large arrays go by rows on two threads (``workers.split``).
     """
 
     non_decreasing = True
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        return np.maximum(z, _zero_row(z))
+        return self._maximum(z, np.empty_like(z))
 
     def forward_in_place(self, z: np.ndarray) -> np.ndarray:
-        return np.maximum(z, _zero_row(z), out=z)
+        return self._maximum(z, z)
+
+    @staticmethod
+    def _maximum(z: np.ndarray, out: np.ndarray) -> np.ndarray:
+        zero = _zero_row(z)
+        split(len(z), lambda a, b: np.maximum(z[a:b], zero, out=out[a:b]), 2 * z.nbytes)
+        return out
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-        dz = np.greater(a, 0, out=np.empty_like(dout))
-        dz *= dout
+        dz = np.empty_like(dout)
+
+        def rows(start: int, stop: int) -> None:
+            np.greater(a[start:stop], 0, out=dz[start:stop])
+            dz[start:stop] *= dout[start:stop]
+
+        split(len(dz), rows, 3 * dz.nbytes, chunked=True)
         return dz
 
 

@@ -1,4 +1,5 @@
-"""Stages of a Sequential: each layer on its own, or conv2d -> max_pool2d fused into one stage.
+"""Stages of a Sequential: each layer on its own, or conv2d -> max_pool2d or batch_norm -> max_pool2d
+fused into one stage.
 
 A stage computes exactly what its layers compute in order (the same function and, up to where
 float32 rounding ties two values of a window, the same gradient); it only does less work. The
@@ -11,6 +12,7 @@ import numpy as np
 
 from .conv import Conv2d
 from .layers import Layer
+from .normalization import BatchNorm, channel_sums, rows_of, shaped_like
 from .pooling import MaxPool2d
 
 
@@ -27,12 +29,14 @@ class ConvMaxPool(Layer):
     Backward: the activation's derivative at the pooled value, routed to each window's argmax (the
     first maximum of z in row-major order, as ``MaxPool2d``), then the convolution's gradients.
 
-    Against the two layers run one after the other: the forward values are the same bit for bit
-    (with transposed columns the bias is inside the product, before pooling, exactly as there).
-    The argmax is the same unless rounding ties two different products once the bias is added
-    (fl(z1 + b) = fl(z2 + b) with z1 < z2: the layers route to the first, this stage to z2); the
-    weight and bias gradients are sums over fewer (only zero-gradient rows left out) rows, so they
-    agree up to float rounding of the sum's order. ``params`` is the conv's own dict.
+    Against the two layers run one after the other: when the pool reads every output pixel, the
+    forward values are the same bit for bit (with transposed columns the bias is inside the
+    product, before pooling, exactly as there); when pixels are left out, the product has fewer
+    rows and BLAS may round a value an ulp differently. The argmax is the same unless rounding ties
+    two different products once the bias is added (fl(z1 + b) = fl(z2 + b) with z1 < z2: the layers
+    route to the first, this stage to z2). The weight and bias gradients are then the same sums
+    with zero-gradient rows left out: equal up to the rounding of the sums' order (bit for bit in
+    exact arithmetic, ties included: tests/test_fusion.py). ``params`` is the conv's own dict.
     """
 
     def __init__(self, conv: Conv2d, pool: MaxPool2d) -> None:
@@ -69,21 +73,76 @@ class ConvMaxPool(Layer):
         return f"ConvMaxPool({self.conv!r}, {self.pool!r})"
 
 
+class BatchNormMaxPool(Layer):
+    """batch_norm then max_pool2d, as one stage: pool the centred values, then scale and shift.
+
+    Shapes: x (N, C, H, W) -> y (N, C, PH, PW), as ``pool.forward(bn.forward(x))``. With every
+    channel's scale = weight / sqrt(var + epsilon) > 0, y = centred * scale + bias is increasing in
+    the centred value (float rounding included), so maxpool(y) = maxpool(centred) * scale + bias:
+    the same bits, from a pass over a quarter of the values for a 2x2 pool. Backward from the
+    pooled gradient dp: dbias = sum dp, dweight = sum(dp * pooled centred) * inv_std (the centred
+    value at each window's argmax), dx = the pool's scatter of dp * scale, plus batch norm's
+    centred * slope + offset (``BatchNorm.input_gradient``): no full-size dy is summed twice. The
+    statistics, running statistics and dx's formula are batch norm's own; the sums run over the
+    pooled values, so the gradients agree with the layers' up to the rounding of their order (and
+    the argmax, up to values that rounding ties, as ``ConvMaxPool``). A scale <= 0 anywhere (a
+    maximum becomes a minimum there) runs the two layers one after the other instead.
+    """
+
+    def __init__(self, norm: BatchNorm, pool: MaxPool2d) -> None:
+        super().__init__()
+        self.norm, self.pool = norm, pool
+        self.params = norm.params
+        self.buffers = norm.buffers
+
+    def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
+        norm, pool = self.norm, self.pool
+        centred, inv_std = norm.centre(x, training)
+        norm_cache = (x.shape, centred, inv_std, training)
+        if not (norm.weight * inv_std > 0).all():
+            pooled, pool_cache = pool.forward(shaped_like(norm.normalize(centred, inv_std, x.shape), x.shape))
+            return pooled, (norm_cache, pool_cache, None)
+        pooled, pool_cache = pool.forward(shaped_like(centred, x.shape))
+        rows = rows_of(pooled)  # a view: pooled keeps centred's channels-last memory
+        return shaped_like(norm.normalize(rows, inv_std, pooled.shape), pooled.shape), (norm_cache, pool_cache, rows)
+
+    def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
+        norm_cache, pool_cache, pooled_centred = cache
+        if pooled_centred is None:  # the layers one after the other
+            dy, _ = self.pool.backward(dout, pool_cache)
+            return self.norm.backward(dy, norm_cache, need_dx=need_dx)
+        x_shape, _, inv_std, _ = norm_cache
+        dp = rows_of(dout)
+        dbias, dweight = channel_sums(dout.shape, (dp, None), (dp, pooled_centred))
+        dweight *= inv_std  # sum(dy * xhat): dy is zero off the argmax
+        grads = {"weight": dweight, "bias": dbias}
+        if not need_dx:
+            return None, grads
+        scaled, _ = self.pool.backward(shaped_like(dp * (self.norm.weight * inv_std), dout.shape), pool_cache)
+        dx = self.norm.input_gradient(rows_of(scaled), norm_cache, dweight, dbias, scaled=True)
+        return shaped_like(dx, x_shape), grads
+
+    def __repr__(self) -> str:
+        return f"BatchNormMaxPool({self.norm!r}, {self.pool!r})"
+
+
 def fusable(layer: Layer, following: Layer | None) -> bool:
-    """Whether ``layer`` then ``following`` run as one ``ConvMaxPool`` stage."""
-    return (isinstance(layer, Conv2d) and isinstance(following, MaxPool2d)
-            and layer.activation.non_decreasing)
+    """Whether ``layer`` then ``following`` run as one stage (``ConvMaxPool`` or ``BatchNormMaxPool``)."""
+    if not isinstance(following, MaxPool2d):
+        return False
+    return isinstance(layer, BatchNorm) or (isinstance(layer, Conv2d) and layer.activation.non_decreasing)
 
 
 def stages(layers: list[Layer]) -> list[tuple[int, Layer]]:
     """The stages of ``layers`` in order, each as (index of its first layer, the stage): a layer itself,
-    or a ``ConvMaxPool`` standing for layers index and index + 1. A stage's parameters are those of its
-    first layer."""
+    or a fused stage standing for layers index and index + 1. A stage's parameters and buffers are
+    those of its first layer."""
     result, index = [], 0
     while index < len(layers):
         following = layers[index + 1] if index + 1 < len(layers) else None
         if fusable(layers[index], following):
-            result.append((index, ConvMaxPool(layers[index], following)))
+            stage = ConvMaxPool if isinstance(layers[index], Conv2d) else BatchNormMaxPool
+            result.append((index, stage(layers[index], following)))
             index += 2
         else:
             result.append((index, layers[index]))

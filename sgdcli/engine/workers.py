@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 MIN_BYTES = 1 << 19  # a pass touching less than this runs on the calling thread (handing it over costs ~20 us)
+CHUNK_BYTES = 1 << 22  # ``chunked`` passes: what one call of the work touches (smaller chunks cost more calls than cache misses)
 
 
 class _Done(threading.Event):
@@ -74,19 +75,27 @@ def _get_worker() -> _Worker:
         return _worker
 
 
-def split(count: int, work: Callable[[int, int], None], nbytes: int) -> None:
+def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked: bool = False) -> None:
     """Run ``work(start, stop)`` over the rows [0, count): as work(0, h) on the worker thread and
     work(h, count) on this one (h = count // 2), or as work(0, count) alone when ``nbytes`` (what
-    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker. Returns when
-    all rows are done; an exception in either half is raised here. ``work`` must treat its rows
-    independently of each other (it may be called on any split)."""
+    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker. ``chunked``:
+    each thread calls work on consecutive ranges of its rows touching ~CHUNK_BYTES each, so that a
+    work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
+    are done; an exception in either half is raised here. ``work`` must treat its rows independently
+    of each other (it may be called on any split)."""
+    step = max(1, count * CHUNK_BYTES // max(nbytes, 1)) if chunked else count
+
+    def in_chunks(start: int, stop: int) -> None:
+        for first in range(start, stop, step):
+            work(first, min(first + step, stop))
+
     if count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS:
-        work(0, count)
+        in_chunks(0, count)
         return
     half, done = count // 2, _Done()
-    _get_worker().tasks.put((work, 0, half, done))
+    _get_worker().tasks.put((in_chunks, 0, half, done))
     try:
-        work(half, count)
+        in_chunks(half, count)
     finally:
         done.wait()
     if done.error is not None:
