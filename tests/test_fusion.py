@@ -162,6 +162,74 @@ def test_which_layers_a_model_fuses() -> None:
     assert plan[7][1] is layers[9]
 
 
+def norm_and_pool(rng, dtype, pool=(2, 2), stride=None, weight=None):
+    norm = BatchNorm.create(5, dtype)
+    norm.params["weight"][:] = rng.uniform(0.5, 2.0, size=5) if weight is None else weight
+    norm.params["bias"][:] = rng.normal(size=5)
+    norm.buffers["running_mean"][:] = rng.normal(size=5)
+    norm.buffers["running_var"][:] = rng.uniform(0.5, 2.0, size=5)
+    return norm, MaxPool2d(pool, stride)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("pool, stride, image", [((2, 2), None, (6, 6)), ((2, 2), None, (7, 5)), ((3, 3), (2, 2), (7, 7))])
+@pytest.mark.parametrize("negative", [False, True])
+def test_batch_norm_stage_computes_what_the_two_layers_compute(training, pool, stride, image, negative) -> None:
+    # negative: one channel's weight < 0, where a maximum would become a minimum: the layers' own order runs
+    rng = np.random.default_rng(10)
+    weight = np.array([1.0, -0.5, 2.0, 1.5, 0.7]) if negative else None
+    x = rng.normal(size=(4, 5, *image)).astype(np.float32)
+    results = []
+    for run in ("layers", "stage"):
+        norm, max_pool = norm_and_pool(np.random.default_rng(11), np.float32, pool, stride, weight)
+        dout = np.random.default_rng(12).normal(size=(4, *max_pool.output_shape((5, *image)))).astype(np.float32)
+        if run == "layers":
+            y, norm_cache = norm.forward(x, training=training)
+            out, pool_cache = max_pool.forward(y)
+            dy, _ = max_pool.backward(dout, pool_cache)
+            dx, grads = norm.backward(dy, norm_cache)
+        else:
+            stage = BatchNormMaxPool(norm, max_pool)
+            out, cache = stage.forward(x, training=training)
+            assert (cache[2] is None) == negative
+            dx, grads = stage.backward(dout, cache)
+        results.append((out, dx, grads, {k: v.copy() for k, v in norm.buffers.items()}))
+    (out_a, dx_a, grads_a, buffers_a), (out_b, dx_b, grads_b, buffers_b) = results
+    np.testing.assert_array_equal(out_b, out_a)  # scale > 0: the same bits, pooled first
+    for key in buffers_a:
+        np.testing.assert_array_equal(buffers_b[key], buffers_a[key])
+    np.testing.assert_allclose(dx_b, dx_a, rtol=1e-4, atol=1e-6)
+    for key in grads_a:
+        np.testing.assert_allclose(grads_b[key], grads_a[key], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_stage_routes_ties_to_the_first_maximum() -> None:
+    # Every window holds one value twice; the pooled gradient must go to its first position, as the layers do.
+    rng = np.random.default_rng(13)
+    top = rng.normal(size=(3, 5, 2, 4))
+    x = np.repeat(top, 2, axis=2)  # rows duplicated: each 2x2 window has its maximum twice (at least)
+    dout = rng.normal(size=(3, 5, 2, 2))
+    norm, max_pool = norm_and_pool(rng, np.float64)
+    y, norm_cache = norm.forward(x, training=True)
+    _, pool_cache = max_pool.forward(y)
+    dx_a, grads_a = norm.backward(max_pool.backward(dout, pool_cache)[0], norm_cache)
+    stage = BatchNormMaxPool(norm, max_pool)
+    _, cache = stage.forward(x, training=True)
+    dx_b, grads_b = stage.backward(dout, cache)
+    np.testing.assert_allclose(dx_b, dx_a, rtol=1e-12, atol=1e-12)
+    for key in grads_a:
+        np.testing.assert_allclose(grads_b[key], grads_a[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_stage_gradients_by_finite_differences(training) -> None:
+    rng = np.random.default_rng(14)
+    norm, max_pool = norm_and_pool(rng, np.float64, (2, 2), None)
+    checks = check_layer(BatchNormMaxPool(norm, max_pool), rng.normal(size=(3, 5, 5, 4)), rng=rng, training=training)
+    assert {check.name for check in checks} == {"weight", "bias", "x"}
+    assert all(check.passed for check in checks), [str(c) for c in checks if not c.passed]
+
+
 def fusable_cnn(rng: np.random.Generator, dtype) -> Sequential:
     layers = [Conv2d.create(1, 4, (3, 3), ReLU(), he_uniform, rng, dtype), MaxPool2d((2, 2)),
               Conv2d.create(4, FEW_CHANNELS + 1, (2, 2), ReLU(), he_uniform, rng, dtype), MaxPool2d((2, 2)),
