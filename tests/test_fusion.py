@@ -334,6 +334,14 @@ def test_split_covers_every_row_once_in_chunks_and_raises_the_workers_error(monk
         workers.split(10, fail_in_first_half, workers.MIN_BYTES)
     workers.split(10, mark, workers.MIN_BYTES)  # the worker survived its error
 
+    def outer(start: int, stop: int) -> None:
+        for n in range(start, stop):
+            workers.split(25, lambda c, d, n=n: mark(25 * n + c, 25 * n + d), workers.MIN_BYTES)
+
+    seen[:] = 0
+    workers.split(4, outer, workers.MIN_BYTES)
+    assert (seen[:100] == 1).all()  # a split inside a split runs (no deadlock on the busy worker)
+
 
 def test_no_second_thread_when_the_process_is_limited_to_one(monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

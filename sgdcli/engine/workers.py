@@ -40,7 +40,8 @@ class _Worker:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="sgdcli-worker", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name="sgdcli-worker", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         while True:
@@ -92,8 +93,12 @@ def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked:
     if count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS:
         in_chunks(0, count)
         return
+    worker = _get_worker()
+    if threading.current_thread() is worker.thread:  # a split inside a split: the worker is busy with us
+        in_chunks(0, count)
+        return
     half, done = count // 2, _Done()
-    _get_worker().tasks.put((in_chunks, 0, half, done))
+    worker.tasks.put((in_chunks, 0, half, done))
     try:
         in_chunks(half, count)
     finally:
