@@ -84,11 +84,15 @@ class ReLU(Activation):
     @staticmethod
     def _maximum(z: np.ndarray, out: np.ndarray) -> np.ndarray:
         zero = _zero_row(z)
+        if z.ndim == 0:
+            return np.maximum(z, zero, out=out)
         split(len(z), lambda a, b: np.maximum(z[a:b], zero, out=out[a:b]), 2 * z.nbytes)
         return out
 
     def backward(self, dout: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         dz = np.empty_like(dout)
+        if dz.ndim == 0:
+            return np.multiply(dout, a > 0, out=dz)
 
         def rows(start: int, stop: int) -> None:
             np.greater(a[start:stop], 0, out=dz[start:stop])

@@ -106,8 +106,8 @@ class Sequential:
     def forward(
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, list]:
-        """Return ``(out, caches)`` with one cache per stage (``fusion.stages``: a layer, or a conv and the
-        max pool after it run as one), for ``backward``."""
+        """Return ``(out, caches)`` with one cache per stage (``fusion.stages``: a layer, or a conv or batch
+        norm and the max pool after it run as one), for ``backward``."""
         out = self._input(x)
         caches = []
         for _, stage in stages(self.layers):
