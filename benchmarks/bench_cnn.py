@@ -21,16 +21,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import sgdcli  # noqa: E402,F401  first, as `sgdcli train`: it sets OpenBLAS's thread spin before NumPy loads it
+import numpy as np  # noqa: E402
 
 from bench_common import TorchRun, numpy_blas_threads  # noqa: E402
 
 from sgdcli.config.loading import load_config  # noqa: E402
 from sgdcli.engine.allocator import retain_freed_memory  # noqa: E402
 from sgdcli.engine.conv import Conv2d  # noqa: E402
+from sgdcli.engine.fusion import stages  # noqa: E402
 from sgdcli.engine.layers import Dense  # noqa: E402
 from sgdcli.engine.normalization import BatchNorm  # noqa: E402
 from sgdcli.training import build  # noqa: E402
@@ -164,7 +166,8 @@ def child(which: str, batch_norm: bool, threads: int) -> None:
 
 
 def profile(x, y, batch_norm: bool, updates: int = 60) -> list[tuple[str, float]]:
-    """Seconds per update of each layer's forward and backward, the loss and the optimizer step."""
+    """Seconds per update of each stage's forward and backward (a layer, or a conv and its max pool run
+    as one: engine/fusion.py), the loss and the optimizer step."""
     retain_freed_memory()  # as train_epochs does
     ours = Ours(experiment(batch_norm), x, y)
     model, loss, optimizer, params = ours.problem.model, ours.problem.loss, ours.problem.optimizer, \
@@ -177,21 +180,22 @@ def profile(x, y, batch_norm: bool, updates: int = 60) -> list[tuple[str, float]
         out = model._input(x[index])
         caches = []
         times["batch gather"] += time.perf_counter() - tick
-        for i, layer in enumerate(model.layers):
+        plan = [(f"{i} {type(stage).__name__}", i, stage) for i, stage in stages(model.layers)]
+        for name, _, stage in plan:
             tick = time.perf_counter()
-            out, cache = layer.forward(out, training=True, rng=ours.rngs.dropout)
+            out, cache = stage.forward(out, training=True, rng=ours.rngs.dropout)
             caches.append(cache)
-            times[f"{i} {type(layer).__name__} forward"] += time.perf_counter() - tick
+            times[f"{name} forward"] += time.perf_counter() - tick
         tick = time.perf_counter()
         _, dout = loss.value_and_grad(out, y[index])
         times["loss"] += time.perf_counter() - tick
         grads = {}
-        for i in range(len(model.layers) - 1, -1, -1):
-            layer = model.layers[i]
+        for number in range(len(plan) - 1, -1, -1):
+            name, i, stage = plan[number]
             tick = time.perf_counter()
-            dout, g = layer.backward(dout, caches[i], need_dx=i > 0)
+            dout, g = stage.backward(dout, caches[number], need_dx=number > 0)
             grads.update({f"{i}.{k}": v for k, v in g.items()})
-            times[f"{i} {type(layer).__name__} backward"] += time.perf_counter() - tick
+            times[f"{name} backward"] += time.perf_counter() - tick
         tick = time.perf_counter()
         optimizer.step(params, grads, LR)
         times["Adam step"] += time.perf_counter() - tick

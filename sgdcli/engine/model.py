@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .conv import Conv2d
+from .fusion import stages
 from .gradients import Gradient
 from .layers import Layer
 
@@ -105,29 +106,31 @@ class Sequential:
     def forward(
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, list]:
-        """Return ``(out, caches)`` with one cache per layer, for ``backward``."""
+        """Return ``(out, caches)`` with one cache per stage (``fusion.stages``: a layer, or a conv or batch
+        norm and the max pool after it run as one), for ``backward``."""
         out = self._input(x)
         caches = []
-        for layer in self.layers:
-            out, cache = layer.forward(out, training=training, rng=rng)
+        for _, stage in stages(self.layers):
+            out, cache = stage.forward(out, training=training, rng=rng)
             caches.append(cache)
         return out, caches
 
     def backward(self, dout: np.ndarray, caches: list, *, factored: bool = False) -> dict[str, Gradient]:
         """Gradients keyed like ``parameters()``, given dL/dout and the caches of one ``forward``.
 
-        Layers below the first one with parameters are not visited, and that layer computes no dx.
+        Stages below the first one with parameters are not visited, and that one computes no dx.
         ``factored``: a gradient may come as its factors (a dense weight's from one sample as a
         ``gradients.OuterProduct``, which the optimizers apply without building it); else all are arrays.
         """
-        if len(caches) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} caches (one per layer), got {len(caches)}")
-        first = next((index for index, layer in enumerate(self.layers) if layer.params), len(self.layers))
+        plan = stages(self.layers)
+        if len(caches) != len(plan):
+            raise ValueError(f"expected {len(plan)} caches (one per stage), got {len(caches)}")
+        first = next((number for number, (_, stage) in enumerate(plan) if stage.params), len(plan))
         per_layer: dict[int, dict[str, Gradient]] = {}
-        for index in range(len(self.layers) - 1, first - 1, -1):
-            layer = self.layers[index]
-            backward = layer.backward_factored if factored else layer.backward
-            dout, per_layer[index] = backward(dout, caches[index], need_dx=index > first)
+        for number in range(len(plan) - 1, first - 1, -1):
+            index, stage = plan[number]  # a stage's parameters are its first layer's
+            backward = stage.backward_factored if factored else stage.backward
+            dout, per_layer[index] = backward(dout, caches[number], need_dx=number > first)
         return {
             f"{index}.{name}": per_layer[index][name]
             for index, layer in enumerate(self.layers)
@@ -170,8 +173,8 @@ class Sequential:
                          f"(N, {int(np.prod(shape))}), got shape {x.shape}")
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x, _ = layer.forward(x, training=False)
+        for _, stage in stages(self.layers):
+            x, _ = stage.forward(x, training=False)
         return x
 
     def load_parameters(self, values: dict[str, np.ndarray]) -> None:

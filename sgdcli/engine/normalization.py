@@ -6,14 +6,15 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .layers import Layer
+from .workers import split
 
 
-def _rows(x: np.ndarray) -> np.ndarray:
+def rows_of(x: np.ndarray) -> np.ndarray:
     """x as (M, C): (N, D) itself; (N, C, H, W) as (N*H*W, C), a view for channels-last memory."""
     return x if x.ndim == 2 else x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _like(rows: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
+def shaped_like(rows: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
     """The inverse of ``_rows``: (M, C) back to x's logical shape (a view)."""
     if len(x_shape) == 2:
         return rows
@@ -21,21 +22,37 @@ def _like(rows: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
     return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
-def _channel_sum(rows: np.ndarray, x_shape: tuple[int, ...], other: np.ndarray | None = None) -> np.ndarray:
-    """sum over rows of `rows` (or of rows * other) per channel, (M, C) -> (C,), summed per sample first.
+def channel_sums(x_shape: tuple[int, ...], *terms: tuple[np.ndarray, np.ndarray | None]) -> list[np.ndarray]:
+    """For each (rows, other): the sum over rows of `rows` (or of rows * other) per channel, (M, C) -> (C,),
+    summed per sample first.
 
     Two levels (H*W values, then N partial sums) keep float32 rounding near (H*W + N) ulps instead of
-    the M = N*H*W of one running sum down the rows, so statistics agree with PyTorch's to ~1e-6.
+    the M = N*H*W of one running sum down the rows, so statistics agree with PyTorch's to ~1e-6. The
+    per-sample sums of all terms run in one chunked pass on two threads (``workers.split``; each
+    sample's sum is the same however the samples are split).
     """
-    if len(x_shape) == 4:
-        shape = (x_shape[0], -1, x_shape[1])
-        rows, other = rows.reshape(shape), None if other is None else other.reshape(shape)
-        if other is None:  # a product with a row of ones: BLAS, ~9x faster than NumPy's sum over axis 1
-            partial = np.matmul(np.ones((1, rows.shape[1]), dtype=rows.dtype), rows)[:, 0]
-        else:
-            partial = np.einsum("nmc,nmc->nc", rows, other)
-        return partial.sum(axis=0)
-    return rows.sum(axis=0) if other is None else np.einsum("mc,mc->c", rows, other)
+    if len(x_shape) == 2:
+        return [rows.sum(axis=0) if other is None else np.einsum("mc,mc->c", rows, other) for rows, other in terms]
+    shape = (x_shape[0], -1, x_shape[1])
+    shaped = [(rows.reshape(shape), None if other is None else other.reshape(shape)) for rows, other in terms]
+    partials = np.empty((len(terms), x_shape[0], x_shape[1]), dtype=terms[0][0].dtype)
+    ones = np.ones((1, shaped[0][0].shape[1]), dtype=partials.dtype)
+
+    def samples(a: int, b: int) -> None:
+        for partial, (rows, other) in zip(partials, shaped):
+            if other is None:  # a product with a row of ones: BLAS, ~9x faster than NumPy's sum over axis 1
+                np.matmul(ones, rows[a:b], out=partial[a:b, None])
+            else:
+                np.einsum("nmc,nmc->nc", rows[a:b], other[a:b], out=partial[a:b])
+
+    split(x_shape[0], samples, sum(rows.nbytes * (1 if other is None else 2) for rows, other in terms), chunked=True)
+    return list(partials.sum(axis=1))
+
+
+def _by_sample(rows: np.ndarray, x_shape: tuple[int, ...], work, nbytes: int) -> None:
+    """``work(start, stop)`` over the rows of `rows` (M, C) in chunks of whole samples, on two threads."""
+    per = len(rows) // x_shape[0]
+    split(x_shape[0], lambda a, b: work(a * per, b * per), nbytes, chunked=True)
 
 
 class BatchNorm(Layer):
@@ -88,24 +105,42 @@ class BatchNorm(Layer):
         return self.weight.shape[0]
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
+        centred, inv_std = self.centre(x, training)
+        out = self.normalize(centred, inv_std, x.shape)
+        return shaped_like(out, x.shape), (x.shape, centred, inv_std, training)
+
+    def centre(self, x: np.ndarray, training: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(centred, inv_std)``: x - mean as rows (M, C) and 1 / sqrt(var + epsilon) (C,), the batch's
+        statistics in training (the running ones then updated), the running ones in evaluation."""
         if x.ndim not in (2, 4) or x.shape[1] != self.features:
             raise ValueError(f"BatchNorm expects inputs of shape (N, {self.features}) or (N, {self.features}, H, W), "
                              f"got shape {x.shape}")
-        rows = _rows(x)
+        rows = rows_of(x)
         if training:
             count = len(rows)
             if count < 2:
                 raise ValueError(f"BatchNorm needs more than one value per channel in training, got inputs of shape {x.shape}")
-            mean = _channel_sum(rows, x.shape) / count
-            centred = rows - mean
-            var = _channel_sum(centred, x.shape, centred) / count
-            self._update_running_statistics(mean, var * (count / (count - 1)))
+            mean = channel_sums(x.shape, (rows, None))[0] / count
         else:
-            centred, var = rows - self.running_mean, self.running_var
-        inv_std = 1.0 / np.sqrt(var + self.epsilon)
-        out = centred * (self.weight * inv_std)  # xhat * weight, xhat = centred * inv_std never stored
-        out += self.bias
-        return _like(out, x.shape), (x.shape, centred, inv_std, training)
+            mean, var = self.running_mean, self.running_var
+        centred = np.empty_like(rows)
+        _by_sample(rows, x.shape, lambda a, b: np.subtract(rows[a:b], mean, out=centred[a:b]), 2 * rows.nbytes)
+        if training:
+            var = channel_sums(x.shape, (centred, centred))[0] / count
+            self._update_running_statistics(mean, var * (count / (count - 1)))
+        return centred, 1.0 / np.sqrt(var + self.epsilon)
+
+    def normalize(self, centred: np.ndarray, inv_std: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
+        """centred * (weight * inv_std) + bias as new rows (M, C): xhat * weight + bias, xhat never stored.
+        ``x_shape``: the logical shape the rows stand for ((N, C) or (N, C, H, W))."""
+        out, scale = np.empty_like(centred), self.weight * inv_std
+
+        def rows(a: int, b: int) -> None:
+            np.multiply(centred[a:b], scale, out=out[a:b])
+            out[a:b] += self.bias
+
+        _by_sample(centred, x_shape, rows, 3 * centred.nbytes)
+        return out
 
     def _update_running_statistics(self, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
         """running = (1 - momentum) * running + momentum * batch, in place (the documented exception)."""
@@ -115,22 +150,37 @@ class BatchNorm(Layer):
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
         x_shape, centred, inv_std, training = cache
-        dy = _rows(dout)
-        dbias = _channel_sum(dy, x_shape)
-        dweight = _channel_sum(dy, x_shape, centred) * inv_std  # sum(dy * xhat)
+        dy = rows_of(dout)
+        dbias, dweight = channel_sums(x_shape, (dy, None), (dy, centred))
+        dweight *= inv_std  # sum(dy * xhat)
         grads = {"weight": dweight, "bias": dbias}
         if not need_dx:
             return None, grads
-        scale = self.weight * inv_std
-        if not training:  # fixed statistics: an affine map, dx = dy * weight / sqrt(running_var + epsilon)
-            return _like(dy * scale, x_shape), grads
-        # The formula above expanded per channel into dx = dy * scale + centred * slope + offset: four
-        # passes over the activation instead of six.
-        count = len(dy)
-        dx = dy * scale
-        dx += centred * (scale * inv_std * dweight * (-1.0 / count))
-        dx += scale * dbias * (-1.0 / count)
-        return _like(dx, x_shape), grads
+        return shaped_like(self.input_gradient(dy, cache, dweight, dbias), x_shape), grads
+
+    def input_gradient(self, dy: np.ndarray, cache, dweight: np.ndarray, dbias: np.ndarray, *,
+                       scaled: bool = False) -> np.ndarray:
+        """dx as rows (M, C), given dy rows, the cache of ``forward`` and the parameter gradients.
+
+        The formula in the class docstring expanded per channel into dx = dy * scale + centred * slope
+        + offset (scale = weight * inv_std): four passes over the activation instead of six. Fixed
+        statistics (evaluation): an affine map, dx = dy * scale. ``scaled``: `dy` already holds
+        dy * scale, and is overwritten with dx.
+        """
+        x_shape, centred, inv_std, training = cache
+        scale, count = self.weight * inv_std, len(dy)
+        slope, offset = scale * inv_std * dweight * (-1.0 / count), scale * dbias * (-1.0 / count)
+        dx = dy if scaled else np.empty_like(dy)
+
+        def rows(a: int, b: int) -> None:
+            if not scaled:
+                np.multiply(dy[a:b], scale, out=dx[a:b])
+            if training:
+                dx[a:b] += centred[a:b] * slope
+                dx[a:b] += offset
+
+        _by_sample(dx, x_shape, rows, 4 * dx.nbytes)
+        return dx
 
     def __repr__(self) -> str:
         return f"BatchNorm(features={self.features}, momentum={self.momentum}, epsilon={self.epsilon})"

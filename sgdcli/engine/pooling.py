@@ -10,6 +10,7 @@ import numpy as np
 
 from .conv import Pair, output_size
 from .layers import Layer
+from .workers import split
 
 
 class _Pool2d(Layer):
@@ -52,16 +53,27 @@ class MaxPool2d(_Pool2d):
     """
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
-        windows = [x[offset] for offset in self._offsets(x.shape)]
-        out = np.maximum(windows[0], windows[1]) if len(windows) > 1 else np.array(windows[0], order="K")
-        for window in windows[2:]:
-            np.maximum(out, window, out=out)  # ufuncs keep the input's memory layout
-        # The first maximum's position k in the window, without a branch per element:
-        # k = ne_0 * (1 + ne_1 * (1 + ... ne_{P-2})), with ne_j = [window_j != max].
-        argmax = np.zeros_like(out, dtype=np.uint8 if len(windows) <= 256 else np.int32)
-        for window in reversed(windows[:-1]):
-            argmax += 1
-            argmax *= window != out
+        offsets = self._offsets(x.shape)
+        out = np.empty_like(x[offsets[0]])  # x's memory layout (channels-last after a conv)
+        argmax = np.empty_like(out, dtype=np.uint8 if len(offsets) <= 256 else np.int32)
+
+        def rows(start: int, stop: int) -> None:  # images [start, stop)
+            windows = [x[start:stop][offset] for offset in offsets]
+            target, first = out[start:stop], argmax[start:stop]
+            if len(windows) > 1:
+                np.maximum(windows[0], windows[1], out=target)
+            else:
+                target[...] = windows[0]
+            for window in windows[2:]:
+                np.maximum(target, window, out=target)
+            # The first maximum's position k in the window, without a branch per element:
+            # k = ne_0 * (1 + ne_1 * (1 + ... ne_{P-2})), with ne_j = [window_j != max].
+            first[...] = 0
+            for window in reversed(windows[:-1]):
+                first += 1
+                first *= window != target
+
+        split(len(x), rows, x.nbytes + out.nbytes)
         return out, (x.shape, argmax)
 
     def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
@@ -74,15 +86,21 @@ class MaxPool2d(_Pool2d):
             dout = converted
         tiled = self.stride == self.pool_size  # every input row/column in exactly one window, or past the last
         dx = _zeros_like_layout(x_shape, argmax, dout.dtype, empty=tiled)
-        if tiled:  # only what the windows leave out still needs its zeros
-            dx[:, :, argmax.shape[2] * self.pool_size[0] :, :] = 0
-            dx[:, :, :, argmax.shape[3] * self.pool_size[1] :] = 0
         overlapping = self.stride[0] < self.pool_size[0] or self.stride[1] < self.pool_size[1]
-        for k, window in enumerate(self._offsets(x_shape)):
-            if overlapping:
-                dx[window] += dout * (argmax == k)
-            else:  # each input in one window at most: write, do not add
-                np.multiply(dout, argmax == k, out=dx[window])
+        offsets = self._offsets(x_shape)
+
+        def rows(start: int, stop: int) -> None:  # images [start, stop)
+            target, grad, first = dx[start:stop], dout[start:stop], argmax[start:stop]
+            if tiled:  # only what the windows leave out still needs its zeros
+                target[:, :, first.shape[2] * self.pool_size[0] :, :] = 0
+                target[:, :, :, first.shape[3] * self.pool_size[1] :] = 0
+            for k, window in enumerate(offsets):
+                if overlapping:
+                    target[window] += grad * (first == k)
+                else:  # each input in one window at most: write, do not add
+                    np.multiply(grad, first == k, out=target[window])
+
+        split(len(dout), rows, dx.nbytes + dout.nbytes)
         return dx, {}
 
 

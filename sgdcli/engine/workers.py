@@ -1,0 +1,107 @@
+"""A second thread for the engine's memory-bound passes: a pass over N images runs as two halves at once.
+
+NumPy runs an elementwise pass (a copy, a maximum, a product) on one core, but releases the GIL
+inside it, so two threads each doing half the rows use both cores; the GEMMs already do (BLAS).
+``split`` hands the first half to one persistent worker thread (started on first use, never per
+call) and does the second half itself. Only passes whose rows are independent are split (each
+output element is computed by the same operations whatever the split), so results are
+bit-identical with or without the worker.
+
+OpenBLAS's own worker threads keep spinning for a while after each product, waiting for the next
+(2^28 CPU cycles by default, ~0.1 s, so always during training): they would take the core this
+worker needs. ``sgdcli/__init__.py`` therefore sets ``OPENBLAS_THREAD_TIMEOUT`` (a power of two of
+cycles, read once when OpenBLAS loads) to a shorter spin unless the user set it; on the CNN race a
+split ReLU right after a product took 1.1 ms at the default and 0.65 ms at 2^18 cycles (alone,
+1.0 ms on one thread and 0.57 on two), and products in a tight loop were no slower.
+
+One thread, not more: the target machines have two cores. None when the process may run on one
+core only, or when ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is 1 (as for one BLAS thread per
+MPI process): then ``split`` is a plain call.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+MIN_BYTES = 1 << 19  # a pass touching less than this runs on the calling thread (handing it over costs ~20 us)
+CHUNK_BYTES = 1 << 22  # ``chunked`` passes: what one call of the work touches (smaller chunks cost more calls than cache misses)
+
+
+class _Done(threading.Event):
+    error: BaseException | None = None
+
+
+class _Worker:
+    """One daemon thread taking (work, start, stop, done) from a queue; it lives as long as the process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="sgdcli-worker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            work, start, stop, done = self.tasks.get()
+            try:
+                work(start, stop)
+            except BaseException as error:  # handed to the caller, which raises it
+                done.error = error
+            done.set()
+
+
+_worker: _Worker | None = None
+_lock = threading.Lock()
+
+
+def two_threads() -> bool:
+    """Whether ``split`` uses the worker thread: two or more usable cores and no thread limit of 1."""
+    if any(os.environ.get(name, "").strip() == "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores >= 2
+
+
+_TWO_THREADS = two_threads()
+
+
+def _get_worker() -> _Worker:
+    global _worker
+    with _lock:
+        if _worker is None or _worker.pid != os.getpid():  # a forked child has no copy of the thread
+            _worker = _Worker()
+        return _worker
+
+
+def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked: bool = False) -> None:
+    """Run ``work(start, stop)`` over the rows [0, count): as work(0, h) on the worker thread and
+    work(h, count) on this one (h = count // 2), or as work(0, count) alone when ``nbytes`` (what
+    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker. ``chunked``:
+    each thread calls work on consecutive ranges of its rows touching ~CHUNK_BYTES each, so that a
+    work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
+    are done; an exception in either half is raised here. ``work`` must treat its rows independently
+    of each other (it may be called on any split)."""
+    step = max(1, count * CHUNK_BYTES // max(nbytes, 1)) if chunked else count
+
+    def in_chunks(start: int, stop: int) -> None:
+        for first in range(start, stop, step):
+            work(first, min(first + step, stop))
+
+    if count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS:
+        in_chunks(0, count)
+        return
+    worker = _get_worker()
+    if threading.current_thread() is worker.thread:  # a split inside a split: the worker is busy with us
+        in_chunks(0, count)
+        return
+    half, done = count // 2, _Done()
+    worker.tasks.put((in_chunks, 0, half, done))
+    try:
+        in_chunks(half, count)
+    finally:
+        done.wait()
+    if done.error is not None:
+        raise done.error
