@@ -135,3 +135,20 @@ def test_minibatch_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatc
     resumed = api.resume(interrupted.run_dir)
     assert resumed.status == "completed"
     assert_identical(reference.run_dir, resumed.run_dir)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam", "rmsprop"])
+def test_a_batch_one_update_stays_in_numpys_blas_pool(name, monkeypatch) -> None:
+    # scipy's ger (its own OpenBLAS pool) next to NumPy-BLAS axpy made a momentum update 17x slower.
+    from sgdcli.engine.gradients import OuterProduct
+
+    monkeypatch.setattr(blas, "_ROUTINES", {})
+    rng = np.random.default_rng(4)
+    params = {"w": rng.normal(size=(300, 200)).astype(np.float32)}
+    grad = OuterProduct(rng.normal(size=300).astype(np.float32), rng.normal(size=200).astype(np.float32))
+    expected = params["w"] - 0.01 * np.outer(grad.x, grad.dz) if name == "sgd_momentum" else None
+    OPTIMIZERS[name]().step(params, {"w": grad}, 0.01)
+    assert blas._ROUTINES == {}  # scipy's BLAS never loaded
+    if expected is not None:
+        np.testing.assert_allclose(params["w"], expected, rtol=1e-5, atol=1e-6)

@@ -1,27 +1,24 @@
-"""In-place BLAS updates NumPy has no call for: rank-1 ``ger`` (scipy.linalg.blas, imported on first
-use), and ``axpby`` / ``axpy`` (NumPy's own BLAS).
+"""In-place BLAS updates NumPy has no call for: rank-1 ``ger``, ``axpby`` and ``axpy``.
 
 NumPy cannot accumulate into an existing array: ``a += alpha * outer(x, y)`` builds the (D, M)
-product first and then reads it again. BLAS ``ger`` (a += alpha x yᵀ) writes straight into ``a``,
-one pass over memory. ``ger`` takes the routine of the target's precision (``sger`` for float32,
-``dger`` for float64) and falls back to NumPy (same formula, NumPy's rounding) for arrays below
-``MIN_SIZE`` elements, other dtypes, or memory BLAS cannot address in place. scipy's f2py wrappers
-copy an argument that is not contiguous in the order they expect (and then write into the copy),
-so the layout is checked first and a C-contiguous (D, M) ``a`` is handed over as its transpose,
-the F-contiguous (M, D) matrix Fortran sees.
+product first and then reads it again, and ``y = beta * y + alpha * x`` takes three passes
+(``y *= beta; s = x * alpha; y += s``). BLAS ``ger`` (a += alpha x yᵀ), ``axpby`` and ``axpy``
+write straight into the target, one pass over memory. Each takes the routine of the target's
+precision (``s`` for float32, ``d`` for float64) and falls back to NumPy (same formula, NumPy's
+rounding; BLAS may fuse a multiply and an add) for arrays below ``MIN_SIZE`` elements, other
+dtypes, or memory BLAS cannot address in place.
 
-Importing scipy.linalg takes ~0.13 s, paid once by a process whose arrays reach ``MIN_SIZE``;
-``sgdcli --help`` and small models never import it.
-
-``axpby`` and ``axpy`` (y = alpha x + beta y, y += alpha x) do an optimizer's two- and three-pass
-NumPy sequences (``y *= beta; s = x * alpha; y += s``) in one pass over memory, through NumPy's
-own BLAS: the scipy-openblas64 library NumPy's wheels ship, whose CBLAS symbols carry the
-``scipy_`` prefix and ``64_`` suffix (64-bit integers). Its thread pool is the one NumPy's matrix
-products use. scipy's ``axpy`` would run in scipy's own OpenBLAS, a second thread pool: run
-between NumPy's products on a 2-core machine (whose pool's workers spin-wait after each product)
-it measured 3x slower per update, and scipy's ``sgemm`` right after NumPy's products 3.6x slower
-than NumPy's. Without that library (another NumPy build) they return False and the caller
-takes its NumPy passes: same formula, NumPy's rounding (BLAS may fuse the multiply and add).
+The routines are NumPy's own BLAS: the scipy-openblas64 library NumPy's wheels ship, whose CBLAS
+symbols carry the ``scipy_`` prefix and ``64_`` suffix (64-bit integers), called through ctypes.
+Its thread pool is the one NumPy's matrix products use. scipy.linalg.blas runs in scipy's own
+OpenBLAS, a second pool: called between NumPy's products on a 2-core machine (whose pool's
+workers spin-wait after each product) its ``axpy`` measured 3x slower per update, its ``sgemm``
+3.6x slower than NumPy's, and NumPy-BLAS ``axpy`` next to scipy's ``ger`` made a batch-1
+momentum update 17x slower. With another NumPy build, ``ger`` takes scipy's (imported on first
+use, ~0.13 s; its f2py wrappers copy an argument not contiguous in the order they expect, so a
+C-contiguous (D, M) ``a`` is handed over as its transpose, the F-contiguous (M, D) matrix Fortran
+sees) and ``axpby``/``axpy`` return False for the caller's NumPy passes. ``sgdcli --help`` and
+small models load neither.
 """
 
 from __future__ import annotations
@@ -32,13 +29,13 @@ import os
 
 import numpy as np
 
-MIN_SIZE = 1 << 15  # elements (128 KiB in float32): below this NumPy is as fast and scipy is not imported
+MIN_SIZE = 1 << 15  # elements (128 KiB in float32): below this NumPy is as fast
 
 _ROUTINES: dict[tuple[str, str], object] = {}
 
 
 def _routine(name: str, dtype: np.dtype):
-    """The scipy BLAS routine `name` ("ger") for float32 (s) or float64 (d)."""
+    """The scipy BLAS routine `name` ("ger") for float32 (s) or float64 (d): where NumPy has no BLAS of its own here."""
     key = (name, dtype.char)
     routine = _ROUTINES.get(key)
     if routine is None:
@@ -59,18 +56,25 @@ def writes_in_place(target: np.ndarray, *operands: np.ndarray) -> bool:
 def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     """Rank-1 update in place: a += alpha * outer(x, y). x (D,), y (M,), a (D, M).
 
-    BLAS ``sger``/``dger`` on aᵀ (a C-contiguous (D, M) array is the Fortran (M, D) matrix aᵀ, and
-    aᵀ += alpha y xᵀ is the same update), so the product is never built.
+    BLAS ``sger``/``dger``, so the product is never built: NumPy's own (row-major CBLAS) where it has
+    one (see ``axpby``: one thread pool for every BLAS call of an update), else scipy's on aᵀ (a
+    C-contiguous (D, M) array is the Fortran (M, D) matrix aᵀ, and aᵀ += alpha y xᵀ is the same update).
     """
     if a.shape != (len(x), len(y)):
         raise ValueError(f"ger: a has shape {a.shape}, expected {(len(x), len(y))} from x {x.shape} and y {y.shape}")
     if not writes_in_place(a, x, y):
         a += alpha * np.multiply.outer(x, y)
         return
+    library = _numpy_blas()
+    if library is not None:  # NumPy's own pool, the one its products and axpy/axpby use
+        routine = library.scipy_cblas_sger64_ if a.dtype == np.float32 else library.scipy_cblas_dger64_
+        routine(ROW_MAJOR, len(x), len(y), alpha, x.ctypes.data, 1, y.ctypes.data, 1, a.ctypes.data, len(y))
+        return
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
 
 
 _NUMPY_BLAS: list = []  # [library or None], looked up on first use
+ROW_MAJOR = 101  # CBLAS_ORDER CblasRowMajor
 
 
 def _numpy_blas():
@@ -84,13 +88,16 @@ def _numpy_blas():
                            + glob.glob(os.path.join(folder, ".dylibs", "libscipy_openblas64_*")))
             try:
                 library = ctypes.CDLL(found[0]) if found else None  # already loaded by NumPy: the same copy
-                for name in ("saxpy", "daxpy", "saxpby", "daxpby"):
+                size, pointer = ctypes.c_int64, ctypes.c_void_p
+                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger"):
                     routine = getattr(library, f"scipy_cblas_{name}64_")
                     real = ctypes.c_float if name[0] == "s" else ctypes.c_double
-                    size, pointer = ctypes.c_int64, ctypes.c_void_p
                     routine.restype = None
-                    routine.argtypes = ([size, real, pointer, size, pointer, size] if name.endswith("axpy")
-                                        else [size, real, pointer, size, real, pointer, size])
+                    routine.argtypes = {
+                        "axpy": [size, real, pointer, size, pointer, size],
+                        "axpby": [size, real, pointer, size, real, pointer, size],
+                        "ger": [ctypes.c_int, size, size, real, pointer, size, pointer, size, pointer, size],
+                    }[name[1:]]
             except (OSError, AttributeError, TypeError):
                 library = None
         _NUMPY_BLAS.append(library)
