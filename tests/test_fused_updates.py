@@ -206,9 +206,12 @@ def test_l2_weight_decay_on_an_outer_product_builds_g_plus_decay_times_w(path: s
 
 
 # ---------------------------------------------------------------- BLAS writes in place, never into a copy
+@pytest.mark.parametrize("library", ["numpy's", "scipy's"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_ger_writes_into_the_target_itself(dtype, monkeypatch) -> None:
+def test_ger_writes_into_the_target_itself(dtype, library, monkeypatch) -> None:
     monkeypatch.setattr(blas, "MIN_SIZE", 0)
+    if library == "scipy's":  # as with a NumPy built without scipy-openblas64
+        monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
     rng = np.random.default_rng(9)
     a = rng.normal(size=(7, 5)).astype(dtype)
     x, y = rng.normal(size=7).astype(dtype), rng.normal(size=5).astype(dtype)
@@ -271,6 +274,9 @@ def test_the_loop_applies_batch_one_gradients_from_their_factors(monkeypatch) ->
                          ids=["sgd", "momentum clipped", "adam decay"])
 def test_batch_one_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatch, optimizer) -> None:
     monkeypatch.setattr(blas, "MIN_SIZE", 0)  # the tiny model's arrays take the BLAS path
+    in_place: list[bool] = []
+    original = blas.writes_in_place
+    monkeypatch.setattr(blas, "writes_in_place", lambda *arrays: in_place.append(original(*arrays)) or in_place[-1])
     config = load_config(tiny_config(training__epochs=3, training__batch__mode="sgd", optimizer=optimizer))
     reference = api.train(config, runs_dir=tmp_path / "reference")
     interrupted = interrupt(config, tmp_path / "runs", 130)  # mid-epoch 2 (90 updates an epoch)
@@ -278,7 +284,7 @@ def test_batch_one_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatc
     resumed = api.resume(interrupted.run_dir)
     assert resumed.status == "completed"
     assert_identical(reference.run_dir, resumed.run_dir)
-    assert ("ger", "s") in blas._ROUTINES or ("ger", "d") in blas._ROUTINES
+    assert any(in_place)  # BLAS ger ran
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -287,7 +293,7 @@ def test_a_factored_float32_update_allocates_nothing_parameter_sized_and_stays_f
     params = {"w": rng.normal(size=(500, 400)).astype(np.float32)}  # above blas.MIN_SIZE: the BLAS path
     grad = {"w": OuterProduct(rng.normal(size=500).astype(np.float32), rng.normal(size=400).astype(np.float32))}
     optimizer = OPTIMIZERS[name](0.0)
-    optimizer.step(params, grad, np.float64(0.01))  # creates the state and work arrays (and imports scipy)
+    optimizer.step(params, grad, np.float64(0.01))  # creates the state and work arrays (and loads BLAS)
     tracemalloc.start()
     try:
         for _ in range(optimizer.FLUSH_EVERY):

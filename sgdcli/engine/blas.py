@@ -1,33 +1,41 @@
-"""The in-place BLAS rank-1 update NumPy has no call for (scipy.linalg.blas, imported on first use).
+"""In-place BLAS updates NumPy has no call for: rank-1 ``ger``, ``axpby`` and ``axpy``.
 
 NumPy cannot accumulate into an existing array: ``a += alpha * outer(x, y)`` builds the (D, M)
-product first and then reads it again. BLAS ``ger`` (a += alpha x yᵀ) writes straight into ``a``,
-one pass over memory. ``ger`` takes the routine of the target's precision (``sger`` for float32,
-``dger`` for float64) and falls back to NumPy (same formula, NumPy's rounding) for arrays below
-``MIN_SIZE`` elements, other dtypes, or memory BLAS cannot address in place. scipy's f2py wrappers
-copy an argument that is not contiguous in the order they expect (and then write into the copy),
-so the layout is checked first and a C-contiguous (D, M) ``a`` is handed over as its transpose,
-the F-contiguous (M, D) matrix Fortran sees.
+product first and then reads it again, and ``y = beta * y + alpha * x`` takes three passes
+(``y *= beta; s = x * alpha; y += s``). BLAS ``ger`` (a += alpha x yᵀ), ``axpby`` and ``axpy``
+write straight into the target, one pass over memory. Each takes the routine of the target's
+precision (``s`` for float32, ``d`` for float64) and falls back to NumPy (same formula, NumPy's
+rounding; BLAS may fuse a multiply and an add) for arrays below ``MIN_SIZE`` elements, other
+dtypes, or memory BLAS cannot address in place.
 
-Only ger: for elementwise passes (``y += alpha * x``) NumPy is as fast, and scipy's ``axpy``,
-run between NumPy's own BLAS calls on a 2-core machine, measured 3x slower per update in the
-training loop (two OpenBLAS thread pools in one process).
-
-Importing scipy.linalg takes ~0.13 s, paid once by a process whose arrays reach ``MIN_SIZE``;
-``sgdcli --help`` and small models never import it.
+The routines are NumPy's own BLAS: the scipy-openblas64 library NumPy's wheels ship, whose CBLAS
+symbols carry the ``scipy_`` prefix and ``64_`` suffix (64-bit integers), called through ctypes.
+Its thread pool is the one NumPy's matrix products use. scipy.linalg.blas runs in scipy's own
+OpenBLAS, a second pool: called between NumPy's products on a 2-core machine (whose pool's
+workers spin-wait after each product) its ``axpy`` measured 3x slower per update, its ``sgemm``
+3.6x slower than NumPy's, and NumPy-BLAS ``axpy`` next to scipy's ``ger`` made a batch-1
+momentum update 17x slower. With another NumPy build, ``ger`` takes scipy's (imported on first
+use, ~0.13 s; its f2py wrappers copy an argument not contiguous in the order they expect, so a
+C-contiguous (D, M) ``a`` is handed over as its transpose, the F-contiguous (M, D) matrix Fortran
+sees) and ``axpby``/``axpy`` return False for the caller's NumPy passes. ``sgdcli --help`` and
+small models load neither.
 """
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+
 import numpy as np
 
-MIN_SIZE = 1 << 15  # elements (128 KiB in float32): below this NumPy is as fast and scipy is not imported
+MIN_SIZE = 1 << 15  # elements (128 KiB in float32): below this NumPy is as fast
 
 _ROUTINES: dict[tuple[str, str], object] = {}
 
 
 def _routine(name: str, dtype: np.dtype):
-    """The scipy BLAS routine `name` ("ger") for float32 (s) or float64 (d)."""
+    """The scipy BLAS routine `name` ("ger") for float32 (s) or float64 (d): where NumPy has no BLAS of its own here."""
     key = (name, dtype.char)
     routine = _ROUTINES.get(key)
     if routine is None:
@@ -48,12 +56,82 @@ def writes_in_place(target: np.ndarray, *operands: np.ndarray) -> bool:
 def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     """Rank-1 update in place: a += alpha * outer(x, y). x (D,), y (M,), a (D, M).
 
-    BLAS ``sger``/``dger`` on aᵀ (a C-contiguous (D, M) array is the Fortran (M, D) matrix aᵀ, and
-    aᵀ += alpha y xᵀ is the same update), so the product is never built.
+    BLAS ``sger``/``dger``, so the product is never built: NumPy's own (row-major CBLAS) where it has
+    one (see ``axpby``: one thread pool for every BLAS call of an update), else scipy's on aᵀ (a
+    C-contiguous (D, M) array is the Fortran (M, D) matrix aᵀ, and aᵀ += alpha y xᵀ is the same update).
     """
     if a.shape != (len(x), len(y)):
         raise ValueError(f"ger: a has shape {a.shape}, expected {(len(x), len(y))} from x {x.shape} and y {y.shape}")
     if not writes_in_place(a, x, y):
         a += alpha * np.multiply.outer(x, y)
         return
+    library = _numpy_blas()
+    if library is not None:  # NumPy's own pool, the one its products and axpy/axpby use
+        routine = library.scipy_cblas_sger64_ if a.dtype == np.float32 else library.scipy_cblas_dger64_
+        routine(ROW_MAJOR, len(x), len(y), alpha, x.ctypes.data, 1, y.ctypes.data, 1, a.ctypes.data, len(y))
+        return
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
+
+
+_NUMPY_BLAS: list = []  # [library or None], looked up on first use
+ROW_MAJOR = 101  # CBLAS_ORDER CblasRowMajor
+
+
+def _numpy_blas():
+    """NumPy's own scipy-openblas64 library (ctypes), or None when NumPy was built with another BLAS."""
+    if not _NUMPY_BLAS:
+        library = None
+        blas_config = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {})
+        if blas_config.get("name") == "scipy-openblas" and "USE64BITINT" in str(blas_config.get("openblas configuration")):
+            folder = os.path.dirname(np.__file__)
+            found = sorted(glob.glob(os.path.join(folder, os.pardir, "numpy.libs", "libscipy_openblas64_*"))
+                           + glob.glob(os.path.join(folder, ".dylibs", "libscipy_openblas64_*")))
+            try:
+                library = ctypes.CDLL(found[0]) if found else None  # already loaded by NumPy: the same copy
+                size, pointer = ctypes.c_int64, ctypes.c_void_p
+                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger"):
+                    routine = getattr(library, f"scipy_cblas_{name}64_")
+                    real = ctypes.c_float if name[0] == "s" else ctypes.c_double
+                    routine.restype = None
+                    routine.argtypes = {
+                        "axpy": [size, real, pointer, size, pointer, size],
+                        "axpby": [size, real, pointer, size, real, pointer, size],
+                        "ger": [ctypes.c_int, size, size, real, pointer, size, pointer, size, pointer, size],
+                    }[name[1:]]
+            except (OSError, AttributeError, TypeError):
+                library = None
+        _NUMPY_BLAS.append(library)
+    return _NUMPY_BLAS[0]
+
+
+def _level1(y: np.ndarray, x: np.ndarray, *scalars: float):
+    """The library if y and x can be handed to it as they are, else None: of one float32/float64 dtype
+    and shape, C-contiguous and aligned, y writeable and not overlapping x, every scalar non-zero (BLAS
+    may skip reading an operand scaled by 0, where NumPy's 0 * inf is NaN), ``MIN_SIZE`` elements."""
+    if not (y.size >= MIN_SIZE and y.dtype in (np.float32, np.float64) and x.dtype == y.dtype and x.shape == y.shape
+            and y.flags.c_contiguous and x.flags.c_contiguous and y.flags.aligned and x.flags.aligned
+            and y.flags.writeable and all(scalars) and not np.may_share_memory(x, y)):
+        return None
+    return _numpy_blas()
+
+
+def axpby(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> bool:
+    """y = alpha * x + beta * y in place (one pass, NumPy's BLAS ``saxpby``/``daxpby``); False, with y
+    untouched, where that library or these arrays do not allow it (see the module doc)."""
+    library = _level1(y, x, alpha, beta)
+    if library is None:
+        return False
+    routine = library.scipy_cblas_saxpby64_ if y.dtype == np.float32 else library.scipy_cblas_daxpby64_
+    routine(y.size, alpha, x.ctypes.data, 1, beta, y.ctypes.data, 1)
+    return True
+
+
+def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> bool:
+    """y += alpha * x in place (one pass, NumPy's BLAS ``saxpy``/``daxpy``); False, with y untouched,
+    where that library or these arrays do not allow it."""
+    library = _level1(y, x, alpha)
+    if library is None:
+        return False
+    routine = library.scipy_cblas_saxpy64_ if y.dtype == np.float32 else library.scipy_cblas_daxpy64_
+    routine(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+    return True

@@ -100,23 +100,28 @@ def as_array(grad: Gradient) -> np.ndarray:
     return grad.materialize() if isinstance(grad, OuterProduct) else grad
 
 
-def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray) -> None:
-    """target += alpha * g in place: BLAS ``ger`` for an OuterProduct; for an array through
-    ``scratch`` (a work array shaped like target), no temporary."""
+def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
+    """target = decay * target + alpha * g in place: BLAS ``ger`` for an OuterProduct (after
+    ``target *= decay``); for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
+    through ``scratch`` (a work array shaped like target, which g itself may be), no temporary."""
     if isinstance(grad, OuterProduct):
+        if decay != 1.0:
+            target *= decay
         grad.add_to(target, alpha)
-    else:
+    elif not (blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):
+        if decay != 1.0:
+            target *= decay
         target += np.multiply(grad, alpha, out=scratch)
 
 
-def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray) -> None:
-    """target += alpha * g * g (elementwise) in place, using ``scratch`` (shaped like target).
+def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
+    """target = decay * target + alpha * g * g (elementwise) in place, using ``scratch`` (shaped like target).
 
     An OuterProduct's square is rank-1 too, (scale x)² ⊗ dz², so it is one ``ger`` and g is never built.
     """
     if isinstance(grad, OuterProduct):
+        if decay != 1.0:
+            target *= decay
         blas.ger(alpha * grad.scale * grad.scale, np.square(grad.x), np.square(grad.dz), target)
     else:
-        step = np.square(grad, out=scratch)
-        step *= alpha
-        target += step
+        add_scaled(target, alpha, np.square(grad, out=scratch), scratch, decay)
