@@ -10,7 +10,7 @@ from sgdcli.analysis.gradcheck import check_layer, check_model
 from sgdcli.engine import workers
 from sgdcli.engine.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from sgdcli.engine.conv import FEW_CHANNELS, Conv2d
-from sgdcli.engine.fusion import BatchNormMaxPool, ConvMaxPool, stages
+from sgdcli.engine.fusion import BatchNormMaxPool, ConvLinear, ConvMaxPool, ReLUBatchNorm, stages
 from sgdcli.engine.init import glorot_uniform, he_uniform
 from sgdcli.engine.layers import Dense, Flatten
 from sgdcli.engine.losses import CrossEntropy
@@ -157,8 +157,9 @@ def test_which_layers_a_model_fuses() -> None:
     plan = stages(layers)
     assert [index for index, _ in plan] == [0, 2, 3, 4, 5, 6, 7, 9]
     assert isinstance(plan[0][1], ConvMaxPool) and plan[0][1].params is layers[0].params
-    assert [stage for _, stage in plan[1:6]] == layers[2:7]  # sigmoid/tanh: float exp is not monotone to the bit
-    assert isinstance(plan[6][1], BatchNormMaxPool) and plan[6][1].buffers is layers[7].buffers
+    assert [stage for _, stage in plan[1:5]] == layers[2:6]  # sigmoid/tanh: float exp is not monotone to the bit
+    assert isinstance(plan[5][1], ConvLinear) and plan[5][1].params is layers[6].params  # its ReLU goes to batch norm
+    assert isinstance(plan[6][1], BatchNormMaxPool) and plan[6][1].buffers is layers[7].buffers and plan[6][1].relu
     assert plan[7][1] is layers[9]
 
 

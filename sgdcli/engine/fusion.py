@@ -1,5 +1,5 @@
 """Stages of a Sequential: each layer on its own, or conv2d -> max_pool2d or batch_norm -> max_pool2d
-fused into one stage.
+fused into one stage; a conv2d with ReLU before a batch_norm leaves its ReLU to batch norm's passes.
 
 A stage computes exactly what its layers compute in order (the same function and, up to where
 float32 rounding ties two values of a window, the same gradient); it only does less work. The
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import ReLU
 from .conv import Conv2d
 from .layers import Layer
 from .normalization import BatchNorm, channel_sums, rows_of, shaped_like
@@ -87,18 +88,19 @@ class BatchNormMaxPool(Layer):
     pooled values, so the gradients agree with the layers' up to the rounding of their order (and
     the argmax, up to values that rounding ties, as ``ConvMaxPool``). A scale <= 0 anywhere (a
     maximum becomes a minimum there) runs the two layers one after the other instead.
+    ``relu``: x is a ReLU's input, applied within batch norm's passes (``BatchNorm.forward``'s ``relu``).
     """
 
-    def __init__(self, norm: BatchNorm, pool: MaxPool2d) -> None:
+    def __init__(self, norm: BatchNorm, pool: MaxPool2d, *, relu: bool = False) -> None:
         super().__init__()
-        self.norm, self.pool = norm, pool
+        self.norm, self.pool, self.relu = norm, pool, relu
         self.params = norm.params
         self.buffers = norm.buffers
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
         norm, pool = self.norm, self.pool
-        centred, inv_std = norm.centre(x, training)
-        norm_cache = (x.shape, centred, inv_std, training)
+        centred, inv_std, active = norm.centre(x, training, relu=self.relu)
+        norm_cache = (x.shape, centred, inv_std, training, active)
         if not (norm.weight * inv_std > 0).all():
             pooled, pool_cache = pool.forward(shaped_like(norm.normalize(centred, inv_std, x.shape), x.shape))
             return pooled, (norm_cache, pool_cache, None)
@@ -111,7 +113,7 @@ class BatchNormMaxPool(Layer):
         if pooled_centred is None:  # the layers one after the other
             dy, _ = self.pool.backward(dout, pool_cache)
             return self.norm.backward(dy, norm_cache, need_dx=need_dx)
-        x_shape, _, inv_std, _ = norm_cache
+        x_shape, _, inv_std, _, _ = norm_cache
         dp = rows_of(dout)
         dbias, dweight = channel_sums(dout.shape, (dp, None), (dp, pooled_centred))
         dweight *= inv_std  # sum(dy * xhat): dy is zero off the argmax
@@ -123,7 +125,56 @@ class BatchNormMaxPool(Layer):
         return shaped_like(dx, x_shape), grads
 
     def __repr__(self) -> str:
-        return f"BatchNormMaxPool({self.norm!r}, {self.pool!r})"
+        return f"BatchNormMaxPool({self.norm!r}, {self.pool!r}{', relu=True' if self.relu else ''})"
+
+
+class ConvLinear(Layer):
+    """conv2d with ReLU before a batch_norm stage: the convolution only, z = cols @ W.T + bias.
+
+    Shapes: x (N, C, H, W) -> z (N, F, OH, OW) (channels-last memory, as ``Conv2d``). The batch norm
+    stage after it (``ReLUBatchNorm`` or ``BatchNormMaxPool(relu=True)``) takes z, applies the ReLU in
+    place within its own chunked passes (the mean's sums in training) and the ReLU's mask within its
+    input gradient's, so two full passes over the conv output (ReLU forward and backward) are saved.
+    The stages compute the same bits as the layers one after the other (the same operations on each
+    value). Backward: dz (the batch norm stage's dx) -> ``Conv2d.linear_backward``.
+    """
+
+    def __init__(self, conv: Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.params = conv.params
+
+    def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
+        z, cols, transposed, (oh, ow) = self.conv.linear(x)
+        return z.reshape(len(x), oh, ow, self.conv.filters).transpose(0, 3, 1, 2), (x.shape, cols, transposed)
+
+    def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
+        x_shape, cols, transposed = cache
+        n, f, oh, ow = dout.shape
+        dz = dout.transpose(0, 2, 3, 1).reshape(-1, f)  # a view: batch norm's dx is channels-last rows
+        return self.conv.linear_backward(dz, x_shape, cols, transposed, (oh, ow), need_dx=need_dx)
+
+    def __repr__(self) -> str:
+        return f"ConvLinear({self.conv!r})"
+
+
+class ReLUBatchNorm(Layer):
+    """batch_norm of max(x, 0), x a conv's z from ``ConvLinear``: ``BatchNorm.forward(x, relu=True)``."""
+
+    def __init__(self, norm: BatchNorm) -> None:
+        super().__init__()
+        self.norm = norm
+        self.params = norm.params
+        self.buffers = norm.buffers
+
+    def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):
+        return self.norm.forward(x, training, relu=True)
+
+    def backward(self, dout: np.ndarray, cache, *, need_dx: bool = True):
+        return self.norm.backward(dout, cache, need_dx=need_dx)
+
+    def __repr__(self) -> str:
+        return f"ReLUBatchNorm({self.norm!r})"
 
 
 def fusable(layer: Layer, following: Layer | None) -> bool:
@@ -136,11 +187,19 @@ def fusable(layer: Layer, following: Layer | None) -> bool:
 def stages(layers: list[Layer]) -> list[tuple[int, Layer]]:
     """The stages of ``layers`` in order, each as (index of its first layer, the stage): a layer itself,
     or a fused stage standing for layers index and index + 1. A stage's parameters and buffers are
-    those of its first layer."""
+    those of its first layer. A conv2d with ReLU before a batch_norm runs as ``ConvLinear`` and the
+    batch norm (with the max_pool2d after it, if any) takes its ReLU."""
     result, index = [], 0
     while index < len(layers):
         following = layers[index + 1] if index + 1 < len(layers) else None
-        if fusable(layers[index], following):
+        if isinstance(layers[index], Conv2d) and type(layers[index].activation) is ReLU \
+                and isinstance(following, BatchNorm):
+            pool = layers[index + 2] if index + 2 < len(layers) else None
+            norm = BatchNormMaxPool(following, pool, relu=True) if isinstance(pool, MaxPool2d) \
+                else ReLUBatchNorm(following)
+            result += [(index, ConvLinear(layers[index])), (index + 1, norm)]
+            index += 2 + isinstance(norm, BatchNormMaxPool)
+        elif fusable(layers[index], following):
             stage = ConvMaxPool if isinstance(layers[index], Conv2d) else BatchNormMaxPool
             result.append((index, stage(layers[index], following)))
             index += 2
