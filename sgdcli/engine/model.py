@@ -106,8 +106,9 @@ class Sequential:
     def forward(
         self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, list]:
-        """Return ``(out, caches)`` with one cache per stage (``fusion.stages``: a layer, or a conv or batch
-        norm and the max pool after it run as one), for ``backward``."""
+        """Return ``(out, caches)`` with one cache per stage (``fusion.stages``: a layer; a conv or batch
+        norm and the max pool after it run as one; a ReLU conv before batch norm as its product alone,
+        the ReLU then applied inside batch norm's passes), for ``backward``."""
         out = self._input(x)
         caches = []
         for _, stage in stages(self.layers):
