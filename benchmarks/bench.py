@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-import bench_common  # noqa: F401  first: it imports sgdcli before NumPy (OpenBLAS's thread spin, as `sgdcli train`)
+import bench_common  # noqa: F401
 import bench_batch1
 import bench_full
 import bench_memory

@@ -24,7 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import sgdcli  # noqa: E402,F401  first, as `sgdcli train`: it sets OpenBLAS's thread spin before NumPy loads it
 import numpy as np  # noqa: E402
 
 from bench_common import TorchRun, numpy_blas_threads  # noqa: E402

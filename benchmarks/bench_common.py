@@ -16,7 +16,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import sgdcli  # noqa: E402,F401  before NumPy, as in `sgdcli train`: it sets OpenBLAS's thread spin (sgdcli/__init__.py)
 import numpy as np  # noqa: E402
 
 from sgdcli.config.loading import load_config

@@ -9,10 +9,11 @@ bit-identical with or without the worker.
 
 OpenBLAS's own worker threads keep spinning for a while after each product, waiting for the next
 (2^28 CPU cycles by default, ~0.1 s, so always during training): they would take the core this
-worker needs. ``sgdcli/__init__.py`` therefore sets ``OPENBLAS_THREAD_TIMEOUT`` (a power of two of
-cycles, read once when OpenBLAS loads) to a shorter spin unless the user set it; on the CNN race a
-split ReLU right after a product took 1.1 ms at the default and 0.65 ms at 2^18 cycles (alone,
-1.0 ms on one thread and 0.57 on two), and products in a tight loop were no slower.
+worker needs. ``OPENBLAS_THREAD_TIMEOUT=18`` in the environment (a power of two of cycles, read once
+when OpenBLAS loads) shortens that spin: on the CNN race a split ReLU right after a product took
+1.1 ms at the default and 0.65 ms at 2^18 cycles (alone, 1.0 ms on one thread and 0.57 on two).
+sgdcli does not set it: the short spin made dense networks slower (OpenBLAS's threads fall asleep
+between the small products of batch 1 and batch 128 and must be woken; README Performance).
 
 One thread, not more: the target machines have two cores. None when the process may run on one
 core only, or when ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is 1 (as for one BLAS thread per
