@@ -68,6 +68,7 @@ class Sequential:
         dtypes = {array.dtype for array in self.state_dict().values()}
         if len(dtypes) > 1:
             raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        self.stages = stages(self.layers)  # what forward and backward run (fusion.stages); layers are fixed
 
     @property
     def dtype(self) -> np.dtype:
@@ -111,7 +112,7 @@ class Sequential:
         the ReLU then applied inside batch norm's passes), for ``backward``."""
         out = self._input(x)
         caches = []
-        for _, stage in stages(self.layers):
+        for _, stage in self.stages:
             out, cache = stage.forward(out, training=training, rng=rng)
             caches.append(cache)
         return out, caches
@@ -123,7 +124,7 @@ class Sequential:
         ``factored``: a gradient may come as its factors (a dense weight's from one sample as a
         ``gradients.OuterProduct``, which the optimizers apply without building it); else all are arrays.
         """
-        plan = stages(self.layers)
+        plan = self.stages
         if len(caches) != len(plan):
             raise ValueError(f"expected {len(plan)} caches (one per stage), got {len(caches)}")
         first = next((number for number, (_, stage) in enumerate(plan) if stage.params), len(plan))
@@ -174,7 +175,7 @@ class Sequential:
                          f"(N, {int(np.prod(shape))}), got shape {x.shape}")
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        for _, stage in stages(self.layers):
+        for _, stage in self.stages:
             x, _ = stage.forward(x, training=False)
         return x
 
