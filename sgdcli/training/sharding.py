@@ -42,6 +42,7 @@ class FlatLayout:
 
     def __init__(self, params: dict[str, np.ndarray], size: int) -> None:
         self.size, self.shapes, self.starts = size, {k: p.shape for k, p in params.items()}, {}
+        self.sizes = {k: int(p.size) for k, p in params.items()}  # values per parameter
         offset = 0
         for key, param in params.items():
             self.starts[key] = offset
@@ -54,7 +55,7 @@ class FlatLayout:
         first, last = rank * self.width, (rank + 1) * self.width
         pieces = []
         for key, start in self.starts.items():
-            lo, hi = max(start, first), min(start + int(np.prod(self.shapes[key], dtype=np.int64)), last)
+            lo, hi = max(start, first), min(start + self.sizes[key], last)
             if lo < hi:
                 pieces.append(Piece(key, rank, lo, hi, start))
         return pieces
@@ -64,7 +65,7 @@ class FlatLayout:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Every parameter as a view of the flat vector `flat` (size * width values), shaped as the parameter."""
-        return {key: flat[start : start + int(np.prod(self.shapes[key], dtype=np.int64))].reshape(self.shapes[key])
+        return {key: flat[start : start + self.sizes[key]].reshape(self.shapes[key])
                 for key, start in self.starts.items()}
 
 
@@ -133,7 +134,7 @@ class ShardedOptimizer:
             allgather(self._gathered.reshape(layout.size, -1))
             flats = [np.ascontiguousarray(self._gathered[:, k, :]).reshape(-1) for k in range(count)]
             for key, start in layout.starts.items():
-                size = int(np.prod(layout.shapes[key], dtype=np.int64))
+                size = layout.sizes[key]
                 for name, flat in zip(self.names, flats):
                     whole[f"{name}/{key}"] = flat[start : start + size].reshape(layout.shapes[key]).copy()
         whole["iterations"] = np.array(iterations, np.int64)
