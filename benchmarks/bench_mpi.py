@@ -73,6 +73,15 @@ class TimedComm:
     def broadcast(self, data):
         return self.comm.broadcast(data)
 
+    def shared(self, shape, dtype):
+        return self.comm.shared(shape, dtype)
+
+    def fence(self) -> None:
+        self.comm.fence()
+
+    def barrier(self) -> None:
+        self._timed(self.comm.barrier)
+
 
 def worker(args) -> None:
     """One process of a measurement: `--updates` updates (or `--epochs` epochs) after one warm-up update."""
@@ -85,6 +94,8 @@ def worker(args) -> None:
     timed, summed = None, [0.0]
     if parallel.launched_size() > 1:
         timed = TimedComm(parallel.MpiCommunicator())
+        if args.messages:  # as on several machines: no shared memory, the gradient slices sent by alltoall
+            timed.shared = lambda shape, dtype: None
         data_parallel = parallel.DataParallel(timed)
         data_parallel.attach(config, problem)
         plain_sum = parallel.ordered_sum
@@ -144,6 +155,9 @@ def profile_worker(args) -> None:
     if parallel.launched_size() > 1:
         data_parallel = parallel.DataParallel(parallel.MpiCommunicator())
         data_parallel.attach(config, problem)
+        if args.messages:  # as on several machines
+            data_parallel.comm.shared = lambda shape, dtype: None
+        data_parallel._share_memory()  # as the first update does
     model, loss, params = problem.model, problem.loss, problem.model.parameters()
     phases: dict[str, float] = {}
 
@@ -163,7 +177,8 @@ def profile_worker(args) -> None:
         xb, yb = timed("batch gather", lambda: (problem.x[rows], problem.y[rows]))
         outputs, caches = timed("forward", model.forward, xb, True, rngs.dropout)
         value, dout = timed("loss", loss.value_and_grad, outputs, yb)
-        grads = timed("backward", model.backward, dout * ((hi - lo) / size), caches)
+        into = None if data_parallel is None else data_parallel.into if data_parallel.rows is not None else None
+        grads = timed("backward", lambda: model.backward(dout * ((hi - lo) / size), caches, into=into))
         if data_parallel is None:
             timed("divergence check", nonfinite, grads)
             timed("optimizer step", problem.optimizer.step, params, grads, 0.001)
@@ -173,8 +188,11 @@ def profile_worker(args) -> None:
         def pack():
             for key, destination, part in dp._copies:
                 np.copyto(destination, grads[key].reshape(-1)[part])
-        timed("pack", pack)
-        timed("alltoall" if dp.sharded else "allgather", dp._exchange, dp.send, dp.received)
+        if dp.rows is None:
+            timed("pack", pack)
+            timed("alltoall" if dp.sharded else "allgather", dp._exchange, dp.send, dp.received)
+        else:  # the gradients were computed into shared memory: only the loss sums travel
+            timed("loss allgather", dp._send_update)
         if dp.sharded:
             timed("ordered sum", dp._add, grads)
         else:
@@ -185,17 +203,23 @@ def profile_worker(args) -> None:
             timed("weights allgather", dp.comm.allgather_slices, dp.weights.reshape(dp.size, -1))
         else:
             timed("optimizer step", problem.optimizer.step, params, dp.grads, 0.001)
-    if data_parallel is None or data_parallel.rank == 0:
+    if True:  # every rank: a slower one shows as the others' wait in the collectives
         total = sum(phases.values())
-        print(f"P={1 if data_parallel is None else data_parallel.size}: {total / updates * 1e3:.2f} ms an update: "
+        rank = "" if data_parallel is None else f" rank {data_parallel.rank}"
+        print(f"P={1 if data_parallel is None else data_parallel.size}{rank}: {total / updates * 1e3:.2f} ms an update: "
               + ", ".join(f"{name} {seconds / updates * 1e3:.2f}" for name, seconds in phases.items()), flush=True)
 
 
-def launch(case: str, processes: int, updates: int, dropout: bool, weights: Path | None = None) -> dict:
+def mpiexec(processes: int, bind_to: str) -> list[str]:
+    return [str(MPIEXEC), *(["-bind-to", bind_to] if bind_to != "none" else []), "-n", str(processes)]
+
+
+def launch(case: str, processes: int, updates: int, dropout: bool, weights: Path | None = None,
+           messages: bool = False, bind_to: str = "none") -> dict:
     command = [sys.executable, __file__, "--worker", "--case", case, "--updates", str(updates)]
-    command += ["--dropout"] * dropout + (["--weights", str(weights)] if weights else [])
+    command += ["--dropout"] * dropout + (["--weights", str(weights)] if weights else []) + ["--messages"] * messages
     if processes > 1:
-        command = [str(MPIEXEC), "-n", str(processes), *command]
+        command = [*mpiexec(processes, bind_to), *command]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}, **THREADS}
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -231,13 +255,18 @@ def main() -> None:
     parser.add_argument("--dropout", action="store_true", help="with dropout 0.2 after the hidden layer")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="time each phase of an update of --case instead")
+    parser.add_argument("--messages", action="store_true",
+                        help="also time P = 2 sending the gradient slices as messages (as across machines)")
+    parser.add_argument("--bind-to", default="core", choices=["core", "none"],
+                        help="mpiexec's -bind-to (core: each process stays on its own core)")
     args = parser.parse_args()
     if args.worker:
         return profile_worker(args) if args.profile else worker(args)
     if args.profile:  # where the time of a minibatch update goes, P = 1 and P = 2
         for processes in (1, 2):
             command = [sys.executable, __file__, "--worker", "--profile", "--case", args.case]
-            command = [str(MPIEXEC), "-n", "2", *command] if processes > 1 else command
+            command += ["--messages"] * args.messages
+            command = [*mpiexec(2, args.bind_to), *command] if processes > 1 else command
             env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}, **THREADS}
             print(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip())
         return None
@@ -249,28 +278,31 @@ def main() -> None:
         if difference > 1e-9:
             raise SystemExit("P = 1 and P = 2 do not compute the same updates: not timing them")
         updates = 106 if case.startswith("minibatch") else 5  # one epoch of 54,000 / 512; five full-batch updates
-        times: dict[int, list[float]] = {1: [], 2: []}
-        combine, step = [], {1: [], 2: []}
+        variants = {"P=1": (1, False), "P=2": (2, False), **({"P=2 messages": (2, True)} if args.messages else {})}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        combine: dict[str, list[float]] = {name: [] for name in variants}
+        step: dict[str, list[float]] = {name: [] for name in variants}
         for r in range(args.rounds):
-            for p in ((1, 2) if r % 2 == 0 else (2, 1)):
-                result = launch(case, p, updates, args.dropout)
-                times[p].append(result["seconds"] / updates)
-                step[p].append(result["step"] / updates)
-                if p == 2:
-                    combine.append((result["gather"] + result["sum"]) / updates)
+            for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):  # interleaved, order alternating
+                processes, messages = variants[name]
+                result = launch(case, processes, updates, args.dropout, messages=messages, bind_to=args.bind_to)
+                times[name].append(result["seconds"] / updates)
+                step[name].append(result["step"] / updates)
+                combine[name].append((result["gather"] + result["sum"]) / updates)
         rows.append((case, times, combine, step))
-    print("| case | per update, P=1 (1 thread) | P=2 (1 thread each) | speed-up, median (min–max) | speed-up, "
-          "best rounds | collectives and ordered sum, P=2 | optimizer step P=1 / P=2 |")
+    print(f"mpiexec -bind-to {args.bind_to}; {args.rounds} rounds")
+    print("| case | processes | per update | speed-up over P=1, median (min–max) | speed-up, best rounds | "
+          "collectives and ordered sum | optimizer step |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for case, times, combine, step in rows:
-        one, two = statistics.median(times[1]), statistics.median(times[2])
-        ratios = [a / b for a, b in zip(times[1], times[2])]
-        print(f"| {case}{' + dropout' * args.dropout} | {one * 1e3:.1f} ms | {two * 1e3:.1f} ms | "
-              f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | "
-              f"{min(times[1]) / min(times[2]):.2f}× | {statistics.median(combine) * 1e3:.2f} ms "
-              f"({statistics.median(combine) / two:.0%}) | {statistics.median(step[1]) * 1e3:.2f} / "
-              f"{statistics.median(step[2]) * 1e3:.2f} ms |")
-
+        one = times["P=1"]
+        for name, seconds in times.items():
+            ratios = [a / b for a, b in zip(one, seconds)]
+            middle = statistics.median(seconds)
+            print(f"| {case}{' + dropout' * args.dropout} | {name} | {middle * 1e3:.2f} ms | "
+                  f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | "
+                  f"{min(one) / min(seconds):.2f}× | {statistics.median(combine[name]) * 1e3:.2f} ms "
+                  f"({statistics.median(combine[name]) / middle:.0%}) | {statistics.median(step[name]) * 1e3:.2f} ms |")
 
 if __name__ == "__main__":
     main()

@@ -139,6 +139,36 @@ def test_backward_keys_and_shapes_equal_the_parameters() -> None:
     assert all(grads[key].shape == value.shape for key, value in model.parameters().items())
 
 
+@pytest.mark.parametrize("kind", ["mlp", "mlp, one sample", "cnn with batch norm"])
+def test_backward_into_buffers_gives_backwards_bits_in_those_buffers(kind) -> None:
+    # data-parallel training computes gradients straight into memory the processes share: dense layers
+    # write their products there, other layers (conv, fused stages) are copied; the same bits either way
+    from sgdcli.engine.conv import Conv2d
+    from sgdcli.engine.layers import Flatten
+    from sgdcli.engine.normalization import BatchNorm
+    from sgdcli.engine.pooling import MaxPool2d
+
+    rng = np.random.default_rng(4)
+    if kind == "cnn with batch norm":
+        model = Sequential([Conv2d.create(1, 3, (3, 3), ReLU(), he_normal, rng, np.float32), BatchNorm.create(3, np.float32),
+                            MaxPool2d((2, 2)), Flatten(), Dense.create(3 * 3 * 3, 4, ReLU(), he_normal, rng, np.float32),
+                            Dense.create(4, 3, Identity(), glorot_uniform, rng, np.float32)], input_shape=(1, 8, 8))
+        x = rng.normal(size=(5, 1, 8, 8)).astype(np.float32)
+    else:
+        model, x = make_model(np.float32), rng.normal(size=(1 if "one" in kind else 6, 4)).astype(np.float32)
+    out, caches = model.forward(x, training=True, rng=np.random.default_rng(5))
+    _, dout = CrossEntropy().value_and_grad(out, rng.integers(0, 3, size=len(x)))
+    expected = model.backward(dout, caches)
+    flat = np.full(model.num_parameters(), np.nan, np.float32)
+    into, at = {}, 0
+    for key, value in model.parameters().items():
+        into[key], at = flat[at : at + value.size].reshape(value.shape), at + value.size
+    grads = model.backward(dout, caches, into=into)
+    assert all(grads[key] is into[key] for key in into)
+    assert all(np.array_equal(into[key], value) for key, value in expected.items())
+    assert not np.isnan(flat).any()  # every value written
+
+
 def test_backward_skips_dx_of_the_first_parameter_layer() -> None:
     calls = []
 

@@ -186,3 +186,28 @@ def test_an_error_only_another_process_sees_reaches_the_user_and_no_run_is_left(
     assert result.stderr.count("MPI process 1 stopped with an error (exit status 3") == 1
     assert "could not start" in result.stderr and "Traceback" not in result.stderr
     assert not any((tmp_path / "runs").iterdir())
+
+
+SHARED_CHECK = """
+import numpy as np
+from sgdcli.training.communicator import MpiCommunicator
+comm = MpiCommunicator()
+rows = comm.shared((comm.size, 4), np.float32)
+assert rows is not None and not rows.any()  # one machine: granted, zero-filled
+comm.barrier()
+for update in range(50):  # each rank writes its row, then reads every other rank's
+    rows[comm.rank] = update * 10 + comm.rank
+    comm.fence(); comm.barrier(); comm.fence()
+    assert (rows == update * 10 + np.arange(comm.size)[:, None]).all(), rows
+    comm.fence(); comm.barrier(); comm.fence()
+if comm.rank == 0:  # every rank checked the rows (a failed check exits non-zero); one prints them
+    print("saw", rows[:, 0].tolist())
+"""
+
+
+def test_processes_on_one_machine_share_the_memory_mpi_gives_them():
+    # what the sharded update relies on to skip sending gradients (tests/test_sharding.py: the maths)
+    done = subprocess.run([str(MPIEXEC), "-n", "3", sys.executable, "-c", SHARED_CHECK], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=environment())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["saw", "[490.0,", "491.0,", "492.0]"]

@@ -11,18 +11,20 @@ import pytest
 from conftest import REPO, tiny_config
 from sgdcli.config.loading import load_config
 from sgdcli.errors import ConfigError
-from sgdcli.training import parallel
+from sgdcli.training import communicator, parallel
 from sgdcli.training.loop import Interrupted, Position, train_epochs
 from sgdcli.training.parallel import DataParallel, PeerFailed, QuietExit, ordered_sum, shard
 from sgdcli.training.session import _build
 
 
 class Hub:
-    """What the ranks of one fake world share: a barrier and one slot per rank."""
+    """What the ranks of one fake world share: a barrier and one slot per rank; `shares_memory`: whether
+    `shared` grants memory (ranks on one machine) or not (ranks on several)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, shares_memory: bool = True) -> None:
         self.size, self.barrier, self.slots = size, threading.Barrier(size, timeout=20), [None] * size
         self.calls: dict[str, int] = {}
+        self.shares_memory, self.memory = shares_memory, None
 
 
 class FakeComm:
@@ -57,10 +59,28 @@ class FakeComm:
     def broadcast(self, data: bytes | None) -> bytes:
         raise AssertionError("not used by the loop")
 
+    def shared(self, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+        self._exchange("shared", np.array(shape))  # a collective: every rank asks for the same shape
+        if not self.hub.shares_memory:
+            return None
+        if self.rank == 0:
+            self.hub.memory = np.zeros(shape, dtype)
+        self.hub.barrier.wait()
+        memory = self.hub.memory
+        self.hub.barrier.wait()
+        return memory
 
-def run_ranks(size: int, work) -> list:
-    """work(rank, comm) on `size` threads; their results (or the exceptions they raised) in rank order."""
-    hub = Hub(size)
+    def fence(self) -> None:
+        """Threads see each other's writes after any barrier."""
+
+    def barrier(self) -> None:
+        self._exchange("barrier", np.zeros(0))
+
+
+def run_ranks(size: int, work, shares_memory: bool = True) -> list:
+    """work(rank, comm) on `size` threads; their results (or the exceptions they raised) in rank order.
+    `shares_memory`: the ranks are on one machine (the sharded update's gradients in shared memory)."""
+    hub = Hub(size, shares_memory)
     results: list = [None] * size
 
     def target(rank: int) -> None:
@@ -157,14 +177,17 @@ def test_an_empty_shard_of_a_conv_network_keeps_every_rank_in_step():
             np.testing.assert_allclose(params[name], value, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("changes,expected", [
-    # sharded: the gradient slices, the slices' norms (divergence check), the updated weight slices;
-    # after each epoch's last update the optimizer state too (3 epochs)
-    ({}, {"alltoall": 21, "allgather": 21, "allgather_slices": 21 + 3}),
+@pytest.mark.parametrize("changes,shares_memory,expected", [
+    # sharded on one machine: the gradients in shared memory (asked for once), an allgather of the loss
+    # sums, one of the slices' norms (divergence check), the updated weight slices; after each epoch's
+    # last update the optimizer state too (3 epochs)
+    ({}, True, {"shared": 1, "allgather": 2 * 21, "allgather_slices": 21 + 3}),
+    # sharded across machines: the gradient slices (and loss sums) by alltoall instead
+    ({}, False, {"shared": 1, "alltoall": 21, "allgather": 21, "allgather_slices": 21 + 3}),
     # clipping needs the whole gradient everywhere: one allgather of every gradient, nothing else
-    ({"optimizer": {"type": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}}, {"allgather": 21}),
-], ids=["sharded", "replicated"])
-def test_collectives_per_update(changes, expected):
+    ({"optimizer": {"type": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}}, True, {"allgather": 21}),
+], ids=["sharded, shared memory", "sharded, messages", "replicated"])
+def test_collectives_per_update(changes, shares_memory, expected):
     hub_calls = []
 
     def work(rank, comm):
@@ -172,7 +195,7 @@ def test_collectives_per_update(changes, expected):
         hub_calls.append(comm.hub.calls)
         return result
 
-    (_, position), _ = run_ranks(2, work)
+    (_, position), _ = run_ranks(2, work, shares_memory)
     assert position.updates == 3 * 7  # 97 rows in batches of 16: 7 updates an epoch
     assert hub_calls[0] == expected
 
@@ -227,7 +250,7 @@ def test_what_cannot_be_split_is_refused_naming_the_key(changes, key):
 
 
 def test_launch_is_detected_from_the_environment_only(monkeypatch):
-    for name in parallel.SIZE_VARIABLES + parallel.RANK_VARIABLES:
+    for name in communicator.SIZE_VARIABLES + communicator.RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert (parallel.launched_size(), parallel.launched_rank()) == (1, 0)
     monkeypatch.setenv("PMI_SIZE", "3")

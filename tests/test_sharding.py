@@ -82,7 +82,10 @@ def test_sharded_ranks_end_with_one_process_weights_and_optimizer_state(size, op
     sharded = run_ranks(size, lambda rank, comm: run(experiment, comm))
     replicated = run_ranks(size, lambda rank, comm: run(experiment, comm, shard_update=False))
     again = run_ranks(size, lambda rank, comm: run(experiment, comm))
+    messages = run_ranks(size, lambda rank, comm: run(experiment, comm), shares_memory=False)  # across machines
     assert all(isinstance(state["problem"].optimizer, ShardedOptimizer) for state in sharded)
+    assert all(state["problem"].parallel.rows is not None for state in sharded)
+    assert all(state["problem"].parallel.rows is None for state in messages)
     assert alone["optimizer"]["iterations"] == 3 * 7
     for state in sharded:
         assert state["position"] == alone["position"] | {"loss_sum": state["position"]["loss_sum"]}
@@ -91,6 +94,8 @@ def test_sharded_ranks_end_with_one_process_weights_and_optimizer_state(size, op
         assert_identical(state, sharded[0])
         assert_identical(state, other)  # sharded = replicated, bit for bit
         assert_identical(state, repeat)  # and every run the same
+    for state in messages:  # gradients sent as messages = gradients read from shared memory
+        assert_identical(state, sharded[0])
 
 
 @pytest.mark.parametrize("track,sharded", [(["weight_norm", "update_ratio"], True), (["grad_norm"], False)])
@@ -123,16 +128,17 @@ def test_each_rank_keeps_the_optimizer_state_of_its_slice_only():
     assert all(np.shares_memory(array, flat) for array in weights.values())  # the allgather writes them in place
 
 
-def test_a_mid_epoch_checkpoint_holds_the_whole_state_and_resuming_is_bit_identical():
+@pytest.mark.parametrize("shares_memory", [True, False], ids=["shared memory", "messages"])
+def test_a_mid_epoch_checkpoint_holds_the_whole_state_and_resuming_is_bit_identical(shares_memory):
     experiment = config(optimizer=OPTIMIZERS["rmsprop-momentum"])
     straight = run_ranks(3, lambda rank, comm: run(experiment, comm))
     # a rank's stop request travels with the next update: asked after update 9, all stop after update 10
-    stopped = run_ranks(3, lambda rank, comm: run(experiment, comm, stop_after=9))  # epoch 2, update 3 of 7
+    stopped = run_ranks(3, lambda rank, comm: run(experiment, comm, stop_after=9), shares_memory)  # epoch 2, 3 of 7
     alone = run(experiment, stop_after=10)
     assert stopped[0]["position"]["updates"] == 10 and stopped[0]["position"]["batch"] == 3
     assert_close(stopped[0], alone)  # the whole state, shaped as the parameters
     checkpoint = stopped[0]  # what rank 0 writes; every rank resumes from it
-    resumed = run_ranks(3, lambda rank, comm: run(experiment, comm, start=checkpoint))
+    resumed = run_ranks(3, lambda rank, comm: run(experiment, comm, start=checkpoint), shares_memory)
     for state in resumed:
         assert_identical(state, straight[0])
 
@@ -209,15 +215,15 @@ def _fail_during(phase_method: str):
         data_parallel = DataParallel(comm)
         data_parallel.attach(experiment, problem)
         if rank == 1:
-            target = data_parallel if phase_method == "nonfinite" else data_parallel.optimizer.optimizer
-            name = "nonfinite" if phase_method == "nonfinite" else "step"
+            target, name = {"backward": (problem.model, "backward"), "nonfinite": (data_parallel, "nonfinite"),
+                            "step": (data_parallel.optimizer.optimizer, "step")}[phase_method]
             plain, calls = getattr(target, name), [0]
 
-            def broken(*args):
+            def broken(*args, **kwargs):
                 calls[0] += 1
                 if calls[0] == 4:
                     raise MemoryError("simulated")
-                return plain(*args)
+                return plain(*args, **kwargs)
             setattr(target, name, broken)
         try:
             for _ in train_epochs(problem, Position(), 3, rngs.shuffle, rngs.dropout):
@@ -232,18 +238,21 @@ def _fail_during(phase_method: str):
     return work
 
 
-@pytest.mark.parametrize("phase_method", ["nonfinite", "step"])
-def test_a_rank_failing_mid_update_stops_the_others_instead_of_leaving_them_waiting(phase_method):
-    rank_0, rank_1 = run_ranks(2, _fail_during(phase_method))
+@pytest.mark.parametrize("shares_memory", [True, False], ids=["shared memory", "messages"])
+@pytest.mark.parametrize("phase_method", ["backward", "nonfinite", "step"])
+def test_a_rank_failing_mid_update_stops_the_others_instead_of_leaving_them_waiting(phase_method, shares_memory):
+    rank_0, rank_1 = run_ranks(2, _fail_during(phase_method), shares_memory)
     assert isinstance(rank_1, MemoryError)
     assert isinstance(rank_0, PeerFailed) and rank_0.exit_code == 1 and "MPI process 1" in rank_0.message
 
 
-def test_a_float32_sharded_update_keeps_every_buffer_and_state_float32():
+@pytest.mark.parametrize("shares_memory", [True, False], ids=["shared memory", "messages"])
+def test_a_float32_sharded_update_keeps_every_buffer_and_state_float32(shares_memory):
     experiment = config(model__dtype="float32", optimizer=OPTIMIZERS["adam-l2"])
-    for state in run_ranks(3, lambda rank, comm: run(experiment, comm)):
+    for state in run_ranks(3, lambda rank, comm: run(experiment, comm), shares_memory):
         data_parallel, optimizer = state["problem"].parallel, state["problem"].optimizer
-        arrays = {"send": data_parallel.send, "received": data_parallel.received, "total": data_parallel.total,
+        shared = {"gradient rows": data_parallel.rows} if shares_memory else {}
+        arrays = {"send": data_parallel.send, "received": data_parallel.received, "total": data_parallel.total, **shared,
                   "norms": data_parallel.all_norms, "weights": data_parallel.weights,
                   **{f"own state {k}": v for k, v in optimizer.optimizer.state_dict().items() if k != "iterations"},
                   **{f"whole state {k}": v for k, v in state["optimizer"].items() if k != "iterations"}}

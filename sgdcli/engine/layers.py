@@ -59,6 +59,17 @@ class Layer:
         layer can give them; the default gives the arrays of ``backward``."""
         return self.backward(dout, cache, need_dx=need_dx)
 
+    def backward_into(
+        self, dout: np.ndarray, cache: object, into: dict[str, np.ndarray], *, need_dx: bool = True
+    ) -> np.ndarray | None:
+        """``backward``, with each gradient written into ``into[name]`` (an array shaped and typed as the
+        parameter, e.g. a view of a buffer that is sent to other processes as it is); returns ``dx``.
+        The default copies ``backward``'s arrays; a layer may write its products there directly."""
+        dx, grads = self.backward(dout, cache, need_dx=need_dx)
+        for name, grad in grads.items():
+            np.copyto(into[name], grad)
+        return dx
+
 
 class Dense(Layer):
     """Fully connected layer with a fused activation: ``y = activation(x @ weight + bias)``.
@@ -127,6 +138,18 @@ class Dense(Layer):
         grads = {"weight": dweight, "bias": dz.sum(axis=0)}
         dx = dz @ self.weight.T if need_dx else None
         return dx, grads
+
+    def backward_into(
+        self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], into: dict[str, np.ndarray],
+        *, need_dx: bool = True
+    ) -> np.ndarray | None:
+        """``backward``, its products written straight into ``into["weight"]`` (D, M), ``into["bias"]`` (M,):
+        the same operations, so the same bits."""
+        x, z, out = cache
+        dz = self.activation.backward(dout, z, out)
+        (np.multiply if len(x) == 1 else np.matmul)(x.T, dz, out=into["weight"])
+        np.sum(dz, axis=0, out=into["bias"])
+        return dz @ self.weight.T if need_dx else None
 
     def backward_factored(
         self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], *, need_dx: bool = True

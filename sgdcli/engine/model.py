@@ -117,12 +117,15 @@ class Sequential:
             caches.append(cache)
         return out, caches
 
-    def backward(self, dout: np.ndarray, caches: list, *, factored: bool = False) -> dict[str, Gradient]:
+    def backward(self, dout: np.ndarray, caches: list, *, factored: bool = False,
+                 into: dict[str, np.ndarray] | None = None) -> dict[str, Gradient]:
         """Gradients keyed like ``parameters()``, given dL/dout and the caches of one ``forward``.
 
         Stages below the first one with parameters are not visited, and that one computes no dx.
         ``factored``: a gradient may come as its factors (a dense weight's from one sample as a
         ``gradients.OuterProduct``, which the optimizers apply without building it); else all are arrays.
+        ``into``: arrays keyed like ``parameters()`` (shaped and typed as them) that receive the
+        gradients (``Layer.backward_into``) and are returned; not with ``factored``.
         """
         plan = self.stages
         if len(caches) != len(plan):
@@ -131,6 +134,10 @@ class Sequential:
         per_layer: dict[int, dict[str, Gradient]] = {}
         for number in range(len(plan) - 1, first - 1, -1):
             index, stage = plan[number]  # a stage's parameters are its first layer's
+            if into is not None:
+                per_layer[index] = {name: into[f"{index}.{name}"] for name in stage.params}
+                dout = stage.backward_into(dout, caches[number], per_layer[index], need_dx=number > first)
+                continue
             backward = stage.backward_factored if factored else stage.backward
             dout, per_layer[index] = backward(dout, caches[number], need_dx=number > first)
         return {

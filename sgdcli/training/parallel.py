@@ -1,108 +1,34 @@
 """Data-parallel synchronous SGD: each global batch cut into contiguous shards, one per process,
 their summed gradients combined in a fixed rank order, every process ending the update with the
 same weights. By default the update itself is sharded too (ZeRO stage 1, `sharding`): each process
-receives only its slice of every process's gradient (one alltoall), adds them in rank order, agrees
-with the others on the divergence check (a small allgather), steps that slice of the weights and
-optimizer state, and the updated slices are gathered into every process's weights (one allgather).
-The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
+adds up only its slice of every process's gradient, in rank order, agrees with the others on the
+divergence check (a small allgather), steps that slice of the weights and optimizer state, and the
+updated slices are gathered into every process's weights (one allgather). The slices of the gradient
+reach their process by one alltoall, or, when all processes run on one machine, not at all: each
+process's gradient is computed into memory every process shares (`communicator`), and each reads
+its slice of the others' there. The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import numpy as np
 
 from sgdcli.config.image_layers import BatchNormConfig
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
-from sgdcli.errors import ConfigError, SgdcliError, UsageError
+from sgdcli.errors import ConfigError, SgdcliError
+from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommunicator: this module's API too
+    Communicator,
+    MpiCommunicator,
+    QuietExit,
+    launched_rank,
+    launched_size,
+)
 from sgdcli.training.loop import Problem, nonfinite
 from sgdcli.training.sharding import FlatLayout, ShardedOptimizer, flatten_parameters
 
-# What MPI launchers tell the processes they start: MPICH's hydra and Intel MPI (PMI_SIZE, also
-# set by srun --mpi=pmi2), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-INSTALL_HINT = "pip install 'sgdcli[mpi]'"
 STOP = 1.0  # the control slot of an update: 0 go on, 1 a process was asked to stop, -code a process failed
-
-
-def _launched(variables: tuple[str, ...], default: int) -> int:
-    for name in variables:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return default
-
-
-def launched_size() -> int:
-    """The number of processes an MPI launcher started (1 when not launched by one); reads only the environment."""
-    return _launched(SIZE_VARIABLES, 1)
-
-
-def launched_rank() -> int:
-    return _launched(RANK_VARIABLES, 0)
-
-
-class Communicator(Protocol):
-    """The collectives data-parallel training needs, rooted at or gathered from every rank; arrays
-    have the same dtype and shape on every rank."""
-
-    rank: int
-    size: int
-
-    def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
-        """out[r] = rank r's `send`, for every r; `send` (K,), `out` (size, K)."""
-
-    def allgather_slices(self, buffer: np.ndarray) -> None:
-        """In place: buffer[r] = rank r's buffer[r], for every r; `buffer` (size, K)."""
-
-    def alltoall(self, send: np.ndarray, out: np.ndarray) -> None:
-        """out[r] = rank r's send[this rank], for every other rank r (this rank's own row is not sent:
-        out[this rank] is left as it is); `send`, `out` (size, K)."""
-
-    def broadcast(self, data: bytes | None) -> bytes:
-        """Rank 0's `data` on every rank (the others pass None)."""
-
-
-class MpiCommunicator:
-    """MPI_COMM_WORLD through mpi4py's buffer interface (NumPy arrays, no pickling)."""
-
-    def __init__(self) -> None:
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            raise QuietExit(2) if launched_rank() else UsageError(
-                f"mpiexec started {launched_size()} processes but mpi4py is not installed; "
-                f"data-parallel training needs it: {INSTALL_HINT}") from None
-        self._comm, self._in_place = MPI.COMM_WORLD, MPI.IN_PLACE
-        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
-
-    def allgather(self, send: np.ndarray, out: np.ndarray) -> None:
-        self._comm.Allgather(send, out)
-
-    def allgather_slices(self, buffer: np.ndarray) -> None:
-        self._comm.Allgather(self._in_place, buffer)
-
-    def alltoall(self, send: np.ndarray, out: np.ndarray) -> None:
-        width = send.shape[1]
-        counts = [0 if rank == self.rank else width for rank in range(self.size)]  # no copy to itself
-        displacements = [rank * width for rank in range(self.size)]
-        self._comm.Alltoallv([send, (counts, displacements)], [out, (counts, displacements)])
-
-    def broadcast(self, data: bytes | None) -> bytes:
-        length = np.array([0 if data is None else len(data)], np.int64)
-        self._comm.Bcast(length, root=0)
-        buffer = np.frombuffer(data, np.uint8).copy() if data is not None else np.empty(int(length[0]), np.uint8)
-        self._comm.Bcast(buffer, root=0)
-        return buffer.tobytes()
-
-
-class QuietExit(SystemExit):
-    """A process other than rank 0 ends with this exit status (`code`) and says nothing: rank 0 reports.
-    A SystemExit, so it passes every error boundary and ends the process without a traceback."""
 
 
 class PeerFailed(SgdcliError):
@@ -193,7 +119,10 @@ class DataParallel:
     - **sharded** (ZeRO stage 1, Rajbhandari et al. 2020; `sharding`), the default: the weights are
       views of one flat vector cut into P slices. An alltoall brings each process every process's part
       of its own slice (plus two slots per slice: the shard's loss sum and the control value), added in
-      rank order; the divergence check exchanges each slice's squared gradient norms (a small
+      rank order. When the processes share memory (all on one machine; asked at the first update),
+      each computes its whole gradient into its row of a shared (P, P x slice) array instead, one
+      small allgather exchanges the loss sums and control values, and each process adds its slice's
+      column of the rows in rank order: no gradient is copied or sent. Then the divergence check exchanges each slice's squared gradient norms (a small
       allgather); the optimizer steps this process's slice of the weights and of its state; an
       allgather of the updated slices writes every process's weights in place. After an epoch's last
       update, or the update every process stops after, the optimizer state is gathered too (rank 0's
@@ -213,6 +142,8 @@ class DataParallel:
         self.local_stop: Callable[[], bool] | None = None
         self.stop_agreed = self.gather_due = False
         self.phase = UPDATE
+        self.rows: np.ndarray | None = None  # the shared gradient rows, when the processes share memory
+        self._asked = False  # whether they were asked (a collective, at the first update)
 
     def attach(self, config: ExperimentConfig, problem: Problem) -> None:
         """Check that `config` can be split (ConfigError, exit 2, if not), then train `problem` sharded:
@@ -227,7 +158,7 @@ class DataParallel:
         params = self.model.parameters()
         self.names = list(params)
         self.sharded = self.shard_update and not needs_whole_gradient(config, problem)
-        layout = FlatLayout(params, self.size if self.sharded else 1)
+        self.layout = layout = FlatLayout(params, self.size if self.sharded else 1)
         self.weights = flatten_parameters(self.model, layout)
         width, dtype = layout.width, self.weights.dtype
         rows = self.size if self.sharded else 1  # sharded: one row per destination; replicated: one for all
@@ -271,15 +202,17 @@ class DataParallel:
         buffer needs no pass of its own), exchanged, and added in rank order. Sharded: the gradient
         is this rank's pieces only (flat, keyed by parameter). `ends_epoch`: the epoch's last update
         (then the optimizer state is gathered after it)."""
+        self._share_memory()
         lo, _ = self.shard(count)
         rows, send = len(xb), self.send
         if rows:
             outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
             value, dout = self.loss.value_and_grad(outputs, yb)
             dout = dout * (rows / count)  # the shard's summed gradient over the global batch size
-            grads = self.model.backward(dout, caches)
-            for key, destination, part in self._copies:
-                np.copyto(destination, grads[key].reshape(-1)[part])
+            grads = self.model.backward(dout, caches, into=self.into if self.rows is not None else None)
+            if self.rows is None:
+                for key, destination, part in self._copies:
+                    np.copyto(destination, grads[key].reshape(-1)[part])
             send[..., -2] = value * rows
             own = grads
         else:  # a last batch smaller than the number of processes: an empty shard, whose forward pass
@@ -287,6 +220,8 @@ class DataParallel:
             self.model.forward(np.zeros((1, *xb.shape[1:]), xb.dtype), training=True,
                                rng=ShardRng(dropout_rng, count, 0))
             send[..., :-1] = 0
+            if self.rows is not None:
+                self.rows[self.rank] = 0
             own = None
         send[..., -1] = STOP if self.local_stop is not None and self.local_stop() else 0.0
         control = self._send_update()
@@ -299,8 +234,30 @@ class DataParallel:
             ordered_sum(self.received, self.total)
         return float(self.total[-2]) / count, self.grads
 
+    def _share_memory(self) -> None:
+        """Sharded, at the first update (when every process takes part, whatever order they set up in):
+        ask for shared memory for the gradient rows; if granted, this process's gradients are computed
+        into views of its row (`into`) and only the loss sum and control value are sent."""
+        if not self.sharded or self._asked:
+            return
+        self._asked = True
+        layout, dtype = self.layout, self.weights.dtype
+        rows = self.comm.shared((self.size, self.size * layout.width), dtype)
+        if rows is None:
+            return
+        self.rows, self.into = rows, layout.views(rows[self.rank])
+        start = self.rank * layout.width
+        self._columns = [row[start : start + layout.width] for row in rows]  # this rank's slice, rank by rank
+        self.send, self.received = np.zeros(2, dtype), np.zeros((self.size, 2), dtype)
+
     def _send_update(self) -> np.ndarray:
         """The update's first collective; returns every rank's control value."""
+        if self.rows is not None:  # the gradients are in shared memory: exchange the two slots
+            self.comm.fence()
+            self.comm.allgather(self.send, self.received)
+            self.comm.fence()
+            self.phase = CHECK
+            return self.received[:, -1]
         self._exchange(self.send, self.received)
         if self.sharded:  # this rank's own row is not sent: its two slots are copied
             self.received[self.rank, -2:] = self.send[self.rank, -2:]
@@ -312,6 +269,9 @@ class DataParallel:
         read from its gradients (`own`; None: an empty shard, whose row of `received` holds zeros)."""
         received, rank = self.received, self.rank
         ordered_sum(received[:, -2:], self.total[-2:])  # the shards' loss sums (and control values)
+        if self.rows is not None:  # the whole slice at once, padding included (zeros)
+            ordered_sum(self._columns, self.total[:-2])
+            return
         for key, part, at in self._own:
             mine = received[rank, at] if own is None else own[key].reshape(-1)[part]
             ordered_sum([*received[:rank, at], mine, *received[rank + 1 :, at]], self.total[at])
@@ -375,6 +335,7 @@ class DataParallel:
         else:
             if self.phase == WEIGHTS:
                 self._share()
+            self._share_memory()  # the others ask at their first update: a rank failing before it asks too
             self.send[..., -1] = -code
             control = self._send_update()
         codes = -control
