@@ -1,17 +1,19 @@
 """Data-parallel speed-up: the Fashion-MNIST MLP (784-512-10, ReLU, Adam, float32) trained by
 `train_epochs` on P = 2 MPI processes with one BLAS thread each, against P = 1 with one thread.
 
-    flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py [--rounds 5]
-    flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py --profile [--case 'full batch']
+    flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py [--rounds 5] [--messages] [--bind-to both]
+    flock /tmp/sgdcli-heavy.lock python benchmarks/bench_mpi.py --profile [--case 'full batch'] [--messages]
 
 The script launches its own workers (`python bench_mpi.py --worker` alone, and under the venv's
-`mpiexec -n 2`). It first checks that both compute the same thing (weights after 3 updates agree to
-float64 rounding) and aborts if not; then it times, per case, whole epochs (minibatch 512, 106 updates)
-or single updates (full batch, 54,000 images), P = 1 and P = 2 alternating, and reports the median time,
-the speed-up, what combining the gradients costs per update (every collective — P = 2 shards the
-update: the gradient slices' alltoall, the divergence check's norms, the updated weights' allgather,
-the optimizer state after an epoch — including any wait for the slower rank, and the ordered sum),
-and the optimizer step alone (P = 2: each rank's half). Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
+`mpiexec -n 2`, plain as README shows it, or with `-bind-to core`). It first checks that both compute
+the same thing (weights after 3 updates agree to float64 rounding) and aborts if not; then it times,
+per case, whole epochs (minibatch 512, 106 updates) or single updates (full batch, 54,000 images), the
+variants interleaved with their order alternating, and reports the median time, the speed-up over
+P = 1, what combining the gradients costs per update (every collective — on one machine the loss sums'
+allgather, with `--messages` as across machines the gradient slices' alltoall instead; the divergence
+check's norms, the updated weights' allgather, the optimizer state after an epoch — including any wait
+for the slower rank, and the ordered sum), and the optimizer step alone (P = 2: each rank's half).
+`--profile` times each phase of an update on every rank. Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
 """
 
 from __future__ import annotations
@@ -257,8 +259,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="time each phase of an update of --case instead")
     parser.add_argument("--messages", action="store_true",
                         help="also time P = 2 sending the gradient slices as messages (as across machines)")
-    parser.add_argument("--bind-to", default="core", choices=["core", "none"],
-                        help="mpiexec's -bind-to (core: each process stays on its own core)")
+    parser.add_argument("--bind-to", default="none", choices=["core", "none", "both"],
+                        help="mpiexec's -bind-to (core: each process stays on its own core; both: time each)")
     args = parser.parse_args()
     if args.worker:
         return profile_worker(args) if args.profile else worker(args)
@@ -266,7 +268,8 @@ def main() -> None:
         for processes in (1, 2):
             command = [sys.executable, __file__, "--worker", "--profile", "--case", args.case]
             command += ["--messages"] * args.messages
-            command = [*mpiexec(2, args.bind_to), *command] if processes > 1 else command
+            bind_to = "core" if args.bind_to == "both" else args.bind_to
+            command = [*mpiexec(2, bind_to), *command] if processes > 1 else command
             env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}, **THREADS}
             print(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip())
         return None
@@ -278,14 +281,20 @@ def main() -> None:
         if difference > 1e-9:
             raise SystemExit("P = 1 and P = 2 do not compute the same updates: not timing them")
         updates = 106 if case.startswith("minibatch") else 5  # one epoch of 54,000 / 512; five full-batch updates
-        variants = {"P=1": (1, False), "P=2": (2, False), **({"P=2 messages": (2, True)} if args.messages else {})}
+        bindings = ["core", "none"] if args.bind_to == "both" else [args.bind_to]
+        variants = {"P=1": (1, False, "none")}
+        for bind_to in bindings:
+            suffix = f", -bind-to {bind_to}" if len(bindings) > 1 else ""
+            variants[f"P=2{suffix}"] = (2, False, bind_to)
+            if args.messages:
+                variants[f"P=2 messages{suffix}"] = (2, True, bind_to)
         times: dict[str, list[float]] = {name: [] for name in variants}
         combine: dict[str, list[float]] = {name: [] for name in variants}
         step: dict[str, list[float]] = {name: [] for name in variants}
         for r in range(args.rounds):
             for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):  # interleaved, order alternating
-                processes, messages = variants[name]
-                result = launch(case, processes, updates, args.dropout, messages=messages, bind_to=args.bind_to)
+                processes, messages, bind_to = variants[name]
+                result = launch(case, processes, updates, args.dropout, messages=messages, bind_to=bind_to)
                 times[name].append(result["seconds"] / updates)
                 step[name].append(result["step"] / updates)
                 combine[name].append((result["gather"] + result["sum"]) / updates)
