@@ -41,35 +41,44 @@ __all__ = ["load_config", "validate", "train", "resume", "sweep", "gradcheck", "
 
 
 # ---------------------------------------------------------------- training
-def train(config: AnyConfig, runs_dir: Path | str = "runs", name: str | None = None,
+def train(config: AnyConfig | Path | str, runs_dir: Path | str = "runs", name: str | None = None,
           reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None,
-          run_dir: Path | str | None = None) -> TrainResult:
+          run_dir: Path | str | None = None, overrides: Sequence[str] = ()) -> TrainResult:
     """Train `config` into a new run directory under `runs_dir` (or exactly `run_dir`, which must not exist).
 
+    `config`: a loaded config, or a YAML file's path, read with `overrides` (`load_config`); under
+    mpiexec rank 0 alone reads it and sends it to the others, so a bad config is reported once.
     Data and config problems raise before anything is written. Divergence and interruption
     return a result with that status; the run keeps its last good checkpoint. An objective
     config records the path of its few parameters instead.
     """
-    if name is not None:
-        config = load_config({**config.to_dict(), "name": name}).read_from(config.file)
+    def loaded() -> AnyConfig:
+        given = load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
+        return given if name is None else load_config({**given.to_dict(), "name": name}).read_from(given.file)
+
     place = None if run_dir is None else Path(run_dir)
     if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
-        return mpi_run.train(config, Path(runs_dir), reporter, should_stop, place)
+        return mpi_run.train(loaded, Path(runs_dir), reporter, should_stop, place)
+    config = loaded()
     if isinstance(config, ObjectiveConfig):
         return descent.run(config, Path(runs_dir), should_stop, place)
     return Session.start(config, Path(runs_dir), reporter, place).run(should_stop)
 
 
-def resume(run_dir: Path | str, config: ExperimentConfig | None = None, overrides: Sequence[str] = (),
+def resume(run_dir: Path | str, config: ExperimentConfig | Path | str | None = None, overrides: Sequence[str] = (),
            reporter: Reporter | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Continue a run from its newest valid checkpoint, bit for bit as if it had never stopped.
 
-    `config` (or the run's own config with `overrides`) must equal the run's, except that
-    training.epochs may grow. Under mpiexec, on the number of processes the run was trained on.
+    `config` (a loaded config, or a YAML file's path read with `overrides`; or None: the run's own
+    config with `overrides`) must equal the run's, except that training.epochs may grow. Under
+    mpiexec, on the number of processes the run was trained on; rank 0 alone reads the files.
     """
+    def loaded() -> ExperimentConfig | None:
+        return load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
+
     if parallel.launched_size() > 1:
-        return mpi_run.resume(Path(run_dir), config, overrides, reporter, should_stop)
-    return Session.resume(Path(run_dir), config, tuple(overrides), reporter).run(should_stop)
+        return mpi_run.resume(Path(run_dir), loaded, overrides, reporter, should_stop)
+    return Session.resume(Path(run_dir), loaded(), tuple(overrides), reporter).run(should_stop)
 
 
 def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",

@@ -103,6 +103,8 @@ def test_two_and_three_processes_train_the_single_process_weights(tmp_path):
 @pytest.mark.parametrize("change,key", [
     ({"training": {"epochs": 1, "batch": {"mode": "sgd"}}}, "training.batch.mode: sgd"),
     ({"training": {"epochs": 1, "batch": {"mode": "minibatch", "size": 1}}}, "training.batch.size"),
+    # a bad config is read by rank 0 alone: one message, not one per process
+    ({"model": {"layers": [{"type": "dense", "units": -1}]}}, "model.layers.0.units: expected greater than"),
 ])
 def test_what_cannot_be_split_is_refused_once_with_nothing_written(tmp_path, change, key):
     write(tmp_path, {**CONFIG, **change})
@@ -110,6 +112,13 @@ def test_what_cannot_be_split_is_refused_once_with_nothing_written(tmp_path, cha
     assert result.returncode == 2
     assert result.stderr.count(key) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_config_file_that_cannot_be_read_is_one_message(tmp_path):
+    for args in (["train", "missing.yaml"], ["train", "--resume", "runs/none", "missing.yaml"]):
+        result = sgdcli(tmp_path, *args, processes=2)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("error:") == 1, result.stderr
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

@@ -131,13 +131,11 @@ def train(
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
-            if resume is not None:
-                experiment = api.load_config(config, set_) if config is not None else None
-                result = api.resume(resume, experiment, set_, reporter=reporter, should_stop=stop)
+            if resume is not None:  # the config files are read inside: under mpiexec, by rank 0 alone
+                result = api.resume(resume, config, set_, reporter=reporter, should_stop=stop)
             else:
-                experiment = api.load_config(config, set_)
-                result = api.train(experiment, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop,
-                                   run_dir=run_dir)
+                result = api.train(config, runs_dir=runs_dir, name=name, reporter=reporter, should_stop=stop,
+                                   run_dir=run_dir, overrides=set_)
     finally:
         reporter.close()
     if result.message and result.status == "completed":  # a resume with nothing left to do

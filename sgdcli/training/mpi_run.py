@@ -38,30 +38,35 @@ def refuse(what: str) -> None:
     raise UsageError(f"{what}; run it without mpiexec (mpiexec -n P sgdcli train trains one model on P processes)")
 
 
-def train(config: AnyConfig, runs_dir: Path, reporter: Reporter | None,
+def train(load: Callable[[], AnyConfig], runs_dir: Path, reporter: Reporter | None,
           should_stop: Callable[[], bool] | None, run_dir: Path | None = None) -> TrainResult:
-    """Train `config` into a new run directory on every process MPI started (rank 0 writes it): under
-    `runs_dir`, or exactly `run_dir` (`train --run-dir`), which must not exist yet.
+    """Train the config `load()` gives into a new run directory on every process MPI started (rank 0
+    writes it): under `runs_dir`, or exactly `run_dir` (`train --run-dir`), which must not exist yet.
+    Rank 0 alone loads the config (the others get it with rank 0's state): a bad one is reported once.
 
-    Raises what `Session.start` raises on rank 0, QuietExit on the other ranks (their exit status,
-    also when training ended normally: rank 0 alone reports), PeerFailed when another rank failed.
+    Raises what loading and `Session.start` raise on rank 0, QuietExit on the other ranks (their exit
+    status, also when training ended normally: rank 0 alone reports), PeerFailed when another rank failed.
     """
-    if not isinstance(config, ExperimentConfig):
-        refuse("an objective config is a few hundred steps on a formula: there is no data to split")
     parallel = DataParallel(MpiCommunicator())
     if parallel.rank:
         _follow(parallel, should_stop)
-    return _lead(parallel, lambda: Session.start(config, Path(runs_dir), reporter, run_dir, parallel),
-                 should_stop, True)
+
+    def open_session() -> Session:
+        config = load()
+        if not isinstance(config, ExperimentConfig):
+            refuse("an objective config is a few hundred steps on a formula: there is no data to split")
+        return Session.start(config, Path(runs_dir), reporter, run_dir, parallel)
+    return _lead(parallel, open_session, should_stop, True)
 
 
-def resume(run_dir: Path, config: ExperimentConfig | None, overrides: Sequence[str], reporter: Reporter | None,
-           should_stop: Callable[[], bool] | None) -> TrainResult:
-    """Continue a data-parallel run on the number of processes it was trained on (as `train`)."""
+def resume(run_dir: Path, load: Callable[[], ExperimentConfig | None], overrides: Sequence[str],
+           reporter: Reporter | None, should_stop: Callable[[], bool] | None) -> TrainResult:
+    """Continue a data-parallel run on the number of processes it was trained on (as `train`; `load()`:
+    the config given with it, or None)."""
     parallel = DataParallel(MpiCommunicator())
     if parallel.rank:
         _follow(parallel, should_stop)
-    return _lead(parallel, lambda: Session.resume(Path(run_dir), config, tuple(overrides), reporter, parallel),
+    return _lead(parallel, lambda: Session.resume(Path(run_dir), load(), tuple(overrides), reporter, parallel),
                  should_stop, False)
 
 
