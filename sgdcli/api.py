@@ -124,7 +124,8 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
             if row is not None:
                 row["problems"] = "; ".join(filter(None, [row.get("problems"), member.message]))
     if len(parsed) == 2 and seeds is None and plot is not None:
-        result.sweep_plot = _sweep_heatmap(base, parsed, members, result, Path(plot).with_name(heatmap_module.FILE))
+        result.sweep_plot = heatmap_module.for_sweep(base, parsed, members, result.rows, result.runs,
+                                                     Path(plot).with_name(heatmap_module.FILE))
     return result
 
 
@@ -140,25 +141,6 @@ def validate(config: AnyConfig) -> tuple[dict[str, Any], plan.Plan | None]:
         return config.to_dict(), None
     checked = plan.check_config(config)
     return plan.resolved(config, checked), checked
-
-
-def _sweep_heatmap(base: AnyConfig, parsed, members, result: Comparison, out: Path) -> Path:
-    """sweep.png; for the valley objective swept over step size and momentum, Polyak's optimum marked."""
-    keys = [key for key, _ in parsed]
-    by_run = {row["run"]: row for row in result.rows}
-    first = {record.name: record.metrics[0].get("train_loss") for record in result.runs if record.metrics}
-    cells = []
-    for member in members:
-        name = member.run_dir.name if member.run_dir is not None else member.name
-        cells.append({**by_run.get(name, {}), **dict(o.split("=", 1) for o in member.overrides),
-                      "status": member.status, "first_loss": first.get(name)})
-    optimum = None
-    if (isinstance(base, ObjectiveConfig) and base.objective.type == "valley"
-            and set(keys) == {"optimizer.learning_rate", "optimizer.momentum"}):
-        step, momentum = heatmap_module.optimal_heavy_ball(base.objective.condition, 1.0)  # L = condition, μ = 1
-        optimum = (step, momentum) if keys[0] == "optimizer.learning_rate" else (momentum, step)
-    data = heatmap_module.grid(keys, [values for _, values in parsed], cells)
-    return heatmap_module.draw(data, f"{base.name}: {data.metric.replace('_', ' ')} per combination", out, optimum)
 
 
 # ---------------------------------------------------------------- gradient check

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sgdcli import plots
+from sgdcli.config.schema import AnyConfig, ObjectiveConfig
 from sgdcli.fileio import atomic_write
 
 FILE = "sweep.png"
@@ -134,3 +135,25 @@ def draw(data: Grid, title: str, out: Path, optimum: tuple[float, float] | None 
 def _centre(edges: np.ndarray, index: int, log: bool) -> float:
     low, high = edges[index], edges[index + 1]
     return math.sqrt(low * high) if log else (low + high) / 2
+
+
+def for_sweep(base: AnyConfig, parsed: list[tuple[str, list]], members, rows: list[dict[str, Any]], records,
+              out: Path) -> Path:
+    """sweep.png of a two-key sweep (`parsed`: the keys and their values; `members`: the sweep's
+    members; `rows`: the comparison's table; `records`: the finished runs' records); for the valley
+    objective swept over step size and momentum, Polyak's optimum marked."""
+    keys = [key for key, _ in parsed]
+    by_run = {row["run"]: row for row in rows}
+    first = {record.name: record.metrics[0].get("train_loss") for record in records if record.metrics}
+    cells = []
+    for member in members:
+        name = member.run_dir.name if member.run_dir is not None else member.name
+        cells.append({**by_run.get(name, {}), **dict(o.split("=", 1) for o in member.overrides),
+                      "status": member.status, "first_loss": first.get(name)})
+    optimum = None
+    if (isinstance(base, ObjectiveConfig) and base.objective.type == "valley"
+            and set(keys) == {"optimizer.learning_rate", "optimizer.momentum"}):
+        step, momentum = optimal_heavy_ball(base.objective.condition, 1.0)  # L = condition, μ = 1
+        optimum = (step, momentum) if keys[0] == "optimizer.learning_rate" else (momentum, step)
+    data = grid(keys, [values for _, values in parsed], cells)
+    return draw(data, f"{base.name}: {data.metric.replace('_', ' ')} per combination", out, optimum)
