@@ -9,10 +9,11 @@ The script launches its own workers (`python bench_mpi.py --worker` alone, and u
 the same thing (weights after 3 updates agree to float64 rounding) and aborts if not; then it times,
 per case, whole epochs (minibatch 512, 106 updates) or single updates (full batch, 54,000 images), the
 variants interleaved with their order alternating, and reports the median time, the speed-up over
-P = 1, what combining the gradients costs per update (every collective — on one machine the loss sums'
-allgather, with `--messages` as across machines the gradient slices' alltoall instead; the divergence
-check's norms, the updated weights' allgather, the optimizer state after an epoch — including any wait
-for the slower rank, and the ordered sum), and the optimizer step alone (P = 2: each rank's half).
+P = 1, what combining the gradients costs per update, and the optimizer step alone (P = 2: each
+rank's half). Combining is every collective, including any wait for the slower rank, and the ordered
+sum: on one machine the loss sums' allgather and the barrier before the updated weights are read from
+shared memory; with `--messages`, as across machines, the gradient slices' alltoall and the weights'
+allgather instead; then the divergence check's norms and the optimizer state after an epoch.
 `--profile` times each phase of an update on every rank. Needs `pip install -e '.[mpi]'` and Fashion-MNIST.
 """
 
@@ -202,7 +203,7 @@ def profile_worker(args) -> None:
         timed("divergence check", dp.nonfinite, dp.grads)
         if dp.sharded:
             timed("optimizer step", dp.optimizer.optimizer.step, dp.optimizer.params, dp.grads, 0.001)
-            timed("weights allgather", dp.comm.allgather_slices, dp.weights.reshape(dp.size, -1))
+            timed("weights allgather" if dp.rows is None else "weights exchange", dp._share)
         else:
             timed("optimizer step", problem.optimizer.step, params, dp.grads, 0.001)
     if True:  # every rank: a slower one shows as the others' wait in the collectives

@@ -179,10 +179,10 @@ def test_an_empty_shard_of_a_conv_network_keeps_every_rank_in_step():
 
 @pytest.mark.parametrize("changes,shares_memory,expected", [
     # sharded on one machine: the gradients in shared memory (asked for once), an allgather of the loss
-    # sums, one of the slices' norms (divergence check), the updated weight slices; after each epoch's
-    # last update the optimizer state too (3 epochs)
-    ({}, True, {"shared": 1, "allgather": 2 * 21, "allgather_slices": 21 + 3}),
-    # sharded across machines: the gradient slices (and loss sums) by alltoall instead
+    # sums, one of the slices' norms (divergence check), a barrier before reading the updated weight
+    # slices there; after each epoch's last update the optimizer state is gathered (3 epochs)
+    ({}, True, {"shared": 1, "allgather": 2 * 21, "barrier": 21, "allgather_slices": 3}),
+    # sharded across machines: the gradient slices (and loss sums) by alltoall, the weights by allgather
     ({}, False, {"shared": 1, "alltoall": 21, "allgather": 21, "allgather_slices": 21 + 3}),
     # clipping needs the whole gradient everywhere: one allgather of every gradient, nothing else
     ({"optimizer": {"type": "sgd", "learning_rate": 0.1, "clip_norm": 1.0}}, True, {"allgather": 21}),

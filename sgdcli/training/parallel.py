@@ -236,18 +236,20 @@ class DataParallel:
 
     def _share_memory(self) -> None:
         """Sharded, at the first update (when every process takes part, whatever order they set up in):
-        ask for shared memory for the gradient rows; if granted, this process's gradients are computed
-        into views of its row (`into`) and only the loss sum and control value are sent."""
+        ask for shared memory for the gradient rows and one more row for the updated weights; if
+        granted, this process's gradients are computed into views of its row (`into`), only the loss
+        sum and control value are sent, and the updated slices pass through the last row."""
         if not self.sharded or self._asked:
             return
         self._asked = True
         layout, dtype = self.layout, self.weights.dtype
-        rows = self.comm.shared((self.size, self.size * layout.width), dtype)
-        if rows is None:
+        shared = self.comm.shared((self.size + 1, self.size * layout.width), dtype)
+        if shared is None:
             return
-        self.rows, self.into = rows, layout.views(rows[self.rank])
+        self.rows, self.into, self.exchange = shared[:-1], layout.views(shared[self.rank]), shared[-1]
         start = self.rank * layout.width
-        self._columns = [row[start : start + layout.width] for row in rows]  # this rank's slice, rank by rank
+        self._slices = [slice(rank * layout.width, (rank + 1) * layout.width) for rank in range(self.size)]
+        self._columns = [row[start : start + layout.width] for row in self.rows]  # this slice, rank by rank
         self.send, self.received = np.zeros(2, dtype), np.zeros((self.size, 2), dtype)
 
     def _send_update(self) -> np.ndarray:
@@ -303,8 +305,19 @@ class DataParallel:
 
     def _share(self) -> None:
         """After this rank's slice was updated: every slice into every rank's weights (in place), then,
-        when due, the optimizer state."""
-        self.comm.allgather_slices(self.weights.reshape(self.size, -1))
+        when due, the optimizer state. In shared memory: each rank puts its slice in the exchange row,
+        and after a barrier copies the others' slices from it."""
+        if self.rows is None:
+            self.comm.allgather_slices(self.weights.reshape(self.size, -1))
+        else:
+            own = self._slices[self.rank]
+            np.copyto(self.exchange[own], self.weights[own])
+            self.comm.fence()
+            self.comm.barrier()
+            self.comm.fence()
+            for rank, part in enumerate(self._slices):
+                if rank != self.rank:
+                    np.copyto(self.weights[part], self.exchange[part])
         if self.gather_due:
             self.optimizer.gather_state(self.comm.allgather_slices)
         self.phase = UPDATE
