@@ -3,10 +3,11 @@ their summed gradients combined in a fixed rank order, every process ending the 
 same weights. By default the update itself is sharded too (ZeRO stage 1, `sharding`): each process
 adds up only its slice of every process's gradient, in rank order, agrees with the others on the
 divergence check (a small allgather), steps that slice of the weights and optimizer state, and the
-updated slices are gathered into every process's weights (one allgather). The slices of the gradient
-reach their process by one alltoall, or, when all processes run on one machine, not at all: each
-process's gradient is computed into memory every process shares (`communicator`), and each reads
-its slice of the others' there. The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
+updated slices reach every process's weights. Across machines the gradient slices travel by one
+alltoall and the updated slices by one allgather; on one machine they are not sent at all: each
+process computes its gradient into memory every process shares (`communicator`) and reads its
+slice of the others' there, and the updated slices pass through that memory after a barrier.
+The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
 """
 
 from __future__ import annotations
@@ -119,14 +120,15 @@ class DataParallel:
     - **sharded** (ZeRO stage 1, Rajbhandari et al. 2020; `sharding`), the default: the weights are
       views of one flat vector cut into P slices. An alltoall brings each process every process's part
       of its own slice (plus two slots per slice: the shard's loss sum and the control value), added in
-      rank order. When the processes share memory (all on one machine; asked at the first update),
-      each computes its whole gradient into its row of a shared (P, P x slice) array instead, one
-      small allgather exchanges the loss sums and control values, and each process adds its slice's
-      column of the rows in rank order: no gradient is copied or sent. Then the divergence check exchanges each slice's squared gradient norms (a small
+      rank order; the divergence check exchanges each slice's squared gradient norms (a small
       allgather); the optimizer steps this process's slice of the weights and of its state; an
-      allgather of the updated slices writes every process's weights in place. After an epoch's last
-      update, or the update every process stops after, the optimizer state is gathered too (rank 0's
-      checkpoint holds all of it).
+      allgather of the updated slices writes every process's weights in place. When the processes
+      share memory (all on one machine; asked at the first update), each computes its gradient into
+      its row of a shared (P + 1, P x slice) array instead, one small allgather exchanges the loss
+      sums and control values, each process adds its slice's column of the rows in rank order, and
+      the updated slices go through the last row (written, a barrier, read): nothing is sent. After
+      an epoch's last update, or the update every process stops after, the optimizer state is
+      gathered too (rank 0's checkpoint holds all of it).
     - **replicated**, when every process needs the whole gradient (`needs_whole_gradient`), or
       `shard_update=False`: one allgather of every gradient, every process adds all of them in rank
       order and applies the whole update.
