@@ -96,13 +96,14 @@ def input_gradient(dz: np.ndarray, weight: np.ndarray, x_shape: tuple[int, ...],
 
     dz (N*OH*OW, F), weight (F, C, kh, kw) -> dx (N, C, H, W) (a view of channels-last memory):
     for each offset (i, j), dz @ weight[:, :, i, j] (N*OH*OW, C) is added to the input pixels
-    that offset read. kh*kw small GEMMs beat one big (N*OH*OW, kh*kw*C) product (~1.1x on the
-    benchmark's 3x3 conv, and ~1.6x with its scatter). The products come first, all of them, and
-    then the additions in one pass by chunks of images on two threads (``workers.split``), each
-    image's zeros and its kh*kw additions in turn while its pixels are in cache: 10-15% faster than
-    adding each product as it comes on one thread (interleaved with the products, the additions
-    were slower split, the worker waiting on OpenBLAS's threads). The additions are in the same
-    order, from zeros, so the bits are the same either way.
+    that offset read. One big (N*OH*OW, kh*kw*C) product alone is ~10% faster than the kh*kw small
+    ones, but the scatter of its columns made it ~1.6x slower on the benchmark's 3x3 conv (and
+    10-50% slower by chunks of images). The products come first, all of them (kh*kw (N*OH*OW, C)
+    blocks: 18 MB for the benchmark's conv 2), and then the additions in one pass by chunks of
+    images on two threads (``workers.split``), each image's zeros and its kh*kw additions in turn
+    while its pixels are in cache: 10-15% faster than adding each product as it came on one thread
+    (interleaved with the products, the additions were slower split, the worker waiting on
+    OpenBLAS's threads). The additions are in the same order, from zeros: the same bits.
     """
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (top, bottom, left, right), (oh, ow) = weight.shape[2:], stride, padding, out_hw

@@ -5,7 +5,7 @@ default, or 2^N for ``OPENBLAS_THREAD_TIMEOUT=N`` (4 <= N <= 30), which OpenBLAS
 it loads, i.e. when NumPy is first imported. A convolutional network runs its memory-bound passes
 (im2col copies, max pool, ReLU, batch norm) on two threads between its products
 (``engine/workers.py``), and the spinning BLAS threads take the core those passes need: with 2^18
-cycles (~0.1 ms) the CNN race (benchmarks/bench_cnn.py) ran 10-25% faster. A dense network loses
+cycles (~0.1 ms) the CNN race (benchmarks/bench_cnn.py) ran 10-20% faster. A dense network loses
 with it: its products come every 0.1-0.5 ms, and BLAS threads that have fallen asleep must be
 woken for each (batch 128 ~10-20% slower, batch 1 ~25%; README Performance). So the spin is a
 property of the model, and this module is the one place that chooses it: ``load_numpy(conv)``,
@@ -25,7 +25,7 @@ import sys
 from collections.abc import MutableMapping
 
 VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
-CONV_SPIN = 18  # 2^18 cycles; 16 and 20 measured within noise of it, 14 and 24 slower (README Performance)
+CONV_SPIN = 18  # 2^18 cycles; 14 and 16 no faster, 20 and above slower (bench_cnn_spin.py, README Performance)
 
 
 def spin_for(conv: bool, environ: MutableMapping[str, str] | None = None) -> int | None:
