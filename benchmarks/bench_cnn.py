@@ -8,6 +8,12 @@ process, from the same weights on the same batches, after a check that both comp
 
 Prints: the same-computation check, epoch times per round and their ratio, peak resident memory of
 each framework training alone in a child process (its VmHWM), and where sgdcli's time goes by op.
+
+sgdcli runs as `sgdcli train` runs a conv model: NumPy is loaded through engine/spin.py's
+`load_numpy`, the one rule that chooses OpenBLAS's idle spin for a process (2^18 cycles for a model
+with conv2d layers, unless OPENBLAS_THREAD_TIMEOUT is set: then that), before anything else imports
+NumPy. The header line says which spin OpenBLAS read. `env OPENBLAS_THREAD_TIMEOUT=N python ...`
+races another spin, as a user's own setting would.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from sgdcli.engine.spin import load_numpy, loaded_spin  # noqa: E402
+
+load_numpy(conv=True)  # both race networks have conv2d layers (checked in main): the spin `sgdcli train` gives them
 
 import numpy as np  # noqa: E402
 
@@ -243,12 +253,14 @@ def main() -> None:
         return child(args.child, args.batch_norm, threads)
     import torch
     torch.set_num_threads(threads)
+    assert all(experiment(batch_norm).model.convolutional for batch_norm in (False, True))
     x, y = load_data()
     variants = [False, True]
     if args.batch_norm or args.no_batch_norm:
         variants = [args.batch_norm]
     print(f"# CNN race: Fashion-MNIST {len(x)} images, batch {BATCH}, Adam, {threads} threads "
-          f"(NumPy's BLAS and torch.set_num_threads), torch {torch.__version__}, NumPy {np.__version__}\n")
+          f"(NumPy's BLAS and torch.set_num_threads), torch {torch.__version__}, NumPy {np.__version__}, "
+          f"OPENBLAS_THREAD_TIMEOUT as OpenBLAS read it: {loaded_spin()} (0: its default, 28)\n")
     rows, profiles = [], {}
     for batch_norm in variants:
         name = "with batch norm" if batch_norm else "plain"

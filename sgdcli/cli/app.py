@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple
 
 import typer
 
+from sgdcli.cli.before_numpy import config_and_numpy, load_numpy_for_run, spin_for_file
 from sgdcli.cli.sweeping import SweepExecutor
 from sgdcli.errors import SgdcliError
 
@@ -114,7 +115,6 @@ def train(
                                              "as mean ± standard deviation with a min-max band."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
-    from sgdcli import api
     from sgdcli.cli import render
     from sgdcli.errors import UsageError
     from sgdcli.training.interrupts import graceful_stop
@@ -128,6 +128,8 @@ def train(
 
         raise typer.Exit(sweep_command(config, set_, sweep, runs_dir, jobs, name, plot, seeds, executor, scheduler,
                                        run_dir))
+    spin_for_file(config, set_, run=resume)  # the config is read (and any error reported) by api below
+    from sgdcli import api
     reporter = render.TrainingReporter()
     try:
         with graceful_stop() as stop:
@@ -156,6 +158,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the report as one JSON object."),
 ) -> None:
     """Loss and metrics of a trained model on held-out data."""
+    load_numpy_for_run(target)  # before anything imports NumPy
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -178,6 +181,7 @@ def predict(
 
     Writes the predicted class and one probability column per class (p_<class>), or the predicted
     values, for each input row."""
+    load_numpy_for_run(target)  # before anything imports NumPy
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -285,10 +289,10 @@ def gradcheck(
 
     Compares backprop with central finite differences (L(w+eps) - L(w-eps)) / 2 eps, in float64,
     for every parameter tensor of the config's model on a batch of its own data. Exit 1 on failure."""
-    from sgdcli import api
     from sgdcli.cli import render
-
-    checks = api.gradcheck(api.load_config(config, set_), samples=samples, eps=eps, max_entries=max_entries)
+    experiment = config_and_numpy(config, set_)
+    from sgdcli import api
+    checks = api.gradcheck(experiment, samples=samples, eps=eps, max_entries=max_entries)
     render.gradient_checks(checks)
     if not all(check.passed for check in checks):
         raise typer.Exit(1)
@@ -317,6 +321,7 @@ def landscape(
     From the initial to the final weights, along the negative gradient, a random
     direction, or one coefficient with the tangent at its value. Writes CSV + PNG. With --plane: the loss
     over a plane through the checkpoint (default last; 41 points a side on at most 2,000 samples)."""
+    load_numpy_for_run(run)  # before anything imports NumPy
     from sgdcli import api
     from sgdcli.cli import render
 
@@ -364,10 +369,10 @@ def lr_find(
 
     Smith 2015, fastai's lr_find: raise the step size every update from the initial weights;
     writes the loss curve (CSV + PNG) and prints suggested step sizes."""
-    from sgdcli import api
     from sgdcli.cli import show
-
-    show.lr_find(api.lr_find(api.load_config(config, set_), start=start, end=end, updates=updates, out=out))
+    experiment = config_and_numpy(config, set_)
+    from sgdcli import api
+    show.lr_find(api.lr_find(experiment, start=start, end=end, updates=updates, out=out))
 
 
 @app.command()

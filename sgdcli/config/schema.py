@@ -86,6 +86,11 @@ class ModelConfig(Section):
             raise ValueError("expected at least one dense layer")
         return layers
 
+    @property
+    def convolutional(self) -> bool:
+        """Whether the model has a conv2d layer (what OpenBLAS's idle spin is chosen by: engine/spin.py)."""
+        return any(isinstance(layer, Conv2dConfig) for layer in self.layers)
+
 
 # ---------------------------------------------------------------- loss
 class MseConfig(Section):

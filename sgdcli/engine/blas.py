@@ -135,3 +135,9 @@ def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> bool:
     routine = library.scipy_cblas_saxpy64_ if y.dtype == np.float32 else library.scipy_cblas_daxpy64_
     routine(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
     return True
+
+
+def numpy_blas_library():
+    """NumPy's own scipy-openblas64 library (ctypes, loaded by NumPy: the same copy), or None when NumPy
+    was built with another BLAS; for calls beyond this module's (engine/spin.py reads its thread timeout)."""
+    return _numpy_blas()

@@ -67,11 +67,16 @@ class MaxPool2d(_Pool2d):
             for window in windows[2:]:
                 np.maximum(target, window, out=target)
             # The first maximum's position k in the window, without a branch per element:
-            # k = ne_0 * (1 + ne_1 * (1 + ... ne_{P-2})), with ne_j = [window_j != max].
-            first[...] = 0
-            for window in reversed(windows[:-1]):
-                first += 1
-                first *= window != target
+            # k = sum over j < P-1 of prod over i <= j of ne_i, with ne_i = [window_i != max]
+            # (the count of leading windows that are not the maximum).
+            if len(windows) > 1:
+                leading = windows[0] != target
+                np.copyto(first, leading)
+                for window in windows[1:-1]:
+                    leading &= window != target
+                    first += leading
+            else:
+                first[...] = 0
 
         split(len(x), rows, x.nbytes + out.nbytes)
         return out, (x.shape, argmax)

@@ -12,8 +12,9 @@ OpenBLAS's own worker threads keep spinning for a while after each product, wait
 worker needs. ``OPENBLAS_THREAD_TIMEOUT=18`` in the environment (a power of two of cycles, read once
 when OpenBLAS loads) shortens that spin: on the CNN race a split ReLU right after a product took
 1.1 ms at the default and 0.65 ms at 2^18 cycles (alone, 1.0 ms on one thread and 0.57 on two).
-sgdcli does not set it: the short spin made dense networks slower (OpenBLAS's threads fall asleep
-between the small products of batch 1 and batch 128 and must be woken; README Performance).
+sgdcli sets it for conv models only (engine/spin.py): the short spin made dense networks slower
+(OpenBLAS's threads fall asleep between the small products of batch 1 and batch 128 and must be
+woken; README Performance).
 
 One thread, not more: the target machines have two cores. None when the process may run on one
 core only, or when ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is 1 (as for one BLAS thread per

@@ -1,0 +1,134 @@
+"""OpenBLAS's idle spin is chosen per process from the model a command runs (engine/spin.py): the short
+spin reaches OpenBLAS for conv models only, a user's own OPENBLAS_THREAD_TIMEOUT wins, and nothing is
+left in the environment for child processes. Each case runs the command in a fresh Python process,
+because OpenBLAS reads the variable once, when NumPy loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+from test_cli import train
+from test_cnn_runs import cnn_config, image_npz
+
+from sgdcli.cli import before_numpy
+from sgdcli.config.loading import load_config
+from sgdcli.engine import spin
+from sgdcli.runs import directory
+
+# Runs one sgdcli command in this fresh process, then says what OpenBLAS read and what the
+# environment holds now (what a child process would inherit).
+SCRIPT = """
+import os, sys
+from sgdcli.cli.app import app
+try:
+    app(sys.argv[1:], prog_name="sgdcli")
+except SystemExit as stop:
+    code = stop.code
+from sgdcli.engine.spin import loaded_spin
+print("SPIN", code, loaded_spin(), os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"))
+"""
+
+
+def in_fresh_process(*args, user_setting: str | None = None) -> tuple[int, int, str]:
+    """(exit code, the OPENBLAS_THREAD_TIMEOUT OpenBLAS read (0: none), the variable afterwards)."""
+    environ = {k: v for k, v in os.environ.items() if k != spin.VARIABLE}
+    if user_setting is not None:
+        environ[spin.VARIABLE] = user_setting
+    result = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, args)], capture_output=True, text=True,
+                            env=environ, timeout=120)
+    line = [line for line in result.stdout.splitlines() if line.startswith("SPIN ")]
+    assert line, result.stdout + result.stderr
+    code, read, after = line[-1].split()[1:]
+    return int(code), int(read), after
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A conv config and run, a dense config and run (trained in this process: only files are needed)."""
+    folder = tmp_path_factory.mktemp("spin")
+    conv = folder / "conv.yaml"
+    conv.write_text(yaml.safe_dump(cnn_config(image_npz(folder / "images.npz"), training__epochs=1)))
+    dense = folder / "dense.yaml"
+    dense.write_text(yaml.safe_dump(tiny_config(training__epochs=1)))
+    return {"conv": conv, "dense": dense, "conv run": train(conv, folder / "runs"),
+            "dense run": train(dense, folder / "runs")}
+
+
+def test_the_rule() -> None:
+    assert spin.spin_for(True, {}) == spin.CONV_SPIN == 18
+    assert spin.spin_for(False, {}) is None
+    assert spin.spin_for(True, {spin.VARIABLE: "24"}) is None  # the user's own setting wins
+    assert spin.spin_for(True, {spin.VARIABLE: ""}) is None  # even an empty one: it is theirs
+
+
+def test_a_model_is_convolutional_when_it_has_a_conv2d_layer(runs) -> None:
+    assert load_config(runs["conv"]).model.convolutional
+    assert not load_config(runs["dense"]).model.convolutional
+
+
+@pytest.mark.parametrize("command", [
+    ["gradcheck", "{conv}", "--samples", "4"],
+    ["lr-find", "{conv}", "--updates", "3", "--out", "{tmp}"],
+    ["train", "{conv}", "--runs-dir", "{tmp}"],
+    ["train", "--resume", "{conv run}"],
+    ["eval", "{conv run}"],
+    ["eval", "{conv run}/checkpoints/last.safetensors"],
+    ["predict", "{conv run}", "--data", "{images}", "--out", "{tmp}/p.csv"],
+    ["landscape", "{conv run}", "--points", "3", "--out", "{tmp}/l"],
+])
+def test_a_command_running_a_conv_model_loads_openblas_with_the_short_spin(runs, tmp_path, command) -> None:
+    names = {"conv": runs["conv"], "conv run": runs["conv run"], "tmp": tmp_path,
+             "images": runs["conv"].parent / "images.npz"}
+    code, read, after = in_fresh_process(*[part.format(**names) for part in command])
+    assert code == 0
+    assert read == spin.CONV_SPIN
+    assert after == "unset"  # this process's choice only: a child decides from its own model
+
+
+@pytest.mark.parametrize("command", [
+    ["gradcheck", "{dense}", "--samples", "4"],
+    ["train", "{dense}", "--runs-dir", "{tmp}"],
+    ["eval", "{dense run}"],
+    ["train", "--resume", "{dense run}"],
+])
+def test_a_dense_model_keeps_openblas_default(runs, tmp_path, command) -> None:
+    names = {"dense": runs["dense"], "dense run": runs["dense run"], "tmp": tmp_path}
+    code, read, after = in_fresh_process(*[part.format(**names) for part in command])
+    assert (code, read, after) == (0, 0, "unset")
+
+
+@pytest.mark.parametrize("command", [["gradcheck", "{conv}", "--samples", "4"], ["eval", "{conv run}"]])
+def test_the_users_own_setting_wins(runs, command) -> None:
+    names = {"conv": runs["conv"], "conv run": runs["conv run"]}
+    code, read, after = in_fresh_process(*[part.format(**names) for part in command], user_setting="24")
+    assert (code, read, after) == (0, 24, "24")  # and stays for their child processes
+
+
+def test_a_target_that_is_not_a_run_keeps_the_default_and_the_command_reports_it(tmp_path) -> None:
+    code, read, _ = in_fresh_process("eval", tmp_path / "missing")
+    assert code == 4 and read == 0
+
+
+def test_a_config_error_is_reported_before_anything_loads(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {layers: [{type: conv2d}]}\n")
+    code, read, _ = in_fresh_process("train", bad)
+    assert code == 2 and read == 0
+
+
+def test_loading_numpy_after_it_is_loaded_changes_nothing() -> None:
+    assert "numpy" in sys.modules  # this test process: OpenBLAS has read the variable already
+    before = dict(os.environ)
+    assert spin.load_numpy(True) is None
+    assert dict(os.environ) == before
+
+
+def test_the_run_layout_names_match_the_run_directory() -> None:
+    assert before_numpy.RUN_CONFIG == directory.CONFIG
+    assert before_numpy.CHECKPOINTS == directory.CHECKPOINTS
