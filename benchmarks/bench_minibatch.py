@@ -198,6 +198,7 @@ def run_profile(bench: Bench) -> None:
     profiles = {
         f"batch {BATCH}, sgd-momentum": (CASES["sgd-momentum"], {"mode": "minibatch", "size": BATCH}, 469),
         f"batch {BATCH}, adam": (CASES["adam"], {"mode": "minibatch", "size": BATCH}, 469),
+        f"batch {BATCH}, rmsprop": (CASES["rmsprop"], {"mode": "minibatch", "size": BATCH}, 469),
         "batch 1, sgd-momentum": ({"type": "sgd", "learning_rate": 0.001, "momentum": 0.9}, {"mode": "sgd"}, 3000),
     }
     rows = []

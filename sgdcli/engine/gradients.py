@@ -27,32 +27,50 @@ import numpy as np
 from . import blas
 
 
-class OuterProduct:
+class _Factors:
+    """What both factored gradients share: the factors x and dz, referenced and never written, a
+    ``scale`` that ``g *= factor`` changes (clipping) instead of the values, g's dtype, and
+    ``np.asarray(g)`` building g (``materialize``, which the subclass provides)."""
+
+    __slots__ = ("x", "dz", "scale")
+
+    def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float) -> None:
+        self.x, self.dz, self.scale = x, dz, float(scale)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    def __imul__(self, factor: float):
+        self.scale *= float(factor)
+        return self
+
+    def materialize(self, out: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.materialize()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+class OuterProduct(_Factors):
     """The gradient g = scale * outer(x, dz) of a (D, M) weight, kept as its factors.
 
     x (D,) and dz (M,) are referenced, not copied, and never written; ``g *= factor`` changes
     only ``scale`` (clipping). ``shape`` and ``dtype`` are those of g.
     """
 
-    __slots__ = ("x", "dz", "scale")
+    __slots__ = ()
 
     def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float = 1.0) -> None:
         if x.ndim != 1 or dz.ndim != 1 or x.dtype != dz.dtype:
             raise ValueError(f"OuterProduct needs two 1-D factors of one dtype, got {x.shape} {x.dtype} "
                              f"and {dz.shape} {dz.dtype}")
-        self.x, self.dz, self.scale = x, dz, float(scale)
+        super().__init__(x, dz, scale)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.x), len(self.dz))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.x.dtype
-
-    def __imul__(self, factor: float) -> OuterProduct:
-        self.scale *= float(factor)
-        return self
 
     def squared_norm(self) -> float:
         """‖g‖² = scale² ‖x‖² ‖dz‖² (float64), or inf where the array's own sum of squares in its
@@ -81,15 +99,11 @@ class OuterProduct:
         """target += alpha * g in place (BLAS rank-1 update, ``blas.ger``): the product is never built."""
         blas.ger(alpha * self.scale, self.x, self.dz, target)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self.materialize()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
     def __repr__(self) -> str:
         return f"OuterProduct(shape={self.shape}, dtype={self.dtype}, scale={self.scale})"
 
 
-class BatchProduct:
+class BatchProduct(_Factors):
     """The gradient g = scale * x.T @ dz of a (D, M) weight from a batch of N samples, kept as its factors.
 
     x (N, D) and dz (N, M) are referenced, not copied, and never written. ``add_to`` and
@@ -101,25 +115,17 @@ class BatchProduct:
     ``g *= factor`` changes only ``scale``. ``shape`` and ``dtype`` are those of g.
     """
 
-    __slots__ = ("x", "dz", "scale")
+    __slots__ = ()
 
     def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float = 1.0) -> None:
         if x.ndim != 2 or dz.ndim != 2 or len(x) != len(dz) or x.dtype != dz.dtype:
             raise ValueError(f"BatchProduct needs two 2-D factors with one row count and dtype, got {x.shape} "
                              f"{x.dtype} and {dz.shape} {dz.dtype}")
-        self.x, self.dz, self.scale = x, dz, float(scale)
+        super().__init__(x, dz, scale)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.x.shape[1], self.dz.shape[1])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.x.dtype
-
-    def __imul__(self, factor: float) -> BatchProduct:
-        self.scale *= float(factor)
-        return self
 
     def surely_finite(self) -> bool:
         """True when sum(g * g), computed in g's dtype, is certainly finite: scale² ‖x‖² ‖dz‖² is at
@@ -147,10 +153,6 @@ class BatchProduct:
     def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
         """target = decay * target + alpha * g in place: one gemm, the product is never stored."""
         blas.gemm_tn(alpha * self.scale, self.x, self.dz, decay, target)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self.materialize()
-        return array if dtype is None else array.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
         return f"BatchProduct(shape={self.shape}, dtype={self.dtype}, rows={len(self.x)}, scale={self.scale})"
