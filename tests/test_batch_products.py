@@ -25,7 +25,7 @@ from sgdcli.engine.init import glorot_uniform, he_uniform
 from sgdcli.engine.layers import Dense
 from sgdcli.engine.losses import CrossEntropy
 from sgdcli.engine.model import Sequential
-from sgdcli.engine.optimizers import SGD, Adam
+from sgdcli.engine.optimizers import SGD, Adam, clip_by_global_norm
 from sgdcli.engine.schedules import Constant
 from sgdcli.errors import DivergenceError
 from sgdcli.training.loop import Position, Problem, _check_gradients, train_epochs
@@ -115,6 +115,31 @@ def test_sgd_takes_a_batch_product_by_one_gemm_and_builds_no_weight_sized_array(
         for key in params:
             np.testing.assert_allclose(params[key], expected[key], rtol=1e-5, atol=1e-6)
     assert "0.weight" not in optimizer._built and all(a.dtype == np.float32 for a in optimizer._scratch.values())
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_a_clipped_update_computes_the_product_once(name: str, monkeypatch) -> None:
+    # Clipping needs the norm, hence the values: the product built for it is the one the update uses.
+    rng = np.random.default_rng(8)
+    model, reference = large_model(rng), large_model(np.random.default_rng(8))
+    make = (lambda: SGD(momentum=0.9)) if name == "momentum" else Adam
+    optimizer, expected_optimizer = make(), make()
+    products: list[tuple] = []
+    original = blas.gemm_tn
+    monkeypatch.setattr(blas, "gemm_tn", lambda *args: products.append(args[3:]) or original(*args))
+    for step in range(2):
+        grads = batch_gradients(model, np.random.default_rng(20 + step))
+        plain = {key: as_array(g).copy() for key, g in grads.items()}
+        products.clear()
+        _check_gradients(grads, Position())
+        norm = clip_by_global_norm(grads, 0.01)
+        optimizer.step(model.parameters(), grads, 0.05)
+        assert len(products) == 1, f"step {step}: {len(products)} products of x.T @ dz"
+        assert norm == pytest.approx(np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in plain.values())), rel=1e-5)
+        clip_by_global_norm(plain, 0.01)
+        expected_optimizer.step(reference.parameters(), plain, 0.05)
+        for key, value in model.parameters().items():
+            np.testing.assert_allclose(value, reference.parameters()[key], rtol=1e-5, atol=1e-7)
 
 
 def test_optimizers_that_need_the_values_get_the_product_built_into_a_reused_array() -> None:

@@ -110,18 +110,21 @@ class BatchProduct(_Factors):
     ``materialize`` are one BLAS gemm writing into the target (``blas.gemm_tn``), so SGD puts the
     product straight into the velocity or the weights and it is never stored on its own.
 
-    ``surely_finite`` decides without the product that its sum of squares is finite (see there);
-    ``squared_norm`` itself builds g (a new array: clipping and layer statistics only).
+    ``surely_finite`` decides without the product that its sum of squares is finite (see there).
+    ``squared_norm`` (clipping, layer statistics, a check the bound left open) builds the product
+    x.T @ dz once, into a new array kept on this object: from then on ``materialize`` and ``add_to``
+    use it (one pass, ``add_scaled``), so a clipped update still runs one gemm, not two.
     ``g *= factor`` changes only ``scale``. ``shape`` and ``dtype`` are those of g.
     """
 
-    __slots__ = ()
+    __slots__ = ("product",)
 
     def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float = 1.0) -> None:
         if x.ndim != 2 or dz.ndim != 2 or len(x) != len(dz) or x.dtype != dz.dtype:
             raise ValueError(f"BatchProduct needs two 2-D factors with one row count and dtype, got {x.shape} "
                              f"{x.dtype} and {dz.shape} {dz.dtype}")
         super().__init__(x, dz, scale)
+        self.product: np.ndarray | None = None  # x.T @ dz (without scale), once something needed the values
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -140,19 +143,34 @@ class BatchProduct(_Factors):
         return bound <= float(np.finfo(self.dtype).max) / 4  # False for inf and NaN too
 
     def squared_norm(self) -> float:
-        """sum(g * g) of the built g (float64 value of a sum in g's dtype, as ``squared_norm`` of an array)."""
-        return squared_norm(self.materialize())
+        """sum(g * g) of the built g (float64 value of a sum in g's dtype, as ``squared_norm`` of an
+        array; scale² times the product's when clipping has scaled g). Builds and keeps the product."""
+        if self.product is None:
+            self.product = np.empty(self.shape, dtype=self.dtype)
+            blas.gemm_tn(1.0, self.x, self.dz, 0.0, self.product)
+        value = squared_norm(self.product)
+        return value if self.scale == 1.0 else self.scale * self.scale * value
 
     def materialize(self, out: np.ndarray | None = None) -> np.ndarray:
         """g as a (D, M) C-contiguous array, written into ``out`` when given (no allocation)."""
         if out is None:
             out = np.empty(self.shape, dtype=self.dtype)
-        blas.gemm_tn(self.scale, self.x, self.dz, 0.0, out)
+        if self.product is not None:
+            np.multiply(self.product, self.scale, out=out)
+        else:
+            blas.gemm_tn(self.scale, self.x, self.dz, 0.0, out)
         return out
 
     def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
-        """target = decay * target + alpha * g in place: one gemm, the product is never stored."""
-        blas.gemm_tn(alpha * self.scale, self.x, self.dz, decay, target)
+        """target = decay * target + alpha * g in place: one gemm (the product never stored), or one
+        pass over the product when ``squared_norm`` has built it."""
+        if self.product is None:
+            blas.gemm_tn(alpha * self.scale, self.x, self.dz, decay, target)
+        elif not (blas.axpy(alpha * self.scale, self.product, target) if decay == 1.0
+                  else blas.axpby(alpha * self.scale, self.product, decay, target)):
+            if decay != 1.0:
+                target *= decay
+            target += self.product * (alpha * self.scale)
 
     def __repr__(self) -> str:
         return f"BatchProduct(shape={self.shape}, dtype={self.dtype}, rows={len(self.x)}, scale={self.scale})"
