@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .activations import Activation
 from . import blas
+from .activations import Activation
 from .gradients import BatchProduct, Gradient, OuterProduct
 
 Initializer = Callable[..., np.ndarray]  # (rng, fan_in, fan_out, dtype[, shape]), see init.py
