@@ -162,6 +162,19 @@ def factors(x, dz, dtype=np.float32) -> OuterProduct:
     return OuterProduct(np.array(x, dtype=dtype), np.array(dz, dtype=dtype))
 
 
+def check_verdicts(*grads) -> list[str | None]:
+    """The divergence check's message on each gradient as layer 0's weight (None: it passed)."""
+    outcomes = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for grad in grads:
+            try:
+                _check_gradients({"0.weight": grad}, Position())
+                outcomes.append(None)
+            except DivergenceError as error:
+                outcomes.append(str(error))
+    return outcomes
+
+
 @pytest.mark.parametrize(("x", "dz", "verdict"), [
     ([1.0, 2.0], [3.0, -4.0], None),
     ([1.0, np.nan], [3.0, 1.0], "is not finite"),
@@ -171,14 +184,8 @@ def factors(x, dz, dtype=np.float32) -> OuterProduct:
     ([3e19, 1.0], [1e-19, 1e-19], None),  # ‖x‖² overflows float32, g = [[3, 3], [1e-19, 1e-19]] does not
 ], ids=["finite", "nan", "inf times zero", "entries overflow", "squares overflow", "large factor, finite g"])
 def test_the_divergence_check_gives_the_built_arrays_verdict(x, dz, verdict) -> None:
-    outcomes = []
     with np.errstate(over="ignore", invalid="ignore"):
-        for grad in (factors(x, dz), as_array(factors(x, dz))):
-            try:
-                _check_gradients({"0.weight": grad}, Position())
-                outcomes.append(None)
-            except DivergenceError as error:
-                outcomes.append(str(error))
+        outcomes = check_verdicts(factors(x, dz), as_array(factors(x, dz)))
     assert outcomes[0] == outcomes[1]
     assert (outcomes[0] is None) if verdict is None else (verdict in outcomes[0])
 

@@ -1,4 +1,4 @@
-"""In-place BLAS updates NumPy has no call for: rank-1 ``ger``, ``axpby`` and ``axpy``.
+"""In-place BLAS updates NumPy has no call for: rank-1 ``ger``, ``gemm`` into an existing array, ``axpby`` and ``axpy``.
 
 NumPy cannot accumulate into an existing array: ``a += alpha * outer(x, y)`` builds the (D, M)
 product first and then reads it again, and ``y = beta * y + alpha * x`` takes three passes
@@ -73,8 +73,37 @@ def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
 
 
+def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> None:
+    """c = alpha * a.T @ b + beta * c in place. a (N, D), b (N, M), c (D, M).
+
+    One BLAS ``sgemm``/``dgemm`` (NumPy's own library, see ``axpby``) writing straight into c, so a
+    weight gradient can land in the velocity or the weights without being stored first. Elsewhere
+    (small c, other dtypes or layouts, another NumPy build) NumPy's product and passes, same formula.
+    With beta == 0, c's old contents are not read (as BLAS: a NaN there does not propagate).
+    """
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
+        raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
+                         f"from a {a.shape} and b {b.shape}")
+    library = _numpy_blas() if writes_in_place(c, a, b) and not np.may_share_memory(c, a) \
+        and not np.may_share_memory(c, b) else None
+    if library is None:
+        product = a.T @ b
+        if alpha != 1.0:
+            product *= alpha
+        if beta == 0.0:
+            np.copyto(c, product)
+        else:
+            if beta != 1.0:
+                c *= beta
+            c += product
+        return
+    routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
+    (n, d), m = a.shape, b.shape[1]
+    routine(ROW_MAJOR, TRANS, NO_TRANS, d, m, n, alpha, a.ctypes.data, d, b.ctypes.data, m, beta, c.ctypes.data, m)
+
+
 _NUMPY_BLAS: list = []  # [library or None], looked up on first use
-ROW_MAJOR = 101  # CBLAS_ORDER CblasRowMajor
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS_ORDER CblasRowMajor, CBLAS_TRANSPOSE CblasNoTrans / CblasTrans
 
 
 def _numpy_blas():
@@ -89,7 +118,7 @@ def _numpy_blas():
             try:
                 library = ctypes.CDLL(found[0]) if found else None  # already loaded by NumPy: the same copy
                 size, pointer = ctypes.c_int64, ctypes.c_void_p
-                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger"):
+                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger", "sgemm", "dgemm"):
                     routine = getattr(library, f"scipy_cblas_{name}64_")
                     real = ctypes.c_float if name[0] == "s" else ctypes.c_double
                     routine.restype = None
@@ -97,6 +126,8 @@ def _numpy_blas():
                         "axpy": [size, real, pointer, size, pointer, size],
                         "axpby": [size, real, pointer, size, real, pointer, size],
                         "ger": [ctypes.c_int, size, size, real, pointer, size, pointer, size, pointer, size],
+                        "gemm": [ctypes.c_int, ctypes.c_int, ctypes.c_int, size, size, size, real, pointer, size,
+                                 pointer, size, real, pointer, size],
                     }[name[1:]]
             except (OSError, AttributeError, TypeError):
                 library = None

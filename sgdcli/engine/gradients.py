@@ -1,4 +1,4 @@
-"""Gradients kept in factored form: a dense layer's weight gradient from one sample, x dzᵀ.
+"""Gradients kept in factored form: a dense layer's weight gradient x dzᵀ (one sample) or x.T dz (a batch).
 
 With a batch of one, a dense layer's weight gradient x.T @ dz is the outer product of the input x
 (D,) and dz (M,). Building it costs a pass over a weight-sized array, and an optimizer then reads
@@ -8,8 +8,14 @@ the values themselves (AdaGrad, RMSProp, L2 weight decay) calls ``materialize``;
 norm (divergence check, clipping, layer statistics) comes from the factors:
 ‖x dzᵀ‖² = ‖x‖² ‖dz‖², the same value up to rounding.
 
-``squared_norm``, ``as_array`` and in-place scaling (``g *= factor``) work on both an OuterProduct
-and a plain array, so code that inspects gradients handles either.
+With a batch of N > 1 the weight gradient x.T @ dz is a matrix product (``BatchProduct``). Plain
+and momentum SGD take it as one BLAS gemm writing into the weights or the velocity (v = m v - lr
+x.T dz, beta = m), one pass over the weights fewer than building g first; the other optimizers get
+it built into a work array. Its divergence check needs no product: ``surely_finite`` bounds its sum
+of squares by ‖x‖² ‖dz‖² and only a bound near overflow sends the check to the built array.
+
+``squared_norm``, ``as_array`` and in-place scaling (``g *= factor``) work on every kind and on a
+plain array, so code that inspects gradients handles each.
 """
 
 from __future__ import annotations
@@ -21,32 +27,50 @@ import numpy as np
 from . import blas
 
 
-class OuterProduct:
+class _Factors:
+    """What both factored gradients share: the factors x and dz, referenced and never written, a
+    ``scale`` that ``g *= factor`` changes (clipping) instead of the values, g's dtype, and
+    ``np.asarray(g)`` building g (``materialize``, which the subclass provides)."""
+
+    __slots__ = ("x", "dz", "scale")
+
+    def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float) -> None:
+        self.x, self.dz, self.scale = x, dz, float(scale)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    def __imul__(self, factor: float):
+        self.scale *= float(factor)
+        return self
+
+    def materialize(self, out: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.materialize()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+class OuterProduct(_Factors):
     """The gradient g = scale * outer(x, dz) of a (D, M) weight, kept as its factors.
 
     x (D,) and dz (M,) are referenced, not copied, and never written; ``g *= factor`` changes
     only ``scale`` (clipping). ``shape`` and ``dtype`` are those of g.
     """
 
-    __slots__ = ("x", "dz", "scale")
+    __slots__ = ()
 
     def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float = 1.0) -> None:
         if x.ndim != 1 or dz.ndim != 1 or x.dtype != dz.dtype:
             raise ValueError(f"OuterProduct needs two 1-D factors of one dtype, got {x.shape} {x.dtype} "
                              f"and {dz.shape} {dz.dtype}")
-        self.x, self.dz, self.scale = x, dz, float(scale)
+        super().__init__(x, dz, scale)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.x), len(self.dz))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.x.dtype
-
-    def __imul__(self, factor: float) -> OuterProduct:
-        self.scale *= float(factor)
-        return self
 
     def squared_norm(self) -> float:
         """‖g‖² = scale² ‖x‖² ‖dz‖² (float64), or inf where the array's own sum of squares in its
@@ -75,21 +99,90 @@ class OuterProduct:
         """target += alpha * g in place (BLAS rank-1 update, ``blas.ger``): the product is never built."""
         blas.ger(alpha * self.scale, self.x, self.dz, target)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self.materialize()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
     def __repr__(self) -> str:
         return f"OuterProduct(shape={self.shape}, dtype={self.dtype}, scale={self.scale})"
 
 
-Gradient = np.ndarray | OuterProduct
+class BatchProduct(_Factors):
+    """The gradient g = scale * x.T @ dz of a (D, M) weight from a batch of N samples, kept as its factors.
+
+    x (N, D) and dz (N, M) are referenced, not copied, and never written. ``add_to`` and
+    ``materialize`` are one BLAS gemm writing into the target (``blas.gemm_tn``), so SGD puts the
+    product straight into the velocity or the weights and it is never stored on its own.
+
+    ``surely_finite`` decides without the product that its sum of squares is finite (see there).
+    ``squared_norm`` (clipping, layer statistics, a check the bound left open) builds the product
+    x.T @ dz once, into a new array kept on this object: from then on ``materialize`` and ``add_to``
+    use it (one pass, ``add_scaled``), so a clipped update still runs one gemm, not two.
+    ``g *= factor`` changes only ``scale``. ``shape`` and ``dtype`` are those of g.
+    """
+
+    __slots__ = ("product",)
+
+    def __init__(self, x: np.ndarray, dz: np.ndarray, scale: float = 1.0) -> None:
+        if x.ndim != 2 or dz.ndim != 2 or len(x) != len(dz) or x.dtype != dz.dtype:
+            raise ValueError(f"BatchProduct needs two 2-D factors with one row count and dtype, got {x.shape} "
+                             f"{x.dtype} and {dz.shape} {dz.dtype}")
+        super().__init__(x, dz, scale)
+        self.product: np.ndarray | None = None  # x.T @ dz (without scale), once something needed the values
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.x.shape[1], self.dz.shape[1])
+
+    def surely_finite(self) -> bool:
+        """True when sum(g * g), computed in g's dtype, is certainly finite: scale² ‖x‖² ‖dz‖² is at
+        most a quarter of finfo.max. Each g_ij = scale Σ_n x_ni dz_nj is at most scale ‖x_:i‖ ‖dz_:j‖ in
+        size (Cauchy-Schwarz), so Σ g_ij² ≤ scale² ‖x‖² ‖dz‖²; the quarter covers the rounding of the
+        product, of the sum of squares and of this bound (each a relative (1 + n·eps)). False (then
+        the caller checks the built g) for non-finite factors or a bound above that: a verdict
+        "not finite" is never taken from the bound. The two norms read x and dz, not the D x M product.
+        """
+        xx, dd = float(np.dot(self.x.reshape(-1), self.x.reshape(-1))), float(np.dot(self.dz.reshape(-1), self.dz.reshape(-1)))
+        bound = self.scale * self.scale * xx * dd
+        return bound <= float(np.finfo(self.dtype).max) / 4  # False for inf and NaN too
+
+    def squared_norm(self) -> float:
+        """sum(g * g) of the built g (float64 value of a sum in g's dtype, as ``squared_norm`` of an
+        array; scale² times the product's when clipping has scaled g). Builds and keeps the product."""
+        if self.product is None:
+            self.product = np.empty(self.shape, dtype=self.dtype)
+            blas.gemm_tn(1.0, self.x, self.dz, 0.0, self.product)
+        value = squared_norm(self.product)
+        return value if self.scale == 1.0 else self.scale * self.scale * value
+
+    def materialize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """g as a (D, M) C-contiguous array, written into ``out`` when given (no allocation)."""
+        if out is None:
+            out = np.empty(self.shape, dtype=self.dtype)
+        if self.product is not None:
+            np.multiply(self.product, self.scale, out=out)
+        else:
+            blas.gemm_tn(self.scale, self.x, self.dz, 0.0, out)
+        return out
+
+    def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
+        """target = decay * target + alpha * g in place: one gemm (the product never stored), or one
+        pass over the product when ``squared_norm`` has built it."""
+        if self.product is None:
+            blas.gemm_tn(alpha * self.scale, self.x, self.dz, decay, target)
+        elif not (blas.axpy(alpha * self.scale, self.product, target) if decay == 1.0
+                  else blas.axpby(alpha * self.scale, self.product, decay, target)):
+            if decay != 1.0:
+                target *= decay
+            target += self.product * (alpha * self.scale)
+
+    def __repr__(self) -> str:
+        return f"BatchProduct(shape={self.shape}, dtype={self.dtype}, rows={len(self.x)}, scale={self.scale})"
+
+
+Gradient = np.ndarray | OuterProduct | BatchProduct
 
 
 def squared_norm(grad: Gradient) -> float:
     """sum(g * g) as a Python float, accumulated in g's dtype (so it overflows to inf where g's
     sum of squares does); for an OuterProduct from its factors (``OuterProduct.squared_norm``)."""
-    if isinstance(grad, OuterProduct):
+    if isinstance(grad, (OuterProduct, BatchProduct)):
         return grad.squared_norm()
     flat = grad.reshape(-1)
     return float(np.dot(flat, flat))
@@ -97,14 +190,22 @@ def squared_norm(grad: Gradient) -> float:
 
 def as_array(grad: Gradient) -> np.ndarray:
     """The gradient's values as an array (an OuterProduct is built; an array is returned as is)."""
-    return grad.materialize() if isinstance(grad, OuterProduct) else grad
+    return grad.materialize() if isinstance(grad, (OuterProduct, BatchProduct)) else grad
+
+
+def surely_finite(grad: Gradient) -> bool:
+    """Whether g's sum of squares is known finite without reading a D x M array: a ``BatchProduct``'s
+    bound (``BatchProduct.surely_finite``); False for any other gradient (then check ``squared_norm``)."""
+    return isinstance(grad, BatchProduct) and grad.surely_finite()
 
 
 def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
     """target = decay * target + alpha * g in place: BLAS ``ger`` for an OuterProduct (after
-    ``target *= decay``); for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
+    ``target *= decay``), one ``gemm`` for a BatchProduct; for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
     through ``scratch`` (a work array shaped like target, which g itself may be), no temporary."""
-    if isinstance(grad, OuterProduct):
+    if isinstance(grad, BatchProduct):
+        grad.add_to(target, alpha, decay)
+    elif isinstance(grad, OuterProduct):
         if decay != 1.0:
             target *= decay
         grad.add_to(target, alpha)

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import DTypeLike
 
+from . import blas
 from .activations import Activation
-from .gradients import Gradient, OuterProduct
+from .gradients import BatchProduct, Gradient, OuterProduct
 
 Initializer = Callable[..., np.ndarray]  # (rng, fan_in, fan_out, dtype[, shape]), see init.py
 
@@ -154,13 +155,15 @@ class Dense(Layer):
     def backward_factored(
         self, dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], *, need_dx: bool = True
     ) -> tuple[np.ndarray | None, dict[str, Gradient]]:
-        """``backward``; with one sample the weight gradient is ``OuterProduct(x[0], dz[0])``, not built."""
+        """``backward``; the weight gradient is not built: ``OuterProduct(x[0], dz[0])`` with one sample,
+        ``BatchProduct(x, dz)`` with more when the weight is large enough for BLAS (``blas.writes_in_place``)."""
         x, z, out = cache
-        if len(x) != 1:
+        if len(x) != 1 and not blas.writes_in_place(self.weight, x):
             return self.backward(dout, cache, need_dx=need_dx)
         dz = self.activation.backward(dout, z, out)
-        # The bias gradient is a copy: clipping scales it in place, and dz is the OuterProduct's factor.
-        grads = {"weight": OuterProduct(x[0], dz[0]), "bias": dz.sum(axis=0)}
+        # The bias gradient is a copy: clipping scales it in place, and dz is the product's factor.
+        weight = OuterProduct(x[0], dz[0]) if len(x) == 1 else BatchProduct(x, dz)
+        grads = {"weight": weight, "bias": dz.sum(axis=0)}
         dx = dz @ self.weight.T if need_dx else None
         return dx, grads
 

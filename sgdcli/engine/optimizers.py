@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .gradients import Gradient, OuterProduct, add_scaled, add_squared, squared_norm
+from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squared, squared_norm
 
 
 class Optimizer:
@@ -29,7 +29,8 @@ class Optimizer:
     allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs,
     ``self.iterations`` already counts the step in progress (so it equals t). A subclass with
     ``takes_factored = True`` gets an OuterProduct g as it is (and touches g only through
-    ``gradients.add_scaled`` / ``add_squared``); otherwise g is built first.
+    ``gradients.add_scaled`` / ``add_squared``); otherwise g is built first. Likewise a
+    ``gradients.BatchProduct`` with ``takes_products`` (only through ``add_scaled``, each call a gemm).
 
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
     (``AdamW`` overrides this with decoupled decay).
@@ -47,6 +48,7 @@ class Optimizer:
 
     FLUSH_EVERY = 32
     takes_factored = False
+    takes_products = False
 
     def __init__(self, weight_decay: float = 0.0) -> None:
         if not weight_decay >= 0:
@@ -74,7 +76,7 @@ class Optimizer:
         if not self.weight_decay:
             return grad
         decayed = param * self.weight_decay
-        if isinstance(grad, OuterProduct):
+        if isinstance(grad, (OuterProduct, BatchProduct)):
             grad.add_to(decayed, 1.0)
         else:
             decayed += grad
@@ -104,7 +106,8 @@ class Optimizer:
                 state = self._state[key] = self._init_state(param)
             scratch = _work_array(self._scratch, key, param)
             grad = self._apply_weight_decay(param, grads[key], learning_rate)
-            if isinstance(grad, OuterProduct) and not self.takes_factored:
+            if (isinstance(grad, OuterProduct) and not self.takes_factored
+                    or isinstance(grad, BatchProduct) and not self.takes_products):
                 grad = grad.materialize(out=_work_array(self._built, key, param))
             self._update(param, grad, state, learning_rate, scratch)
             if flush:
@@ -185,10 +188,15 @@ class SGD(Optimizer):
     momentum == 0:  w -= lr * g
     momentum > 0:   v = momentum * v - lr * g;  w += v
     nesterov:       v = momentum * v - lr * g;  w += momentum * v - lr * g
-    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built.
+    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built;
+    without Nesterov (which reads g twice) a BatchProduct g by one gemm into v (or w), never stored.
     """
 
     takes_factored = True
+
+    @property
+    def takes_products(self) -> bool:
+        return not self.nesterov
 
     def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)

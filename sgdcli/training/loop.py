@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from sgdcli.engine.allocator import retain_freed_memory
-from sgdcli.engine.gradients import Gradient, as_array, squared_norm
+from sgdcli.engine.gradients import Gradient, as_array, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
@@ -165,9 +165,10 @@ def train_epochs(
 
 def nonfinite(grads: dict[str, Gradient]) -> tuple[str, bool] | None:
     """The first gradient whose sum of squares (in its dtype) is not finite, and whether all its entries
-    are finite (then only the square overflowed: still a blow-up); None when every one is finite."""
+    are finite (then only the square overflowed: still a blow-up); None when every one is finite.
+    A gradient whose factors bound its sum of squares well below overflow (``surely_finite``) is not built."""
     for name, grad in grads.items():
-        if not math.isfinite(squared_norm(grad)):
+        if not surely_finite(grad) and not math.isfinite(squared_norm(grad)):
             return name, bool(np.isfinite(as_array(grad)).all())
     return None
 
