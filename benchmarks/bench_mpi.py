@@ -302,7 +302,8 @@ def main() -> None:
         rows.append((case, times, combine, step))
     print(f"mpiexec -bind-to {args.bind_to}; {args.rounds} rounds")
     print("| case | processes | per update | speed-up over P=1, median (min–max) | speed-up, best rounds | "
-          "collectives and ordered sum | optimizer step |")
+          "collectives and ordered sum | optimizer step (P=1: with the first layer's weight-gradient product, "
+          "which one process's update computes itself) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for case, times, combine, step in rows:
         one = times["P=1"]
