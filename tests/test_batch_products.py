@@ -13,10 +13,8 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import tiny_config
-from test_fused_updates import check_verdicts
-from test_resume import assert_identical, interrupt
+from test_fused_updates import check_verdicts, count_materialized, resume_is_bit_identical
 
-from sgdcli import api
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas
 from sgdcli.engine.activations import Identity, ReLU
@@ -202,9 +200,7 @@ def test_the_bound_never_calls_finite_a_gradient_whose_squares_overflow() -> Non
 
 
 def test_a_batch_that_diverges_is_not_applied(monkeypatch) -> None:
-    built: list[str] = []
-    original = BatchProduct.materialize
-    monkeypatch.setattr(BatchProduct, "materialize", lambda self, out=None: built.append("x") or original(self, out))
+    built = count_materialized(monkeypatch, BatchProduct)
     rng = np.random.default_rng(7)
     model = large_model(rng)
     x = rng.normal(size=(24, 300)).astype(np.float32)
@@ -250,10 +246,5 @@ def test_minibatch_resume_on_the_gemm_path_is_bit_identical(tmp_path, monkeypatc
     original = BatchProduct.__init__
     monkeypatch.setattr(BatchProduct, "__init__", lambda self, *a, **k: made.append(self) or original(self, *a, **k))
     config = load_config(tiny_config(training__epochs=3, optimizer=optimizer))
-    reference = api.train(config, runs_dir=tmp_path / "reference")
-    interrupted = interrupt(config, tmp_path / "runs", 8)  # mid-epoch 2 (6 updates an epoch)
-    assert interrupted.status == "interrupted"
-    resumed = api.resume(interrupted.run_dir)
-    assert resumed.status == "completed"
-    assert_identical(reference.run_dir, resumed.run_dir)
+    resume_is_bit_identical(config, tmp_path, 8)  # stopped mid-epoch 2 (6 updates an epoch)
     assert made  # the gradients came as batch products

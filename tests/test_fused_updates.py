@@ -250,10 +250,16 @@ def test_a_target_blas_cannot_write_in_place_takes_the_numpy_path(monkeypatch) -
 
 
 # ---------------------------------------------------------------- through the loop and resume
-def test_the_loop_applies_batch_one_gradients_from_their_factors(monkeypatch) -> None:
+def count_materialized(monkeypatch, factored_class) -> list[str]:
+    """A list that gains an entry whenever a gradient of `factored_class` is built into an array."""
     built: list[str] = []
-    original = OuterProduct.materialize
-    monkeypatch.setattr(OuterProduct, "materialize", lambda self, out=None: built.append("x") or original(self, out))
+    original = factored_class.materialize
+    monkeypatch.setattr(factored_class, "materialize", lambda self, out=None: built.append("x") or original(self, out))
+    return built
+
+
+def test_the_loop_applies_batch_one_gradients_from_their_factors(monkeypatch) -> None:
+    built = count_materialized(monkeypatch, OuterProduct)
     rng = np.random.default_rng(11)
     model = mlp(rng)
     problem = Problem(model=model, loss=CrossEntropy(), optimizer=SGD(momentum=0.9), schedule=Constant(0.01),
@@ -285,13 +291,18 @@ def test_batch_one_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatc
     original = blas.writes_in_place
     monkeypatch.setattr(blas, "writes_in_place", lambda *arrays: in_place.append(original(*arrays)) or in_place[-1])
     config = load_config(tiny_config(training__epochs=3, training__batch__mode="sgd", optimizer=optimizer))
+    resume_is_bit_identical(config, tmp_path, 130)  # stopped mid-epoch 2 (90 updates an epoch)
+    assert any(in_place)  # BLAS ger ran
+
+
+def resume_is_bit_identical(config, tmp_path, stop_after: int) -> None:
+    """A run of `config` stopped after `stop_after` updates and resumed ends with the uninterrupted run's files."""
     reference = api.train(config, runs_dir=tmp_path / "reference")
-    interrupted = interrupt(config, tmp_path / "runs", 130)  # mid-epoch 2 (90 updates an epoch)
+    interrupted = interrupt(config, tmp_path / "runs", stop_after)
     assert interrupted.status == "interrupted"
     resumed = api.resume(interrupted.run_dir)
     assert resumed.status == "completed"
     assert_identical(reference.run_dir, resumed.run_dir)
-    assert any(in_place)  # BLAS ger ran
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
