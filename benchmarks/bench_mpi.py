@@ -206,11 +206,11 @@ def profile_worker(args) -> None:
             timed("weights allgather" if dp.rows is None else "weights exchange", dp._share)
         else:
             timed("optimizer step", problem.optimizer.step, params, dp.grads, 0.001)
-    if True:  # every rank: a slower one shows as the others' wait in the collectives
-        total = sum(phases.values())
-        rank = "" if data_parallel is None else f" rank {data_parallel.rank}"
-        print(f"P={1 if data_parallel is None else data_parallel.size}{rank}: {total / updates * 1e3:.2f} ms an update: "
-              + ", ".join(f"{name} {seconds / updates * 1e3:.2f}" for name, seconds in phases.items()), flush=True)
+    # every rank prints: a slower one shows as the others' wait in the collectives
+    total = sum(phases.values())
+    rank = "" if data_parallel is None else f" rank {data_parallel.rank}"
+    print(f"P={1 if data_parallel is None else data_parallel.size}{rank}: {total / updates * 1e3:.2f} ms an update: "
+          + ", ".join(f"{name} {seconds / updates * 1e3:.2f}" for name, seconds in phases.items()), flush=True)
 
 
 def mpiexec(processes: int, bind_to: str) -> list[str]:

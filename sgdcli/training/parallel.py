@@ -253,6 +253,7 @@ class DataParallel:
         self._slices = [slice(rank * layout.width, (rank + 1) * layout.width) for rank in range(self.size)]
         self._columns = [row[start : start + layout.width] for row in self.rows]  # this slice, rank by rank
         self.send, self.received = np.zeros(2, dtype), np.zeros((self.size, 2), dtype)
+        self._copies = self._own = []  # the message path's, unused here (and its send buffer freed)
 
     def _send_update(self) -> np.ndarray:
         """The update's first collective; returns every rank's control value."""
