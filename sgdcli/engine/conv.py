@@ -13,6 +13,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import DTypeLike
 
 from .activations import Activation
+from .channels import WideRows
 from .layers import Initializer, Layer
 from .workers import split
 
@@ -212,8 +213,14 @@ class Conv2d(Layer):
             cols = im2col(x, self.kernel_size, self.stride, self.padding, out_hw=(oh, ow))
             z = cols @ wmat.T
             if self.bias is not None and not defer_bias:  # by images on two threads: a pass over all of z
-                bias, per = self.bias, oh * ow
-                split(len(x), lambda a, b: np.add(z[a * per : b * per], bias, out=z[a * per : b * per]), 2 * z.nbytes)
+                wide = WideRows(oh * ow, self.filters, z)  # channels.py: in long loops
+                wide_z, bias, per = wide.view(z), wide.tile(self.bias), oh * ow
+
+                def add(a: int, b: int) -> None:
+                    span = wide.span(a * per, b * per)
+                    np.add(wide_z[span], bias, out=wide_z[span])
+
+                split(len(x), add, 2 * z.nbytes)
         return z, cols, transposed, (oh, ow)
 
     def forward(self, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import ReLU
+from .channels import WideRows
 from .conv import Conv2d
 from .layers import Layer
 from .normalization import BatchNorm, channel_sums, rows_of, shaped_like
@@ -57,7 +58,8 @@ class ConvMaxPool(Layer):
         pooled, (z_shape, argmax) = pool.forward(z.reshape(n, zh, zw, f).transpose(0, 3, 1, 2))
         rows = pooled.transpose(0, 2, 3, 1).reshape(-1, f)  # a view: pooled keeps z's channels-last memory
         if conv.bias is not None and not transposed:
-            rows += conv.bias
+            wide = WideRows(ph * pw, f, rows)  # channels.py: in long loops
+            wide.view(rows)[...] += wide.tile(conv.bias)
         out = conv.activation.forward_in_place(rows)  # may be rows itself, overwritten
         images = out.reshape(n, ph, pw, f).transpose(0, 3, 1, 2)
         return images, (x.shape, cols, transposed, z_shape, argmax, rows, out)
@@ -120,7 +122,9 @@ class BatchNormMaxPool(Layer):
         grads = {"weight": dweight, "bias": dbias}
         if not need_dx:
             return None, grads
-        scaled, _ = self.pool.backward(shaped_like(dp * (self.norm.weight * inv_std), dout.shape), pool_cache)
+        wide = WideRows(dout.shape[2] * dout.shape[3], dp.shape[1], dp)  # channels.py: in long loops
+        scaled = (wide.view(dp) * wide.tile(self.norm.weight * inv_std)).reshape(dp.shape)
+        scaled, _ = self.pool.backward(shaped_like(scaled, dout.shape), pool_cache)
         dx = self.norm.input_gradient(rows_of(scaled), norm_cache, dweight, dbias, scaled=True)
         return shaped_like(dx, x_shape), grads
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .channels import WideRows
 from .layers import Layer
 from .workers import split
 
@@ -33,7 +34,8 @@ def channel_sums(x_shape: tuple[int, ...], *terms: tuple[np.ndarray, np.ndarray 
     Two levels (H*W values, then N partial sums) keep float32 rounding near (H*W + N) ulps instead of
     the M = N*H*W of one running sum down the rows, so statistics agree with PyTorch's to ~1e-6. The
     per-sample sums of all terms run in one chunked pass on two threads (``workers.split``; each
-    sample's sum is the same however the samples are split).
+    sample's sum is the same however the samples are split). A product term is formed per chunk and
+    summed by the same BLAS product as a plain sum (~1.7x faster than ``einsum`` over the chunk).
     """
     if len(x_shape) == 2:
         if prepare is not None:
@@ -48,10 +50,8 @@ def channel_sums(x_shape: tuple[int, ...], *terms: tuple[np.ndarray, np.ndarray 
         if prepare is not None:
             prepare(a * shaped[0][0].shape[1], b * shaped[0][0].shape[1])
         for partial, (rows, other) in zip(partials, shaped):
-            if other is None:  # a product with a row of ones: BLAS, ~9x faster than NumPy's sum over axis 1
-                np.matmul(ones, rows[a:b], out=partial[a:b, None])
-            else:
-                np.einsum("nmc,nmc->nc", rows[a:b], other[a:b], out=partial[a:b])
+            # a product with a row of ones: BLAS, ~9x faster than NumPy's sum over axis 1
+            np.matmul(ones, rows[a:b] if other is None else rows[a:b] * other[a:b], out=partial[a:b, None])
 
     nbytes = sum(rows.nbytes * (1 if other is None else 2) for rows, other in terms)
     split(x_shape[0], samples, nbytes + (2 * terms[0][0].nbytes if prepare else 0), chunked=True)
@@ -130,11 +130,15 @@ class BatchNorm(Layer):
             raise ValueError(f"BatchNorm expects inputs of shape (N, {self.features}) or (N, {self.features}, H, W), "
                              f"got shape {x.shape}")
         rows = rows_of(x)
-        zero = np.zeros(rows.shape[1], dtype=rows.dtype)  # a row: ~4x faster than the scalar (activations.py)
+        centred = np.empty_like(rows)
+        wide = WideRows(len(rows) // len(x), self.features, rows, centred)  # channels.py: long loops
+        wide_rows, wide_centred = wide.view(rows), wide.view(centred)
+        zero = np.zeros(wide.g * self.features, dtype=rows.dtype)  # a row: ~4x faster than the scalar
 
         def activate(a: int, b: int) -> None:
             if relu:
-                np.maximum(rows[a:b], zero, out=rows[a:b])
+                span = wide.span(a, b)
+                np.maximum(wide_rows[span], zero, out=wide_rows[span])
 
         if training:
             count = len(rows)
@@ -143,12 +147,13 @@ class BatchNorm(Layer):
             mean = channel_sums(x.shape, (rows, None), prepare=activate if relu else None)[0] / count
         else:
             mean, var = self.running_mean, self.running_var
-        centred = np.empty_like(rows)
+        tiled_mean = wide.tile(mean)
 
         def subtract(a: int, b: int) -> None:
             if not training:
                 activate(a, b)
-            np.subtract(rows[a:b], mean, out=centred[a:b])
+            span = wide.span(a, b)
+            np.subtract(wide_rows[span], tiled_mean, out=wide_centred[span])
 
         if training:
             var = channel_sums(x.shape, (centred, centred), prepare=subtract)[0] / count
@@ -160,11 +165,15 @@ class BatchNorm(Layer):
     def normalize(self, centred: np.ndarray, inv_std: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
         """centred * (weight * inv_std) + bias as new rows (M, C): xhat * weight + bias, xhat never stored.
         ``x_shape``: the logical shape the rows stand for ((N, C) or (N, C, H, W))."""
-        out, scale = np.empty_like(centred), self.weight * inv_std
+        out = np.empty_like(centred)
+        wide = WideRows(len(centred) // x_shape[0], self.features, centred, out)
+        wide_centred, wide_out = wide.view(centred), wide.view(out)
+        scale, bias = wide.tile(self.weight * inv_std), wide.tile(self.bias)
 
         def rows(a: int, b: int) -> None:
-            np.multiply(centred[a:b], scale, out=out[a:b])
-            out[a:b] += self.bias
+            span = wide.span(a, b)
+            np.multiply(wide_centred[span], scale, out=wide_out[span])
+            wide_out[span] += bias
 
         _by_sample(centred, x_shape, rows, 3 * centred.nbytes)
         return out
@@ -199,15 +208,20 @@ class BatchNorm(Layer):
         scale, count = self.weight * inv_std, len(dy)
         slope, offset = scale * inv_std * dweight * (-1.0 / count), scale * dbias * (-1.0 / count)
         dx = dy if scaled else np.empty_like(dy)
+        wide = WideRows(count // x_shape[0], self.features, dy, dx, centred, *([] if active is None else [active]))
+        wdy, wdx, wcentred = wide.view(dy), wide.view(dx), wide.view(centred)
+        wactive = None if active is None else wide.view(active)
+        scale, slope, offset = wide.tile(scale), wide.tile(slope), wide.tile(offset)
 
         def rows(a: int, b: int) -> None:
+            span = wide.span(a, b)
             if not scaled:
-                np.multiply(dy[a:b], scale, out=dx[a:b])
+                np.multiply(wdy[span], scale, out=wdx[span])
             if training:
-                dx[a:b] += centred[a:b] * slope
-                dx[a:b] += offset
-            if active is not None:
-                np.multiply(dx[a:b], active[a:b] > 0, out=dx[a:b])
+                wdx[span] += wcentred[span] * slope
+                wdx[span] += offset
+            if wactive is not None:
+                np.multiply(wdx[span], wactive[span] > 0, out=wdx[span])
 
         _by_sample(dx, x_shape, rows, 4 * dx.nbytes)
         return dx
