@@ -12,6 +12,8 @@ entry): the same bits, in loops of G*C values.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 MAX_WIDTH = 1 << 15  # values in a wide row: 128 KiB of float32, so the tiled vector stays in cache
@@ -21,8 +23,13 @@ def group(rows_per_sample: int, channels: int) -> int:
     """G: the largest divisor of ``rows_per_sample`` with G * channels <= MAX_WIDTH (1 at least).
 
     A divisor, so that ranges of whole samples (what ``workers.split`` hands out) are ranges of wide rows."""
+    return _group(rows_per_sample, channels, MAX_WIDTH)
+
+
+@lru_cache(maxsize=256)  # a few shapes per model, asked for by every pass of every update
+def _group(rows_per_sample: int, channels: int, max_width: int) -> int:
     best = 1
-    for g in range(1, min(rows_per_sample, MAX_WIDTH // max(channels, 1)) + 1):
+    for g in range(1, min(rows_per_sample, max_width // max(channels, 1)) + 1):
         if rows_per_sample % g == 0:
             best = g
     return best
@@ -32,8 +39,8 @@ class WideRows:
     """Channels-last rows (M, C) viewed as (M / G, G * C), and channel vectors tiled to match.
 
     ``rows_per_sample``: the rows of one sample (H*W for images, 1 for dense features): G divides
-    it. Arrays given to ``view`` must be C-contiguous (M, C) (checked: ``usable``); G is 1 (plain
-    broadcasting, nothing gained) when any of them is not.
+    it. Arrays given to ``view`` must be C-contiguous (M, C) (it raises otherwise); G is 1 (plain
+    broadcasting, nothing gained) when any array given here is not.
     """
 
     def __init__(self, rows_per_sample: int, channels: int, *arrays: np.ndarray) -> None:
