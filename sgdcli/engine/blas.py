@@ -1,4 +1,4 @@
-"""In-place BLAS updates NumPy has no call for: rank-1 ``ger``, ``gemm`` into an existing array, ``axpby`` and ``axpy``.
+"""In-place BLAS updates NumPy has no call for (``ger``, ``gemm`` into an array, ``axpby``, ``axpy``), and the pool's size.
 
 NumPy cannot accumulate into an existing array: ``a += alpha * outer(x, y)`` builds the (D, M)
 product first and then reads it again, and ``y = beta * y + alpha * x`` takes three passes
@@ -26,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -118,6 +120,10 @@ def _numpy_blas():
             try:
                 library = ctypes.CDLL(found[0]) if found else None  # already loaded by NumPy: the same copy
                 size, pointer = ctypes.c_int64, ctypes.c_void_p
+                library.scipy_openblas_get_num_threads64_.restype = ctypes.c_int
+                library.scipy_openblas_get_num_threads64_.argtypes = []
+                library.scipy_openblas_set_num_threads64_.restype = None
+                library.scipy_openblas_set_num_threads64_.argtypes = [ctypes.c_int]
                 for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger", "sgemm", "dgemm"):
                     routine = getattr(library, f"scipy_cblas_{name}64_")
                     real = ctypes.c_float if name[0] == "s" else ctypes.c_double
@@ -166,6 +172,37 @@ def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> bool:
     routine = library.scipy_cblas_saxpy64_ if y.dtype == np.float32 else library.scipy_cblas_daxpy64_
     routine(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
     return True
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run NumPy's BLAS (products, ``ger``, ``axpy``...) on at most ``count`` threads inside the block,
+    and on as many as before after it (also when the block raises).
+
+    ``openblas_set_num_threads`` of NumPy's own OpenBLAS: it changes the whole process's pool for the
+    block's duration (other threads' BLAS calls included) and never raises the count. A no-op with
+    another NumPy build (no call for it without a second library), or when the pool is already that
+    small (one BLAS thread per MPI process). The library keeps its idle threads; restoring costs no
+    thread start. Raises ValueError for count < 1.
+    """
+    if count < 1:
+        raise ValueError(f"threads: count must be >= 1, got {count}")
+    library = _numpy_blas()
+    previous = library.scipy_openblas_get_num_threads64_() if library is not None else count
+    if previous <= count:
+        yield
+        return
+    library.scipy_openblas_set_num_threads64_(count)
+    try:
+        yield
+    finally:
+        library.scipy_openblas_set_num_threads64_(previous)
+
+
+def thread_count() -> int | None:
+    """How many threads NumPy's BLAS runs on now, or None with another NumPy build (see ``threads``)."""
+    library = _numpy_blas()
+    return None if library is None else int(library.scipy_openblas_get_num_threads64_())
 
 
 def numpy_blas_library():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from sgdcli.engine import blas
 from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.gradients import Gradient, as_array, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
@@ -115,52 +117,68 @@ def train_epochs(
             else:  # resuming mid-epoch: draw the interrupted epoch's order again
                 shuffle_rng.bit_generator.state = position.epoch_rng
         order = shuffle_rng.permutation(n) if shuffled else None
-        for start in range(position.batch * size, n, size):
-            count = min(size, n - start)
-            first, last = start, start + count
-            if parallel is not None:  # this process's contiguous shard of the batch
-                first, last = (start + row for row in parallel.shard(count))
-            if order is None:  # slices, no copies
-                xb, yb = x[first:last], y[first:last]
-            else:
-                index = order[first:last]
-                xb, yb = x[index], y[index]
-            if search:
-                value, passes = problem.optimizer.step(
-                    params, lambda xb=xb, yb=yb: problem.loss.value(model.predict(xb), yb),
-                    problem.schedule(position.updates))
-                if not math.isfinite(value):
-                    raise _diverged(position, f"the loss is {value}")
-                position.forward_passes += passes
-            else:
-                if parallel is None:
-                    outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
-                    value, dout = problem.loss.value_and_grad(outputs, yb)
-                else:  # every process gets the whole batch's loss and gradient
-                    value, grads = parallel.gradient(xb, yb, count, dropout_rng, start + count == n)
-                if not math.isfinite(value):
-                    raise _diverged(position, f"the loss is {value}")
-                if parallel is None:  # batch 1: a dense layer's weight gradient as its two factors
-                    grads = model.backward(dout, caches, factored=True)
-                _check_gradients(grads, position, parallel)
-                if problem.clip_norm is not None:
-                    clip_by_global_norm(grads, problem.clip_norm)
-                observed = observer is not None and observer.before_step(position.batch, params, grads)
-                problem.optimizer.step(params, grads, problem.schedule(position.updates))
-                if observed:
-                    observer.after_step(params)
-                position.forward_passes += 1
-            position.updates += 1
-            position.samples += count
-            position.batch += 1
-            position.loss_sum += value * count
-            if on_batch is not None:
-                on_batch(position.batch, value)
-            if should_stop is not None and should_stop():
-                raise Interrupted()
+        with _blas_threads(size, parallel):
+            for start in range(position.batch * size, n, size):
+                count = min(size, n - start)
+                first, last = start, start + count
+                if parallel is not None:  # this process's contiguous shard of the batch
+                    first, last = (start + row for row in parallel.shard(count))
+                if order is None:  # slices, no copies
+                    xb, yb = x[first:last], y[first:last]
+                else:
+                    index = order[first:last]
+                    xb, yb = x[index], y[index]
+                if search:
+                    value, passes = problem.optimizer.step(
+                        params, lambda xb=xb, yb=yb: problem.loss.value(model.predict(xb), yb),
+                        problem.schedule(position.updates))
+                    if not math.isfinite(value):
+                        raise _diverged(position, f"the loss is {value}")
+                    position.forward_passes += passes
+                else:
+                    if parallel is None:
+                        outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
+                        value, dout = problem.loss.value_and_grad(outputs, yb)
+                    else:  # every process gets the whole batch's loss and gradient
+                        value, grads = parallel.gradient(xb, yb, count, dropout_rng, start + count == n)
+                    if not math.isfinite(value):
+                        raise _diverged(position, f"the loss is {value}")
+                    if parallel is None:  # batch 1: a dense layer's weight gradient as its two factors
+                        grads = model.backward(dout, caches, factored=True)
+                    _check_gradients(grads, position, parallel)
+                    if problem.clip_norm is not None:
+                        clip_by_global_norm(grads, problem.clip_norm)
+                    observed = observer is not None and observer.before_step(position.batch, params, grads)
+                    problem.optimizer.step(params, grads, problem.schedule(position.updates))
+                    if observed:
+                        observer.after_step(params)
+                    position.forward_passes += 1
+                position.updates += 1
+                position.samples += count
+                position.batch += 1
+                position.loss_sum += value * count
+                if on_batch is not None:
+                    on_batch(position.batch, value)
+                if should_stop is not None and should_stop():
+                    raise Interrupted()
         result = EpochResult(position.epoch + 1, position.loss_sum / n, problem.schedule(position.updates - 1))
         position.epoch, position.batch, position.loss_sum, position.epoch_rng = position.epoch + 1, 0, 0.0, None
         yield result
+
+
+def _blas_threads(size: int, parallel: Sharded | None) -> AbstractContextManager:
+    """One BLAS thread for the updates of batch 1, the BLAS pool as it is otherwise.
+
+    At batch 1 a dense layer's forward product is a matrix-vector product and its update a rank-1
+    ``ger`` into the same weights. On two threads OpenBLAS splits the two over the weights differently
+    (the product by output column, ``ger`` by input row), so each update moves half the weights'
+    cache lines from one core to the other and back: on the 784-512-10 race (benchmarks/bench.py,
+    2-core AMD EPYC) 511 us per plain-SGD update on two threads against 154 on one, Adam 1291 against
+    555; momentum 259 against 231. Batch 4 and up gain from the second thread (momentum, batch 4: 285
+    against 346 us), so only batch 1 runs on one. The epoch's end (evaluation, checkpoints) runs
+    outside, on the whole pool; data-parallel processes already run one BLAS thread each.
+    """
+    return blas.threads(1) if size == 1 and parallel is None else nullcontext()
 
 
 def nonfinite(grads: dict[str, Gradient]) -> tuple[str, bool] | None:
