@@ -72,14 +72,19 @@ def test_an_update_allocates_no_parameter_sized_array(name: str) -> None:
     grad = {"w": rng.normal(size=(500, 400)).astype(np.float32)}
     optimizer = OPTIMIZERS[name]()
     optimizer.step(params, grad, 0.01)
-    tracemalloc.start()
-    try:
-        for _ in range(optimizer.FLUSH_EVERY):
-            optimizer.step(params, grad, 0.01)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < params["w"].nbytes / 50, f"{name}: an update allocated {peak} bytes for a {params['w'].nbytes}-byte parameter"
+    peaks = []
+    # tracemalloc counts every thread's allocations: a thread another test left running (a Dask
+    # client's, say) can allocate during one window. An allocation of the update itself is in each.
+    for _ in range(3):
+        tracemalloc.start()
+        try:
+            for _ in range(optimizer.FLUSH_EVERY):
+                optimizer.step(params, grad, 0.01)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert min(peaks) < params["w"].nbytes / 50, \
+        f"{name}: an update allocated {min(peaks)} bytes for a {params['w'].nbytes}-byte parameter"
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
