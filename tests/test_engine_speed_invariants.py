@@ -47,7 +47,7 @@ def test_a_float32_training_step_creates_no_float64_array(name: str, activation:
     rng = np.random.default_rng(0)
     model = float32_model(rng, ACTIVATIONS[activation])
     optimizer = OPTIMIZERS[name]()
-    for step in range(Adam.FLUSH_EVERY + 1):  # through one subnormal flush too
+    for step in range(optimizer.flush_every() + 1):  # through one subnormal flush too
         x = rng.normal(size=(5, 6))  # float64 data: the model converts it once, on entry
         out, caches = model.forward(x, training=True, rng=rng)
         _, dout = CrossEntropy().value_and_grad(out, rng.integers(0, 3, size=5))
@@ -78,7 +78,7 @@ def test_an_update_allocates_no_parameter_sized_array(name: str) -> None:
     for _ in range(3):
         tracemalloc.start()
         try:
-            for _ in range(optimizer.FLUSH_EVERY):
+            for _ in range(optimizer.flush_every()):
                 optimizer.step(params, grad, 0.01)
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
@@ -144,12 +144,33 @@ def test_the_subnormal_flush_leaves_no_subnormal_state_and_changes_no_weight(nam
             assert not subnormal(value).any(), f"{key} keeps subnormal values: {value}"
 
 
+@pytest.mark.parametrize("optimizer, every", [
+    (SGD(), 32), (SGD(momentum=0.5), 32), (SGD(momentum=0.9), 128), (SGD(momentum=0.99), 1024),
+    (AdaGrad(), 32), (RMSProp(), 128), (RMSProp(rho=0.0, momentum=0.95), 256), (Adam(), 128),
+    (Adam(beta1=0.0), 8192), (AdamW(beta1=0.8, beta2=0.9), 64)])
+def test_a_decaying_state_value_is_flushed_before_it_turns_subnormal(optimizer, every: int) -> None:
+    # The flush interval follows the state's fastest decay d: a float32 value just above the flush
+    # threshold, multiplied by d at each step, is still a normal float when the next flush comes.
+    assert optimizer.flush_every() == every
+    decays = [getattr(optimizer, name) for name in optimizer.DECAYS if 0 < getattr(optimizer, name) < 1]
+    tiny = np.finfo(np.float32).tiny
+    for d in decays:  # below 0.61 a value needs fewer than the minimum 32 steps (see Optimizer's doc)
+        value = np.float32(tiny / np.finfo(np.float32).eps) * np.float32(1.001)
+        for _ in range(every):
+            value = np.float32(value * np.float32(d))
+        assert value >= tiny or d < 0.61, (d, every)
+        if every > optimizer.FLUSH_EVERY and d == min(decays):  # twice as long would be too long
+            for _ in range(every):
+                value = np.float32(value * np.float32(d))
+            assert value < tiny, (d, every)
+
+
 def test_the_flush_only_zeroes_values_below_tiny_over_eps() -> None:
     threshold = float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps)  # 9.86e-32
     optimizer = SGD(momentum=1e-9)  # velocity = the last -lr * g (1e-9 v is below its rounding)
     params = {"w": np.zeros(4, np.float32)}
     g = np.array([-2 * threshold, -0.5 * threshold, 0.5 * threshold, -1.0], dtype=np.float32)
-    for _ in range(optimizer.FLUSH_EVERY):
+    for _ in range(optimizer.flush_every()):
         optimizer.step(params, {"w": g}, 1.0)
     velocity = optimizer.state_dict()["velocity/w"]
     assert velocity[0] == -g[0]  # above the threshold: kept exactly
@@ -160,7 +181,7 @@ def test_the_flush_only_zeroes_values_below_tiny_over_eps() -> None:
 def test_nan_state_survives_the_flush() -> None:
     optimizer = SGD(momentum=0.5)
     params = {"w": np.zeros(2, np.float32)}
-    for _ in range(optimizer.FLUSH_EVERY):
+    for _ in range(optimizer.flush_every()):
         optimizer.step(params, {"w": np.array([np.nan, 1.0], np.float32)}, 0.1)
     assert np.isnan(optimizer.state_dict()["velocity/w"][0])
 

@@ -235,6 +235,35 @@ def test_ger_writes_into_the_target_itself(dtype, library, monkeypatch) -> None:
     np.testing.assert_allclose(built, 2.0 * np.outer(x, y), rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
+@pytest.mark.parametrize("library", ["numpy's", "scipy's"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_decayed_rank_one_update_is_one_gemm_into_the_target(dtype, library, monkeypatch) -> None:
+    # v = m v + alpha x dzᵀ (momentum, Adam's moments): with NumPy's BLAS one gemm of inner dimension
+    # 1 (beta = m) writes into v; without it, v *= m and then ger. Both give the formula.
+    monkeypatch.setattr(blas, "MIN_SIZE", 0)
+    if library == "scipy's":
+        monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
+    gemms: list[float] = []
+    original = blas.gemm_tn
+    monkeypatch.setattr(blas, "gemm_tn", lambda alpha, a, b, beta, c: gemms.append(beta) or original(alpha, a, b, beta, c))
+    rng = np.random.default_rng(12)
+    v = rng.normal(size=(9, 6)).astype(dtype)
+    x, dz = rng.normal(size=9).astype(dtype), rng.normal(size=6).astype(dtype)
+    g = OuterProduct(x, dz)
+    g *= 0.5  # a clipped gradient: its scale enters alpha
+    expected, buffer = 0.9 * v.astype(np.float64) - 0.1 * 0.5 * np.outer(x, dz), v.ctypes.data
+    g.add_to(v, -0.1, decay=0.9)
+    assert v.ctypes.data == buffer
+    tolerance = 2e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(v, expected, rtol=tolerance, atol=tolerance)
+    assert gemms == ([0.9] if library == "numpy's" else [])
+    squares = rng.normal(size=(9, 6)).astype(dtype) ** 2  # Adam's second moment: (scale x)² ⊗ dz², decayed
+    expected = 0.999 * squares.astype(np.float64) + 0.001 * 0.25 * np.outer(x * x, dz * dz)
+    add_squared(squares, 0.001, g, np.empty_like(squares), decay=0.999)
+    np.testing.assert_allclose(squares, expected, rtol=tolerance)
+    assert gemms == ([0.9, 0.999] if library == "numpy's" else [])
+
+
 def test_a_target_blas_cannot_write_in_place_takes_the_numpy_path(monkeypatch) -> None:
     monkeypatch.setattr(blas, "MIN_SIZE", 0)
     rng = np.random.default_rng(10)
@@ -314,7 +343,7 @@ def test_a_factored_float32_update_allocates_nothing_parameter_sized_and_stays_f
     optimizer.step(params, grad, np.float64(0.01))  # creates the state and work arrays (and loads BLAS)
     tracemalloc.start()
     try:
-        for _ in range(optimizer.FLUSH_EVERY):
+        for _ in range(optimizer.flush_every()):
             optimizer.step(params, grad, np.float64(0.01))
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -75,6 +75,13 @@ def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
 
 
+def gemm_in_place(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``gemm_tn`` writes into c by BLAS (NumPy's own library; see ``writes_in_place``),
+    with no temporary, rather than by NumPy's product and passes."""
+    return (writes_in_place(c, a, b) and not np.may_share_memory(c, a) and not np.may_share_memory(c, b)
+            and _numpy_blas() is not None)
+
+
 def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> None:
     """c = alpha * a.T @ b + beta * c in place. a (N, D), b (N, M), c (D, M).
 
@@ -86,8 +93,7 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
     if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
         raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
                          f"from a {a.shape} and b {b.shape}")
-    library = _numpy_blas() if writes_in_place(c, a, b) and not np.may_share_memory(c, a) \
-        and not np.may_share_memory(c, b) else None
+    library = _numpy_blas() if gemm_in_place(c, a, b) else None
     if library is None:
         product = a.T @ b
         if alpha != 1.0:

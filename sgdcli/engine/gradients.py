@@ -95,8 +95,17 @@ class OuterProduct(_Factors):
         dz = self.dz if self.scale == 1.0 else self.dz * self.scale
         return np.multiply(self.x[:, None], dz, out=out)
 
-    def add_to(self, target: np.ndarray, alpha: float) -> None:
-        """target += alpha * g in place (BLAS rank-1 update, ``blas.ger``): the product is never built."""
+    def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
+        """target = decay * target + alpha * g in place: the product is never built. BLAS ``ger`` for
+        decay 1; else one ``gemm`` with inner dimension 1 (beta = decay), one pass over target instead
+        of a scaling pass and ``ger`` (a batch-1 momentum update of 784 x 512: 55 against 70 us),
+        where NumPy's BLAS takes target in place (else the two passes)."""
+        if decay != 1.0:
+            x, dz = self.x[None, :], self.dz[None, :]
+            if blas.gemm_in_place(target, x, dz):
+                blas.gemm_tn(alpha * self.scale, x, dz, decay, target)
+                return
+            target *= decay
         blas.ger(alpha * self.scale, self.x, self.dz, target)
 
     def __repr__(self) -> str:
@@ -200,15 +209,11 @@ def surely_finite(grad: Gradient) -> bool:
 
 
 def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
-    """target = decay * target + alpha * g in place: BLAS ``ger`` for an OuterProduct (after
-    ``target *= decay``), one ``gemm`` for a BatchProduct; for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
+    """target = decay * target + alpha * g in place: one BLAS ``ger`` or ``gemm`` for an OuterProduct
+    (``OuterProduct.add_to``), one ``gemm`` for a BatchProduct; for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
     through ``scratch`` (a work array shaped like target, which g itself may be), no temporary."""
-    if isinstance(grad, BatchProduct):
+    if isinstance(grad, (BatchProduct, OuterProduct)):
         grad.add_to(target, alpha, decay)
-    elif isinstance(grad, OuterProduct):
-        if decay != 1.0:
-            target *= decay
-        grad.add_to(target, alpha)
     elif not (blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):
         if decay != 1.0:
             target *= decay
@@ -218,11 +223,10 @@ def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.nda
 def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
     """target = decay * target + alpha * g * g (elementwise) in place, using ``scratch`` (shaped like target).
 
-    An OuterProduct's square is rank-1 too, (scale x)² ⊗ dz², so it is one ``ger`` and g is never built.
+    An OuterProduct's square is rank-1 too, (scale x)² ⊗ dz², so it is one ``ger`` (or ``gemm``, with the
+    decay: ``OuterProduct.add_to``) and g is never built.
     """
     if isinstance(grad, OuterProduct):
-        if decay != 1.0:
-            target *= decay
-        blas.ger(alpha * grad.scale * grad.scale, np.square(grad.x), np.square(grad.dz), target)
+        OuterProduct(np.square(grad.x), np.square(grad.dz), grad.scale * grad.scale).add_to(target, alpha, decay)
     else:
         add_scaled(target, alpha, np.square(grad, out=scratch), scratch, decay)

@@ -35,18 +35,21 @@ class Optimizer:
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
     (``AdamW`` overrides this with decoupled decay).
 
-    Subnormal flush: after every ``FLUSH_EVERY`` (32nd) step, state values with
+    Subnormal flush: after every ``flush_every()``-th step, state values with
     |x| < finfo.tiny / finfo.eps (9.9e-32 in float32, 1.0e-292 in float64) become 0. A state
     that only decays (the momentum of a pixel that is 0 in every sample) otherwise ends in
     subnormal floats, on which sqrt and division (and on many CPUs every operation) run
-    several times slower; a value shrinking by a factor of 0.61 or more per step (any usual
-    momentum, rho or beta) takes over 32 steps from that threshold to the subnormals, so it is
-    caught first. Only values that float rounding already makes invisible change: adding such
+    several times slower. A value shrinking by a factor d per step takes 23 ln 2 / -ln d steps
+    (float32; float64 more) from that threshold to the subnormals: over 32 for d >= 0.61, 151 for
+    d = 0.9. The interval is the largest power of two under that for the state's fastest decay
+    (``DECAYS``; 128 for momentum or beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value is
+    caught first and the three passes of a flush come 4x less often than every 32 steps. Only values that float rounding already makes invisible change: adding such
     a value to any |w| > 1.7e-24 leaves w unchanged, and beside epsilon >= 1e-10 under a square
     root it is below one rounding unit.
     """
 
     FLUSH_EVERY = 32
+    DECAYS: tuple[str, ...] = ()  # the attributes holding what the state is multiplied by each step
     takes_factored = False
     takes_products = False
 
@@ -70,6 +73,12 @@ class Optimizer:
     def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
         raise NotImplementedError
+
+    def flush_every(self) -> int:
+        """Steps between subnormal flushes (see the class doc); FLUSH_EVERY set on an instance wins if longer."""
+        decays = [d for d in (getattr(self, name) for name in self.DECAYS) if 0 < d < 1]
+        steps = 23 * math.log(2) / -math.log(min(decays)) if decays else 0
+        return max(self.FLUSH_EVERY, 1 << int(math.log2(steps)) if steps >= 1 else 1)
 
     def _apply_weight_decay(self, param: np.ndarray, grad: Gradient, learning_rate: float) -> Gradient:
         """L2 penalty: return g + weight_decay * w as a new array (the caller's g is untouched)."""
@@ -99,7 +108,7 @@ class Optimizer:
         # A plain float keeps float32 arrays float32 (an np.float64 scalar would upcast temporaries).
         learning_rate = float(learning_rate)
         self.iterations += 1
-        flush = self.iterations % self.FLUSH_EVERY == 0
+        flush = self.iterations % self.flush_every() == 0
         for key, param in params.items():
             state = self._state.get(key)
             if state is None:
@@ -193,6 +202,7 @@ class SGD(Optimizer):
     """
 
     takes_factored = True
+    DECAYS = ("momentum",)
 
     @property
     def takes_products(self) -> bool:
@@ -264,6 +274,8 @@ class RMSProp(Optimizer):
     (s is the "mean_square" state and b the "momentum_buffer" state, both starting at 0.)
     """
 
+    DECAYS = ("rho", "momentum")
+
     def __init__(self, rho: float = 0.9, epsilon: float = 1e-8, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
         if not 0 <= rho < 1:
@@ -307,6 +319,7 @@ class Adam(Optimizer):
     """
 
     takes_factored = True
+    DECAYS = ("beta1", "beta2")
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
