@@ -210,8 +210,9 @@ def surely_finite(grad: Gradient) -> bool:
 
 def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
     """target = decay * target + alpha * g in place: one BLAS ``ger`` or ``gemm`` for an OuterProduct
-    (``OuterProduct.add_to``), one ``gemm`` for a BatchProduct; for an array one BLAS pass (``blas.axpby``/``axpy``), else NumPy passes
-    through ``scratch`` (a work array shaped like target, which g itself may be), no temporary."""
+    (``OuterProduct.add_to``), one ``gemm`` for a BatchProduct; for an array one BLAS pass
+    (``blas.axpby``/``axpy``), else NumPy passes through ``scratch`` (a work array shaped like
+    target, which g itself may be), no temporary."""
     if isinstance(grad, (BatchProduct, OuterProduct)):
         grad.add_to(target, alpha, decay)
     elif not (blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):

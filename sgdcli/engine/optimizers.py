@@ -42,10 +42,10 @@ class Optimizer:
     several times slower. A value shrinking by a factor d per step takes 23 ln 2 / -ln d steps
     (float32; float64 more) from that threshold to the subnormals: over 32 for d >= 0.61, 151 for
     d = 0.9. The interval is the largest power of two under that for the state's fastest decay
-    (``DECAYS``; 128 for momentum or beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value is
-    caught first and the three passes of a flush come 4x less often than every 32 steps. Only values that float rounding already makes invisible change: adding such
-    a value to any |w| > 1.7e-24 leaves w unchanged, and beside epsilon >= 1e-10 under a square
-    root it is below one rounding unit.
+    (``DECAYS``; 128 for momentum or beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value
+    is caught first, and a flush's three passes come 4x less often than every 32 steps. Only values
+    float rounding already makes invisible change: adding such a value to any |w| > 1.7e-24 leaves
+    w unchanged, and beside epsilon >= 1e-10 under a square root it is below one rounding unit.
     """
 
     FLUSH_EVERY = 32
