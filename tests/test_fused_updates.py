@@ -245,7 +245,12 @@ def test_a_decayed_rank_one_update_is_one_gemm_into_the_target(dtype, library, m
         monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
     gemms: list[float] = []
     original = blas.gemm_tn
-    monkeypatch.setattr(blas, "gemm_tn", lambda alpha, a, b, beta, c: gemms.append(beta) or original(alpha, a, b, beta, c))
+    def recording(alpha, a, b, beta, c, **kw):  # the gemms BLAS ran
+        ran = original(alpha, a, b, beta, c, **kw)
+        gemms.extend([beta] if ran else [])
+        return ran
+
+    monkeypatch.setattr(blas, "gemm_tn", recording)
     rng = np.random.default_rng(12)
     v = rng.normal(size=(9, 6)).astype(dtype)
     x, dz = rng.normal(size=9).astype(dtype), rng.normal(size=6).astype(dtype)

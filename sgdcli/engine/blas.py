@@ -75,26 +75,24 @@ def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
 
 
-def gemm_in_place(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether ``gemm_tn`` writes into c by BLAS (NumPy's own library; see ``writes_in_place``),
-    with no temporary, rather than by NumPy's product and passes."""
-    return (writes_in_place(c, a, b) and not np.may_share_memory(c, a) and not np.may_share_memory(c, b)
-            and _numpy_blas() is not None)
-
-
-def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> None:
-    """c = alpha * a.T @ b + beta * c in place. a (N, D), b (N, M), c (D, M).
+def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray, *, fallback: bool = True) -> bool:
+    """c = alpha * a.T @ b + beta * c in place. a (N, D), b (N, M), c (D, M). Returns whether BLAS ran.
 
     One BLAS ``sgemm``/``dgemm`` (NumPy's own library, see ``axpby``) writing straight into c, so a
     weight gradient can land in the velocity or the weights without being stored first. Elsewhere
-    (small c, other dtypes or layouts, another NumPy build) NumPy's product and passes, same formula.
-    With beta == 0, c's old contents are not read (as BLAS: a NaN there does not propagate).
+    (small c, other dtypes or layouts, another NumPy build) NumPy's product and passes, same formula;
+    with ``fallback=False`` nothing instead (c untouched, False), for a caller with a cheaper way
+    than building the product. With beta == 0, c's old contents are not read (as BLAS: a NaN there
+    does not propagate).
     """
     if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
         raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
                          f"from a {a.shape} and b {b.shape}")
-    library = _numpy_blas() if gemm_in_place(c, a, b) else None
+    library = _numpy_blas() if writes_in_place(c, a, b) and not np.may_share_memory(c, a) \
+        and not np.may_share_memory(c, b) else None
     if library is None:
+        if not fallback:
+            return False
         product = a.T @ b
         if alpha != 1.0:
             product *= alpha
@@ -104,10 +102,11 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
             if beta != 1.0:
                 c *= beta
             c += product
-        return
+        return False
     routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
     (n, d), m = a.shape, b.shape[1]
     routine(ROW_MAJOR, TRANS, NO_TRANS, d, m, n, alpha, a.ctypes.data, d, b.ctypes.data, m, beta, c.ctypes.data, m)
+    return True
 
 
 _NUMPY_BLAS: list = []  # [library or None], looked up on first use

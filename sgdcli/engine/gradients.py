@@ -101,9 +101,7 @@ class OuterProduct(_Factors):
         of a scaling pass and ``ger`` (a batch-1 momentum update of 784 x 512: 55 against 70 us),
         where NumPy's BLAS takes target in place (else the two passes)."""
         if decay != 1.0:
-            x, dz = self.x[None, :], self.dz[None, :]
-            if blas.gemm_in_place(target, x, dz):
-                blas.gemm_tn(alpha * self.scale, x, dz, decay, target)
+            if blas.gemm_tn(alpha * self.scale, self.x[None, :], self.dz[None, :], decay, target, fallback=False):
                 return
             target *= decay
         blas.ger(alpha * self.scale, self.x, self.dz, target)
