@@ -1,5 +1,5 @@
-"""Batch-1 updates run NumPy's BLAS on one thread (training/loop.py ``_blas_threads`` through
-engine/blas.py ``threads``, issue 16): on two threads the forward's matrix-vector product and the
+"""Batch-1 updates run NumPy's BLAS on one thread (training/loop.py ``blas_threads_for_updates``
+through engine/blas.py ``threads``, issue 16), in training and in lr-find: on two threads the forward's matrix-vector product and the
 update's rank-1 ``ger`` split the weights differently, so every update moved half of them between
 the cores (a plain-SGD update 3x slower). The count is 1 during batch-1 updates only: back to the
 whole pool at each epoch's end and after any way out of the loop (interruption, divergence)."""
@@ -9,12 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_batch_products import large_model
+from test_lr_find import _linear_config
 
+from sgdcli.analysis import lr_find
 from sgdcli.engine import blas
 from sgdcli.engine.losses import CrossEntropy
 from sgdcli.engine.optimizers import SGD, Adam
 from sgdcli.engine.schedules import Constant
 from sgdcli.errors import DivergenceError
+from sgdcli.training import build
 from sgdcli.training.loop import Interrupted, Position, Problem, train_epochs
 
 POOL = blas.thread_count()
@@ -81,4 +84,22 @@ def test_the_pool_is_restored_after_an_interruption_and_a_divergence() -> None:
     next(epochs)
     assert blas.thread_count() == POOL
     epochs.close()
+    assert blas.thread_count() == POOL
+
+
+@needs_a_pool
+@pytest.mark.parametrize("mode, inside", [("sgd", 1), ("minibatch", None)])
+def test_lr_find_updates_follow_the_same_rule(tmp_path, monkeypatch, mode: str, inside: int | None) -> None:
+    seen: list[int] = []
+    original = build.build_optimizer
+
+    def recording(config):
+        optimizer = original(config)
+        step = optimizer.step
+        optimizer.step = lambda *args: seen.append(blas.thread_count()) or step(*args)
+        return optimizer
+
+    monkeypatch.setattr(build, "build_optimizer", recording)
+    lr_find.range_test(_linear_config(tmp_path, mode=mode), start=1e-4, end=1e-2, updates=6)
+    assert len(seen) >= 3 and set(seen) == {inside or POOL}
     assert blas.thread_count() == POOL

@@ -17,6 +17,7 @@ from sgdcli.errors import ConfigError
 from sgdcli.fileio import atomic_write, atomic_write_text
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, plan
+from sgdcli.training.loop import blas_threads_for_updates
 
 SMOOTHING = 0.98  # fastai's beta: loss_avg = beta * loss_avg + (1 - beta) * loss, debiased by 1 - beta^t
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum (fastai's rule)
@@ -67,7 +68,7 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
     size, params = build.batch_size(config.training, len(x)), model.parameters()
     lrs, raw, smooth = [], [], []
     average, best, stopped, order, at = 0.0, math.inf, "end", np.arange(len(x)), len(x)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"), blas_threads_for_updates(size):
         for i, learning_rate in enumerate(ramp):
             if at >= len(x):
                 order, at = (rngs.shuffle.permutation(len(x)) if config.training.shuffle else order), 0

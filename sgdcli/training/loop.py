@@ -117,7 +117,7 @@ def train_epochs(
             else:  # resuming mid-epoch: draw the interrupted epoch's order again
                 shuffle_rng.bit_generator.state = position.epoch_rng
         order = shuffle_rng.permutation(n) if shuffled else None
-        with _blas_threads(size, parallel):
+        with blas_threads_for_updates(size, parallel):
             for start in range(position.batch * size, n, size):
                 count = min(size, n - start)
                 first, last = start, start + count
@@ -166,7 +166,7 @@ def train_epochs(
         yield result
 
 
-def _blas_threads(size: int, parallel: Sharded | None) -> AbstractContextManager:
+def blas_threads_for_updates(size: int, parallel: Sharded | None = None) -> AbstractContextManager:
     """One BLAS thread for the updates of batch 1, the BLAS pool as it is otherwise.
 
     At batch 1 a dense layer's forward product is a matrix-vector product and its update a rank-1
@@ -175,8 +175,9 @@ def _blas_threads(size: int, parallel: Sharded | None) -> AbstractContextManager
     cache lines from one core to the other and back: on the 784-512-10 race (benchmarks/bench.py,
     2-core AMD EPYC) 511 us per plain-SGD update on two threads against 154 on one, Adam 1291 against
     555; momentum 259 against 231. Batch 4 and up gain from the second thread (momentum, batch 4: 285
-    against 346 us), so only batch 1 runs on one. The epoch's end (evaluation, checkpoints) runs
-    outside, on the whole pool; data-parallel processes already run one BLAS thread each.
+    against 346 us), so only batch 1 runs on one. Every loop of updates enters it (this one, lr-find's);
+    the epoch's end (evaluation, checkpoints) runs outside, on the whole pool; data-parallel processes
+    already run one BLAS thread each.
     """
     return blas.threads(1) if size == 1 and parallel is None else nullcontext()
 
