@@ -93,6 +93,8 @@ class BatchNormMaxPool(Layer):
     ``relu``: x is a ReLU's input, applied within batch norm's passes (``BatchNorm.forward``'s ``relu``).
     """
 
+    per_sample = False  # batch norm's statistics of the whole batch
+
     def __init__(self, norm: BatchNorm, pool: MaxPool2d, *, relu: bool = False) -> None:
         super().__init__()
         self.norm, self.pool, self.relu = norm, pool, relu
@@ -164,6 +166,8 @@ class ConvLinear(Layer):
 
 class ReLUBatchNorm(Layer):
     """batch_norm of max(x, 0), x a conv's z from ``ConvLinear``: ``BatchNorm.forward(x, relu=True)``."""
+
+    per_sample = False  # batch norm's statistics of the whole batch
 
     def __init__(self, norm: BatchNorm) -> None:
         super().__init__()

@@ -213,10 +213,11 @@ def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.nda
     target, which g itself may be), no temporary."""
     if isinstance(grad, (BatchProduct, OuterProduct)):
         grad.add_to(target, alpha, decay)
-    elif not (blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):
+    elif target.size < blas.MIN_SIZE or not (
+            blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):
         if decay != 1.0:
             target *= decay
-        target += np.multiply(grad, alpha, out=scratch)
+        target += grad if alpha == 1.0 else np.multiply(grad, alpha, out=scratch)
 
 
 def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:

@@ -26,6 +26,9 @@ class Layer:
 
     params: dict[str, np.ndarray]
     buffers: dict[str, np.ndarray]
+    # Whether training treats each sample on its own: its output and gradient do not depend on the other
+    # rows of the batch (False for batch norm, which normalises with the batch's statistics).
+    per_sample = True
 
     def __init__(self) -> None:
         self.params = {}

@@ -164,11 +164,11 @@ class CrossEntropy(Loss):
                 f"CrossEntropy: expected target of shape ({n},) with class indices or {pred.shape} with "
                 f"probabilities to match logits {pred.shape}, got {target.shape}"
             )
-        if not np.issubdtype(target.dtype, np.integer):
-            if not (np.issubdtype(target.dtype, np.floating) and np.all(target == np.round(target))):
+        if target.dtype.kind not in "iu":  # not an integer type (issubdtype, ~10x slower per batch)
+            if not (target.dtype.kind == "f" and np.all(target == np.round(target))):
                 raise ValueError(
                     f"CrossEntropy: expected integer class labels of shape ({n},), got dtype {target.dtype}"
-                    + (" with non-integer values" if np.issubdtype(target.dtype, np.floating) else "")
+                    + (" with non-integer values" if target.dtype.kind == "f" else "")
                 )
             if not np.all(np.isfinite(target)):
                 raise ValueError("CrossEntropy: class labels must be finite")

@@ -77,6 +77,12 @@ class Sequential:
                 return array.dtype
         return np.dtype(np.float32)
 
+    @property
+    def per_sample(self) -> bool:
+        """Whether every layer treats each sample on its own in training (``Layer.per_sample``), so a batch's
+        gradient is the sum of its rows' (no batch norm)."""
+        return all(layer.per_sample for layer in self.layers)
+
     def parameters(self) -> dict[str, np.ndarray]:
         """The layers' own arrays (not copies) under stable keys, in layer order."""
         return {

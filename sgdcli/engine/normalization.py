@@ -81,6 +81,8 @@ class BatchNorm(Layer):
     framework does; evaluation and backward never touch them.
     """
 
+    per_sample = False  # statistics of the whole batch
+
     def __init__(self, weight: np.ndarray, bias: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
                  momentum: float = 0.1, epsilon: float = 1e-5) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sgdcli.engine import blas
+from sgdcli.engine import accumulate, blas
 from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.gradients import Gradient, as_array, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
@@ -110,6 +110,7 @@ def train_epochs(
     shuffled = problem.shuffle and size < n  # full batch: one update whatever the order, so no copies
     search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch
     parallel = problem.parallel
+    accumulated: dict[str, np.ndarray] | None = None  # a chunked batch's gradient (engine/accumulate.py)
     while position.epoch < epochs:
         if shuffled:
             if position.batch == 0:
@@ -136,14 +137,20 @@ def train_epochs(
                         raise _diverged(position, f"the loss is {value}")
                     position.forward_passes += passes
                 else:
-                    if parallel is None:
+                    whole = parallel is None and not accumulate.chunked(model, count)
+                    if whole:
                         outputs, caches = model.forward(xb, training=True, rng=dropout_rng)
                         value, dout = problem.loss.value_and_grad(outputs, yb)
+                    elif parallel is None:  # a large batch, a chunk of rows at a time: the same mean
+                        if accumulated is None:
+                            accumulated = {key: np.empty_like(param) for key, param in params.items()}
+                        value = accumulate.value_and_gradients(model, problem.loss, xb, yb, dropout_rng, accumulated)
+                        grads = accumulated
                     else:  # every process gets the whole batch's loss and gradient
                         value, grads = parallel.gradient(xb, yb, count, dropout_rng, start + count == n)
                     if not math.isfinite(value):
                         raise _diverged(position, f"the loss is {value}")
-                    if parallel is None:  # batch 1: a dense layer's weight gradient as its two factors
+                    if whole:  # batch 1: a dense layer's weight gradient as its two factors
                         grads = model.backward(dout, caches, factored=True)
                     _check_gradients(grads, position, parallel)
                     if problem.clip_norm is not None:
