@@ -99,17 +99,41 @@ def test_a_conv_model_is_chunked_too():
         np.testing.assert_allclose(chunk_grads[key], grad, rtol=1e-10, atol=1e-14, err_msg=key)
 
 
-def test_one_dropout_layer_draws_the_whole_batch_masks():
-    rng = np.random.default_rng(4)
-    model = mlp(np.float64, dropout=True)
+def two_dropout_layers(seed=0) -> Sequential:
+    rng = np.random.default_rng(seed)
+    return Sequential([Dense.create(6, 9, ReLU(), he_normal, rng, np.float64), Dropout(0.3),
+                       Dense.create(9, 5, Tanh(), he_normal, rng, np.float64), Dropout(0.5),
+                       Dense.create(5, 3, Identity(), glorot_uniform, rng, np.float64)])
+
+
+@pytest.mark.parametrize("generator", [np.random.PCG64, np.random.PCG64DXSM])
+def test_every_dropout_layer_draws_the_whole_batch_masks(generator):
+    # The chunks' draws are taken from where one draw per layer over the whole batch puts them, so two
+    # dropout layers (whose draws interleave chunk by chunk) still get the whole batch's masks.
+    rng = np.random.default_rng(6)
+    model = two_dropout_layers()
     x, y = rng.normal(size=(30, 6)), rng.integers(0, 3, 30)
-    first, second = np.random.default_rng(9), np.random.default_rng(9)
+    first, second = np.random.Generator(generator(11)), np.random.Generator(generator(11))
     value, grads = whole(model, CrossEntropy(), x, y, first)
     chunk_value, chunk_grads = chunks(model, CrossEntropy(), x, y, 7, second)
     assert chunk_value == pytest.approx(value, rel=1e-12)
     for key, grad in grads.items():
         np.testing.assert_allclose(chunk_grads[key], grad, rtol=1e-10, atol=1e-14, err_msg=key)
     assert first.bit_generator.state == second.bit_generator.state
+    assert first.random() == second.random()
+
+
+def test_one_dropout_layer_draws_the_whole_batch_masks_with_a_generator_that_cannot_skip():
+    rng = np.random.default_rng(4)
+    model = mlp(np.float64, dropout=True)
+    x, y = rng.normal(size=(30, 6)), rng.integers(0, 3, 30)
+    first, second = np.random.Generator(np.random.MT19937(9)), np.random.Generator(np.random.MT19937(9))
+    value, grads = whole(model, CrossEntropy(), x, y, first)
+    chunk_value, chunk_grads = chunks(model, CrossEntropy(), x, y, 7, second)
+    assert chunk_value == pytest.approx(value, rel=1e-12)
+    for key, grad in grads.items():
+        np.testing.assert_allclose(chunk_grads[key], grad, rtol=1e-10, atol=1e-14, err_msg=key)
+    assert np.array_equal(first.random(5), second.random(5))  # the generators went on from the same place
 
 
 def test_a_batch_norm_model_takes_its_batch_whole():
@@ -175,3 +199,44 @@ def test_the_loop_keeps_a_batch_norm_batch_whole(monkeypatch, tmp_path):
     layers = [{"type": "dense", "units": 8}, {"type": "batch_norm"}, {"type": "activation", "function": "relu"},
               {"type": "dense", "units": 2}]
     assert api.train(full_batch_config(layers), runs_dir=tmp_path).status == "completed"
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("shares_memory", [True, False], ids=["shared-memory", "messages"])
+def test_data_parallel_ranks_chunk_their_shards_and_train_as_one_process(monkeypatch, size, shares_memory):
+    # 98 training rows in chunks of 8: every shard is chunked, with two dropout layers whose masks must
+    # be the whole batch's rows (each rank's chunks take theirs from the batch's place in the stream).
+    from test_parallel import config, run_ranks, train
+
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 8)
+    calls = []
+    original = accumulate.value_and_gradients
+    monkeypatch.setattr(accumulate, "value_and_gradients", lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
+    experiment = config(training__batch={"mode": "full"}, model__layers=[
+        {"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": 6, "activation": "relu"}, {"type": "dropout", "rate": 0.5}, {"type": "dense", "units": 2}])
+    alone, position = train(experiment)
+    assert calls == [98] * 3
+    results = run_ranks(size, lambda rank, comm: train(experiment, comm), shares_memory=shares_memory)
+    assert sorted(calls[3:]) == sorted([len(part) for part in np.array_split(np.arange(98), size)] * 3)
+    for params, ranked in results:
+        assert ranked.updates == position.updates
+        for name, value in alone.items():
+            np.testing.assert_allclose(params[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_the_memory_estimate_counts_a_chunk_of_a_large_batch_unless_batch_norm_needs_it_whole():
+    from sgdcli.training import memory
+
+    dense = load_config(tiny_config(model__layers=[{"type": "dense", "units": 8}, {"type": "dense", "units": 3}]))
+    # per sample (4 inputs, outputs 8 and 3): 4 + 8 + 3 + 2 * 8 = 31 floats, 124 bytes in float32
+    rows = accumulate.CHUNK_ROWS
+    small, large = (memory.estimate(dense.model, 4, batch, dense.optimizer) for batch in (rows, 10 * rows))
+    assert (small.activations, small.batch, small.chunk) == (124 * rows, rows, False)
+    assert (large.activations, large.batch, large.chunk) == (124 * rows, rows, True)
+    assert f"activations of a {rows}-sample chunk of each batch" in large.describe()
+    normed = load_config(tiny_config(model__layers=[{"type": "dense", "units": 8}, {"type": "batch_norm"},
+                                                    {"type": "dense", "units": 3}]))
+    whole_batch = memory.estimate(normed.model, 4, 10 * rows, normed.optimizer)
+    assert (whole_batch.batch, whole_batch.chunk) == (10 * rows, False)
+    assert f"activations of a batch of {10 * rows} samples" in whole_batch.describe()

@@ -11,6 +11,7 @@ import numpy as np
 from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
 from sgdcli.config import shapes
+from sgdcli.engine import accumulate
 from sgdcli.engine.conv import FEW_CHANNELS
 from sgdcli.errors import ConfigError
 from sgdcli.fileio import memory_available
@@ -34,8 +35,9 @@ class Estimate:
     gradients: int
     optimizer_state: int
     activations: int
-    batch: int  # the rows whose activations are counted: a training batch, or an evaluation chunk
+    batch: int  # the rows whose activations are counted: a training batch (or chunk of one), or an evaluation chunk
     evaluation: bool = False  # True when the evaluation chunk needs more than a training batch
+    chunk: bool = False  # True when training holds a chunk of a larger batch at a time (engine/accumulate.py)
 
     @property
     def total(self) -> int:
@@ -44,10 +46,14 @@ class Estimate:
     def describe(self) -> str:
         parts = [("parameters", self.parameters), ("gradients", self.gradients),
                  ("optimizer state", self.optimizer_state),
-                 (f"activations of {'an evaluation pass over' if self.evaluation else 'a batch of'} {self.batch} "
-                  "samples", self.activations)]
+                 (f"activations of {self._rows()}", self.activations)]
         shown = ", ".join(f"{label} {size_text(size)}" for label, size in parts if size)
         return f"about {size_text(self.total)} ({shown})"
+
+    def _rows(self) -> str:
+        if self.evaluation:
+            return f"an evaluation pass over {self.batch} samples"
+        return f"a {self.batch}-sample chunk of each batch" if self.chunk else f"a batch of {self.batch} samples"
 
 
 def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch: int,
@@ -58,7 +64,9 @@ def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch:
     Parameters: D·M + M per dense layer, C·kh·kw·F (+ F) per conv layer, 2·C (+ 2·C running
     statistics) per batch norm. Gradients: as many again (none for `perturb`, which takes no
     gradient). Optimizer state: the parameters times the optimizer's state arrays (Adam: m and v).
-    Activations: each layer's output for a batch (kept for the backward pass), plus the input, two
+    Activations: each layer's output for a batch (kept for the backward pass), or for a chunk of
+    ``accumulate.CHUNK_ROWS`` rows of a larger batch of a model without batch norm (computed a chunk at a
+    time, by one process or by each data-parallel process of its shard), plus the input, two
     arrays of the largest output for the backward pass's dout and dx, and the largest conv layer's
     im2col columns (out_h·out_w × C·kh·kw per sample, + 1 for the bias's row of ones below FEW_CHANNELS
     input channels). The losses measured after each epoch run
@@ -85,11 +93,13 @@ def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch:
     slots = STATE_SLOTS[type(optimizer)](optimizer) if optimizer is not None else 0
     gradients = 0 if isinstance(optimizer, cfg.PerturbConfig) else weights
     parameters = weights + buffers * itemsize
+    chunk = batch > accumulate.CHUNK_ROWS and not any(isinstance(spec, image.BatchNormConfig) for spec in model.layers)
+    batch = min(batch, accumulate.CHUNK_ROWS) if chunk else batch
     activations = batch * (sum(sizes) + 2 * max(sizes) + max(columns)) * itemsize
     evaluation = eval_rows * (2 * max(sizes) + max(columns)) * itemsize
     if evaluation > activations:
         return Estimate(parameters, gradients, slots * weights, evaluation, eval_rows, evaluation=True)
-    return Estimate(parameters, gradients, slots * weights, activations, batch)
+    return Estimate(parameters, gradients, slots * weights, activations, batch, chunk=chunk)
 
 
 def _shapes(layers, sample_shape: int | tuple[int, ...]) -> list[tuple[int, ...]]:

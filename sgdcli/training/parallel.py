@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from sgdcli.config.image_layers import BatchNormConfig
+from sgdcli.engine import accumulate
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.errors import ConfigError, SgdcliError
 from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommunicator: this module's API too
@@ -145,6 +146,7 @@ class DataParallel:
         self.stop_agreed = self.gather_due = False
         self.phase = UPDATE
         self.rows: np.ndarray | None = None  # the shared gradient rows, when the processes share memory
+        self._chunk_sums: dict[str, np.ndarray] | None = None  # a chunked shard's gradient, message path
         self._asked = False  # whether they were asked (a collective, at the first update)
 
     def attach(self, config: ExperimentConfig, problem: Problem) -> None:
@@ -207,11 +209,22 @@ class DataParallel:
         self._share_memory()
         lo, _ = self.shard(count)
         rows, send = len(xb), self.send
-        if rows:
+        if rows and accumulate.chunked(self.model, rows) and accumulate.seekable(dropout_rng):
+            # a large shard, a chunk of rows at a time (engine/accumulate.py), with the batch's dropout numbers
+            if self.rows is not None:
+                grads = self.into
+            else:
+                if self._chunk_sums is None:
+                    self._chunk_sums = {key: np.empty_like(p) for key, p in self.model.parameters().items()}
+                grads = self._chunk_sums
+            value = accumulate.value_and_gradients(self.model, self.loss, xb, yb, dropout_rng, grads,
+                                                   scale=rows / count, batch=(lo, count))
+        elif rows:
             outputs, caches = self.model.forward(xb, training=True, rng=ShardRng(dropout_rng, count, lo))
             value, dout = self.loss.value_and_grad(outputs, yb)
             dout = dout * (rows / count)  # the shard's summed gradient over the global batch size
             grads = self.model.backward(dout, caches, into=self.into if self.rows is not None else None)
+        if rows:
             if self.rows is None:
                 for key, destination, part in self._copies:
                     np.copyto(destination, grads[key].reshape(-1)[part])
