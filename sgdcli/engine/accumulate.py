@@ -87,14 +87,14 @@ def seekable(rng: np.random.Generator) -> bool:
 
 
 class BatchPositions:
-    """The random numbers of an n-row batch, handed out a chunk of rows at a time: the chunk starting
-    at row r gets, for its k-th draw of shape (rows, *shape), the numbers one draw of (n, *shape) would
-    put in rows r to r + rows (r counted from ``first``, for a part of the batch such as a shard), given that the forward pass over the whole batch draws once per dropout
-    layer, in layer order. The generator is moved there with ``bit_generator.advance`` (PCG64, the
-    generator of ``numpy.random.default_rng``, and PCG64DXSM: one 64-bit output per float64), so
-    nothing is drawn twice and the numbers are never stored; ``finish`` leaves it where the whole
-    batch's draws would. Another bit generator draws chunk after chunk (the same masks with one
-    dropout layer). Only ``random`` (float64) is provided: it is all dropout draws."""
+    """The random numbers of an n-row batch, handed out a chunk of rows at a time: the chunk starting at row r gets,
+    for its k-th draw of shape (rows, *shape), the numbers one draw of (n, *shape) would put in rows r to r +
+    rows (r counted from ``first``, for a part of the batch such as a shard), given that the forward pass over
+    the whole batch draws once per dropout layer, in layer order. The generator is moved there with
+    ``bit_generator.advance`` (PCG64, the generator of ``numpy.random.default_rng``, and PCG64DXSM: one 64-bit
+    output per float64), so nothing is drawn twice and the numbers are never stored; ``finish`` leaves it
+    where the whole batch's draws would. Another bit generator draws chunk after chunk (the same masks with
+    one dropout layer). Only ``random`` (float64) is provided: it is all dropout draws."""
 
     def __init__(self, rng: np.random.Generator, rows: int, first: int = 0) -> None:
         self.rng, self.rows, self.first = rng, rows, first  # the batch's rows; this part's first row in it
@@ -112,7 +112,8 @@ class BatchPositions:
         if self.draw == len(self.widths):  # the first chunk's forward pass finds the draws
             self.widths.append(width)
         elif self.widths[self.draw] != width:
-            raise ValueError(f"draw {self.draw} of a chunk has {width} numbers a row, the first chunk's {self.widths[self.draw]}")
+            raise ValueError(f"draw {self.draw} of a chunk has {width} numbers a row, "
+                             f"the first chunk's {self.widths[self.draw]}")
         if self.seekable:
             self.rng.bit_generator.state = self.begin
             self.rng.bit_generator.advance(self.rows * sum(self.widths[:self.draw]) + self.start * width)

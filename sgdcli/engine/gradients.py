@@ -84,7 +84,7 @@ class OuterProduct(_Factors):
         if not (math.isfinite(xx) and math.isfinite(dd)):
             return squared_norm(self.materialize())
         value = self.scale * self.scale * xx * dd
-        return value if value <= float(np.finfo(self.dtype).max) else math.inf
+        return value if value <= _largest(self.dtype) else math.inf
 
     def materialize(self, out: np.ndarray | None = None) -> np.ndarray:
         """g as a (D, M) C-contiguous array, written into ``out`` when given (no allocation)."""
@@ -147,7 +147,7 @@ class BatchProduct(_Factors):
         """
         xx, dd = float(np.dot(self.x.reshape(-1), self.x.reshape(-1))), float(np.dot(self.dz.reshape(-1), self.dz.reshape(-1)))
         bound = self.scale * self.scale * xx * dd
-        return bound <= float(np.finfo(self.dtype).max) / 4  # False for inf and NaN too
+        return bound <= _largest(self.dtype) / 4  # False for inf and NaN too
 
     def squared_norm(self) -> float:
         """sum(g * g) of the built g (float64 value of a sum in g's dtype, as ``squared_norm`` of an
@@ -184,6 +184,16 @@ class BatchProduct(_Factors):
 
 
 Gradient = np.ndarray | OuterProduct | BatchProduct
+
+_LARGEST: dict[np.dtype, float] = {}
+
+
+def _largest(dtype: np.dtype) -> float:
+    """finfo(dtype).max as a float, looked up once per dtype (np.finfo costs ~1 us a call)."""
+    largest = _LARGEST.get(dtype)
+    if largest is None:
+        largest = _LARGEST[dtype] = float(np.finfo(dtype).max)
+    return largest
 
 
 def squared_norm(grad: Gradient) -> float:

@@ -166,7 +166,8 @@ class Dense(Layer):
         dz = self.activation.backward(dout, z, out)
         # The bias gradient is a copy: clipping scales it in place, and dz is the product's factor.
         weight = OuterProduct(x[0], dz[0]) if len(x) == 1 else BatchProduct(x, dz)
-        grads = {"weight": weight, "bias": dz.sum(axis=0)}
+        # One row's sum is the row (+ 0.0: a sum turns -0.0 into 0.0 too, so the bits are the sum's).
+        grads = {"weight": weight, "bias": dz[0] + 0.0 if len(x) == 1 else dz.sum(axis=0)}
         dx = dz @ self.weight.T if need_dx else None
         return dx, grads
 

@@ -173,8 +173,9 @@ class CrossEntropy(Loss):
             if not np.all(np.isfinite(target)):
                 raise ValueError("CrossEntropy: class labels must be finite")
             target = target.astype(np.int64)
-        low, high = target.min(), target.max()
-        if low < 0 or high >= classes:
+        # One reduction per batch: a negative label read as unsigned is above any class count.
+        if target.view(target.dtype.str.replace("i", "u")).max() >= classes:
+            low, high = target.min(), target.max()
             bad = low if low < 0 else high
             raise ValueError(
                 f"class label {bad} out of range for {classes} outputs (expected 0..{classes - 1})"

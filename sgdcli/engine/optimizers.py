@@ -23,29 +23,26 @@ from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squ
 class Optimizer:
     """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
 
-    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` and
-    implements ``_update(w, g, state, lr, scratch)`` in place. ``scratch`` is a work array
-    shaped like w whose contents mean nothing: kept from step to step so that an update
-    allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs,
-    ``self.iterations`` already counts the step in progress (so it equals t). A subclass with
-    ``takes_factored = True`` gets an OuterProduct g as it is (and touches g only through
-    ``gradients.add_scaled`` / ``add_squared``); otherwise g is built first. Likewise a
-    ``gradients.BatchProduct`` with ``takes_products`` (only through ``add_scaled``, each call a gemm).
+    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` and implements ``_update(w,
+    g, state, lr, scratch)`` in place. ``scratch`` is a work array shaped like w whose contents mean nothing: kept
+    from step to step so that an update allocates nothing, and never part of the state (``state_dict``). While
+    ``_update`` runs, ``self.iterations`` already counts the step in progress (so it equals t). A subclass with
+    ``takes_factored = True`` gets an OuterProduct g as it is (and touches g only through ``gradients.add_scaled``
+    / ``add_squared``); otherwise g is built first. Likewise a ``gradients.BatchProduct`` with ``takes_products``
+    (only through ``add_scaled``, each call a gemm).
 
-    ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w
-    (``AdamW`` overrides this with decoupled decay).
+    ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w (``AdamW``: decoupled decay).
 
-    Subnormal flush: after every ``flush_every()``-th step, state values with
-    |x| < finfo.tiny / finfo.eps (9.9e-32 in float32, 1.0e-292 in float64) become 0. A state
-    that only decays (the momentum of a pixel that is 0 in every sample) otherwise ends in
-    subnormal floats, on which sqrt and division (and on many CPUs every operation) run
-    several times slower. A value shrinking by a factor d per step takes 23 ln 2 / -ln d steps
-    (float32; float64 more) from that threshold to the subnormals: over 32 for d >= 0.61, 151 for
-    d = 0.9. The interval is the largest power of two under that for the state's fastest decay
-    (``DECAYS``; 128 for momentum or beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value
-    is caught first, and a flush's three passes come 4x less often than every 32 steps. Only values
-    float rounding already makes invisible change: adding such a value to any |w| > 1.7e-24 leaves
-    w unchanged, and beside epsilon >= 1e-10 under a square root it is below one rounding unit.
+    Subnormal flush: after every ``flush_every()``-th step, state values with |x| < finfo.tiny / finfo.eps
+    (9.9e-32 in float32, 1.0e-292 in float64) become 0. A state that only decays (the momentum of a pixel that is
+    0 in every sample) otherwise ends in subnormal floats, on which sqrt and division (and on many CPUs every
+    operation) run several times slower. A value shrinking by a factor d per step takes 23 ln 2 / -ln d steps
+    (float32; float64 more) from that threshold to the subnormals: over 32 for d >= 0.61, 151 for d = 0.9. The
+    interval is the largest power of two under that for the state's fastest decay (``DECAYS``; 128 for momentum or
+    beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value is caught first, and a flush's three passes come 4x
+    less often than every 32 steps. Only values float rounding already makes invisible change: adding such a value
+    to any |w| > 1.7e-24 leaves w unchanged, and beside epsilon >= 1e-10 under a square root it is below one
+    rounding unit.
     """
 
     FLUSH_EVERY = 32
@@ -63,6 +60,7 @@ class Optimizer:
         self._built: dict[str, np.ndarray] = {}  # where an OuterProduct gradient is built; not state
         # True after load_state_dict until the next step has matched the state to the parameters.
         self._loaded_unverified = False
+        self._flush_interval: tuple[tuple, int] = ((), 0)  # (the settings it was worked out from, the interval)
 
     # --- what a subclass provides -------------------------------------------------------------
 
@@ -76,9 +74,12 @@ class Optimizer:
 
     def flush_every(self) -> int:
         """Steps between subnormal flushes (see the class doc); FLUSH_EVERY set on an instance wins if longer."""
-        decays = [d for d in (getattr(self, name) for name in self.DECAYS) if 0 < d < 1]
-        steps = 23 * math.log(2) / -math.log(min(decays)) if decays else 0
-        return max(self.FLUSH_EVERY, 1 << int(math.log2(steps)) if steps >= 1 else 1)
+        key = (self.FLUSH_EVERY, *(getattr(self, name) for name in self.DECAYS))
+        if self._flush_interval[0] != key:  # worked out again only when a setting has changed
+            decays = [d for d in key[1:] if 0 < d < 1]
+            steps = 23 * math.log(2) / -math.log(min(decays)) if decays else 0
+            self._flush_interval = (key, max(self.FLUSH_EVERY, 1 << int(math.log2(steps)) if steps >= 1 else 1))
+        return self._flush_interval[1]
 
     def _apply_weight_decay(self, param: np.ndarray, grad: Gradient, learning_rate: float) -> Gradient:
         """L2 penalty: return g + weight_decay * w as a new array (the caller's g is untouched)."""
@@ -138,9 +139,8 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None) -> None:
         """Replace the state with a copy of ``state`` (as produced by ``state_dict``).
 
-        Raises ValueError, changing nothing, if an entry is malformed or names state this
-        optimizer does not keep. Matching against the parameters (keys, shapes, floating point)
-        happens now when ``params`` is given, else on the next ``step``.
+        Raises ValueError, changing nothing, if an entry is malformed or names state this optimizer does not keep.
+        Matching against the parameters (keys, shapes, floating point): now when ``params`` is given, else at ``step``.
         """
         if "iterations" not in state:
             raise ValueError("optimizer state has no 'iterations' entry")
@@ -197,8 +197,8 @@ class SGD(Optimizer):
     momentum == 0:  w -= lr * g
     momentum > 0:   v = momentum * v - lr * g;  w += v
     nesterov:       v = momentum * v - lr * g;  w += momentum * v - lr * g
-    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built;
-    without Nesterov (which reads g twice) a BatchProduct g by one gemm into v (or w), never stored.
+    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built; without
+    Nesterov (which reads g twice) a BatchProduct g by one gemm into v (or w), never stored.
     """
 
     takes_factored = True
@@ -314,8 +314,8 @@ class Adam(Optimizer):
     m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g * g
     m_hat = m / (1 - beta1**t);        v_hat = v / (1 - beta2**t)
     w -= lr * m_hat / (sqrt(v_hat) + epsilon)
-    (m is the "first_moment" state and v the "second_moment" state, both starting at 0.)
-    An OuterProduct g enters m and v by BLAS ger (g * g = x² ⊗ dz² is rank-1 too), never built.
+    (m is the "first_moment" state and v the "second_moment" state, both starting at 0.) An OuterProduct g
+    enters m and v by BLAS ger (g * g = x² ⊗ dz² is rank-1 too), never built.
     """
 
     takes_factored = True
@@ -386,9 +386,9 @@ def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
 def clip_by_global_norm(grads: dict[str, Gradient], max_norm: float) -> float:
     """Scale all ``grads`` in place by max_norm / norm when their global L2 norm exceeds ``max_norm``.
 
-    norm = sqrt(sum over arrays of sum(g * g)) (an OuterProduct's from its factors, and scaled by
-    its ``scale``). Returns the norm before clipping. A non-finite norm is returned as is and the
-    gradients are left alone, so the caller can detect divergence.
+    norm = sqrt(sum over arrays of sum(g * g)) (an OuterProduct's from its factors, and scaled by its ``scale``).
+    Returns the norm before clipping. A non-finite norm is returned as is and the gradients are left alone, so the
+    caller can detect divergence.
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")

@@ -126,6 +126,9 @@ def train_epochs(
                     first, last = (start + row for row in parallel.shard(count))
                 if order is None:  # slices, no copies
                     xb, yb = x[first:last], y[first:last]
+                elif last - first == 1:  # one sample: its row as a slice too (fancy indexing would copy it)
+                    row = int(order[first])
+                    xb, yb = x[row:row + 1], y[row:row + 1]
                 else:
                     index = order[first:last]
                     xb, yb = x[index], y[index]
