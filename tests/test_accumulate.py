@@ -229,14 +229,48 @@ def test_the_memory_estimate_counts_a_chunk_of_a_large_batch_unless_batch_norm_n
     from sgdcli.training import memory
 
     dense = load_config(tiny_config(model__layers=[{"type": "dense", "units": 8}, {"type": "dense", "units": 3}]))
-    # per sample (4 inputs, outputs 8 and 3): 4 + 8 + 3 + 2 * 8 = 31 floats, 124 bytes in float32
+    # float32 floats per row: the input 4, outputs 8 and 3, dout and dx of the widest 2 * 8; 31 in all
     rows = accumulate.CHUNK_ROWS
-    small, large = (memory.estimate(dense.model, 4, batch, dense.optimizer) for batch in (rows, 10 * rows))
-    assert (small.activations, small.batch, small.chunk) == (124 * rows, rows, False)
-    assert (large.activations, large.batch, large.chunk) == (124 * rows, rows, True)
+
+    def estimate(model, batch, chunks=True):
+        return memory.estimate(model, 4, batch, dense.optimizer, chunks=chunks)
+
+    small, large = estimate(dense.model, rows), estimate(dense.model, 10 * rows)
+    assert (small.activations, small.batch, small.chunk) == (31 * 4 * rows, rows, False)
+    # a large batch: its input rows (gathered whole when shuffled), the other 27 floats a chunk's rows
+    assert (large.activations, large.batch, large.chunk) == ((4 * 10 * rows + 27 * rows) * 4, rows, True)
     assert f"activations of a {rows}-sample chunk of each batch" in large.describe()
+    whole = estimate(dense.model, 10 * rows, chunks=False)  # a command that passes the batch whole (gradcheck)
+    assert (whole.activations, whole.chunk) == (31 * 4 * 10 * rows, False)
     normed = load_config(tiny_config(model__layers=[{"type": "dense", "units": 8}, {"type": "batch_norm"},
                                                     {"type": "dense", "units": 3}]))
-    whole_batch = memory.estimate(normed.model, 4, 10 * rows, normed.optimizer)
+    whole_batch = estimate(normed.model, 10 * rows)
     assert (whole_batch.batch, whole_batch.chunk) == (10 * rows, False)
     assert f"activations of a batch of {10 * rows} samples" in whole_batch.describe()
+
+
+def test_training_plans_for_chunks_and_gradcheck_for_the_whole_batch(monkeypatch, tmp_path):
+    from sgdcli.training import memory
+
+    seen = []
+    original = memory.estimate
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("chunks", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "estimate", spy)
+    config = full_batch_config(epochs=1)
+    api.train(config, runs_dir=tmp_path / "runs")
+    assert seen[-1] is True
+    api.gradcheck(config, samples=8)
+    assert seen[-1] is False
+
+
+def test_lr_find_takes_a_large_batch_in_chunks_as_training_does(monkeypatch, tmp_path):
+    monkeypatch.setattr(accumulate, "CHUNK_ROWS", 16)
+    calls = []
+    original = accumulate.value_and_gradients
+    monkeypatch.setattr(accumulate, "value_and_gradients", lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
+    api.lr_find(full_batch_config(), updates=5, out=tmp_path)
+    assert calls == [90] * 5

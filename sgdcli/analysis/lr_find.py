@@ -11,6 +11,7 @@ import numpy as np
 
 from sgdcli import plots
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
+from sgdcli.engine import accumulate
 from sgdcli.engine.optimizers import clip_by_global_norm
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import ConfigError
@@ -68,6 +69,7 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
     size, params = build.batch_size(config.training, len(x)), model.parameters()
     lrs, raw, smooth = [], [], []
     average, best, stopped, order, at = 0.0, math.inf, "end", np.arange(len(x)), len(x)
+    summed: dict[str, np.ndarray] | None = None  # a chunked batch's gradient (engine/accumulate.py)
     with np.errstate(over="ignore", invalid="ignore"), blas_threads_for_updates(size):
         for i, learning_rate in enumerate(ramp):
             if at >= len(x):
@@ -79,6 +81,11 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
                 value = loss.value(model.predict(xb), yb)
                 if math.isfinite(value):
                     optimizer.step(params, lambda: loss.value(model.predict(xb), yb), float(learning_rate))
+            elif accumulate.chunked(model, len(xb)):  # a large batch a chunk at a time, as training takes it
+                if summed is None:
+                    summed = {key: np.empty_like(param) for key, param in params.items()}
+                value = accumulate.value_and_gradients(model, loss, xb, yb, rngs.dropout, summed)
+                grads = summed if math.isfinite(value) else {}
             else:
                 outputs, caches = model.forward(xb, training=True, rng=rngs.dropout)
                 value, dout = loss.value_and_grad(outputs, yb)

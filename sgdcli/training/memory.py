@@ -58,21 +58,24 @@ class Estimate:
 
 def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch: int,
              optimizer: cfg.OptimizerConfig | None, dtype: str | np.dtype | None = None,
-             eval_rows: int = 0) -> Estimate:
+             eval_rows: int = 0, chunks: bool = False) -> Estimate:
     """The memory one training update of this model needs, in bytes (arithmetic on the config only).
 
     Parameters: D·M + M per dense layer, C·kh·kw·F (+ F) per conv layer, 2·C (+ 2·C running
     statistics) per batch norm. Gradients: as many again (none for `perturb`, which takes no
     gradient). Optimizer state: the parameters times the optimizer's state arrays (Adam: m and v).
-    Activations: each layer's output for a batch (kept for the backward pass), or for a chunk of
-    ``accumulate.CHUNK_ROWS`` rows of a larger batch of a model without batch norm (computed a chunk at a
-    time, by one process or by each data-parallel process of its shard), plus the input, two
+    Activations: each layer's output for a batch (kept for the backward pass), plus the input, two
     arrays of the largest output for the backward pass's dout and dx, and the largest conv layer's
     im2col columns (out_h·out_w × C·kh·kw per sample, + 1 for the bias's row of ones below FEW_CHANNELS
     input channels). The losses measured after each epoch run
     `eval_rows` samples at a time, keeping no caches: the largest output twice and the columns;
     when that is more, it is what counts. A model whose layers do not fit the sample shape is
     counted as flat here; that error is raised where the shapes are checked.
+
+    ``chunks``: the estimate is for training, which computes a batch of more than
+    ``accumulate.CHUNK_ROWS`` rows a chunk at a time (not with batch norm; a data-parallel process its
+    shard likewise): then the batch's input rows count (a shuffled batch is gathered whole) and the
+    other activations a chunk's. A command that passes its batch whole (gradcheck) leaves it False.
     """
     itemsize = np.dtype(dtype or model.dtype).itemsize
     found = _shapes(model.layers, sample_shape)
@@ -93,9 +96,12 @@ def estimate(model: cfg.ModelConfig, sample_shape: int | tuple[int, ...], batch:
     slots = STATE_SLOTS[type(optimizer)](optimizer) if optimizer is not None else 0
     gradients = 0 if isinstance(optimizer, cfg.PerturbConfig) else weights
     parameters = weights + buffers * itemsize
-    chunk = batch > accumulate.CHUNK_ROWS and not any(isinstance(spec, image.BatchNormConfig) for spec in model.layers)
-    batch = min(batch, accumulate.CHUNK_ROWS) if chunk else batch
-    activations = batch * (sum(sizes) + 2 * max(sizes) + max(columns)) * itemsize
+    chunk = chunks and batch > accumulate.CHUNK_ROWS and not any(isinstance(s, image.BatchNormConfig) for s in model.layers)
+    if chunk:  # the batch's input rows (a shuffled batch is gathered whole), the rest a chunk's at a time
+        activations = (batch * sizes[0] + accumulate.CHUNK_ROWS * (sum(sizes[1:]) + 2 * max(sizes) + max(columns))) * itemsize
+        batch = accumulate.CHUNK_ROWS
+    else:
+        activations = batch * (sum(sizes) + 2 * max(sizes) + max(columns)) * itemsize
     evaluation = eval_rows * (2 * max(sizes) + max(columns)) * itemsize
     if evaluation > activations:
         return Estimate(parameters, gradients, slots * weights, evaluation, eval_rows, evaluation=True)

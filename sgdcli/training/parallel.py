@@ -209,8 +209,10 @@ class DataParallel:
         self._share_memory()
         lo, _ = self.shard(count)
         rows, send = len(xb), self.send
-        if rows and accumulate.chunked(self.model, rows) and accumulate.seekable(dropout_rng):
-            # a large shard, a chunk of rows at a time (engine/accumulate.py), with the batch's dropout numbers
+        seekable = accumulate.seekable(dropout_rng)
+        if rows and seekable and self.model.per_sample:
+            # engine/accumulate.py: a chunk of rows at a time when the shard is large, each with the batch's
+            # dropout numbers for its rows taken from their place in the stream (none drawn for other rows)
             if self.rows is not None:
                 grads = self.into
             else:
@@ -231,9 +233,11 @@ class DataParallel:
             send[..., -2] = value * rows
             own = grads
         else:  # a last batch smaller than the number of processes: an empty shard, whose forward pass
-            # over one dummy row only draws the batch's dropout numbers, as the other ranks do
-            self.model.forward(np.zeros((1, *xb.shape[1:]), xb.dtype), training=True,
-                               rng=ShardRng(dropout_rng, count, 0))
+            # over one dummy row only moves the generator past the batch's dropout numbers, as the other ranks do
+            positions = accumulate.BatchPositions(dropout_rng, count) if seekable else ShardRng(dropout_rng, count, 0)
+            self.model.forward(np.zeros((1, *xb.shape[1:]), xb.dtype), training=True, rng=positions)
+            if seekable:
+                positions.finish()
             send[..., :-1] = 0
             if self.rows is not None:
                 self.rows[self.rank] = 0

@@ -58,7 +58,7 @@ def _for_sizes(config: cfg.ExperimentConfig, source: str, train_samples: int, va
         batch = _batch_size(config, train_samples, source)
     measured = max(train_samples if config.training.eval_train else 0, val_samples)
     needed = check_model(config, sample_shape, outputs, class_names, source, batch, config.optimizer,
-                         config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH))
+                         config.model.dtype, "training this model", min(measured, metrics.EVAL_BATCH), chunks=True)
     return Plan(source, train_samples, val_samples, len(feature_names), outputs, class_names, feature_names, batch,
                 needed)
 
@@ -84,12 +84,13 @@ def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> 
 
 def check_model(config: cfg.ExperimentConfig, sample_shape: tuple[int, ...], outputs: int, class_names: tuple[str, ...] | None,
                 source: str, batch: int, optimizer: cfg.OptimizerConfig | None, dtype: str,
-                what: str, eval_rows: int = 0) -> memory.Estimate:
+                what: str, eval_rows: int = 0, chunks: bool = False) -> memory.Estimate:
     """The last dense layer against the outputs the data and loss need, and the model's memory (in
-    `dtype`, with `optimizer`'s state and a batch of `batch`) against what this process may use."""
+    `dtype`, with `optimizer`'s state and a batch of `batch`, taken a chunk at a time when `chunks`:
+    ``memory.estimate``) against what this process may use."""
     with naming(config):
         _check_output_layer(config, outputs, class_names, source)
-        needed = memory.estimate(config.model, sample_shape, max(batch, 1), optimizer, dtype, eval_rows)
+        needed = memory.estimate(config.model, sample_shape, max(batch, 1), optimizer, dtype, eval_rows, chunks)
         memory.check_fits(needed, what, config.file)
     return needed
 
