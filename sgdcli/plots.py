@@ -73,12 +73,11 @@ def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
                 if curve.diverged:
                     ends.append((xs[-1], ys[-1], colour))
         low, high = _finite_range(steady)
-        log = low is not None and low > 0 and high / low > 30
+        log = low is not None and low > 0 and high / low > 30 and high <= LOG_TOP
         if log:
             axes.set_yscale("log")
-        if low is not None and len(steady) < len(curves):
-            pad = (high / low) ** 0.05 if log else 0.05 * (high - low or abs(high) or 1.0)
-            axes.set_ylim(low / pad if log else low - pad, high * pad if log else high + pad)
+        if low is not None and (len(steady) < len(curves) or max(abs(low), abs(high)) > LOG_TOP):
+            axes.set_ylim(*_padded(low, high, log))
         bottom, top = axes.get_ylim()
         for x, y, colour in ends:  # off the chart: marked at its edge, where the curve leaves it
             axes.plot([x], [min(max(y, bottom), top)], "x", color=colour, markersize=10, markeredgewidth=2,
@@ -90,6 +89,24 @@ def loss_curves(curves: list[Curve], x_axis: str, path: Path) -> Path:
 
     atomic_write(path, png(draw))
     return path
+
+
+# Losses above LOG_TOP are drawn on a linear axis, with limits set here: matplotlib's log locator puts
+# ticks up to two strides of decades past the top, which overflow to inf (an OverflowError) near 1e300.
+# Its linear locator fails on a range near float max, so a linear axis ends at AXIS_LIMIT at most (a
+# curve above it leaves the chart at the top).
+LOG_TOP, AXIS_LIMIT = 1e200, 1e300
+
+
+def _padded(low: float, high: float, log: bool) -> tuple[float, float]:
+    """y limits 5% beyond [low, high] (of the decades on a log axis), finite and within AXIS_LIMIT."""
+    if log:
+        pad = 10 ** (0.05 * math.log10(high / low))
+        bottom, top = low / pad, high * pad
+        return (bottom if bottom > 0 else low), min(top, AXIS_LIMIT)
+    low, high = max(low, -AXIS_LIMIT), min(high, AXIS_LIMIT)
+    pad = 0.05 * (high - low or abs(high) or 1.0)
+    return max(low - pad, -AXIS_LIMIT), min(high + pad, AXIS_LIMIT)
 
 
 def _finite_range(curves: list[Curve]) -> tuple[float | None, float | None]:

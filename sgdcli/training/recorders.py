@@ -32,6 +32,15 @@ class Recorders:
     def epoch_row(self, model: Sequential) -> dict[str, Any]:
         return self.tracker.epoch_row(model.parameters()) if self.tracker else {}
 
+    def partial(self) -> dict[str, Any] | None:
+        """The tracked statistics of the epoch in progress (JSON), kept in a checkpoint; None when nothing is tracked."""
+        return self.tracker.partial() if self.tracker else None
+
+    def resume_partial(self, saved: dict[str, Any] | None) -> None:
+        """Go on with the statistics a checkpoint kept (``partial``); a checkpoint without them starts them at 0."""
+        if self.tracker and saved is not None:
+            self.tracker.resume_partial(saved)
+
     def resume_from(self, run_dir: Path, epoch: int) -> None:
         self.trajectory.resume_from(run_dir, epoch)
 

@@ -194,8 +194,8 @@ class Session:
             self.position = Position(**meta["position"])
             self.rngs.shuffle.bit_generator.state = meta["rng"]["shuffle"]
             self.rngs.dropout.bit_generator.state = meta["rng"]["dropout"]
-            self.best = meta["best"]
-            self.train_seconds = float(meta["train_seconds"])
+            self.best, self.train_seconds = meta["best"], float(meta["train_seconds"])
+            self.recorders.resume_partial(meta.get("tracked"))  # the interrupted epoch's statistics so far
             self.wall_before = float(meta.get("wall_seconds", self.train_seconds))  # older checkpoints: a floor
             self.last_row = meta.get("metrics")
         except ParameterMismatch as exc:
@@ -352,7 +352,7 @@ class Session:
             "epoch": self.position.epoch, "updates": self.position.updates, "samples": self.position.samples,
             "position": self.position.to_dict(),
             "rng": {"shuffle": self.rngs.shuffle.bit_generator.state, "dropout": self.rngs.dropout.bit_generator.state},
-            "best": self.best, "metrics": self.last_row, "train_seconds": self.train_seconds,
+            "best": self.best, "metrics": self.last_row, "train_seconds": self.train_seconds, "tracked": self.recorders.partial(),
             "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
                                                 else time.perf_counter() - self._segment_started),
             "schedule_epochs": self.schedule_epochs, "data": self.data, "processes": self.processes,

@@ -80,6 +80,18 @@ class LayerTracker:
                 sums[name] += math.sqrt(float(np.dot(flat, flat))) / old
                 counts[name] += 1
 
+    def partial(self) -> dict[str, Any]:
+        """The sums and counts of the epoch in progress, as JSON (floats round-trip exactly), for a checkpoint
+        taken mid-epoch: a resumed run's row for that epoch then equals the uninterrupted run's."""
+        return {"sums": self._sums, "counts": self._counts}
+
+    def resume_partial(self, saved: dict[str, Any]) -> None:
+        """Go on from ``partial``'s sums and counts. Raises KeyError, TypeError or ValueError when they do
+        not fit this tracker's statistics and tensors (the caller's checkpoint error)."""
+        sums = {s: {name: float(saved["sums"][s][name]) for name in self.names} for s in self._sums}
+        counts = {s: {name: int(saved["counts"][s][name]) for name in self.names} for s in self._counts}
+        self._sums, self._counts = sums, counts
+
     def epoch_row(self, params: dict[str, np.ndarray]) -> dict[str, float | None]:
         """The epoch's statistics as metrics columns; starts the next epoch's sums."""
         row: dict[str, float | None] = {}
