@@ -110,3 +110,33 @@ def test_boundary_command_draws_each_first_layer_unit_over_the_plane(tmp_path):
                                                "target": "species"}}), runs_dir=tmp_path / "iris")
     refused = CliRunner().invoke(app, ["boundary", str(iris.run_dir)])
     assert refused.exit_code == 2 and "two input features" in refused.output and "4 feature(s)" in refused.output
+
+
+@pytest.mark.parametrize("epochs,stop", [(6, 14), (61, 7 * 6 + 2), (61, 8 * 6)],
+                         ids=["every epoch, mid-epoch", "every 2nd, mid-epoch after an unscheduled one", "every 2nd, at an end"])
+def test_a_resumed_run_keeps_the_frames_drawn_before_the_interruption(tmp_path, epochs, stop):
+    # The frames lived only in memory: a resumed run's boundary.gif lost those before the interruption.
+    from safetensors.numpy import load
+    from test_resume import interrupt
+
+    config = api.load_config(tiny_config(training__epochs=epochs, training__boundary=True))
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+    stopped = interrupt(config, tmp_path / "runs", stop)
+    assert stopped.status == "interrupted"
+    resumed = api.resume(stopped.run_dir)
+    want = load((reference.run_dir / boundary.FRAMES_NAME).read_bytes())
+    got = load((resumed.run_dir / boundary.FRAMES_NAME).read_bytes())
+    assert list(got["epochs"]) == list(want["epochs"]) and np.array_equal(got["frames"], want["frames"])
+    assert Image.open(resumed.run_dir / boundary.GIF_NAME).n_frames == len(want["epochs"])
+
+
+def test_a_damaged_frames_file_stops_the_resume_with_a_message(tmp_path):
+    from test_resume import interrupt
+
+    from sgdcli.errors import RunDirError
+
+    config = api.load_config(tiny_config(training__epochs=4, training__boundary=True))
+    stopped = interrupt(config, tmp_path / "runs", 9)
+    (stopped.run_dir / boundary.FRAMES_NAME).write_bytes(b"not safetensors")
+    with pytest.raises(RunDirError, match="damaged boundary frames file"):
+        api.resume(stopped.run_dir)

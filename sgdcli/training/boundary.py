@@ -12,14 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
 from sgdcli import plots
 from sgdcli.engine.model import Sequential
+from sgdcli.errors import RunDirError
 from sgdcli.fileio import atomic_write
 
 MAX_FRAMES = 60  # frames every k = ceil(epochs / 60) epochs, plus the initial and the final model
 GRID = 100  # grid points per axis (classification) or along x (regression)
 MARGIN = 0.15  # of the data's range, on each side
 PNG_NAME, GIF_NAME = "boundary.png", "boundary.gif"
+FRAMES_NAME = "boundary.safetensors"  # the frames themselves, so that a resumed run's GIF keeps the earlier ones
 
 
 @dataclass
@@ -45,13 +50,34 @@ class BoundaryRecorder:
         self.frames.append((epoch, labels.astype(np.int8).reshape(GRID, GRID)))
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
-        """boundary.png (the last frame) and boundary.gif (every frame, matplotlib's Pillow writer)."""
+        """boundary.png (the last frame), boundary.gif (every frame, matplotlib's Pillow writer) and the
+        frames as arrays (FRAMES_NAME: epochs (T,) int64, frames (T, GRID, GRID) int8 or (T, GRID) float64)."""
         if not self.frames:
             return []
-        gif_path = run_dir / GIF_NAME
+        gif_path, frames_path = run_dir / GIF_NAME, run_dir / FRAMES_NAME
         png = self.write_png(run_dir / PNG_NAME, title)
         atomic_write(gif_path, self._gif(title))
-        return [*png, gif_path]
+        atomic_write(frames_path, save_tensors({"epochs": np.array([e for e, _ in self.frames], dtype=np.int64),
+                                                "frames": np.stack([f for _, f in self.frames])},
+                                               metadata={"format": "sgdcli-boundary-frames"}))
+        return [*png, gif_path, frames_path]
+
+    def resume_from(self, run_dir: Path, epoch: int) -> None:
+        """Continue a resumed run's frames: those its file kept for the scheduled epochs up to `epoch` (where
+        training resumes), when they fit this grid. Raises RunDirError for a damaged frames file."""
+        path = Path(run_dir) / FRAMES_NAME
+        if not path.is_file():
+            return
+        try:
+            tensors = load_tensors(path.read_bytes())
+            epochs, frames = tensors["epochs"], tensors["frames"]
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise RunDirError(f"damaged boundary frames file ({exc})", source=str(path)) from None
+        shape = (GRID,) if not self.classes else (GRID, GRID)
+        if frames.shape[1:] != shape or len(epochs) != len(frames):
+            return
+        # the scheduled ones: a frame drawn when a run was interrupted between them held mid-epoch weights
+        self.frames = [(int(e), f) for e, f in zip(epochs, frames) if e <= epoch and e % self.every == 0]
 
     def write_png(self, path: Path, title: str) -> list[Path]:
         """The last frame as a PNG."""

@@ -43,6 +43,8 @@ class Recorders:
 
     def resume_from(self, run_dir: Path, epoch: int) -> None:
         self.trajectory.resume_from(run_dir, epoch)
+        if self.boundary:
+            self.boundary.resume_from(run_dir, epoch)
 
     def record(self, epoch: int, model: Sequential, last: bool = False) -> None:
         """A boundary frame and a trajectory snapshot when their schedules ask for this epoch."""
