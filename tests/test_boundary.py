@@ -112,14 +112,15 @@ def test_boundary_command_draws_each_first_layer_unit_over_the_plane(tmp_path):
     assert refused.exit_code == 2 and "two input features" in refused.output and "4 feature(s)" in refused.output
 
 
-@pytest.mark.parametrize("epochs,stop", [(6, 14), (61, 7 * 6 + 2), (61, 8 * 6)],
+@pytest.mark.parametrize("most,stop", [(60, 14), (3, 3 * 6 + 2), (3, 4 * 6)],
                          ids=["every epoch, mid-epoch", "every 2nd, mid-epoch after an unscheduled one", "every 2nd, at an end"])
-def test_a_resumed_run_keeps_the_frames_drawn_before_the_interruption(tmp_path, epochs, stop):
+def test_a_resumed_run_keeps_the_frames_drawn_before_the_interruption(tmp_path, monkeypatch, most, stop):
     # The frames lived only in memory: a resumed run's boundary.gif lost those before the interruption.
     from safetensors.numpy import load
     from test_resume import interrupt
 
-    config = api.load_config(tiny_config(training__epochs=epochs, training__boundary=True))
+    monkeypatch.setattr(boundary, "MAX_FRAMES", most)  # 6 epochs: frames every epoch, or every 2nd
+    config = api.load_config(tiny_config(training__epochs=6, training__boundary=True))
     reference = api.train(config, runs_dir=tmp_path / "reference")
     stopped = interrupt(config, tmp_path / "runs", stop)
     assert stopped.status == "interrupted"
