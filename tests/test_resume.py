@@ -207,13 +207,13 @@ def test_a_run_whose_checkpoints_predate_the_data_record_still_resumes(tmp_path)
     assert_identical(reference.run_dir, run)
 
 
-@pytest.mark.parametrize("updates", [3, 5, 1], ids=["after an epoch's last update", "mid-epoch", "after one update"])
+@pytest.mark.parametrize("updates", [3, 5], ids=["after an epoch's last update", "mid-epoch"])
 def test_tracked_statistics_of_the_interrupted_epoch_survive_a_resume(tmp_path, updates):
     # The layer statistics of training.track are sums over the epoch's sampled updates: a checkpoint taken
     # before the epoch's row is written keeps them, so the resumed row equals the uninterrupted one
     # (they used to restart at 0: different numbers, or empty columns after a stop at an epoch's end).
     config = load_config(tiny_config(
-        model__layers=LAYERS, training__epochs=3, training__batch={"mode": "minibatch", "size": 40},
+        model__layers=LAYERS, training__epochs=2, training__batch={"mode": "minibatch", "size": 40},
         training__track=["grad_norm", "weight_norm", "update_ratio"]))
     reference = api.train(config, runs_dir=tmp_path / "reference")
     stopped = interrupt(config, tmp_path / "runs", updates)
