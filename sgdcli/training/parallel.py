@@ -146,7 +146,7 @@ class DataParallel:
         self.stop_agreed = self.gather_due = False
         self.phase = UPDATE
         self.rows: np.ndarray | None = None  # the shared gradient rows, when the processes share memory
-        self._chunk_sums: dict[str, np.ndarray] | None = None  # a chunked shard's gradient, message path
+        self._chunk_sums: dict[str, np.ndarray] | None = None  # the shard's gradient, summed over its chunks (messages)
         self._asked = False  # whether they were asked (a collective, at the first update)
 
     def attach(self, config: ExperimentConfig, problem: Problem) -> None:
