@@ -269,6 +269,31 @@ def test_a_decayed_rank_one_update_is_one_gemm_into_the_target(dtype, library, m
     assert gemms == ([0.9, 0.999] if library == "numpy's" else [])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_mid_sized_rank_one_update_runs_blas_with_read_only_factors(dtype) -> None:
+    # 40 x 32 = 1,280 elements: under MIN_SIZE, at least RANK1_MIN_SIZE. A rank-1 update (ger, or the gemm of
+    # inner dimension 1 with the decay) runs BLAS there: one call instead of NumPy's outer product, scaled and
+    # added. Factors that are read-only (training data) are handed over by address all the same.
+    assert blas.RANK1_MIN_SIZE <= 40 * 32 < blas.MIN_SIZE
+    if blas.numpy_blas_library() is None:
+        pytest.skip("NumPy without its own BLAS: rank-1 updates this small stay on NumPy")
+    rng = np.random.default_rng(13)
+    x, dz = rng.normal(size=40).astype(dtype), rng.normal(size=32).astype(dtype)
+    x.flags.writeable = False
+    v = rng.normal(size=(40, 32)).astype(dtype)
+    w = v.copy()
+    expected_v = 0.9 * v.astype(np.float64) - 0.1 * np.outer(x, dz)
+    expected_w = w.astype(np.float64) + 0.5 * np.outer(x, dz)
+    assert blas.gemm_tn(-0.1, x[None, :], dz[None, :], 0.9, v, fallback=False)  # ran: BLAS wrote v
+    assert blas.writes_in_place(w, x, dz, rank_one=True) and not blas.writes_in_place(w, x, dz)
+    blas.ger(0.5, x, dz, w)
+    tolerance = 2e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(v, expected_v, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(w, expected_w, rtol=tolerance, atol=tolerance)
+    small = np.zeros((4, 8), dtype)  # below RANK1_MIN_SIZE: NumPy's passes
+    assert not blas.gemm_tn(1.0, x[None, :4], dz[None, :8], 0.9, small, fallback=False)
+
+
 def test_a_target_blas_cannot_write_in_place_takes_the_numpy_path(monkeypatch) -> None:
     monkeypatch.setattr(blas, "MIN_SIZE", 0)
     rng = np.random.default_rng(10)
@@ -323,7 +348,7 @@ def test_batch_one_resume_on_the_blas_path_is_bit_identical(tmp_path, monkeypatc
     monkeypatch.setattr(blas, "MIN_SIZE", 0)  # the tiny model's arrays take the BLAS path
     in_place: list[bool] = []
     original = blas.writes_in_place
-    monkeypatch.setattr(blas, "writes_in_place", lambda *arrays: in_place.append(original(*arrays)) or in_place[-1])
+    monkeypatch.setattr(blas, "writes_in_place", lambda *arrays, **kw: in_place.append(original(*arrays, **kw)) or in_place[-1])
     config = load_config(tiny_config(training__epochs=3, training__batch__mode="sgd", optimizer=optimizer))
     resume_is_bit_identical(config, tmp_path, 130)  # stopped mid-epoch 2 (90 updates an epoch)
     assert any(in_place)  # BLAS ger ran

@@ -327,6 +327,22 @@ def test_cross_entropy_accepts_whole_number_float_labels() -> None:
     assert CrossEntropy().value(logits, np.array([0.0, 3.0, 1.0])) == CrossEntropy().value(logits, np.array([0, 3, 1]))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_cross_entropy_takes_labels_of_every_integer_dtype(dtype) -> None:
+    # The label positions are worked out in the flat (N * C) logits: an unsigned 64-bit label plus a
+    # signed offset must stay an integer index. Reference: the same labels as Python ints.
+    logits = np.random.default_rng(17).normal(size=(5, 4)).astype(np.float32)
+    labels = [0, 3, 2, 1, 3]
+    value, grad = CrossEntropy().value_and_grad(logits, np.array(labels, dtype=dtype))
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert value == pytest.approx(-log_softmax[np.arange(5), labels].mean(), rel=1e-6)
+    expected = np.exp(log_softmax)
+    expected[np.arange(5), labels] -= 1.0
+    np.testing.assert_allclose(grad, expected / 5, rtol=1e-5, atol=1e-7)
+    assert CrossEntropy().value(logits, np.array(labels, dtype=dtype)) == pytest.approx(value, rel=1e-6)
+
+
 def test_regression_losses_against_hand_values() -> None:
     pred, target = np.array([[0.5], [3.0], [-1.0]]), np.array([0.0, 1.0, -1.5])
     # d = [0.5, 2, 0.5]; MSE = (0.25 + 4 + 0.25) / 3 = 1.5, grad 2 d / 3 = [1/3, 4/3, 1/3]

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import DTypeLike
 
+from .allocator import aligned_copy, aligned_full
 from .activations import Activation
 from .channels import WideRows
 from .layers import Initializer, Layer
@@ -184,8 +185,8 @@ class Conv2d(Layer):
         """Weights from ``init`` with fan_in = C*kh*kw and fan_out = F*kh*kw; zero bias."""
         kh, kw = kernel_size
         shape = (filters, in_channels, kh, kw)
-        weight = np.ascontiguousarray(init(rng, in_channels * kh * kw, filters * kh * kw, dtype, shape))
-        return cls(weight, np.zeros(filters, dtype=weight.dtype) if bias else None, activation, stride, padding)
+        weight = aligned_copy(init(rng, in_channels * kh * kw, filters * kh * kw, dtype, shape))  # (allocator.py)
+        return cls(weight, aligned_full((filters,), weight.dtype, 0) if bias else None, activation, stride, padding)
 
     @property
     def in_channels(self) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import blas
+from .allocator import aligned_copy, aligned_full
 from .activations import Activation
 from .gradients import BatchProduct, Gradient, OuterProduct
 
@@ -108,8 +109,8 @@ class Dense(Layer):
         dtype: DTypeLike,
     ) -> Dense:
         """A new layer with ``weight = init(rng, in_features, units, dtype)`` and zero bias."""
-        weight = np.ascontiguousarray(init(rng, in_features, units, dtype))
-        return cls(weight, np.zeros(units, dtype=weight.dtype), activation)
+        weight = aligned_copy(init(rng, in_features, units, dtype))  # on a cache line (allocator.py)
+        return cls(weight, aligned_full((units,), weight.dtype, 0), activation)
 
     @property
     def in_features(self) -> int:

@@ -69,6 +69,9 @@ class Sequential:
         if len(dtypes) > 1:
             raise ValueError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
         self.stages = stages(self.layers)  # what forward and backward run (fusion.stages); layers are fixed
+        # backward's lowest stage: the first with parameters (none below it needs a gradient)
+        self._first_trained = next((number for number, (_, stage) in enumerate(self.stages) if stage.params),
+                                   len(self.stages))
 
     @property
     def dtype(self) -> np.dtype:
@@ -136,7 +139,7 @@ class Sequential:
         plan = self.stages
         if len(caches) != len(plan):
             raise ValueError(f"expected {len(plan)} caches (one per stage), got {len(caches)}")
-        first = next((number for number, (_, stage) in enumerate(plan) if stage.params), len(plan))
+        first = self._first_trained
         per_layer: dict[int, dict[str, Gradient]] = {}
         for number in range(len(plan) - 1, first - 1, -1):
             index, stage = plan[number]  # a stage's parameters are its first layer's

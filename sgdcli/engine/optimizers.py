@@ -17,19 +17,20 @@ import math
 
 import numpy as np
 
+from .allocator import aligned_copy, aligned_empty, aligned_full
 from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squared, squared_norm
 
 
 class Optimizer:
     """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
 
-    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` and implements ``_update(w,
-    g, state, lr, scratch)`` in place. ``scratch`` is a work array shaped like w whose contents mean nothing: kept
-    from step to step so that an update allocates nothing, and never part of the state (``state_dict``). While
-    ``_update`` runs, ``self.iterations`` already counts the step in progress (so it equals t). A subclass with
-    ``takes_factored = True`` gets an OuterProduct g as it is (and touches g only through ``gradients.add_scaled``
-    / ``add_squared``); otherwise g is built first. Likewise a ``gradients.BatchProduct`` with ``takes_products``
-    (only through ``add_scaled``, each call a gemm).
+    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` (arrays on a cache line:
+    ``allocator.aligned_full``) and implements ``_update(w, g, state, lr, scratch)`` in place. ``scratch`` is a
+    work array shaped like w whose contents mean nothing: kept from step to step so that an update allocates
+    nothing, and never part of the state (``state_dict``). While ``_update`` runs, ``self.iterations`` counts the
+    step in progress (t). A subclass with ``takes_factored = True`` gets an OuterProduct g as it is (touching it
+    only through ``gradients.add_scaled`` / ``add_squared``), else g is built first; likewise a BatchProduct with
+    ``takes_products`` (only through ``add_scaled``, each call a gemm).
 
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w (``AdamW``: decoupled decay).
 
@@ -154,7 +155,7 @@ class Optimizer:
             name, _, key = entry.partition("/")
             if not name or not key:
                 raise ValueError(f"unexpected optimizer state entry {entry!r}; expected 'iterations' or '<state>/<parameter>'")
-            loaded.setdefault(key, {})[name] = np.array(value, copy=True)
+            loaded.setdefault(key, {})[name] = aligned_copy(value)
         for key, arrays in loaded.items():
             expected = sorted(self._init_state(next(iter(arrays.values()))))
             if sorted(arrays) != expected:
@@ -218,7 +219,7 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
-        return {"velocity": np.zeros_like(param)} if self.momentum else {}
+        return {"velocity": aligned_full(param.shape, param.dtype, 0)} if self.momentum else {}
 
     def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
@@ -253,7 +254,7 @@ class AdaGrad(Optimizer):
         self.initial_accumulator = float(initial_accumulator)
 
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
-        return {"accumulator": np.full_like(param, self.initial_accumulator)}
+        return {"accumulator": aligned_full(param.shape, param.dtype, self.initial_accumulator)}
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
@@ -289,9 +290,9 @@ class RMSProp(Optimizer):
         self.momentum = float(momentum)
 
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
-        state = {"mean_square": np.zeros_like(param)}
+        state = {"mean_square": aligned_full(param.shape, param.dtype, 0)}
         if self.momentum:
-            state["momentum_buffer"] = np.zeros_like(param)
+            state["momentum_buffer"] = aligned_full(param.shape, param.dtype, 0)
         return state
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
@@ -333,7 +334,7 @@ class Adam(Optimizer):
         self.epsilon = float(epsilon)
 
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
-        return {"first_moment": np.zeros_like(param), "second_moment": np.zeros_like(param)}
+        return {name: aligned_full(param.shape, param.dtype, 0) for name in ("first_moment", "second_moment")}
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
@@ -369,7 +370,7 @@ def _work_array(store: dict[str, np.ndarray], key: str, param: np.ndarray) -> np
     """store[key], (re)made shaped like param: made once, reused by every step."""
     array = store.get(key)
     if array is None or array.shape != param.shape or array.dtype != param.dtype:
-        array = store[key] = np.empty_like(param)
+        array = store[key] = aligned_empty(param.shape, param.dtype)
     return array
 
 
@@ -377,8 +378,7 @@ def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
     """Set the entries of ``array`` with |x| < finfo.tiny / finfo.eps to 0 (see Optimizer)."""
     if array.dtype.kind != "f":
         return
-    info = np.finfo(array.dtype)
-    keep = np.abs(array, out=scratch)
+    keep, info = np.abs(array, out=scratch), np.finfo(array.dtype)
     np.greater_equal(keep, info.tiny / info.eps, out=keep)  # 1.0 or 0.0: no boolean temporary
     array *= keep  # NaN compares False but stays NaN (NaN * 0)
 
