@@ -72,6 +72,12 @@ def test_aligned_arrays_start_on_a_cache_line_and_behave_as_numpy_arrays(shape, 
     assert objects.tolist() == [1, "a"]
 
 
+def test_aligned_arrays_refuse_negative_dimensions_as_numpy_does() -> None:
+    for shape in ((2, -1), (-1, 2), (-2,)):
+        with pytest.raises(ValueError, match="negative dimensions"):
+            aligned_empty(shape, np.float32)
+
+
 @pytest.mark.parametrize("optimizer", [SGD(momentum=0.9), SGD(momentum=0.9, nesterov=True), Adam(), AdamW(),
                                        RMSProp(momentum=0.5), AdaGrad(initial_accumulator=0.1)],
                          ids=lambda o: type(o).__name__)

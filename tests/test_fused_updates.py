@@ -294,6 +294,21 @@ def test_a_mid_sized_rank_one_update_runs_blas_with_read_only_factors(dtype) -> 
     assert not blas.gemm_tn(1.0, x[None, :4], dz[None, :8], 0.9, small, fallback=False)
 
 
+@pytest.mark.parametrize("rows", [2048, 40_000])  # under and over MIN_SIZE
+def test_a_rank_one_update_of_a_single_column_stays_on_numpy(rows) -> None:
+    # One output unit: BLAS would walk `rows` columns of one element (4096 x 1: 18 against NumPy's 4 us).
+    rng = np.random.default_rng(14)
+    x, dz = rng.normal(size=rows), rng.normal(size=1)
+    w = rng.normal(size=(rows, 1))
+    expected = w + 0.5 * np.outer(x, dz)
+    assert not blas.writes_in_place(w, x, dz, rank_one=True)
+    assert not blas.gemm_tn(0.5, x[None, :], dz[None, :], 0.9, w.copy(), fallback=False)
+    blas.ger(0.5, x, dz, w)
+    np.testing.assert_allclose(w, expected, rtol=1e-14)
+    if blas.numpy_blas_library() is not None:  # two columns: BLAS again (from RANK1_MIN_SIZE elements)
+        assert blas.writes_in_place(np.zeros((rows // 2, 2)), x[: rows // 2], np.ones(2), rank_one=True)
+
+
 def test_a_target_blas_cannot_write_in_place_takes_the_numpy_path(monkeypatch) -> None:
     monkeypatch.setattr(blas, "MIN_SIZE", 0)
     rng = np.random.default_rng(10)

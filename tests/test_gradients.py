@@ -343,6 +343,32 @@ def test_cross_entropy_takes_labels_of_every_integer_dtype(dtype) -> None:
     assert CrossEntropy().value(logits, np.array(labels, dtype=dtype)) == pytest.approx(value, rel=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["Fortran order", "a transposed view"])
+def test_cross_entropy_gives_the_same_gradient_whatever_the_logits_layout(layout) -> None:
+    # The labels are found in the flattened logits: that must be a view of the gradient, also when the
+    # logits handed in are not C-contiguous (before the fix the -1/N at each label went into a copy).
+    logits = np.random.default_rng(18).normal(size=(4, 3))
+    labels = np.array([0, 2, 1, 2])
+    other = np.asfortranarray(logits) if layout == "Fortran order" else logits.T.copy().T
+    assert not other.flags.c_contiguous
+    value, grad = CrossEntropy().value_and_grad(logits, labels)
+    other_value, other_grad = CrossEntropy().value_and_grad(other, labels)
+    assert other_value == value and np.array_equal(other_grad, grad)
+    np.testing.assert_allclose(other_grad.sum(axis=1), 0.0, atol=1e-15)  # softmax minus one-hot: rows sum to 0
+
+
+@pytest.mark.parametrize(("dtype", "classes"), [(np.int8, 300), (np.int16, 70_000), (np.int8, 128), (np.int32, 10)])
+def test_cross_entropy_rejects_negative_labels_of_narrow_types_with_many_classes(dtype, classes) -> None:
+    # Read as unsigned, an int8 -1 is 255: below 300 classes, so the one-reduction range check alone let
+    # it through (it then indexed another sample's logits).
+    logits = np.zeros((3, classes), dtype=np.float32)
+    labels = np.array([-1, 5, 7], dtype=dtype)
+    with pytest.raises(ValueError, match=rf"class label -1 out of range for {classes} outputs"):
+        CrossEntropy().value_and_grad(logits, labels)
+    with pytest.raises(ValueError, match=r"class label -1 out of range"):
+        CrossEntropy().value(logits, labels)
+
+
 def test_regression_losses_against_hand_values() -> None:
     pred, target = np.array([[0.5], [3.0], [-1.0]]), np.array([0.0, 1.0, -1.5])
     # d = [0.5, 2, 0.5]; MSE = (0.25 + 4 + 0.25) / 3 = 1.5, grad 2 d / 3 = [1/3, 4/3, 1/3]

@@ -57,11 +57,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A new uninitialised C-contiguous array whose first element is at a multiple of ``ALIGNMENT`` bytes.
 
     A view into a slightly larger byte buffer (its ``base``), which it keeps alive; writeable, and
-    like any NumPy array otherwise (an object array is ``np.empty``'s). Raises what ``np.empty`` raises
-    for a bad shape or dtype.
+    like any NumPy array otherwise (an object array is ``np.empty``'s). Raises ValueError for a negative
+    dimension, and what ``np.dtype`` raises for a bad dtype.
     """
     dtype = np.dtype(dtype)
     shape = tuple(int(d) for d in shape)
+    if min(shape, default=0) < 0:
+        raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     if dtype.hasobject:  # references, not bytes: no view of a byte buffer (and no vector loads to align)
         return np.empty(shape, dtype)
     nbytes = math.prod(shape) * dtype.itemsize

@@ -184,8 +184,10 @@ class CrossEntropy(Loss):
             if not np.all(np.isfinite(target)):
                 raise ValueError("CrossEntropy: class labels must be finite")
             target = target.astype(np.int64)
-        # One reduction per batch: a negative label read as unsigned is above any class count.
-        if target.view(_unsigned(target.dtype)).max() >= classes:
+        # One reduction per batch: a negative label read as unsigned is at least 2**(bits - 1), above any
+        # class count up to that; only a narrow signed type with more classes (int8, 300) needs its minimum.
+        if target.view(_unsigned(target.dtype)).max() >= classes or (
+                target.dtype.kind == "i" and classes > 1 << (8 * target.dtype.itemsize - 1) and target.min() < 0):
             low, high = target.min(), target.max()
             bad = low if low < 0 else high
             raise ValueError(
@@ -196,7 +198,8 @@ class CrossEntropy(Loss):
     @staticmethod
     def _shifted(pred: np.ndarray) -> np.ndarray:
         # The ufunc reductions themselves: ndarray.max and .sum reach them through a Python wrapper (~0.2 us).
-        return pred - np.maximum.reduce(pred, axis=1, keepdims=True)
+        # C order whatever pred's layout, so that value_and_grad's reshape(-1) is a view of it.
+        return np.subtract(pred, np.maximum.reduce(pred, axis=1, keepdims=True), order="C")
 
     def value(self, pred: np.ndarray, target: np.ndarray) -> float:
         target = self._prepare(pred, target)
@@ -218,7 +221,7 @@ class CrossEntropy(Loss):
         if target.ndim == 1:
             labels = np.arange(0, shifted.size, shifted.shape[1])  # each row's label in the flat (N * C) array
             labels += target.astype(np.intp, copy=False)  # (uint64 + int64 would be float64)
-            flat = shifted.reshape(-1)  # a view: shifted is a new C-contiguous array
+            flat = shifted.reshape(-1)  # a view: _shifted's array is a new C-contiguous one
             picked = flat[labels]
             grad = np.exp(shifted, out=shifted)
             sums = np.add.reduce(grad, axis=1, keepdims=True)

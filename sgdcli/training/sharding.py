@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sgdcli.engine.allocator import aligned_full
 from sgdcli.engine.model import Sequential
 from sgdcli.engine.optimizers import Optimizer
 
@@ -73,7 +74,7 @@ def flatten_parameters(model: Sequential, layout: FlatLayout) -> np.ndarray:
     """Move `model`'s parameters into one flat vector (returned) and make each layer's parameter a view
     of it, so that gathering the vector writes every weight in place. Call before anything (an
     optimizer's state, a training loop) holds the old arrays."""
-    flat = np.zeros(layout.size * layout.width, model.dtype)
+    flat = aligned_full((layout.size * layout.width,), model.dtype, 0)  # starting on a cache line (allocator.py)
     views = layout.views(flat)
     for index, layer in enumerate(model.layers):
         for name, array in layer.params.items():
