@@ -91,6 +91,17 @@ def test_perturb_tries_both_directions_and_keeps_only_improvements():
     assert w.tolist() == [0.5, -0.5, 2.0]
 
 
+def test_perturb_moves_a_parameter_that_is_not_c_contiguous():
+    from sgdcli.engine.search import CoordinateSearch
+
+    # A Fortran-order (2, 2) weight: each coordinate must move in the array itself (a flat copy would not),
+    # in C order as for any other array. f = sum((w - target)^2), delta 0.5, from 0.
+    target = np.array([[1.0, 0.0], [-1.0, 0.4]])
+    for w in (np.zeros((2, 2), order="F"), np.zeros((2, 2))):
+        CoordinateSearch().step({"w": w}, lambda w=w: float(((w - target) ** 2).sum()), 0.5)
+        assert w.tolist() == [[0.5, 0.0], [-0.5, 0.5]]
+
+
 # ---------------------------------------------------------------- step size and momentum, reproducibly
 def test_small_step_stops_in_the_local_minimum(tmp_path):
     result, _, summary = run_demo(tmp_path, "step-too-small")

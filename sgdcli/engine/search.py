@@ -23,17 +23,18 @@ class CoordinateSearch:
         before = best = batch_loss()
         passes = 1
         for param in params.values():
-            flat = param.reshape(-1)  # a view: writing into it moves the parameter
-            for i in range(flat.size):
-                original = flat[i]
+            # Each coordinate in C order, written into param itself (reshape(-1) would write into a copy
+            # of an array that is not C-contiguous).
+            for i in np.ndindex(param.shape):
+                original = param[i]
                 choice = original
                 for candidate in (original + delta, original - delta):
-                    flat[i] = candidate
+                    param[i] = candidate
                     value = batch_loss()
                     passes += 1
                     if value < best:
-                        best, choice = value, flat[i]
-                flat[i] = choice
+                        best, choice = value, param[i]
+                param[i] = choice
         self.iterations += 1
         return before, passes
 
