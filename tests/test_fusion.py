@@ -3,6 +3,8 @@ second thread the engine splits memory-bound passes over (same bits with it or w
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -342,6 +344,28 @@ def test_split_covers_every_row_once_in_chunks_and_raises_the_workers_error(monk
     seen[:] = 0
     workers.split(4, outer, workers.MIN_BYTES)
     assert (seen[:100] == 1).all()  # a split inside a split runs (no deadlock on the busy worker)
+
+
+@pytest.mark.parametrize("two_threads", [True, False])
+def test_a_small_pass_is_one_call_on_this_thread_and_a_large_one_alone_still_goes_in_chunks(two_threads, monkeypatch) -> None:
+    monkeypatch.setattr(workers, "_TWO_THREADS", two_threads)
+    calls: list[tuple[int, int, str]] = []
+
+    def record(start: int, stop: int) -> None:
+        calls.append((start, stop, threading.current_thread().name))
+
+    here = threading.current_thread().name
+    workers.split(7, record, workers.MIN_BYTES - 1, chunked=True)
+    assert calls == [(0, 7, here)]
+    calls.clear()
+    workers.split(0, record, 100)
+    assert calls == []  # no rows: no call
+    workers.split(1, record, workers.CHUNK_BYTES * 4, chunked=True)  # one row: alone, one chunk
+    assert calls == [(0, 1, here)]
+    calls.clear()
+    if not two_threads:  # alone with a large pass: consecutive chunks of ~CHUNK_BYTES, all on this thread
+        workers.split(8, record, workers.CHUNK_BYTES * 4, chunked=True)
+        assert calls == [(0, 2, here), (2, 4, here), (4, 6, here), (6, 8, here)]
 
 
 def test_no_second_thread_when_the_process_is_limited_to_one(monkeypatch) -> None:

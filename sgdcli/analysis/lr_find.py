@@ -12,7 +12,6 @@ import numpy as np
 from sgdcli import plots
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.engine import accumulate
-from sgdcli.engine.allocator import aligned_empty
 from sgdcli.engine.optimizers import clip_by_global_norm
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import ConfigError
@@ -84,7 +83,7 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
                     optimizer.step(params, lambda: loss.value(model.predict(xb), yb), float(learning_rate))
             elif accumulate.chunked(model, len(xb)):  # a large batch a chunk at a time, as training takes it
                 if summed is None:
-                    summed = {key: aligned_empty(param.shape, param.dtype) for key, param in params.items()}
+                    summed = accumulate.gradient_sums(params)
                 value = accumulate.value_and_gradients(model, loss, xb, yb, rngs.dropout, summed)
                 grads = summed if math.isfinite(value) else {}
             else:

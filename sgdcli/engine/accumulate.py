@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from .allocator import aligned_empty
 from .gradients import BatchProduct, OuterProduct
 from .losses import Loss
 from .model import Sequential
@@ -40,6 +41,12 @@ def chunked(model: Sequential, rows: int, chunk_rows: int | None = None) -> bool
     """Whether a batch of ``rows`` rows is computed in chunks: more rows than a chunk, and a model
     whose layers treat each sample on its own."""
     return rows > (CHUNK_ROWS if chunk_rows is None else chunk_rows) and model.per_sample
+
+
+def gradient_sums(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays shaped, typed and keyed like ``params`` (on a cache line, allocator.py) for ``value_and_gradients``
+    to sum a chunked batch's gradient into; a caller makes them once and reuses them every update."""
+    return {key: aligned_empty(param.shape, param.dtype) for key, param in params.items()}
 
 
 def value_and_gradients(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,

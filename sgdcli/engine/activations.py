@@ -84,7 +84,7 @@ class ReLU(Activation):
     @staticmethod
     def _maximum(z: np.ndarray, out: np.ndarray) -> np.ndarray:
         zero = _zero_row(z)
-        if z.ndim == 0 or 2 * z.nbytes < MIN_BYTES:  # one thread: no closure for split to run (a batch-1 row)
+        if z.ndim == 0 or 2 * z.nbytes < MIN_BYTES:  # one thread: the whole pass, no slices (a batch-1 row)
             return np.maximum(z, zero, out=out)
         split(len(z), lambda a, b: np.maximum(z[a:b], zero, out=out[a:b]), 2 * z.nbytes)
         return out
@@ -93,10 +93,6 @@ class ReLU(Activation):
         dz = np.empty_like(dout)
         if dz.ndim == 0:
             return np.multiply(dout, a > 0, out=dz)
-        if 3 * dz.nbytes < MIN_BYTES:  # one thread, one chunk: the passes below without split's closures
-            np.greater(a, 0, out=dz)
-            dz *= dout
-            return dz
 
         def rows(start: int, stop: int) -> None:
             np.greater(a[start:stop], 0, out=dz[start:stop])

@@ -89,13 +89,17 @@ def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked:
     work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
     are done; an exception in either half is raised here. ``work`` must treat its rows independently
     of each other (it may be called on any split)."""
-    step = max(1, count * CHUNK_BYTES // max(nbytes, 1)) if chunked else count
+    alone = count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS
+    if alone and count and (not chunked or nbytes <= CHUNK_BYTES):
+        work(0, count)  # one call on this thread, the common small pass: no chunk loop built for it
+        return
+    step = max(1, count * CHUNK_BYTES // max(nbytes, 1) if chunked else count)  # (no rows: range needs a step)
 
     def in_chunks(start: int, stop: int) -> None:
         for first in range(start, stop, step):
             work(first, min(first + step, stop))
 
-    if count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS:
+    if alone:
         in_chunks(0, count)
         return
     worker = _get_worker()

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from sgdcli.engine import accumulate, blas
-from sgdcli.engine.allocator import aligned_empty, retain_freed_memory
+from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.gradients import Gradient, as_array, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
@@ -146,7 +146,7 @@ def train_epochs(
                         value, dout = problem.loss.value_and_grad(outputs, yb)
                     elif parallel is None:  # a large batch, a chunk of rows at a time: the same mean
                         if accumulated is None:
-                            accumulated = {key: aligned_empty(param.shape, param.dtype) for key, param in params.items()}
+                            accumulated = accumulate.gradient_sums(params)
                         value = accumulate.value_and_gradients(model, problem.loss, xb, yb, dropout_rng, accumulated)
                         grads = accumulated
                     else:  # every process gets the whole batch's loss and gradient

@@ -18,7 +18,6 @@ import numpy as np
 
 from sgdcli.config.image_layers import BatchNormConfig
 from sgdcli.engine import accumulate
-from sgdcli.engine.allocator import aligned_empty
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.errors import ConfigError, SgdcliError
 from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommunicator: this module's API too
@@ -218,7 +217,7 @@ class DataParallel:
                 grads = self.into
             else:
                 if self._chunk_sums is None:
-                    self._chunk_sums = {key: aligned_empty(p.shape, p.dtype) for key, p in self.model.parameters().items()}
+                    self._chunk_sums = accumulate.gradient_sums(self.model.parameters())
                 grads = self._chunk_sums
             value = accumulate.value_and_gradients(self.model, self.loss, xb, yb, dropout_rng, grads,
                                                    scale=rows / count, batch=(lo, count))
