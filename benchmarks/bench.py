@@ -45,6 +45,9 @@ from bench_common import (
     BATCH,
     CASES,
     DATA,
+    MIXED,
+    ONE_THREAD,
+    PLACEMENTS,
     Bench,
     Race,
     blas_info,
@@ -95,11 +98,27 @@ def race_rows(races: list[Race]) -> tuple[list[str], list[list[str]]]:
                      fmt_seconds(race.median("sklearn")), fmt_ratio(vs_torch),
                      verdict(vs_torch, TARGETS.get((key, "torch"))) if targets_apply else "",
                      fmt_ratio(vs_sklearn), verdict(vs_sklearn, TARGETS.get((key, "sklearn"))), accuracy])
+        for placement, count in placement_rows(race):
+            ratio = race.ratio("sgdcli", "torch", placement)
+            rows.append([f"  rounds on {placement_text(placement)} ({count})", race.unit, "", "", "", fmt_ratio(ratio),
+                         verdict(ratio, TARGETS.get((key, "torch"))) if targets_apply else "", "", "", ""])
         if "sgdcli, no flush" in race.times:
             rows.append([race.name + ", sgdcli without the subnormal flush", race.unit,
                          fmt_seconds(race.median("sgdcli, no flush")), fmt_seconds(race.median("torch")), "",
                          fmt_ratio(race.ratio("sgdcli, no flush", "torch")), "", "", "", ""])
     return header, rows
+
+
+def placement_rows(race: Race) -> list[tuple[str, int]]:
+    """(placement, rounds) of a race raced against PyTorch whose rounds were probed (bench_common.PlacementProbe),
+    a row each; none when every round had one BLAS thread."""
+    if "torch" not in race.times:
+        return []
+    return [(p, n) for p, n in race.placement_counts().items() if p != ONE_THREAD]
+
+
+def placement_text(placement: str) -> str:
+    return PLACEMENTS.get(placement, "cores that moved within the round" if placement == MIXED else placement)
 
 
 def print_races(bench: Bench) -> None:
@@ -111,7 +130,12 @@ def print_races(bench: Bench) -> None:
     for race in races:
         if race.note:
             print(f"  {race.name}: {race.note}")
-    bench.report["races"] = [{"name": r.name, "unit": r.unit, "times": r.times, "accuracy": r.accuracy} for r in races]
+    if any(placement_rows(race) for race in races):
+        print("  Placement: a virtual machine's host moves its cores while a run goes on; each round is probed before "
+              "each contestant and after the last (benchmarks/bench_common.py, PlacementProbe), and counted under "
+              "the one placement all its probes saw, else as mixed.")
+    bench.report["races"] = [{"name": r.name, "unit": r.unit, "times": r.times, "accuracy": r.accuracy,
+                              "placements": r.placements} for r in races]
     for race in races:
         if race.name.startswith("batch 1 (fresh)"):
             continue
@@ -120,6 +144,10 @@ def print_races(bench: Bench) -> None:
             if ratio and goal:
                 bench.target(f"{race.name}: sgdcli / {label} per {race.unit}", fmt_ratio(ratio), f"≤ {goal:g}",
                              ratio[0] <= goal)
+                for placement, count in placement_rows(race) if other == "torch" else []:
+                    part = race.ratio("sgdcli", other, placement)
+                    bench.target(f"  in the {count} round{'s' if count > 1 else ''} on {placement_text(placement)}",
+                                 fmt_ratio(part), f"≤ {goal:g}", part[0] <= goal)
 
 
 def print_environment(torch, with_sklearn: bool, threads: int) -> dict:

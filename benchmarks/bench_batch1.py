@@ -9,12 +9,13 @@ from pathlib import Path
 
 from bench_common import (
     Bench,
+    PlacementProbe,
     Race,
     SgdcliRun,
     TorchRun,
     experiment,
-    rotate,
     subnormal_fraction,
+    timed_round,
 )
 
 # Plain SGD and momentum as in configs/fashion-batch-modes (step sizes that train at batch 1);
@@ -50,6 +51,8 @@ def race_batch_one(case: str, updates: int, warm: int, rounds: int, x, y, data_d
     fresh = Race(f"batch 1 (fresh), {case}", "update")
     later = Race(f"batch 1 (after {updates * (1 + warm_rounds):,} updates), {case}", "update")
 
+    probe = PlacementProbe()
+
     def one_round(race: Race | None, r: int) -> None:
         order = ours.next_order()
         runs = [("sgdcli", ours.epoch)]
@@ -57,10 +60,9 @@ def race_batch_one(case: str, updates: int, warm: int, rounds: int, x, y, data_d
             runs.append(("sgdcli, no flush", unflushed.epoch))
         if theirs:
             runs.append(("torch", lambda: theirs.epoch(order, 1)))
-        for who, run in rotate(runs, r):
-            seconds = run()
-            if race is not None:
-                race.add(who, seconds / updates)
+        times, placement = timed_round(runs, r, probe)
+        if race is not None:
+            race.add_round(times, placement, per=updates)
 
     one_round(fresh, 0)
     for r in range(warm_rounds):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from sgdcli.config.loading import load_config
-from sgdcli.engine import metrics
+from sgdcli.engine import blas, metrics
 from sgdcli.training import build
 from sgdcli.training.loop import Interrupted, Position, Problem, train_epochs
 
@@ -215,19 +215,93 @@ class Race:
     accuracy: dict[str, float] = field(default_factory=dict)
     note: str = ""
     bounds: list[dict] = field(default_factory=list)  # GEMM-only bounds measured in its rounds
+    placements: list[str] = field(default_factory=list)  # each round's (``timed_round``), when probed
 
     def add(self, who: str, seconds: float) -> None:
         self.times.setdefault(who, []).append(seconds)
 
+    def add_round(self, times: dict[str, float], placement: str, per: int = 1) -> None:
+        """A round's times (each divided by ``per``: seconds per update of a stretch) and its placement."""
+        for who, seconds in times.items():
+            self.add(who, seconds / per)
+        self.placements.append(placement)
+
     def median(self, who: str) -> float | None:
         return statistics.median(self.times[who]) if who in self.times else None
 
-    def ratio(self, who: str, other: str) -> tuple[float, float, float] | None:
-        """Median, min and max over rounds of who's time / other's time in the same round."""
+    def ratio(self, who: str, other: str, placement: str | None = None) -> tuple[float, float, float] | None:
+        """Median, min and max over rounds of who's time / other's time in the same round (only the rounds
+        ``placement`` describes, when given)."""
         if who not in self.times or other not in self.times:
             return None
-        ratios = [a / b for a, b in zip(self.times[who], self.times[other])]
-        return statistics.median(ratios), min(ratios), max(ratios)
+        ratios = [a / b for i, (a, b) in enumerate(zip(self.times[who], self.times[other]))
+                  if placement is None or self.placements[i] == placement]
+        return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
+
+    def placement_counts(self) -> dict[str, int]:
+        """How many rounds each placement had, in PLACEMENTS order ("mixed" last)."""
+        return {p: self.placements.count(p) for p in (*PLACEMENTS, MIXED, ONE_THREAD) if p in self.placements}
+
+
+# ---------------------------------------------------------------- where the process's two cores are
+# A virtual machine's two cores are placed by its host, which moves them while a run goes on (phases of
+# seconds to minutes). Two cores sharing a last-level cache hand data to each other in ~0.1 µs; in
+# separate caches (another chiplet) in ~0.7 µs, so every array one BLAS thread writes and the other
+# reads costs more; two hardware threads of one core share its arithmetic units, so a second BLAS
+# thread adds almost nothing. Ratios of two frameworks that split their work differently move with it.
+PLACEMENTS = {
+    "one L3": "two cores sharing a last-level cache",
+    "two L3s": "two cores with separate last-level caches",
+    "one core": "two hardware threads of one core",
+}
+MIXED = "mixed"  # the placement changed within the round
+ONE_THREAD = "one thread"  # NumPy's BLAS has one thread: no placement to tell
+
+
+class PlacementProbe:
+    """Which of PLACEMENTS the process runs on now, from the time of one 128x784 @ 784x512 float32 product on
+    two BLAS threads over its time on one (the fastest of ``repeats`` each, ~30 ms in all). On the 2-core AMD
+    EPYC VM, next to a C core-to-core ping-pong (a cache line handed back and forth between two pinned
+    threads): 0.52-0.56 with round trips of 50-300 ns, 0.65-0.75 at 650-820 ns, 0.96-0.98 at 95-160 ns.
+    None of it applies with one BLAS thread: the probe then answers "one thread"."""
+
+    def __init__(self, repeats: int = 15) -> None:
+        rng = np.random.default_rng(0)
+        self.x = rng.random((BATCH, 784), dtype=np.float32)
+        self.w = rng.standard_normal((784, HIDDEN), dtype=np.float32)
+        self.out = np.empty((BATCH, HIDDEN), np.float32)
+        self.repeats = repeats
+        self.threads = numpy_blas_threads()
+        self.ratios: list[float] = []
+
+    def _fastest(self) -> float:
+        best = math.inf
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            np.matmul(self.x, self.w, out=self.out)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def __call__(self) -> str:
+        if self.threads < 2:
+            return ONE_THREAD
+        np.matmul(self.x, self.w, out=self.out)
+        two = self._fastest()
+        with blas.threads(1):
+            one = self._fastest()
+        self.ratios.append(two / one)
+        return "one L3" if two / one < 0.62 else "two L3s" if two / one < 0.85 else "one core"
+
+
+def timed_round(runs: list[tuple[str, object]], r: int, probe: PlacementProbe) -> tuple[dict[str, float], str]:
+    """One round of a race: each (name, run) in the order ``rotate(runs, r)``, the placement probed before each
+    run and after the last. Returns the seconds of each run and the round's placement: the probes' one answer,
+    or MIXED when they differ."""
+    seen, times = {probe()}, {}
+    for who, run in rotate(runs, r):
+        times[who] = run()
+        seen.add(probe())
+    return times, seen.pop() if len(seen) == 1 else MIXED
 
 
 def rotate(items: list, by: int) -> list:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench_common import Bench, Race, SgdcliRun, TorchRun, experiment, rotate
+from bench_common import (
+    Bench,
+    PlacementProbe,
+    Race,
+    SgdcliRun,
+    TorchRun,
+    experiment,
+    timed_round,
+)
 
 
 def race_full_batch(rounds: int, x, y, data_dir: Path, torch) -> Race:
@@ -17,12 +25,12 @@ def race_full_batch(rounds: int, x, y, data_dir: Path, torch) -> Race:
     ours.epoch()  # one warm-up update each: the first pays for BLAS buffers and fresh pages
     if theirs:
         theirs.epoch(None, len(x))
+    probe = PlacementProbe()
     for r in range(rounds):
         runs = [("sgdcli", ours.epoch)]
         if theirs:
             runs.append(("torch", lambda: theirs.epoch(None, len(x))))
-        for who, run in rotate(runs, r):
-            race.add(who, run())
+        race.add_round(*timed_round(runs, r, probe))
     return race
 
 

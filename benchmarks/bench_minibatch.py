@@ -17,6 +17,7 @@ from bench_common import (
     CLASSES,
     HIDDEN,
     Bench,
+    PlacementProbe,
     Race,
     SgdcliRun,
     SklearnRun,
@@ -25,6 +26,7 @@ from bench_common import (
     print_table,
     rotate,
     subnormal_fraction,
+    timed_round,
 )
 
 from sgdcli.engine import metrics
@@ -45,6 +47,7 @@ def race_minibatch(case: str, rounds: int, x, y, x_test, y_test, data_dir: Path,
         bounds.append(gemm_bound(x, BATCH, ours.problem.model.parameters()))
         return bounds[-1]["seconds"]
 
+    probe = PlacementProbe()
     for r in range(rounds):
         order = ours.next_order()
         runs = [("sgdcli", ours.epoch), ("GEMM bound", bound)]
@@ -52,8 +55,7 @@ def race_minibatch(case: str, rounds: int, x, y, x_test, y_test, data_dir: Path,
             runs.append(("torch", lambda order=order: theirs.epoch(order, BATCH)))
         if sk:
             runs.append(("sklearn", sk.epoch))
-        for who, run in rotate(runs, r):
-            race.add(who, run())
+        race.add_round(*timed_round(runs, r, probe))
     race.accuracy["sgdcli"] = ours.accuracy(x_test, y_test)
     if theirs:
         race.accuracy["torch"] = theirs.accuracy(x_test, y_test)
