@@ -239,7 +239,7 @@ class Race:
         return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
 
     def placement_counts(self) -> dict[str, int]:
-        """How many rounds each placement had, in PLACEMENTS order ("mixed" last)."""
+        """How many rounds each placement had, in PLACEMENTS order, then MIXED and ONE_THREAD."""
         return {p: self.placements.count(p) for p in (*PLACEMENTS, MIXED, ONE_THREAD) if p in self.placements}
 
 
@@ -272,7 +272,6 @@ class PlacementProbe:
         self.out = np.empty((BATCH, HIDDEN), np.float32)
         self.repeats = repeats
         self.threads = numpy_blas_threads()
-        self.ratios: list[float] = []
 
     def _fastest(self) -> float:
         best = math.inf
@@ -289,7 +288,6 @@ class PlacementProbe:
         two = self._fastest()
         with blas.threads(1):
             one = self._fastest()
-        self.ratios.append(two / one)
         return "one L3" if two / one < 0.62 else "two L3s" if two / one < 0.85 else "one core"
 
 
