@@ -5,31 +5,26 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from sgdcli import fileio, plots
-from sgdcli.analysis import bands as bands_module
+from sgdcli import fileio
 from sgdcli.analysis import gradcheck as gradcheck_module
 from sgdcli.analysis import heatmap as heatmap_module
 from sgdcli.analysis import landscape as landscape_module
 from sgdcli.analysis import landscape_files, unit_maps
 from sgdcli.analysis import lr_find as lr_find_module
-from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis import plane as plane_module
-from sgdcli.analysis.run_labels import run_labels
+from sgdcli.analysis.comparison import Comparison, compare, comparison_files
 from sgdcli.config import editor_schema
-from sgdcli.config.loading import flatten, load_config
+from sgdcli.config.loading import load_config
 from sgdcli.config.schema import AnyConfig, ExperimentConfig, ObjectiveConfig
 from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.export import npz_arrays, onnx_graph, torch_state
 from sgdcli.export import steps as export_steps
-from sgdcli.runs import best as best_rule
-from sgdcli.runs import directory as runs
 from sgdcli.training import build, descent, mpi_run, parallel, plan, provenance
 from sgdcli.training import predict as predict_module
 from sgdcli.training import sweep as sweep_module
@@ -85,14 +80,16 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
           should_stop: Callable[[], bool] | None = None, seeds: int | None = None,
-          scheduler: str | None = None, on_note: Callable[[str], None] | None = None) -> Comparison:
+          scheduler: str | None = None, on_note: Callable[[str], None] | None = None,
+          overwrite: bool = False) -> Comparison:
     """Train the Cartesian product of the `sweeps` values (`KEY=V1,V2,...`), each a normal run in its
     own process, at most `jobs` at once — or, with a Dask `scheduler` address, each a task on that
     cluster (sgdcli.training.dask_sweep); return their comparison. Failed or diverged members are
     rows of the comparison, not errors. The same seed gives every member the same initial weights.
     `seeds` K adds seeds seed, seed + 1, ..., seed + K − 1 (the config's seed first) to the sweep and
     compares with bands: mean ± standard deviation over the seeds. `on_note` hears what a Dask sweep
-    has to say while it waits (its cluster without workers, and back).
+    has to say while it waits (its cluster without workers, and back). The comparison's files (`plot`, and
+    sweep.png beside it for two keys) must be new unless `overwrite`: checked before the first member starts.
     """
     if parallel.launched_size() > 1:
         mpi_run.refuse("--sweep and --seeds train each member in a process of its own")
@@ -103,6 +100,10 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
         sweeps = [*sweeps, "seed=" + ",".join(str(base.seed + i) for i in range(seeds))]
     parsed = sweep_module.parse(list(sweeps))
     members = sweep_module.members(name or base.name, parsed)
+    if plot is not None:  # in an existing folder, or in the runs folder the members create
+        fileio.check_new_outputs(comparison_files(Path(plot), isinstance(base, ObjectiveConfig))
+                                 + ([Path(plot).with_name(heatmap_module.FILE)] if len(parsed) == 2 and seeds is None
+                                    else []), overwrite, Path(plot).absolute().parent == Path(runs_dir).absolute())
     if scheduler is None:
         sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
     else:
@@ -113,7 +114,7 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     finished = [m.run_dir for m in members if m.run_dir is not None]
     swept = [key for key, _ in parsed]
     swept = [key for key in swept if seeds is None or key != "seed"]
-    result = (compare(finished, plot=plot, keys=swept, band=seeds is not None) if finished
+    result = (compare(finished, plot=plot, keys=swept, band=seeds is not None, overwrite=overwrite) if finished
               else Comparison([], swept, [], None))
     for member in members:
         if member.run_dir is None:
@@ -184,31 +185,40 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
 # ---------------------------------------------------------------- landscape
 def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "init-to-final",
               span: tuple[float, float] | None = None, points: int = 51, split: str = "train",
-              samples: int | None = None, seed: int = 0, out: Path | str | None = None):
+              samples: int | None = None, seed: int = 0, out: Path | str | None = None, overwrite: bool = False):
     """The loss along a line through weight space (see sgdcli.analysis.landscape); writes OUT.csv and OUT.png
-    (default ./landscape-<run>-<direction>) and returns (the Landscape, csv path, png path)."""
+    (default ./landscape-<run>-<direction>; existing files only with `overwrite`) and returns (the Landscape,
+    csv path, png path)."""
+    prefix = out if out is not None else landscape_files.default_prefix(run, direction)
+    fileio.check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite, creates_folder=True)
     result = landscape_module.compute(run, checkpoint=checkpoint, direction=direction, span=span, points=points,
                                       split=split, samples=samples, seed=seed)
-    prefix = out if out is not None else landscape_files.default_prefix(run, direction)
     csv_path, png_path = landscape_files.write(result, prefix)
     return result, csv_path, png_path
 
 
 def landscape_plane(run: Path | str, directions: str = "random", checkpoint: str | None = None, points: int = 41,
                     span: tuple[float, float] | None = None, split: str = "train",
-                    samples: int | None = None, seed: int = 0, out: Path | str | None = None):
+                    samples: int | None = None, seed: int = 0, out: Path | str | None = None,
+                    overwrite: bool = False):
     """The loss over a plane through a checkpoint (default: last) with the run's trajectory projected onto
     it (see sgdcli.analysis.plane), measured on at most `samples` (default 2,000) samples; writes OUT.csv
-    and OUT.png (default ./landscape-<run>-plane-<directions>) and returns (the Plane, csv path, png path)."""
-    result = plane_module.compute(run, directions, checkpoint, points, span, split, samples, seed)
+    and OUT.png (default ./landscape-<run>-plane-<directions>; existing files only with `overwrite`) and returns
+    (the Plane, csv path, png path)."""
     prefix = out if out is not None else plane_module.default_prefix(run, directions)
+    fileio.check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite)
+    result = plane_module.compute(run, directions, checkpoint, points, span, split, samples, seed)
     csv_path, png_path = plane_module.write(result, prefix)
     return result, csv_path, png_path
 
 
-def boundary(run: Path | str, checkpoint: str | None = None, units: bool = False, out: Path | str | None = None):
+def boundary(run: Path | str, checkpoint: str | None = None, units: bool = False, out: Path | str | None = None,
+             overwrite: bool = False):
     """A classifier on two features from its checkpoint: OUT.png (regions and data) and, with `units`,
-    OUT-units.png (each first-layer unit over the plane); returns (files, unit maps or None)."""
+    OUT-units.png (each first-layer unit over the plane; existing files only with `overwrite`); returns
+    (files, unit maps or None)."""
+    fileio.check_new_outputs(unit_maps.output_paths(out if out is not None else unit_maps.default_prefix(run),
+                                                    units), overwrite)
     return unit_maps.draw(run, checkpoint, units, out)
 
 
@@ -302,89 +312,3 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
     split = split or ("test" if build.has_test_set(config) else "val")
     return provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
                                 "pass --data FILE or use --split val"), split
-
-
-# ---------------------------------------------------------------- comparison
-X_AXES = {"epoch": "epoch", "step": "updates", "updates": "updates", "samples": "samples",
-          "forward_passes": "forward_passes", "seconds": "seconds"}
-IGNORED_KEYS = {"name"}
-
-
-@dataclass
-class Comparison:
-    runs: list[runs.RunRecord]
-    differing: list[str]
-    rows: list[dict[str, Any]]
-    plot: Path | None
-    paths_plot: Path | None = None  # runs of one 2-parameter objective: their paths on its contour
-    sweep_plot: Path | None = None  # a two-key sweep: sweep.png, the heatmap
-
-
-def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | None = "compare.png",
-            keys: Sequence[str] = (), band: bool = False) -> Comparison:
-    """One row per run (the config values that differ, and `keys`; losses, accuracy, effort) and one
-    overlay plot. `band`: runs differing only in seed become one row (mean ± standard deviation)
-    and one mean curve with a min–max band (see sgdcli.analysis.bands)."""
-    if x not in X_AXES:
-        raise ConfigError(f"--x: expected one of {', '.join(X_AXES)}, received {x!r}")
-    if not paths:
-        raise ConfigError("expected at least one run directory")
-    records = [runs.read_run(Path(p)) for p in paths]
-    flat = [flatten(r.config) if r.config else {} for r in records]
-    all_keys = sorted({k for f in flat for k in f} - IGNORED_KEYS)
-    differing = [k for k in all_keys if len({repr(f.get(k)) for f in flat if f}) > 1] if len(records) > 1 else []
-    differing = list(dict.fromkeys([*keys, *differing]))
-    rows = [_compare_row(r, f, differing) for r, f in zip(records, flat)]
-    if band:
-        groups, rows = bands_module.aggregate(records, flat, rows, differing)
-        differing = [k for k in differing if k not in bands_module.IGNORED]
-        plot_path = (bands_module.plot(groups, X_AXES[x], plots.AXIS_LABELS.get(x, x), Path(plot))
-                     if plot is not None else None)
-        return Comparison(records, differing, rows, plot_path)
-    plot_path = None
-    if plot is not None:
-        labels = run_labels([r.name for r in records], rows, differing)  # as the terminal table names them
-        curves = [plots.Curve.from_rows(label, r.metrics, X_AXES[x], (r.summary or {}).get("status") == "diverged")
-                  for label, r in zip(labels, records) if r.metrics]
-        if curves:
-            plot_path = plots.loss_curves(curves, x, Path(plot))
-    paths_plot = paths_module.overlay(records, _paths_plot(Path(plot))) if plot is not None else None
-    return Comparison(records, differing, rows, plot_path, paths_plot)
-
-
-def _paths_plot(plot: Path) -> Path:
-    """compare.png -> compare-paths.png"""
-    return plot.with_name(f"{plot.stem}-paths{plot.suffix or '.png'}")
-
-
-def _compare_row(record: runs.RunRecord, flat: dict[str, Any], differing: list[str]) -> dict[str, Any]:
-    """The run's final epoch, and the metrics *of its best epoch* (sgdcli.runs.best: the epoch whose
-    state is checkpoints/best.safetensors, the one `eval` reports), never per-column extremes."""
-    rows, summary = record.metrics, record.summary or {}
-    last = rows[-1] if rows else {}
-    chosen = next((r for r in rows if r.get("epoch") == summary.get("best_epoch")), None) or best_rule.best_row(rows)
-    at_best = chosen or {}
-
-    train_col = "train_loss_full" if last.get("train_loss_full") is not None else "train_loss"
-    return {
-        "run": record.name,
-        **{key: flat.get(key) for key in differing},
-        "status": summary.get("status", "unknown" if not record.problems else "damaged"),
-        # A run that diverged or was stopped mid-epoch got further than its last metrics row: its
-        # summary counts every update made.
-        **{key: max(int(last[column]) if last else 0, int(summary.get(key) or 0))
-           for key, column in (("epochs", "epoch"), ("updates", "updates"), ("samples", "samples"))},
-        "forward_passes": int(last["forward_passes"]) if last.get("forward_passes") is not None else None,
-        "seconds": last.get("seconds"),
-        "wall_seconds": summary.get("wall_seconds"),
-        "final_train_loss": last.get(train_col),
-        "final_train_accuracy": last.get("train_accuracy"),
-        "final_val_loss": last.get("val_loss"),
-        "final_val_accuracy": last.get("val_accuracy"),
-        "best_epoch": int(chosen["epoch"]) if chosen else None,
-        "best_epoch_train_loss": at_best.get(train_col),
-        "best_epoch_train_accuracy": at_best.get("train_accuracy"),
-        "best_epoch_val_loss": at_best.get("val_loss"),
-        "best_epoch_val_accuracy": at_best.get("val_accuracy"),
-        "problems": "; ".join(record.problems),
-    }

@@ -34,16 +34,42 @@ def atomic_text_stream(path: Path, overwrite: bool = False) -> Iterator[TextIO]:
         yield handle
 
 
-def check_new_output(path: Path, overwrite: bool) -> Path:
-    """`path` if a new output file may take that name: never a folder, and an existing file only with
-    `overwrite` (nothing is replaced silently). UsageError otherwise."""
+def check_new_output(path: Path, overwrite: bool, creates_folder: bool = False) -> Path:
+    """`path` if a new output file may take that name: never a folder or any other file that is not a regular
+    file (a device such as /dev/null, a FIFO, a socket: the new file would take its name and destroy it), and
+    an existing file only with `overwrite` (nothing is replaced silently); in an existing folder unless the
+    caller `creates_folder`. UsageError otherwise."""
+    path = Path(path)
     if path.is_dir():
         raise UsageError("is a folder; expected a file name to write", source=str(path))
-    if path.exists() and not overwrite:
+    special = special_kind(path)
+    if special:
+        raise UsageError(f"is {special}, not a regular file; sgdcli writes a new file and renames it into place, "
+                         "which would replace it: choose a file name", source=str(path))
+    if os.path.lexists(path) and not overwrite:
         raise UsageError("already exists; choose another file or pass --force to replace it", source=str(path))
-    if not path.absolute().parent.is_dir():
+    if not creates_folder and not path.absolute().parent.is_dir():
         raise UsageError("no such folder to write the file in", source=str(path))
     return path
+
+
+def check_new_outputs(paths: list[Path], overwrite: bool, creates_folder: bool = False) -> None:
+    """``check_new_output`` of each of `paths`, all before any is written (a command's files, checked before its
+    work starts)."""
+    for path in paths:
+        check_new_output(path, overwrite, creates_folder)
+
+
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it exists and is neither a regular file, a folder nor a symbolic link ("a character
+    device", "a FIFO"...), else None. A link is not followed: replacing it leaves its target as it is."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 @contextlib.contextmanager
@@ -51,6 +77,9 @@ def _atomic_file(path: Path, mode: str, before_replace: Callable[[], None] | Non
     """A temporary file beside `path`, fsynced and renamed to `path` when the block ends without an
     error (deleted otherwise); write errors name `path` and say whether a previous file is intact."""
     kept = "the previous file is intact" if os.path.lexists(path) else "nothing was written"
+    special = special_kind(path)
+    if special:  # renaming over it would destroy it (a device, a FIFO): never done, whoever asks
+        raise RunDirError(f"cannot write: it is {special}, not a regular file; it is left as it is", source=str(path))
     try:
         fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.absolute().parent)
     except OSError as exc:

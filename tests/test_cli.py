@@ -78,7 +78,7 @@ def test_compare_names_the_differing_key_and_handles_unequal_lengths(tmp_path, w
     assert [r["training.batch.mode"] for r in table["runs"]] == ["minibatch", "full"]
     assert [r["epochs"] for r in table["runs"]] == [4, 6]
     for fmt in ("table", "markdown", "csv"):
-        result = run("compare", a, b, "--format", fmt, "--plot", tmp_path / "c.png")
+        result = run("compare", a, b, "--format", fmt, "--plot", tmp_path / "c.png", "--force")
         assert result.exit_code == 0 and "training.batch.mode" in result.stdout
 
 
@@ -90,12 +90,16 @@ def test_compare_reports_a_damaged_run_and_still_compares_the_others(tmp_path, w
     (broken / "metrics.csv").write_text("epoch,updates\n1,notanumber\n2,3\n")
     stray = runs / "notes.txt"
     stray.write_text("not a run")
-    result = run("compare", good, broken, stray, tmp_path / "missing", "--format", "json", "--plot", tmp_path / "c.png")
-    assert result.exit_code == 0, result.output
+    result = run("compare", good, broken, stray, "--format", "json", "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output  # damaged runs are rows of the comparison
     rows = json.loads(result.stdout)["runs"]
     assert rows[0]["status"] == "completed" and rows[0]["problems"] == ""
     assert "config.yaml" in rows[1]["problems"] and "metrics.csv" in rows[1]["problems"]
-    assert rows[2]["problems"] == "not a run directory" and rows[3]["problems"] == "no such run directory"
+    assert rows[2]["problems"] == "not a run directory"
+    # A path that does not exist at all (a typo) is a row too, but the command then exits 4, as eval does.
+    result = run("compare", good, tmp_path / "missing", "--format", "json", "--plot", tmp_path / "c.png", "--force")
+    assert result.exit_code == 4 and "missing: no such run directory" in result.stderr
+    assert json.loads(result.stdout)["runs"][1]["problems"] == "no such run directory"
 
 
 def test_eval_on_another_file_and_on_a_checkpoint_file(tmp_path):

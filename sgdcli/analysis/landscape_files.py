@@ -20,10 +20,16 @@ def default_prefix(run: str | Path, direction: str) -> Path:
     return Path(f"landscape-{run.name if run.is_dir() else run.stem}-{slug}")
 
 
+def output_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """PREFIX.csv and PREFIX.png (a line's files and a plane's, sgdcli.analysis.plane)."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
+
+
 def write(result: Landscape, prefix: str | Path) -> tuple[Path, Path]:
     """PREFIX.csv and PREFIX.png, each written atomically; both are rendered before either is written."""
     prefix = Path(prefix)
-    csv_path, png_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
+    csv_path, png_path = output_paths(prefix)
     table, image = csv_text(result).encode("utf-8"), png_bytes(result)
     try:
         prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import numpy as np
 
 from sgdcli import plots
 from sgdcli.analysis import landscape as line
+from sgdcli.analysis import landscape_files
 from sgdcli.errors import RunDirError, UsageError
 from sgdcli.fileio import atomic_write, atomic_write_text
 from sgdcli.runs import checkpoint as checkpoints
@@ -173,8 +174,7 @@ def default_prefix(run: str | Path, directions: str) -> Path:
 
 def write(plane: Plane, prefix: Path | str) -> tuple[Path, Path]:
     """PREFIX.csv (alpha, beta, loss: one row per grid point) and PREFIX.png (contours, the path)."""
-    prefix = Path(prefix)
-    csv_path, png_path = prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".png")
+    csv_path, png_path = landscape_files.output_paths(prefix)
     lines = ["alpha,beta,loss"] + [f"{float(a)!r},{float(b)!r},{float(plane.losses[i, j])!r}"
                                    for i, b in enumerate(plane.betas) for j, a in enumerate(plane.alphas)]
     atomic_write_text(csv_path, "\n".join(lines) + "\n")

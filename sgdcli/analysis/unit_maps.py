@@ -27,6 +27,12 @@ def default_prefix(run: str | Path) -> Path:
     return Path(f"boundary-{run.name if run.is_dir() else run.stem}")
 
 
+def output_paths(prefix: str | Path, units: bool) -> list[Path]:
+    """PREFIX.png and, with `units`, PREFIX-units.png."""
+    prefix = Path(prefix)
+    return [prefix.with_name(prefix.name + ".png")] + ([prefix.with_name(prefix.name + "-units.png")] if units else [])
+
+
 def draw(run: str | Path, checkpoint: str | None = None, units: bool = False,
          out: str | Path | None = None) -> tuple[list[Path], np.ndarray | None]:
     """PREFIX.png (regions and data of the checkpoint, default the run's best) and, with `units`,
@@ -45,13 +51,14 @@ def draw(run: str | Path, checkpoint: str | None = None, units: bool = False,
     recorder.record(int(trained.meta.get("epoch") or 0), trained.model, last=True)
     prefix = Path(out) if out is not None else default_prefix(run)
     title = f"{run.name if run.is_dir() else path.name}"
-    files = recorder.write_png(prefix.with_name(prefix.name + ".png"), title)
+    png_path, *units_paths = output_paths(prefix, units)
+    files = recorder.write_png(png_path, title)
     if not units:
         return files, None
     first = next((layer for layer in trained.model.layers if isinstance(layer, Dense)), None)
     activations, _ = first.forward(recorder.points.astype(trained.model.dtype), training=False)
     maps = np.asarray(activations, dtype=np.float64).T.reshape(-1, boundary.GRID, boundary.GRID)
-    units_path = prefix.with_name(prefix.name + "-units.png")
+    units_path = units_paths[0]
     atomic_write(units_path, _units_png(maps[:MAX_UNITS], recorder, title, len(maps)))
     return [*files, units_path], maps
 

@@ -51,41 +51,21 @@ def _boundary(command: Callable) -> Callable:
     return wrapper
 
 
-class Split(str, Enum):
-    test = "test"
-    val = "val"
-    train = "train"
+def _choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of `values` (each member's name and value), the choices of an option."""
+    return Enum(name, [(value, value) for value in values], type=str)
 
 
-class XAxis(str, Enum):
-    epoch = "epoch"
-    step = "step"
-    updates = "updates"
-    samples = "samples"
-    forward_passes = "forward_passes"
-    seconds = "seconds"
-
-
-class PredictFormat(str, Enum):
-    csv = "csv"
-    json = "json"
-
-
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torch = "torch"
-    npz = "npz"
-
-
-class Format(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
+Split = _choices("Split", "test", "val", "train")
+XAxis = _choices("XAxis", "epoch", "step", "updates", "samples", "forward_passes", "seconds")
+PredictFormat = _choices("PredictFormat", "csv", "json")
+ExportFormat = _choices("ExportFormat", "onnx", "torch", "npz")
+Format = _choices("Format", "table", "markdown", "csv", "json")
 
 
 TARGET_HELP = "A run directory (its best checkpoint, else last) or a checkpoint file."
-FORCE_HELP = "Replace FILE if it exists (otherwise an existing file is never overwritten)."
+FORCE = typer.Option(False, "--force", metavar="",
+                     help="Replace the output file(s) if they exist (otherwise an existing file is never overwritten).")
 SET_HELP = "Override a config value by dotted path, e.g. optimizer.momentum=0.9 or model.layers.0.units=128 (repeatable)."
 
 
@@ -113,6 +93,8 @@ def train(
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K",
                                         help="Train with K seeds (the config's and the next K-1), then compare them "
                                              "as mean ± standard deviation with a min-max band."),
+    force: bool = typer.Option(False, "--force", metavar="", help="With --sweep or --seeds: replace the comparison's "
+                               "plots if they exist (otherwise an existing file is never overwritten)."),
 ) -> None:
     """Train a model; writes runs/<name>-<time>/ and prints its path."""
     from sgdcli.cli import render
@@ -127,7 +109,10 @@ def train(
         from sgdcli.cli.sweeping import sweep_command
 
         raise typer.Exit(sweep_command(config, set_, sweep, runs_dir, jobs, name, plot, seeds, executor, scheduler,
-                                       run_dir))
+                                       run_dir, force))
+    if force:
+        raise UsageError("--force replaces a sweep's comparison plots (with --sweep or --seeds); a run directory "
+                         "is always new")
     spin_for_file(config, set_, run=resume)  # the config is read (and any error reported) by api below
     from sgdcli import api
     reporter = render.TrainingReporter()
@@ -175,7 +160,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
     fmt: PredictFormat = typer.Option(PredictFormat.csv, "--format", help="csv (a header row) or json (an array of objects)."),
     keep: List[str] = typer.Option([], "--keep", metavar="COL", help="Copy this input column through, e.g. an id (repeatable)."),
-    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+    force: bool = FORCE,
 ) -> None:
     """Predict every row of a file, in batches.
 
@@ -199,7 +184,7 @@ def export(
     out: Path = typer.Option(..., "--out", metavar="FILE", help="The file to write."),
     logits: bool = typer.Option(False, "--logits", metavar="", help="Classifiers: end with the logits, without the "
                                                                     "softmax/sigmoid."),
-    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+    force: bool = FORCE,
 ) -> None:
     """Write a trained model as ONNX, PyTorch or npz.
 
@@ -220,7 +205,7 @@ def export(
 @_boundary
 def schema(
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write here (default: standard output)."),
-    force: bool = typer.Option(False, "--force", metavar="", help=FORCE_HELP),
+    force: bool = FORCE,
 ) -> None:
     """Print the config's JSON Schema, for editors.
 
@@ -244,6 +229,7 @@ def compare(
     fmt: Format = typer.Option(Format.table, "--format", help="Table format."),
     band: bool = typer.Option(False, "--band", help="Runs that differ only in seed: one row (mean ± standard "
                                                     "deviation) and a mean curve with a min-max band."),
+    force: bool = FORCE,
 ) -> None:
     """Side-by-side table of runs and overlaid loss curves.
 
@@ -251,10 +237,15 @@ def compare(
     from sgdcli import api
     from sgdcli.cli import render
 
-    result = api.compare(runs, x=x.value, plot=plot, band=band)
+    result = api.compare(runs, x=x.value, plot=plot, band=band, overwrite=force)
     render.comparison(result.rows, result.differing, fmt.value, str(result.plot) if result.plot else None)
     if result.paths_plot is not None:
         render.err.print(f"paths: {result.paths_plot}")
+    missing = [path for path in runs if not path.exists()]  # a typo, not a damaged run: compared, then exit 4
+    if missing:
+        from sgdcli.errors import RunDirError
+
+        raise RunDirError("no such run directory", source=str(missing[0]))
 
 
 @app.command()
@@ -315,6 +306,7 @@ def landscape(
     plane: bool = typer.Option(False, "--plane",
                                help="The loss over a plane (Li et al. 2018) with the trajectory on it."),
     directions: str = typer.Option("random", "--directions", help="With --plane: random (filter-normalised) or pca."),
+    force: bool = FORCE,
 ) -> None:
     """Loss along a line through weight space, or over a plane.
 
@@ -329,10 +321,11 @@ def landscape(
         from sgdcli.cli import show
 
         show.plane(*api.landscape_plane(run, directions, checkpoint, 41 if points is None else points, span,
-                                        split.value, samples, seed, out))
+                                        split.value, samples, seed, out, force))
         return
     points = 51 if points is None else points
-    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out)
+    result, csv_path, png_path = api.landscape(run, checkpoint, direction, span, points, split.value, samples, seed, out,
+                                               force)
     render.landscape(result, csv_path, png_path)
 
 
@@ -344,6 +337,7 @@ def boundary(
                                              help="best (default), last, initial, epoch-NNNN or a path."),
     units: bool = typer.Option(False, "--units", help="Also a small map per first-layer unit (TensorFlow Playground)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Prefix of the PNG(s) [default: ./boundary-RUN]."),
+    force: bool = FORCE,
 ) -> None:
     """Decision regions of a two-feature classifier.
 
@@ -352,7 +346,7 @@ def boundary(
     from sgdcli import api
     from sgdcli.cli import show
 
-    show.boundary(*api.boundary(run, checkpoint, units, out))
+    show.boundary(*api.boundary(run, checkpoint, units, out, force))
 
 
 @app.command("lr-find")

@@ -13,7 +13,7 @@ class SweepExecutor(str, Enum):
 
 def sweep_command(config: Path, overrides: list[str], sweep: list[str], runs_dir: Path, jobs: int,
                   name: str | None, plot: Path, seeds: int | None, executor: SweepExecutor,
-                  scheduler: str | None, run_dir: Path | None) -> int:
+                  scheduler: str | None, run_dir: Path | None, overwrite: bool = False) -> int:
     """Run the sweep, show each member as it finishes and then the comparison; return the exit status
     (sgdcli.training.sweep.exit_status, or 128 + the signal when it was stopped)."""
     from sgdcli import api
@@ -41,7 +41,8 @@ def sweep_command(config: Path, overrides: list[str], sweep: list[str], runs_dir
     with graceful_stop() as stop:
         result = api.sweep(config, overrides, sweep, runs_dir=runs_dir, jobs=jobs, name=name, plot=plot,
                            on_done=lambda member: (finished.append(member), render.sweep_member(member)),
-                           should_stop=stop, seeds=seeds, scheduler=scheduler, on_note=render.warning)
+                           should_stop=stop, seeds=seeds, scheduler=scheduler, on_note=render.warning,
+                           overwrite=overwrite)
     render.comparison(result.rows, result.differing, "table", str(result.plot) if result.plot else None)
     if result.sweep_plot is not None:
         render.err.print(f"heatmap: {result.sweep_plot}")

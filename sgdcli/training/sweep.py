@@ -32,17 +32,47 @@ class Member:
 
 
 def parse(sweeps: list[str]) -> list[tuple[str, list[str]]]:
-    """['training.batch.mode=sgd,full', ...] -> [('training.batch.mode', ['sgd', 'full']), ...]."""
+    """['training.batch.mode=sgd,full', ...] -> [('training.batch.mode', ['sgd', 'full']), ...]. Values are split
+    at the commas outside brackets, braces and quotes, so a value may be a YAML flow list or mapping:
+    'optimizer.schedule={type: step, every_epochs: 1},{type: cosine}' has two."""
     parsed = []
     for item in sweeps:
         key, sep, values = item.partition("=")
-        choices = [v.strip() for v in values.split(",")]
-        if not sep or not key.strip() or any(not v for v in choices):
+        choices = [v.strip() for v in split_values(values)] if sep else []
+        if not sep or not key.strip() or not choices or any(not v for v in choices):
             raise UsageError(f"--sweep expects KEY=V1,V2,... such as training.batch.mode=sgd,full, received {item!r}")
         if key.strip() in (k for k, _ in parsed):
             raise UsageError(f"--sweep names {key.strip()} twice; list all its values once")
         parsed.append((key.strip(), choices))
     return parsed
+
+
+def split_values(text: str) -> list[str]:
+    """`text` split at its top-level commas: not inside [ ] or { }, nor inside '...' or "..." (YAML's flow
+    collections and quoted scalars; a quote opens a scalar only where YAML's would: first in a value, or after
+    [ { , or :, so "it's" is a plain value). UsageError for an unclosed or unmatched bracket or quote."""
+    values, depth, quote, start, previous, escaped = [], [], None, 0, ",", False
+    pairs = {"]": "[", "}": "{"}
+    for at, char in enumerate(text):
+        if escaped:  # the second quote of '' (a quote inside '...') or the character after \ inside "..."
+            escaped = False
+        elif quote:
+            escaped = (char == "\\" and quote == '"') or (char == "'" == quote and text[at + 1:at + 2] == "'")
+            quote = None if char == quote and not escaped else quote
+        elif char in "'\"" and previous in "[{,:":
+            quote = char
+        elif char in "[{":
+            depth.append(char)
+        elif char in pairs:
+            if not depth or depth.pop() != pairs[char]:
+                raise UsageError(f"--sweep: an unmatched {char!r} at character {at + 1} of {text!r}")
+        elif char == "," and not depth:
+            values.append(text[start:at])
+            start = at + 1
+        previous = char if not char.isspace() else previous
+    if quote or depth:
+        raise UsageError(f"--sweep: {'a quote' if quote else repr(depth[-1])} is never closed in {text!r}")
+    return [*values, text[start:]]
 
 
 def members(base_name: str, sweeps: list[tuple[str, list[str]]]) -> list[Member]:
