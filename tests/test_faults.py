@@ -149,3 +149,29 @@ def test_disk_full_keeps_the_previous_checkpoint_byte_identical(tmp_path):
     metrics = (first.run_dir / "metrics.csv").read_bytes()
     assert metrics.startswith(metrics_before) and metrics.endswith(b"\n")  # whole rows only
     assert not [p for p in first.run_dir.rglob(".tmp-*")]
+
+
+def test_a_failed_end_of_run_write_marks_the_run_failed_and_resume_writes_the_files(tmp_path):
+    """The end-of-run files (loss.png and the recorders') come before summary.json: a run whose files could not all
+    be written is `failed`, never `completed` without them, and `--resume` (nothing left to train) writes them."""
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config(training__epochs=3, training__track=["weight_norm"])))
+    limit = 12_000  # the checkpoints (~2 kB), metrics and summary fit; loss.png (~30 kB) does not
+    process = spawn("train", config_path, "--run-dir", tmp_path / "run", cwd=tmp_path, limit_bytes=limit)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 6, err
+    assert "Traceback" not in err and "loss.png: cannot write: File too large" in err
+    run_dir = tmp_path / "run"
+    summary = runs.read_run(run_dir).summary
+    assert summary["status"] == "failed" and "the run had completed" in summary["message"]
+    assert f"sgdcli train --resume {run_dir}" in summary["message"] and not (run_dir / "loss.png").exists()
+    resumed = spawn("train", "--resume", run_dir, cwd=tmp_path)
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    summary = runs.read_run(run_dir).summary
+    assert summary["status"] == "completed" and summary["message"] is None and summary["epochs"] == 3
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4  # no epoch trained twice
+    again = spawn("train", "--resume", run_dir, cwd=tmp_path)
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0 and "nothing to do" in out + err

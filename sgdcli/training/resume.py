@@ -111,6 +111,13 @@ def early_stop(config: ExperimentConfig, epoch: int, best: dict[str, Any]) -> st
             f"{best['score']:.6g} at epoch {best['epoch']}, is in {runs.CHECKPOINTS}/{runs.BEST}")
 
 
+def rewrite_note(run_dir: Path, status: str, message: str | None) -> str:
+    """What summary.json adds when a run's end-of-run files (loss.png, the recorders') could not all be written:
+    how the run had ended, and that resuming writes them (its training then does what is left, if anything)."""
+    return (f"the run had {status}{f' ({message})' if message else ''}; `sgdcli train --resume {run_dir}` "
+            "writes its end-of-run files again")
+
+
 def finished(run_dir: Path, epochs_done: int, planned: int, batch: int, patience_exhausted: bool) -> str | None:
     """A message when the run has nothing left to do and its summary says it completed; else None."""
     try:

@@ -15,28 +15,15 @@ from sgdcli.config.loading import load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.engine.metrics import loss_and_accuracy
 from sgdcli.engine.model import ParameterMismatch
-from sgdcli.errors import (
-    CheckpointError,
-    ConfigError,
-    DiskError,
-    DivergenceError,
-    RunDirError,
-    SgdcliError,
-)
+from sgdcli.errors import CheckpointError, ConfigError, DiskError, DivergenceError, RunDirError, SgdcliError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
 from sgdcli.training import build, interrupts, plan, provenance
 from sgdcli.training import resume as resuming
 from sgdcli.training.parallel import DataParallel
+from sgdcli.training.loop import EpochResult, Interrupted, Position, Problem, train_epochs
 from sgdcli.training.recorders import Recorders
-from sgdcli.training.loop import (
-    EpochResult,
-    Interrupted,
-    Position,
-    Problem,
-    train_epochs,
-)
 
 
 class Reporter(Protocol):
@@ -275,17 +262,27 @@ class Session:
         return lambda done, value: reporter.batch(done, total, value)
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
-        summary = self._summary(status, message, stopped_early, self.wall_before + time.perf_counter() - started)
+        """The end-of-run files (loss.png, the recorders'), then summary.json: a run whose files could not all be
+        written is `failed` (not `completed` without them) and `--resume` writes them; already failed: best effort."""
+        failure = None
         try:
-            runs.write_summary(self.run_dir, summary)
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
             if rows:
                 plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
                                   self.run_dir / runs.LOSS_PLOT)
             self.recorders.write(self.run_dir, self.position.epoch, self.problem.model, rows)
+        except SgdcliError as exc:
+            failure = None if status == "failed" else exc
+        if failure is not None:
+            status, message = "failed", f"{failure}; {resuming.rewrite_note(self.run_dir, status, message)}"
+        summary = self._summary(status, message, stopped_early, self.wall_before + time.perf_counter() - started)
+        try:
+            runs.write_summary(self.run_dir, summary)
         except SgdcliError:
-            if status != "failed":
+            if failure is None and status != "failed":
                 raise
+        if failure is not None:
+            raise failure
         return TrainResult(self.run_dir, status, summary, message)
 
     def _warn(self, message: str) -> None:
