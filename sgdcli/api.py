@@ -49,7 +49,10 @@ def train(config: AnyConfig | Path | str, runs_dir: Path | str = "runs", name: s
     """
     def loaded() -> AnyConfig:
         given = load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
-        return given if name is None else load_config({**given.to_dict(), "name": name}).read_from(given.file)
+        try:
+            return given if name is None else load_config({**given.to_dict(), "name": name}).read_from(given.file)
+        except ConfigError as exc:  # the option's value, not a config file's
+            raise ConfigError(exc.message, source="--name") from None
 
     place = None if run_dir is None else Path(run_dir)
     if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
@@ -185,7 +188,8 @@ def gradcheck(config: AnyConfig, samples: int = 16, eps: float = 1e-6, max_entri
 # ---------------------------------------------------------------- landscape
 def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "init-to-final",
               span: tuple[float, float] | None = None, points: int = 51, split: str = "train",
-              samples: int | None = None, seed: int = 0, out: Path | str | None = None, overwrite: bool = False):
+              samples: int | None = None, seed: int = 0, out: Path | str | None = None,
+              overwrite: bool = False):
     """The loss along a line through weight space (see sgdcli.analysis.landscape); writes OUT.csv and OUT.png
     (default ./landscape-<run>-<direction>; existing files only with `overwrite`) and returns (the Landscape,
     csv path, png path)."""

@@ -227,3 +227,16 @@ def test_python_api_predicts_from_raw_features(tmp_path):
     assert model.predict([[5.0, 3.4, 1.5, 0.2]]).shape == (1, 3)
     with pytest.raises(Exception, match=r"expected features of shape \(N, 4\)"):
         model.predict([[1.0, 2.0]])
+
+
+def test_option_values_are_named_as_options_and_a_file_in_the_runs_path_as_a_file(tmp_path, write_config):
+    config = write_config(tiny_config())
+    result = run("train", config, "--name", "x/../y", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --name: name: expected a string matching")
+    (tmp_path / "afile").write_text("")
+    for option, value in (("--runs-dir", tmp_path / "afile"), ("--run-dir", tmp_path / "afile" / "x"),
+                          ("--runs-dir", tmp_path / "afile" / "deeper")):
+        result = run("train", config, option, value)
+        assert result.exit_code == 4, result.output
+        assert f"{tmp_path / 'afile'}: is a file, not a folder: no run directory can be made in it" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -150,6 +150,8 @@ def npz_config(tmp_path: Path, name: str, writer) -> Path:
 NPZ_CASES = {
     "x/y length mismatch": (lambda p: np.savez(p, x=np.zeros((5, 2)), y=np.zeros(4, int)), "x has 5 samples but y has 4"),
     "object arrays": (lambda p: np.savez(p, x=np.array([None] * 4, dtype=object), y=np.zeros(4, int)), "without pickle"),
+    "complex features": (lambda p: np.savez(p, x=np.ones((4, 2), complex), y=np.zeros(4, int)),
+                         "x: expected a numeric array (booleans, integers or real floats), received complex128"),
     "a .npy, not an .npz": (lambda p: np.save(open(p, "wb"), np.zeros((3, 2))), "not a readable .npz archive"),
     "wrong array names": (lambda p: np.savez(p, a=np.zeros(2)), "expected arrays named 'x' and 'y'"),
     "nan features": (lambda p: np.savez(p, x=np.array([[0.0, np.nan]] * 4), y=np.zeros(4, int)), "x[0, 1]"),

@@ -50,16 +50,18 @@ def _label(record: RunRecord) -> str:
 
 
 def mean_spread(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample standard deviation (ddof = 1; 0 for one value), count) of the finite values."""
+    """(mean, sample standard deviation (ddof = 1; None for one value, where it is undefined), count) of the
+    finite values."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return None, None, 0
-    spread = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    spread = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     return float(np.mean(finite)), spread, len(finite)
 
 
 def row(item: Group, per_run_rows: list[dict[str, Any]], differing: list[str]) -> dict[str, Any]:
-    """One table row per group: the differing keys, statuses, and each numeric column as 'mean ± sd'."""
+    """One table row per group: the differing keys, statuses, and each numeric column as 'mean ± sd' (a group of
+    one run: its value alone, no spread)."""
     out: dict[str, Any] = {"run": f"{item.label} ({len(item.records)} seeds: "
                                   f"{', '.join(str(s) for s in item.seeds)})"}
     out.update({key: item.config.get(key) for key in differing if key not in IGNORED})
@@ -71,7 +73,8 @@ def row(item: Group, per_run_rows: list[dict[str, Any]], differing: list[str]) -
         values = [r.get(column) for r in per_run_rows]
         if all(isinstance(v, (int, float)) or v is None for v in values):
             mean, spread, count = mean_spread(values)
-            out[column] = None if mean is None else f"{mean:.4g} ± {spread:.2g}" + (
+            spread_text = "" if spread is None else f" ± {spread:.2g}"
+            out[column] = None if mean is None else f"{mean:.4g}{spread_text}" + (
                 f" (of {count})" if count < len(values) else "")
     out["problems"] = "; ".join(filter(None, (r.get("problems") for r in per_run_rows)))
     return out

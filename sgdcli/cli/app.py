@@ -65,7 +65,8 @@ Format = _choices("Format", "table", "markdown", "csv", "json")
 
 TARGET_HELP = "A run directory (its best checkpoint, else last) or a checkpoint file."
 FORCE = typer.Option(False, "--force", metavar="",
-                     help="Replace the output file(s) if they exist (otherwise an existing file is never overwritten).")
+                     help="Replace the output file(s) if they exist (otherwise an existing file is never "
+                          "overwritten).")
 SET_HELP = "Override a config value by dotted path, e.g. optimizer.momentum=0.9 or model.layers.0.units=128 (repeatable)."
 
 

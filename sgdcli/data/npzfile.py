@@ -127,9 +127,12 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, key: s
         else:
             raise DataError(f"{key}: .npy format version {version} is not supported", source=source)
         offset = stream.tell()
-    if dtype.hasobject or dtype.kind not in _NUMERIC + "US":
+    if dtype.hasobject:
         raise DataError(f"{key}: expected a numeric array, received {dtype} (it cannot be loaded without pickle, "
                         f"which sgdcli never uses)", source=source)
+    if dtype.kind not in _NUMERIC + "US":
+        raise DataError(f"{key}: expected a numeric array (booleans, integers or real floats), received {dtype}",
+                        source=source)
     declared = math.prod(shape) * dtype.itemsize
     if info.file_size - offset != declared:
         raise DataError(f"{key}: the header declares shape {_shape(shape)} of {dtype} ({format_bytes(declared)}) "

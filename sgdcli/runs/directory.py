@@ -61,6 +61,9 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
     before it starts); it must not exist yet (RunDirError, exit 4)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     parent = runs_dir if path is None else path.parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # mkdir would say only "File exists"
+        raise RunDirError("is a file, not a folder: no run directory can be made in it", source=str(blocking))
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
