@@ -458,7 +458,8 @@ def test_data_missing_on_the_driver_too_fails_each_member_as_a_local_sweep_does(
     config = tmp_path / "moved.yaml"
     config.write_text(experiment.read_text())  # its ../data/iris.csv does not exist from tmp_path
     local = _sweep(config, tmp_path, "--runs-dir", "local")
-    done = _sweep(config, tmp_path, "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9")
+    done = _sweep(config, tmp_path, "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9",
+                  "--force")  # the local sweep's sweep.png (its failures' heatmap) is in the same folder
     missing = str((tmp_path / ".." / "data" / "iris.csv").resolve())
     assert local.returncode == done.returncode == 3, (local.stderr, done.stderr)
     message = " ".join(done.stderr.split())
