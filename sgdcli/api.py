@@ -139,9 +139,10 @@ def validate(config: AnyConfig) -> tuple[dict[str, Any], plan.Plan | None]:
 
     Returns the resolved config (defaults filled in, data-dependent ones too: the CSV's feature
     columns, IDX class names) and the plan: samples, features, outputs, batch, memory estimate
-    (None for an objective config, which has no data).
+    (None for an objective config, whose only data, a least_squares CSV, is read and checked).
     """
     if isinstance(config, ObjectiveConfig):
+        descent.prepare(config)  # least_squares: its data file read and checked, as train reads it
         return config.to_dict(), None
     checked = plan.check_config(config)
     return plan.resolved(config, checked), checked
@@ -309,10 +310,7 @@ def _eval_dataset(trained: TrainedModel, data: Path | str | None, split: str | N
             raise ConfigError("give either --data or --split, not both")
         dataset = build.load_dataset(config.data, config.is_classification, path=Path(data),
                                      class_names=trained.class_names, features=trained.feature_names)
-        if dataset.x.shape[1] != len(trained.feature_names):
-            raise DataError(f"expected {len(trained.feature_names)} feature columns like the training data, "
-                            f"received {dataset.x.shape[1]}", source=dataset.source)
-        return dataset, "file"
+        return build.check_width(dataset, trained.feature_names), "file"
     split = split or ("test" if build.has_test_set(config) else "val")
     return provenance.own_split(config, trained.meta, trained.class_names, split, str(trained.checkpoint),
                                 "pass --data FILE or use --split val"), split

@@ -282,11 +282,12 @@ def _write_entry(entry: Path, array: np.ndarray) -> None:
 
 
 def load_idx(images: Path, labels: Path, class_names: tuple[str, ...] | None = None,
-             known_classes: tuple[str, ...] | None = None) -> Dataset:
+             known_classes: tuple[str, ...] | None = None, cached: bool = True) -> Dataset:
     """An IDX image/label pair. The distinct labels, in label order, are the classes 0..C-1,
     named by `class_names` (data.class_names, a name per label value) or by the label value;
-    with `known_classes` (a trained model's), every label's name must be one of them."""
-    pixels, raw_labels = load_idx_pair(images, labels, cache_dir=default_cache_dir())
+    with `known_classes` (a trained model's), every label's name must be one of them. `cached`:
+    through the decode cache (default_cache_dir); else decoded with nothing written."""
+    pixels, raw_labels = load_idx_pair(images, labels, cache_dir=default_cache_dir() if cached else None)
     sample_shape = tuple(pixels.shape[1:])
     y, classes = _classes(raw_labels, labels, class_names, known_classes)
     width = int(np.prod(sample_shape))

@@ -13,7 +13,7 @@ from sgdcli.config import data_sources, shapes
 from sgdcli.config import image_layers as image
 from sgdcli.config import schema as cfg
 from sgdcli.data import csvfile, idx, npzfile, splits
-from sgdcli.data.dataset import Dataset
+from sgdcli.data.dataset import Dataset, DataShape
 from sgdcli.data.scaling import Scaler
 from sgdcli.data.synthetic import synthetic
 from sgdcli.engine import (
@@ -134,16 +134,30 @@ def load_dataset(data: data_sources.DataConfig, classification: bool, rng: np.ra
     return synthetic(data.dataset, data.samples, data.noise, rng)
 
 
-def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None) -> Dataset | None:
-    """The config's held-out test set (data.test_file, or the IDX test pair), if it names one."""
+def load_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None,
+                  features: tuple[str, ...] | None = None, cached: bool = True) -> Dataset | None:
+    """The config's held-out test set (data.test_file, or the IDX test pair), if it names one, read as
+    the training data defines it: labels among its `class_names`, CSV columns found by its `features`
+    names (any order, others ignored), as many features. `cached`: IDX through the decode cache."""
     data = config.data
     if isinstance(data, data_sources.IdxDataConfig):
         files = idx_files(data, "test")
-        return None if files is None else idx.load_idx(*files, tuple(data.class_names or ()) or None, class_names)
-    test_file = getattr(data, "test_file", None)
-    if test_file is None:
+        test = None if files is None else idx.load_idx(*files, tuple(data.class_names or ()) or None, class_names,
+                                                       cached)
+    elif getattr(data, "test_file", None) is not None:
+        test = load_dataset(data, config.is_classification, path=data.test_file, class_names=class_names,
+                            features=features)
+    else:
         return None
-    return load_dataset(data, config.is_classification, path=test_file, class_names=class_names)
+    return test if test is None or features is None else check_width(test, features)
+
+
+def check_width(dataset: Dataset | DataShape, features: tuple[str, ...]) -> Dataset | DataShape:
+    """`dataset` (or its shape), which must have the training data's number of `features`: else a DataError."""
+    if len(dataset.feature_names) != len(features):
+        raise DataError(f"expected {len(features)} feature columns like the training data, "
+                        f"received {len(dataset.feature_names)}", source=dataset.source)
+    return dataset
 
 
 def has_test_set(config: cfg.ExperimentConfig) -> bool:
@@ -176,24 +190,15 @@ def split_with_mask(config: cfg.ExperimentConfig, rngs: Rngs,
     check_targets(config, full.class_names, full.source)
     validation_file = getattr(data, "validation_file", None)
     if validation_file is not None:
-        return full, load_dataset(data, classification, path=validation_file, class_names=full.class_names), None
+        val = load_dataset(data, classification, path=validation_file, class_names=full.class_names,
+                           features=full.feature_names)
+        return full, check_width(val, full.feature_names), None
     if mask is None:
         mask = splits.validation_mask(full, data.validation, rngs.split, stratify=classification)
     elif len(mask) != len(full):
         raise DataError(f"the run's validation split covers {len(mask)} rows, the data now has {len(full)}",
                         source=full.source)
     return (*splits.apply_mask(full, mask), mask)
-
-
-def data_files(config: cfg.ExperimentConfig) -> list[tuple[str, Path]]:
-    """Every file the config's data is read from, with its role: train, validation or test."""
-    data = config.data
-    if isinstance(data, data_sources.IdxDataConfig):
-        found = [(split, idx_files(data, split)) for split in ("train", "test")]
-        return [(split, path) for split, pair in found if pair is not None for path in pair]
-    roles = [("train", getattr(data, "path", None)), ("validation", getattr(data, "validation_file", None)),
-             ("test", getattr(data, "test_file", None))]
-    return [(role, Path(path)) for role, path in roles if path is not None]
 
 
 def prepare_data(config: cfg.ExperimentConfig, rngs: Rngs) -> PreparedData:

@@ -32,9 +32,18 @@ def run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool]
         return _run(config, runs_dir, should_stop, run_dir)
 
 
+def prepare(config: ObjectiveConfig) -> Objective:
+    """The objective, built (least_squares: its CSV read and checked) and its batches checked against
+    its samples: every check before the first step, so `validate` makes them and a failed one leaves
+    no run directory."""
+    objective = build.build_objective(config.objective)
+    batches(config, objective)
+    return objective
+
+
 def _run(config: ObjectiveConfig, runs_dir: Path, should_stop: Callable[[], bool] | None,
          place: Path | None) -> TrainResult:
-    objective = build.build_objective(config.objective)
+    objective = prepare(config)
     run_dir = runs.create_run_dir(Path(runs_dir), config.name, checkpoints=False, path=place)
     lock = runs.lock_run(run_dir)
     try:

@@ -63,15 +63,28 @@ def _for_sizes(config: cfg.ExperimentConfig, source: str, train_samples: int, va
                 needed)
 
 
-def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs) -> tuple[build.PreparedData, Plan, Sequential]:
-    """Data read, split and scaled, checked against the config (errors name the config file; the
-    memory estimate comes before any weight is allocated), then the model built from `rngs.init`."""
+def prepare_checked(config: cfg.ExperimentConfig, rngs: build.Rngs,
+                    test_set: bool = False) -> tuple[build.PreparedData, Plan, Sequential]:
+    """Data read, split and scaled (with `test_set`, the test data then read and checked too:
+    check_test_set), checked against the config (errors name the config file; the memory estimate
+    comes before any weight is allocated), then the model built from `rngs.init`."""
     with naming(config):
         prepared = build.prepare_data(config, rngs)
+        if test_set:
+            check_test_set(config, prepared.class_names, prepared.feature_names)
     checked = for_prepared(config, prepared)
     with naming(config):
         model = build.build_model(config.model, prepared.sample_shape, checked.outputs, rngs.init)
     return prepared, checked, model
+
+
+def check_test_set(config: cfg.ExperimentConfig, class_names: tuple[str, ...] | None,
+                   features: tuple[str, ...], cached: bool = True) -> None:
+    """The config's test data (data.test_file, or the IDX test pair), if it names any, read and checked
+    as `eval --split test` will read it (build.load_test_set), so that a broken test file is found
+    before training, not after it. Nothing is kept: eval reads the file again. `cached`: IDX files
+    through the decode cache (`validate` writes nothing)."""
+    build.load_test_set(config, class_names, features, cached)
 
 
 def for_prepared(config: cfg.ExperimentConfig, prepared: build.PreparedData) -> Plan:
@@ -134,8 +147,9 @@ def _batch_size(config: cfg.ExperimentConfig, samples: int, source: str) -> int:
 
 def check_config(config: cfg.ExperimentConfig) -> Plan:
     """Everything `train` checks before its first update, without building the model or a run
-    directory, reading only what the checks need: a data file's header, row count and targets (not
-    the feature cells or pixels; shapes.training_shapes). Synthetic data is generated as training does."""
+    directory, reading only what the checks need: a training or validation file's header, row count
+    and targets (not the feature cells or pixels; shapes.training_shapes), and the test data in full,
+    as `train` and `eval` read it (check_test_set). Synthetic data is generated as training does."""
     if isinstance(config.data, data_sources.SyntheticDataConfig):
         with naming(config):
             train, val = build.split_data(config, build.Rngs.from_seed(config.seed))
@@ -145,6 +159,7 @@ def check_config(config: cfg.ExperimentConfig) -> Plan:
         with naming(config):
             full, train_samples, val_samples = shapes.training_shapes(config)
             sample_shape = build.sample_shape(config.data, len(full.feature_names), full.sample_shape)
+            check_test_set(config, full.class_names, full.feature_names, cached=False)  # read in full, as train does
         # outputs_for reads only the targets' columns (regression) or the class names
         width = build.outputs_for(config, full.class_names, np.empty((0, full.target_width)))
         checked = _for_sizes(config, full.source, train_samples, val_samples, width, full.class_names,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdcli.config import data_sources
 from sgdcli.config.schema import ExperimentConfig
 from sgdcli.data.dataset import Dataset
 from sgdcli.errors import CheckpointError, DataError, UsageError
@@ -42,12 +43,23 @@ def record(config: ExperimentConfig, mask: np.ndarray | None) -> dict[str, Any]:
     `split.validation_mask` is the base64 of np.packbits of the (N,) validation mask over the
     training file's rows (both splits keep file order, so the mask determines them exactly).
     """
-    files = [{"role": role, **file_identity(path)} for role, path in build.data_files(config)]
+    files = [{"role": role, **file_identity(path)} for role, path in data_files(config)]
     split: dict[str, Any] = {"rows": None if mask is None else int(len(mask))}
     if mask is not None:
         split["validation_rows"] = int(mask.sum())
         split["validation_mask"] = base64.b64encode(np.packbits(mask).tobytes()).decode("ascii")
     return {"files": files, "split": split}
+
+
+def data_files(config: ExperimentConfig) -> list[tuple[str, Path]]:
+    """Every file the config's data is read from, with its role: train, validation or test."""
+    data = config.data
+    if isinstance(data, data_sources.IdxDataConfig):
+        found = [(split, build.idx_files(data, split)) for split in ("train", "test")]
+        return [(split, path) for split, pair in found if pair is not None for path in pair]
+    roles = [("train", getattr(data, "path", None)), ("validation", getattr(data, "validation_file", None)),
+             ("test", getattr(data, "test_file", None))]
+    return [(role, Path(path)) for role, path in roles if path is not None]
 
 
 def decode_mask(split: dict[str, Any]) -> np.ndarray | None:
@@ -92,7 +104,7 @@ def own_split(config: ExperimentConfig, meta: dict[str, Any], class_names: tuple
         except (KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"damaged record of the training data ({exc!r})", source=source) from None
     if split == "test":
-        dataset = build.load_test_set(config, class_names)
+        dataset = build.load_test_set(config, class_names, tuple(meta.get("feature_names") or ()) or None)
         if dataset is None:
             raise UsageError("--split test: the run's config names no test data (data.test_file, or an IDX "
                              f"test pair); {instead}")

@@ -43,13 +43,12 @@ class TrainResult:
     message: str | None = None
 
 
-def _build(config: ExperimentConfig, schedule_epochs: int) -> tuple[build.PreparedData, Problem, build.Rngs]:
-    """Data, model, loss, optimizer and schedule: everything before the run directory exists.
-
-    The schedule is created for `schedule_epochs` (the run's epochs when it started): a resumed run
-    that grows keeps its schedule's length, which then holds its last value."""
+def _build(config: ExperimentConfig, schedule_epochs: int, test_set: bool = True) -> tuple[build.PreparedData, Problem, build.Rngs]:
+    """Data (with `test_set`, the test data checked too), model, loss, optimizer and schedule: everything
+    before the run directory exists. The schedule is created for `schedule_epochs` (the run's epochs when
+    it started): a resumed run that grows keeps its schedule's length, which then holds its last value."""
     rngs = build.Rngs.from_seed(config.seed)
-    prepared, checked, model = plan.prepare_checked(config, rngs)
+    prepared, checked, model = plan.prepare_checked(config, rngs, test_set)
     batch_size, updates_per_epoch = checked.batch_size, checked.updates_per_epoch
     with plan.naming(config):
         build.check_batch_norm_batches(config.model, prepared.sample_shape, batch_size, len(prepared.x_train))
@@ -74,7 +73,8 @@ class Session:
                  schedule_epochs: int | None = None, parallel: DataParallel | None = None) -> None:
         self.config, self.run_dir, self.reporter = config, run_dir, reporter
         self.schedule_epochs = schedule_epochs or config.training.epochs
-        self.prepared, self.problem, self.rngs = _build(config, self.schedule_epochs)
+        # the test data is checked before its SHA-256 is recorded (MPI: by rank 0, before the others start)
+        self.prepared, self.problem, self.rngs = _build(config, self.schedule_epochs, not (parallel and parallel.rank))
         self.parallel, self.processes = parallel, 1 if parallel is None else parallel.size
         if parallel is not None:
             parallel.attach(config, self.problem)

@@ -24,7 +24,8 @@ def training_shapes(config: cfg.ExperimentConfig) -> tuple[DataShape, int, int]:
     build.check_targets(config, full.class_names, full.source)
     validation_file = getattr(data, "validation_file", None)
     if validation_file is not None:
-        return full, full.rows, data_shape(data, classification, Path(validation_file), full.class_names).rows
+        val = data_shape(data, classification, Path(validation_file), full.class_names, full.feature_names)
+        return full, full.rows, build.check_width(val, full.feature_names).rows
     if data.validation <= 0:
         return full, full.rows, 0
     if classification:
@@ -37,9 +38,10 @@ def training_shapes(config: cfg.ExperimentConfig) -> tuple[DataShape, int, int]:
 
 
 def data_shape(data: data_sources.DataConfig, classification: bool, path: Path | None = None,
-               class_names: tuple[str, ...] | None = None) -> DataShape:
+               class_names: tuple[str, ...] | None = None, features: tuple[str, ...] | None = None) -> DataShape:
     """build.load_dataset's checks, reading only the header, the row count and the targets of the
-    config's training data, or of `path` (another file in the same format, e.g. the validation file)."""
+    config's training data, or of `path` (another file in the same format, e.g. the validation file,
+    its CSV columns found by the training data's `features`)."""
     if isinstance(data, data_sources.IdxDataConfig):
         if not classification:
             raise ConfigError("loss.type: IDX files hold class labels; expected cross_entropy, "
@@ -47,6 +49,7 @@ def data_shape(data: data_sources.DataConfig, classification: bool, path: Path |
         images, labels = build.idx_files(data, "train")
         return idx.idx_shape(images, labels, tuple(data.class_names or ()) or None, class_names)
     if isinstance(data, data_sources.CsvDataConfig):
-        return csvfile.csv_shape(path or data.path, data.target, data.features, classification, class_names)
+        return csvfile.csv_shape(path or data.path, data.target, features or data.features, classification,
+                                 class_names)
     assert isinstance(data, data_sources.NpzDataConfig), "synthetic data has no file to read"
     return npzfile.npz_shape(path or data.path, classification, class_names)
