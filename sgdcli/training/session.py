@@ -43,7 +43,8 @@ class TrainResult:
     message: str | None = None
 
 
-def _build(config: ExperimentConfig, schedule_epochs: int, test_set: bool = True) -> tuple[build.PreparedData, Problem, build.Rngs]:
+def _build(config: ExperimentConfig, schedule_epochs: int,
+           test_set: bool = True) -> tuple[build.PreparedData, Problem, build.Rngs]:
     """Data (with `test_set`, the test data checked too), model, loss, optimizer and schedule: everything
     before the run directory exists. The schedule is created for `schedule_epochs` (the run's epochs when
     it started): a resumed run that grows keeps its schedule's length, which then holds its last value."""
