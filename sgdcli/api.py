@@ -239,25 +239,30 @@ def lr_find(config: AnyConfig, start: float = 1e-7, end: float = 10.0, updates: 
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(target: Path | str, data: Path | str | None = None, split: str | None = None) -> dict[str, Any]:
-    """Loss and metrics of a trained model on a split of its own data, or on another file."""
+    """Loss and metrics of a trained model on a split of its own data, or on another file.
+
+    NumPy's floating-point warnings are silenced while the model is evaluated: a diverged checkpoint's
+    outputs, loss and metrics may be inf or NaN, which the report itself carries (null in JSON)."""
     trained = load_trained(target)
     config = trained.config
     dataset, split_name = _eval_dataset(trained, data, split)
-    outputs = trained.model.predict(trained.scaler.transform(dataset.x, trained.model.dtype),
-                                    batch_size=metrics.EVAL_BATCH)
-    if outputs.shape[1] != int(trained.meta["outputs"]):
-        raise DataError("the model's outputs do not match", source=dataset.source)
-    loss = build.build_loss(config.loss)
+    x = trained.scaler.transform(dataset.x, trained.model.dtype)
     target_values = build.target_array(dataset.y, config, trained.model.dtype)
-    report: dict[str, Any] = {
-        "checkpoint": str(trained.checkpoint), "epoch": trained.meta.get("epoch"), "data": dataset.source,
-        "split": split_name, "samples": len(dataset), "loss_type": config.loss.type,
-        "loss": loss.value(outputs, target_values),
-    }
-    if config.is_classification:
-        report.update(metrics.classification_report(dataset.y, metrics.predict_labels(outputs), trained.class_names))
-    else:
-        report.update(metrics.regression_report(dataset.y, outputs))
+    loss = build.build_loss(config.loss)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the model, its loss and metrics
+        outputs = trained.model.predict(x, batch_size=metrics.EVAL_BATCH)
+        if outputs.shape[1] != int(trained.meta["outputs"]):
+            raise DataError("the model's outputs do not match", source=dataset.source)
+        report: dict[str, Any] = {
+            "checkpoint": str(trained.checkpoint), "epoch": trained.meta.get("epoch"), "data": dataset.source,
+            "split": split_name, "samples": len(dataset), "loss_type": config.loss.type,
+            "loss": loss.value(outputs, target_values),
+        }
+        if config.is_classification:
+            report.update(metrics.classification_report(dataset.y, metrics.predict_labels(outputs),
+                                                        trained.class_names))
+        else:
+            report.update(metrics.regression_report(dataset.y, outputs))
     return report
 
 

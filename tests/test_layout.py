@@ -13,9 +13,9 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "sgdcli"
 
-# Lowest first. The shared ground (errors, file I/O, plots, the package root) sits under everything.
+# Lowest first. The shared ground (errors, file I/O, plots, strict JSON, the package root) sits under everything.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("sgdcli", "sgdcli.errors", "sgdcli.fileio", "sgdcli.plots"),
+    ("sgdcli", "sgdcli.errors", "sgdcli.fileio", "sgdcli.plots", "sgdcli.strict_json"),
     ("sgdcli.engine",),
     ("sgdcli.config",),
     ("sgdcli.data",),

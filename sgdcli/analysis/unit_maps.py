@@ -48,7 +48,8 @@ def draw(run: str | Path, checkpoint: str | None = None, units: bool = False,
         raise UsageError(f"sgdcli boundary draws classifiers on two input features; {path} has "
                          f"{len(trained.feature_names)} feature(s)"
                          f"{'' if config.is_classification else ' and a regression loss'}")
-    recorder.record(int(trained.meta.get("epoch") or 0), trained.model, last=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverged model's outputs: inf, NaN
+        recorder.record(int(trained.meta.get("epoch") or 0), trained.model, last=True)
     prefix = Path(out) if out is not None else default_prefix(run)
     title = f"{run.name if run.is_dir() else path.name}"
     png_path, *units_paths = output_paths(prefix, units)
@@ -56,7 +57,8 @@ def draw(run: str | Path, checkpoint: str | None = None, units: bool = False,
     if not units:
         return files, None
     first = next((layer for layer in trained.model.layers if isinstance(layer, Dense)), None)
-    activations, _ = first.forward(recorder.points.astype(trained.model.dtype), training=False)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        activations, _ = first.forward(recorder.points.astype(trained.model.dtype), training=False)
     maps = np.asarray(activations, dtype=np.float64).T.reshape(-1, boundary.GRID, boundary.GRID)
     units_path = units_paths[0]
     atomic_write(units_path, _units_png(maps[:MAX_UNITS], recorder, title, len(maps)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sgdcli import strict_json
 from sgdcli.analysis.run_labels import run_labels, short_keys
 from sgdcli.cli.progress import ProgressState
 
@@ -193,7 +193,7 @@ def sweep_member(member) -> None:
 # ---------------------------------------------------------------- evaluation
 def evaluation(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        plain(json.dumps(report))
+        plain(strict_json.dumps(report))
         return
     out.print(f"{report['checkpoint']} (epoch {report['epoch']}) on {report['data']} [{report['split']}], "
               f"{report['samples']} samples", markup=False)
@@ -226,7 +226,7 @@ def comparison(rows: list[dict[str, Any]], differing: list[str], fmt: str, plot:
     if not any(row.get("problems") for row in rows):
         columns = [c for c in columns if c != "problems"]
     if fmt == "json":
-        plain(json.dumps({"differing": differing, "runs": rows, "plot": plot}))
+        plain(strict_json.dumps({"differing": differing, "runs": rows, "plot": plot}))
         return
     if fmt == "csv":
         buffer = io.StringIO()

@@ -30,5 +30,8 @@ def config_schema() -> dict[str, Any]:
 
 
 def schema_text() -> str:
-    """The schema as the shipped file holds it: indented JSON, keys in generation order, one final newline."""
-    return json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
+    """The schema as the shipped file holds it: indented JSON, keys in generation order, one final newline.
+
+    Strict JSON: a non-finite number here (a bound of inf) would be our bug, so it raises rather than
+    becoming null as in run outputs (sgdcli.strict_json): a null bound would change the schema's meaning."""
+    return json.dumps(config_schema(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -4,13 +4,13 @@ writing their own forward pass. One entry per step type in ENTRIES. Loads with a
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sgdcli import strict_json
 from sgdcli.export import steps as st
 
 FORMAT = "sgdcli-npz-export"
@@ -85,7 +85,7 @@ def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
     """The .npz bytes (arrays plus `architecture`, a JSON string) and a note on reading it."""
     architecture, arrays = architecture_and_arrays(model)
     buffer = io.BytesIO()
-    np.savez(buffer, architecture=np.array(json.dumps(architecture, indent=1)), **arrays)
+    np.savez(buffer, architecture=np.array(strict_json.dumps(architecture, indent=1)), **arrays)
     note = (f"{len(model.steps)} steps; read with np.load({str(path)!r}) and "
             "json.loads(str(archive['architecture'])), applying the steps in order")
     return buffer.getvalue(), note

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sgdcli import strict_json
 from sgdcli.errors import UsageError
 from sgdcli.export import steps as st
 
@@ -112,9 +112,10 @@ def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
         [helper.make_tensor_value_info(model.output, element, ["N", outputs])], g.initializers)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sgdcli",
                                    ir_version=IR_VERSION)
-    metadata = {"feature_names": json.dumps(list(model.feature_names)), **{k: json.dumps(v) for k, v in model.info.items()}}
+    metadata = {"feature_names": strict_json.dumps(list(model.feature_names)),
+                **{k: strict_json.dumps(v) for k, v in model.info.items()}}
     if model.class_names is not None:
-        metadata["class_names"] = json.dumps(list(model.class_names))
+        metadata["class_names"] = strict_json.dumps(list(model.class_names))
     helper.set_model_props(onnx_model, metadata)
     onnx.checker.check_model(onnx_model, full_check=True)
     classes = model.class_names or ()

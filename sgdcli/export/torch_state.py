@@ -4,7 +4,6 @@ in MODULES. torch itself is not needed to write it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save as save_tensors
 
+from sgdcli import strict_json
 from sgdcli.export import steps as st
 
 FORMAT = "sgdcli-torch-export"
@@ -102,8 +102,8 @@ def state_and_code(model: st.Exportable, path: Path) -> tuple[dict[str, np.ndarr
 def encode(model: st.Exportable, path: Path) -> tuple[bytes, str]:
     """The safetensors bytes (metadata: format, feature and class names, the loading code) and the code."""
     state, code = state_and_code(model, path)
-    metadata = {"format": FORMAT, "feature_names": json.dumps(list(model.feature_names)), "code": code,
-                "output": model.output, **{k: json.dumps(v) for k, v in model.info.items()}}
+    metadata = {"format": FORMAT, "feature_names": strict_json.dumps(list(model.feature_names)), "code": code,
+                "output": model.output, **{k: strict_json.dumps(v) for k, v in model.info.items()}}
     if model.class_names is not None:
-        metadata["class_names"] = json.dumps(list(model.class_names))
+        metadata["class_names"] = strict_json.dumps(list(model.class_names))
     return save_tensors(state, metadata=metadata), code

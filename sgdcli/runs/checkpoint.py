@@ -6,6 +6,11 @@ Layout (readable by any safetensors reader): tensors `model/<layer>.<param>` (th
 `format` = "sgdcli-checkpoint", `format_version`, `sha256` (over the `meta` text, then every
 tensor's name, dtype, shape and bytes, in name order) and `meta`, a JSON object: epoch, updates, samples, RNG states,
 best validation loss, class and feature names, and the resolved config.
+
+`meta` is the one JSON sgdcli writes with Python's NaN and Infinity (deliberately not strict, unlike
+sgdcli.strict_json's outputs): it is resume state that must come back bit for bit (a partial epoch's
+sums, the last metrics row), and null would lose it. Everything of it shown to people passes through
+a strict writer (summary.json, eval, export metadata).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgdcli import strict_json
 from sgdcli.config.yamlio import dump_yaml, read_yaml
 from sgdcli.errors import (
     CheckpointError,
@@ -61,8 +62,7 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
     before it starts); it must not exist yet (RunDirError, exit 4)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     parent = runs_dir if path is None else path.parent
-    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:  # mkdir would say only "File exists"
+    for blocking in (p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()):  # mkdir: "File exists"
         raise RunDirError("is a file, not a folder: no run directory can be made in it", source=str(blocking))
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(run_dir / SUMMARY, strict_json.dumps(summary, indent=2) + "\n")
 
 
 def checkpoint_path(run_dir: Path, kind: str) -> Path:
@@ -262,6 +262,7 @@ def read_run(path: Path) -> RunRecord:
     except SgdcliError as exc:
         record.problems.append(f"{METRICS}: {exc.message}")
     try:
+        # Python's lenient parser: a summary written before non-finite values became null holds bare NaN
         record.summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
     except FileNotFoundError:
         record.problems.append(f"{SUMMARY} is missing (the run may still be going, or was killed)")

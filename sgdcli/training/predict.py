@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from sgdcli import strict_json
 from sgdcli.config import data_sources
 from sgdcli.data import npzfile, stream
 from sgdcli.engine.activations import sigmoid
@@ -77,20 +77,24 @@ def predictions(trained: TrainedModel, path: Path, keep: Sequence[str] = (),
     if clash:
         raise UsageError(f"--keep {', '.join(clash)}: the output already has a column of that name")
     for batch in feature_batches(trained, path, keep, rows):
-        outputs = trained.predict(batch.x)
         columns: dict[str, Any] = dict(batch.kept)
-        if trained.class_names is None:
-            columns.update(zip(names, outputs.T))
-        else:
-            labels = predict_labels(outputs)
-            columns[names[0]] = [trained.class_names[i] for i in labels]
-            columns.update(zip(names[1:], probabilities(outputs).T))
+        # A diverged model's outputs may be inf or NaN: written as such (null in JSON), without NumPy's
+        # warnings. Never around the yield, which would silence the caller's code too.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            outputs = trained.predict(batch.x)
+            if trained.class_names is None:
+                columns.update(zip(names, outputs.T))
+            else:
+                labels = predict_labels(outputs)
+                columns[names[0]] = [trained.class_names[i] for i in labels]
+                columns.update(zip(names[1:], probabilities(outputs).T))
         yield columns
 
 
 def write(batches: Iterator[dict[str, Any]], handle: TextIO, fmt: str) -> int:
     """Write column batches as CSV (a header row) or JSON (an array of one object per row), streaming.
-    Floats keep 9 significant digits (float32 round-trips). Returns the number of rows written."""
+    Floats keep 9 significant digits (float32 round-trips); in JSON a non-finite one is null (strict
+    JSON), in CSV nan or inf. Returns the number of rows written."""
     if fmt not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, received {fmt!r}")
     count = 0
@@ -105,7 +109,7 @@ def write(batches: Iterator[dict[str, Any]], handle: TextIO, fmt: str) -> int:
             count += len(rows)
             continue
         for row in zip(*[_json_values(values) for values in columns.values()]):
-            handle.write(("[\n" if count == 0 else ",\n") + json.dumps(dict(zip(names, row))))
+            handle.write(("[\n" if count == 0 else ",\n") + strict_json.dumps(dict(zip(names, row))))
             count += 1
     if fmt == "json":
         handle.write("[\n]\n" if count == 0 else "\n]\n")
