@@ -264,8 +264,9 @@ class Session:
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
         """The end-of-run files (loss.png, the recorders'), then summary.json: a run whose files could not all be
-        written is `failed` (not `completed` without them) and `--resume` writes them; already failed: best effort."""
-        failure = None
+        written is `failed` (not `completed` without them) and `--resume` writes them; already failed: best effort.
+        The wall seconds are the segment's up to here, as its checkpoints carry them into a resumed segment."""
+        failure, wall = None, self.wall_before + time.perf_counter() - started
         try:
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
             if rows:
@@ -276,7 +277,7 @@ class Session:
             failure = None if status == "failed" else exc
         if failure is not None:
             status, message = "failed", f"{failure}; {resuming.rewrite_note(self.run_dir, status, message)}"
-        summary = self._summary(status, message, stopped_early, self.wall_before + time.perf_counter() - started)
+        summary = self._summary(status, message, stopped_early, wall)
         try:
             runs.write_summary(self.run_dir, summary)
         except SgdcliError:
