@@ -25,6 +25,7 @@ from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.export import npz_arrays, onnx_graph, torch_state
 from sgdcli.export import steps as export_steps
+from sgdcli.runs.outputs import check_new_outputs
 from sgdcli.training import build, descent, mpi_run, parallel, plan, provenance
 from sgdcli.training import predict as predict_module
 from sgdcli.training import sweep as sweep_module
@@ -48,11 +49,7 @@ def train(config: AnyConfig | Path | str, runs_dir: Path | str = "runs", name: s
     config records the path of its few parameters instead.
     """
     def loaded() -> AnyConfig:
-        given = load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
-        try:
-            return given if name is None else load_config({**given.to_dict(), "name": name}).read_from(given.file)
-        except ConfigError as exc:  # the option's value, not a config file's
-            raise ConfigError(exc.message, source="--name") from None
+        return _named(load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config, name)
 
     place = None if run_dir is None else Path(run_dir)
     if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
@@ -79,6 +76,14 @@ def resume(run_dir: Path | str, config: ExperimentConfig | Path | str | None = N
     return Session.resume(Path(run_dir), loaded(), tuple(overrides), reporter).run(should_stop)
 
 
+def _named(config: AnyConfig, name: str | None) -> AnyConfig:
+    """`config` renamed `name` (--name), which must be a valid config name: ConfigError naming --name."""
+    try:
+        return config if name is None else load_config({**config.to_dict(), "name": name}).read_from(config.file)
+    except ConfigError as exc:  # the option's value, not a config file's
+        raise ConfigError(exc.message, source="--name") from None
+
+
 def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], runs_dir: Path | str = "runs",
           jobs: int = 1, name: str | None = None, plot: Path | str | None = "compare.png",
           on_done: Callable[[sweep_module.Member], None] | None = None,
@@ -96,17 +101,17 @@ def sweep(config: Path | str, overrides: Sequence[str], sweeps: Sequence[str], r
     """
     if parallel.launched_size() > 1:
         mpi_run.refuse("--sweep and --seeds train each member in a process of its own")
-    base = load_config(config, list(overrides))  # the sweep's own config must be valid
+    base = _named(load_config(config, list(overrides)), name)  # the sweep's own config must be valid
     if seeds is not None:
         if seeds < 1 or any(s.partition("=")[0].strip() == "seed" for s in sweeps):
             raise ConfigError(f"--seeds: expected a positive count and no --sweep seed=..., received {seeds}")
         sweeps = [*sweeps, "seed=" + ",".join(str(base.seed + i) for i in range(seeds))]
     parsed = sweep_module.parse(list(sweeps))
-    members = sweep_module.members(name or base.name, parsed)
+    members = sweep_module.members(base.name, parsed)
     if plot is not None:  # in an existing folder, or in the runs folder the members create
-        fileio.check_new_outputs(comparison_files(Path(plot), isinstance(base, ObjectiveConfig))
-                                 + ([Path(plot).with_name(heatmap_module.FILE)] if len(parsed) == 2 and seeds is None
-                                    else []), overwrite, Path(plot).absolute().parent == Path(runs_dir).absolute())
+        check_new_outputs(comparison_files(Path(plot), isinstance(base, ObjectiveConfig))
+                          + ([Path(plot).with_name(heatmap_module.FILE)] if len(parsed) == 2 and seeds is None else []),
+                          overwrite, Path(plot).absolute().parent == Path(runs_dir).absolute())
     if scheduler is None:
         sweep_module.run(Path(config), list(overrides), members, Path(runs_dir), jobs, on_done, should_stop)
     else:
@@ -195,7 +200,7 @@ def landscape(run: Path | str, checkpoint: str | None = None, direction: str = "
     (default ./landscape-<run>-<direction>; existing files only with `overwrite`) and returns (the Landscape,
     csv path, png path)."""
     prefix = out if out is not None else landscape_files.default_prefix(run, direction)
-    fileio.check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite, creates_folder=True)
+    check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite, creates_folder=True)
     result = landscape_module.compute(run, checkpoint=checkpoint, direction=direction, span=span, points=points,
                                       split=split, samples=samples, seed=seed)
     csv_path, png_path = landscape_files.write(result, prefix)
@@ -211,7 +216,7 @@ def landscape_plane(run: Path | str, directions: str = "random", checkpoint: str
     and OUT.png (default ./landscape-<run>-plane-<directions>; existing files only with `overwrite`) and returns
     (the Plane, csv path, png path)."""
     prefix = out if out is not None else plane_module.default_prefix(run, directions)
-    fileio.check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite)
+    check_new_outputs(list(landscape_files.output_paths(prefix)), overwrite)
     result = plane_module.compute(run, directions, checkpoint, points, span, split, samples, seed)
     csv_path, png_path = plane_module.write(result, prefix)
     return result, csv_path, png_path
@@ -222,7 +227,7 @@ def boundary(run: Path | str, checkpoint: str | None = None, units: bool = False
     """A classifier on two features from its checkpoint: OUT.png (regions and data) and, with `units`,
     OUT-units.png (each first-layer unit over the plane; existing files only with `overwrite`); returns
     (files, unit maps or None)."""
-    fileio.check_new_outputs(unit_maps.output_paths(out if out is not None else unit_maps.default_prefix(run),
+    check_new_outputs(unit_maps.output_paths(out if out is not None else unit_maps.default_prefix(run),
                                                     units), overwrite)
     return unit_maps.draw(run, checkpoint, units, out)
 
@@ -278,6 +283,7 @@ def predict(target: Path | str, data: Path | str, out: Path | str | None = None,
     batches = predict_module.predictions(trained, Path(data), list(keep))
     if out is None:
         return predict_module.write(batches, stream or sys.stdout, fmt)
+    check_new_outputs([Path(out)], overwrite)
     with fileio.atomic_text_stream(Path(out), overwrite) as handle:
         return predict_module.write(batches, handle, fmt)
 
@@ -293,7 +299,8 @@ def export(target: Path | str, fmt: str, out: Path | str, probabilities: bool = 
     the Python that loads the file."""
     if fmt not in EXPORTERS:
         raise ConfigError(f"--format: expected one of {', '.join(EXPORTERS)}, received {fmt!r}")
-    path = fileio.check_new_output(Path(out), overwrite)
+    path = Path(out)
+    check_new_outputs([path], overwrite)
     model = export_steps.exportable(load_trained(target), probabilities)
     data, note = EXPORTERS[fmt](model, path)
     fileio.atomic_write(path, data)
@@ -304,7 +311,8 @@ def config_schema(out: Path | str | None = None, overwrite: bool = False) -> str
     """The config's JSON Schema as text (what sgdcli-config.schema.json holds); written to `out` if given."""
     text = editor_schema.schema_text()
     if out is not None:
-        fileio.atomic_write(fileio.check_new_output(Path(out), overwrite), text.encode("utf-8"))
+        check_new_outputs([Path(out)], overwrite)
+        fileio.atomic_write(Path(out), text.encode("utf-8"))
     return text
 
 

@@ -165,6 +165,7 @@ def test_a_failed_end_of_run_write_marks_the_run_failed_and_resume_writes_the_fi
     summary = runs.read_run(run_dir).summary
     assert summary["status"] == "failed" and "the run had completed" in summary["message"]
     assert f"sgdcli train --resume {run_dir}" in summary["message"] and not (run_dir / "loss.png").exists()
+    trajectory = (run_dir / "trajectory.safetensors").read_bytes()  # held in memory: written first, and kept
     resumed = spawn("train", "--resume", run_dir, cwd=tmp_path)
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
@@ -172,6 +173,7 @@ def test_a_failed_end_of_run_write_marks_the_run_failed_and_resume_writes_the_fi
     assert summary["status"] == "completed" and summary["message"] is None and summary["epochs"] == 3
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4  # no epoch trained twice
+    assert (run_dir / "trajectory.safetensors").read_bytes() == trajectory  # the same 4 snapshots, not 1
     again = spawn("train", "--resume", run_dir, cwd=tmp_path)
     out, err = again.communicate(timeout=60)
     assert again.returncode == 0 and "nothing to do" in out + err

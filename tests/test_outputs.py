@@ -111,8 +111,10 @@ def test_a_sweep_checks_its_comparison_files_before_the_first_member(tmp_path):
                  "--plot", tmp_path / "compare.png")
     assert result.exit_code == 2 and "compare.png: already exists" in result.stderr
     assert not (tmp_path / "runs").exists() and (tmp_path / "compare.png").read_text() == "mine"
-    result = run("train", config, "--runs-dir", tmp_path / "runs", "--force")  # not a sweep: nothing to replace
-    assert result.exit_code == 2 and "--force replaces a sweep's comparison plots" in result.stderr
+    for option in (["--force"], ["--plot", tmp_path / "p.png"]):  # not a sweep: nothing to replace or draw
+        result = run("train", config, "--runs-dir", tmp_path / "runs", *option)
+        assert result.exit_code == 2 and f"{option[0]} is for a sweep's comparison plots" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_every_command_that_names_an_output_file_has_force():
@@ -165,3 +167,31 @@ def test_a_sweep_over_mappings_trains_one_member_per_mapping(tmp_path):
     schedules = sorted(yaml.safe_load((tmp_path / "runs" / m / "config.yaml").read_text())["optimizer"]["schedule"]
                        ["type"] for m in members)
     assert schedules == ["cosine", "step"]
+
+
+@pytest.mark.parametrize("command", ["compare", "landscape", "plane", "boundary", "export", "schema"])
+def test_no_output_goes_into_a_run_directory_even_with_force(trained, command):
+    """README: the commands only read runs. `compare --plot RUN/checkpoints/best.safetensors --force` turned the
+    run's best checkpoint into a PNG (a tester's report); any file inside a run is refused, its own or new."""
+    args, option, files = _commands(trained)[command]
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and p.name != "run.lock"}
+    for target in (trained / "checkpoints" / "best.safetensors", trained / "summary.json", trained / "new-file"):
+        result = run(*args, option, target, "--force")
+        assert result.exit_code == 2 and f"is inside the run directory {trained}" in result.stderr, result.output
+    after = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and p.name != "run.lock"}
+    assert after == before
+
+
+def test_a_sweep_whose_plot_and_heatmap_share_a_path_is_refused_before_it_starts(tmp_path):
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(training__epochs=1)))
+    result = run("train", config, "--runs-dir", tmp_path / "runs", "--sweep", "optimizer.learning_rate=0.1,0.2",
+                 "--sweep", "optimizer.momentum=0,0.5", "--plot", tmp_path / "sweep.png")
+    assert result.exit_code == 2 and "would write two of its files here (sweep.png and sweep.png)" in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.png").exists()
+    result = run("train", config, "--runs-dir", tmp_path / "runs", "--sweep", "optimizer.learning_rate=0.1,0.2",
+                 "--name", "b/d")
+    assert result.exit_code == 2 and result.stderr.startswith("error: --name: name: expected a string matching")
+    assert not (tmp_path / "runs").exists()

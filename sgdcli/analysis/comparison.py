@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgdcli import fileio, plots
+from sgdcli import plots
 from sgdcli.analysis import bands as bands_module
 from sgdcli.analysis import paths as paths_module
 from sgdcli.analysis.run_labels import run_labels
@@ -16,6 +16,7 @@ from sgdcli.config.loading import flatten
 from sgdcli.errors import ConfigError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import directory as runs
+from sgdcli.runs.outputs import check_new_outputs
 
 X_AXES = {"epoch": "epoch", "step": "updates", "updates": "updates", "samples": "samples",
           "forward_passes": "forward_passes", "seconds": "seconds"}
@@ -45,7 +46,7 @@ def compare(paths: Sequence[Path | str], x: str = "epoch", plot: Path | str | No
         raise ConfigError("expected at least one run directory")
     records = [runs.read_run(Path(p)) for p in paths]
     if plot is not None:
-        fileio.check_new_outputs(comparison_files(Path(plot), not band and paths_module.shared_objective(records)
+        check_new_outputs(comparison_files(Path(plot), not band and paths_module.shared_objective(records)
                                                    is not None), overwrite)
     flat = [flatten(r.config) if r.config else {} for r in records]
     all_keys = sorted({k for f in flat for k in f} - IGNORED_KEYS)

@@ -90,7 +90,8 @@ def train(
                                             help="With --executor dask: the Dask scheduler's address."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", metavar="DIR", help="Train into exactly this new "
                                            "directory (instead of RUNS_DIR/<name>-<time>); refused if it exists."),
-    plot: Path = typer.Option(Path("compare.png"), "--plot", help="With --sweep: where the overlaid loss curves go."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --sweep or --seeds: where the overlaid loss curves "
+                                        "go [default: compare.png]."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="K",
                                         help="Train with K seeds (the config's and the next K-1), then compare them "
                                              "as mean ± standard deviation with a min-max band."),
@@ -109,11 +110,11 @@ def train(
     if sweep or seeds is not None or executor is not SweepExecutor.local or scheduler is not None:
         from sgdcli.cli.sweeping import sweep_command
 
-        raise typer.Exit(sweep_command(config, set_, sweep, runs_dir, jobs, name, plot, seeds, executor, scheduler,
-                                       run_dir, force))
-    if force:
-        raise UsageError("--force replaces a sweep's comparison plots (with --sweep or --seeds); a run directory "
-                         "is always new")
+        raise typer.Exit(sweep_command(config, set_, sweep, runs_dir, jobs, name, plot or Path("compare.png"), seeds,
+                                       executor, scheduler, run_dir, force))
+    if force or plot is not None:
+        raise UsageError(f"{'--force' if force else '--plot'} is for a sweep's comparison plots (with --sweep or "
+                         "--seeds); one run draws its own loss.png in its run directory")
     spin_for_file(config, set_, run=resume)  # the config is read (and any error reported) by api below
     from sgdcli import api
     reporter = render.TrainingReporter()

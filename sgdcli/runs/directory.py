@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import fcntl
 import io
 import json
@@ -16,12 +15,7 @@ from typing import Any
 
 from sgdcli import strict_json
 from sgdcli.config.yamlio import dump_yaml, read_yaml
-from sgdcli.errors import (
-    CheckpointError,
-    DamagedCheckpointError,
-    RunDirError,
-    SgdcliError,
-)
+from sgdcli.errors import CheckpointError, DamagedCheckpointError, RunDirError, SgdcliError
 from sgdcli.fileio import (
     atomic_write_text,
     fsync_dir,
@@ -85,7 +79,8 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
                 raise write_error(candidate / CHECKPOINTS, exc, "the run could not start and was removed") from None
         return candidate
     if path is not None:
-        raise RunDirError("already exists, and a run directory is never reused: continue that run with "
+        raise RunDirError("is a file, not a run directory: choose another --run-dir" if not path.is_dir() else
+                          "already exists, and a run directory is never reused: continue that run with "
                           "`sgdcli train --resume` or choose another --run-dir", source=str(path))
     raise RunDirError("more than 999 runs with this name in one second", source=str(runs_dir))
 
@@ -151,8 +146,9 @@ class MetricsWriter:
         data = line.encode("utf-8")
         size = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            if os.write(self._fd, data) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            rest = memoryview(data)
+            while rest:  # after a short write the next one raises the real cause (EFBIG past a file-size limit)
+                rest = rest[os.write(self._fd, rest):]
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, size)

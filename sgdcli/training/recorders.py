@@ -8,6 +8,7 @@ from typing import Any
 
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.engine.model import Sequential
+from sgdcli.errors import SgdcliError
 from sgdcli.training import boundary, build, track, trajectory
 from sgdcli.training.filters import write_filters_plot
 
@@ -53,11 +54,21 @@ class Recorders:
         self.trajectory.record(epoch, model.parameters(), last=last)
 
     def write(self, run_dir: Path, epoch: int, model: Sequential, rows: list[dict[str, Any]]) -> None:
-        """The run's end (any end): the last frame and snapshot, then every file drawn from them."""
+        """The run's end (any end): the last frame and snapshot, then every file drawn from them, each tried
+        even when one before it could not be written (the first such SgdcliError is raised after all)."""
         self.record(epoch, model, last=True)
-        self.trajectory.write(run_dir)
+        tracker = self.tracker
+        writes = [lambda: self.trajectory.write(run_dir), lambda: write_filters_plot(run_dir, model)]
         if self.boundary:
-            self.boundary.write(run_dir, run_dir.name)
-        if rows and self.tracker:
-            track.plot(rows, self.tracker.statistics, self.tracker.names, run_dir.name, run_dir / track.LAYERS_PLOT)
-        write_filters_plot(run_dir, model)
+            writes.append(lambda: self.boundary.write(run_dir, run_dir.name))
+        if rows and tracker:
+            writes.append(lambda: track.plot(rows, tracker.statistics, tracker.names, run_dir.name,
+                                             run_dir / track.LAYERS_PLOT))
+        failures = []
+        for write in writes:
+            try:
+                write()
+            except SgdcliError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]

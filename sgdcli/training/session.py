@@ -245,7 +245,7 @@ class Session:
                 message = (f"interrupted after update {self.position.updates} (epoch {self.position.epoch + 1}); "
                            f"continue with: {resuming.launcher(self.processes)}sgdcli train --resume {self.run_dir}")
         except DiskError as exc:  # the previous checkpoint is intact; say so in the summary if there is room
-            self._finish("failed", exc.message, False, started)
+            self._finish("failed", str(exc), False, started)  # naming the file
             raise
         finally:
             writer.close()
@@ -263,16 +263,17 @@ class Session:
         return lambda done, value: reporter.batch(done, total, value)
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
-        """The end-of-run files (loss.png, the recorders'), then summary.json: a run whose files could not all be
-        written is `failed` (not `completed` without them) and `--resume` writes them; already failed: best effort.
-        The wall seconds are the segment's up to here, as its checkpoints carry them into a resumed segment."""
+        """The end-of-run files, then summary.json: a run whose files could not all be written is `failed`, and says
+        what resume redraws (resuming.rewrite_note). Wall seconds: up to here, as the checkpoints carry them."""
         failure, wall = None, self.wall_before + time.perf_counter() - started
         try:
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
-            if rows:
-                plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
-                                  self.run_dir / runs.LOSS_PLOT)
-            self.recorders.write(self.run_dir, self.position.epoch, self.problem.model, rows)
+            try:  # the recorders' files first: their frames and snapshots are only in memory
+                self.recorders.write(self.run_dir, self.position.epoch, self.problem.model, rows)
+            finally:  # loss.png even when they failed: metrics.csv keeps what it is drawn from
+                if rows:
+                    plots.loss_curves([plots.Curve.from_rows(self.run_dir.name, rows, "epoch")], "epoch",
+                                      self.run_dir / runs.LOSS_PLOT)
         except SgdcliError as exc:
             failure = None if status == "failed" else exc
         if failure is not None:
