@@ -251,11 +251,11 @@ def evaluate(target: Path | str, data: Path | str | None = None, split: str | No
     trained = load_trained(target)
     config = trained.config
     dataset, split_name = _eval_dataset(trained, data, split)
-    x = trained.scaler.transform(dataset.x, trained.model.dtype)
     target_values = build.target_array(dataset.y, config, trained.model.dtype)
     loss = build.build_loss(config.loss)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the model, its loss and metrics
-        outputs = trained.model.predict(x, batch_size=metrics.EVAL_BATCH)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # scaling, the model, its loss and metrics
+        outputs = trained.model.predict(trained.scaler.transform(dataset.x, trained.model.dtype),
+                                        batch_size=metrics.EVAL_BATCH)
         if outputs.shape[1] != int(trained.meta["outputs"]):
             raise DataError("the model's outputs do not match", source=dataset.source)
         report: dict[str, Any] = {

@@ -23,7 +23,7 @@ from sgdcli.data import csvfile, idx
 from sgdcli.data.labels import encode_labels
 from sgdcli.data.npzfile import load_npz
 from sgdcli.data.scaling import Scaler
-from sgdcli.engine.metrics import classification_report
+from sgdcli.engine.metrics import NO_CLASS, classification_report, predict_labels
 from sgdcli.errors import ConfigError, DataError
 from sgdcli.runs import checkpoint
 
@@ -107,6 +107,38 @@ def test_macro_averages_cover_classes_present_in_true_or_predicted():
     # a: p 1, r 0.5, f1 2/3; b: p 1, r 1, f1 1; c: p 0, r 0, f1 0 -> macro f1 (2/3 + 1 + 0) / 3
     assert report["macro_f1"] == pytest.approx((2 / 3 + 1) / 3)
     assert report["macro_precision"] == pytest.approx(2 / 3) and report["macro_recall"] == pytest.approx(0.5)
+
+
+def test_a_row_whose_outputs_name_no_class_is_never_class_0_and_counts_as_wrong():
+    """A tester's report: eval of far-out inputs (NaN logits) gave accuracy 1.0, argmax calling them class 0."""
+    nan, inf = np.nan, np.inf
+    logits = np.array([[nan, 1.0, 0.0], [inf, inf, 0.0], [inf, 1.0, 0.0], [0.0, 2.0, -inf], [1.0, 0.0, 0.0]])
+    assert predict_labels(logits).tolist() == [NO_CLASS, NO_CLASS, 0, 1, 0]
+    assert predict_labels(np.array([[nan], [inf], [-inf], [0.5]])).tolist() == [NO_CLASS, 1, 0, 1]  # one logit
+    report = classification_report(np.array([0, 0, 1, 1]), np.array([NO_CLASS, 0, 1, NO_CLASS]), ("a", "b", "c"))
+    assert report["no_class"] == 2 and report["accuracy"] == 0.5
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert [row["recall"] for row in report["per_class"][:2]] == [0.5, 0.5]  # the support keeps the rows
+    assert [row["support"] for row in report["per_class"][:2]] == [2, 2]
+    assert "no_class" not in classification_report(np.array([0, 1]), np.array([0, 1]), ("a", "b"))
+
+
+def test_predict_and_eval_of_far_out_inputs(tmp_path):
+    run_dir = train_csv(tmp_path, csv_rows([5, 7] * 20), units=2)
+    (tmp_path / "far.csv").write_text("a,b,y\n1e308,-1e308,5\n1e308,1e308,7\n-1,0,5\n")
+    model = api.load_trained(run_dir)
+    classes = model.predict_classes([[1e308, -1e308], [-1.0, 0.0]])
+    assert classes[1] == "5" and (classes[0] is None or classes[0] in ("5", "7"))
+    result = runner.invoke(app, ["eval", str(run_dir), "--data", str(tmp_path / "far.csv"), "--json"])
+    assert result.exit_code == 0 and "Warning" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["accuracy"] <= (3 - report.get("no_class", 0)) / 3 and report["samples"] == 3
+    result = runner.invoke(app, ["predict", str(run_dir), "--data", str(tmp_path / "far.csv")])
+    assert result.exit_code == 0, result.stderr
+    rows = result.stdout.strip().splitlines()
+    assert len(rows) == 4 and rows[3].startswith("5,")
+    nan_rows = [row for row in rows[1:] if "nan" in row]
+    assert all(row.startswith(",") for row in nan_rows)  # no class named where the outputs are NaN
 
 
 # ---------------------------------------------------------------- 4. constant columns

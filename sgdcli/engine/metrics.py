@@ -12,11 +12,23 @@ from sgdcli.engine.model import Sequential
 EVAL_BATCH = 4096
 
 
+NO_CLASS = -1  # a row whose outputs name no class: NaN among them, or several at +inf
+
+
 def predict_labels(outputs: np.ndarray) -> np.ndarray:
-    """Class indices from logits: argmax over C outputs, or logit > 0 for one binary output."""
-    if outputs.shape[1] == 1:
-        return (outputs[:, 0] > 0).astype(np.int64)
-    return outputs.argmax(axis=1)
+    """Class indices (N,) from logits (N, C): argmax over C outputs, or logit > 0 for one binary output; NO_CLASS
+    for a row with a NaN output or (C > 1) a tie at +inf, which argmax would silently call class 0."""
+    labels = (outputs[:, 0] > 0).astype(np.int64) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
+    undefined = np.isnan(outputs).any(axis=1)
+    if outputs.shape[1] > 1:
+        undefined |= (outputs == np.inf).sum(axis=1) > 1
+    labels[undefined] = NO_CLASS
+    return labels
+
+
+def class_names_of(labels: np.ndarray, class_names: tuple[str, ...]) -> list[str | None]:
+    """The name of each predicted class, None for NO_CLASS."""
+    return [None if i == NO_CLASS else class_names[i] for i in labels]
 
 
 def loss_and_accuracy(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,
@@ -45,21 +57,24 @@ def classification_report(true: np.ndarray, predicted: np.ndarray, class_names: 
     absent from both does not pull the average down; a score with a zero denominator is 0
     (scikit-learn's zero_division). true, predicted: class indices (N,) into `class_names`.
     """
-    count = len(class_names)
+    count, defined = len(class_names), predicted != NO_CLASS
     confusion = np.zeros((count, count), dtype=np.int64)
-    np.add.at(confusion, (true, predicted), 1)
+    np.add.at(confusion, (true[defined], predicted[defined]), 1)
+    actual = np.bincount(true, minlength=count)  # rows with no predicted class are wrong, not left out
     per_class = []
     for c, name in enumerate(class_names):
         tp = confusion[c, c]
-        predicted_c, actual_c = confusion[:, c].sum(), confusion[c, :].sum()
+        predicted_c, actual_c = confusion[:, c].sum(), actual[c]
         precision = tp / predicted_c if predicted_c else 0.0
         recall = tp / actual_c if actual_c else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class.append({"class": name, "precision": float(precision), "recall": float(recall),
                           "f1": float(f1), "support": int(actual_c)})
-    present = [row for row, t, p in zip(per_class, confusion.sum(axis=1), confusion.sum(axis=0)) if t or p]
+    present = [row for row, t, p in zip(per_class, actual, confusion.sum(axis=0)) if t or p]
+    unpredicted = {"no_class": int((~defined).sum())} if not defined.all() else {}
     return {
-        "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+        **unpredicted,  # rows whose outputs name no class (NaN): counted as wrong; absent when there are none
+        "accuracy": float(np.trace(confusion) / max(len(true), 1)),
         "macro_f1": _mean(row["f1"] for row in present),
         "macro_precision": _mean(row["precision"] for row in present),
         "macro_recall": _mean(row["recall"] for row in present),

@@ -13,7 +13,7 @@ from sgdcli import strict_json
 from sgdcli.config import data_sources
 from sgdcli.data import npzfile, stream
 from sgdcli.engine.activations import sigmoid
-from sgdcli.engine.metrics import predict_labels
+from sgdcli.engine.metrics import class_names_of, predict_labels
 from sgdcli.errors import DataError, UsageError
 from sgdcli.training.trained import TrainedModel
 
@@ -86,7 +86,7 @@ def predictions(trained: TrainedModel, path: Path, keep: Sequence[str] = (),
                 columns.update(zip(names, outputs.T))
             else:
                 labels = predict_labels(outputs)
-                columns[names[0]] = [trained.class_names[i] for i in labels]
+                columns[names[0]] = class_names_of(labels, trained.class_names)  # None (empty, null): no class
                 columns.update(zip(names[1:], probabilities(outputs).T))
         yield columns
 

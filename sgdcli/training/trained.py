@@ -36,12 +36,14 @@ class TrainedModel:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise DataError(f"expected features of shape (N, {len(self.feature_names)}), received {x.shape}")
-        return self.model.predict(self.scaler.transform(x, self.model.dtype), batch_size=metrics.EVAL_BATCH)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # far-out rows: inf/NaN outputs, as such
+            return self.model.predict(self.scaler.transform(x, self.model.dtype), batch_size=metrics.EVAL_BATCH)
 
-    def predict_classes(self, x: np.ndarray) -> list[str]:
+    def predict_classes(self, x: np.ndarray) -> list[str | None]:
+        """The predicted class name of each row of x; None where the outputs name no class (metrics.NO_CLASS)."""
         if self.class_names is None:
             raise ConfigError("this model does regression; use predict()")
-        return [self.class_names[i] for i in metrics.predict_labels(self.predict(x))]
+        return metrics.class_names_of(metrics.predict_labels(self.predict(x)), self.class_names)
 
 
 def sample_shape_of(meta: dict[str, Any]) -> tuple[int, ...]:
