@@ -58,9 +58,10 @@ class Recorders:
         even when one before it could not be written (the first such SgdcliError is raised after all)."""
         self.record(epoch, model, last=True)
         tracker = self.tracker
-        writes = [lambda: self.trajectory.write(run_dir), lambda: write_filters_plot(run_dir, model)]
+        writes = [lambda: self.trajectory.write(run_dir)]  # first what is only in memory: snapshots, then frames
         if self.boundary:
             writes.append(lambda: self.boundary.write(run_dir, run_dir.name))
+        writes.append(lambda: write_filters_plot(run_dir, model))
         if rows and tracker:
             writes.append(lambda: track.plot(rows, tracker.statistics, tracker.names, run_dir.name,
                                              run_dir / track.LAYERS_PLOT))
