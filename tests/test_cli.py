@@ -240,3 +240,13 @@ def test_option_values_are_named_as_options_and_a_file_in_the_runs_path_as_a_fil
         assert result.exit_code == 4, result.output
         assert f"{tmp_path / 'afile'}: is a file, not a folder: no run directory can be made in it" in result.stderr
     assert not (tmp_path / "runs").exists()
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for target, kind in (("fifo", "a FIFO"), ("dangling", "a symbolic link to nothing")):
+        result = run("train", config, "--runs-dir", tmp_path / target / "x")
+        assert result.exit_code == 4, result.output
+        assert f"{tmp_path / target}: is {kind}, not a folder: no run directory can be made in it" in result.stderr
+        result = run("lr-find", config, "--out", tmp_path / target, "--updates", "3")
+        assert result.exit_code == 4 and f"is {kind}, not a folder" in result.stderr, result.output
