@@ -53,13 +53,6 @@ def check_new_output(path: Path, overwrite: bool, creates_folder: bool = False) 
     return path
 
 
-def check_new_outputs(paths: list[Path], overwrite: bool, creates_folder: bool = False) -> None:
-    """``check_new_output`` of each of `paths`, all before any is written (a command's files, checked before its
-    work starts)."""
-    for path in paths:
-        check_new_output(path, overwrite, creates_folder)
-
-
 def special_kind(path: Path) -> str | None:
     """What `path` is when it exists and is neither a regular file, a folder nor a symbolic link ("a character
     device", "a FIFO"...), else None. A link is not followed: replacing it leaves its target as it is."""

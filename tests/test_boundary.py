@@ -141,3 +141,26 @@ def test_a_damaged_frames_file_stops_the_resume_with_a_message(tmp_path):
     (stopped.run_dir / boundary.FRAMES_NAME).write_bytes(b"not safetensors")
     with pytest.raises(RunDirError, match="damaged boundary frames file"):
         api.resume(stopped.run_dir)
+
+
+def test_the_frames_are_written_before_the_pictures_drawn_from_them(tmp_path, monkeypatch):
+    """The frames exist only in memory until the end; the GIF and PNG can be drawn again from them (a resume),
+    so a run whose GIF could not be written still keeps its frames."""
+    from safetensors.numpy import load
+
+    from sgdcli.errors import DiskError
+
+    config = api.load_config(tiny_config(training__epochs=4, training__boundary=True))
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+
+    def full(self, title):
+        raise DiskError("cannot write: File too large", source="boundary.gif")
+
+    monkeypatch.setattr(boundary.BoundaryRecorder, "_gif", full)
+    with pytest.raises(DiskError):
+        api.train(config, runs_dir=tmp_path / "runs")
+    run_dir = next((tmp_path / "runs").iterdir())
+    want = load((reference.run_dir / boundary.FRAMES_NAME).read_bytes())
+    got = load((run_dir / boundary.FRAMES_NAME).read_bytes())
+    assert list(got["epochs"]) == list(want["epochs"]) and np.array_equal(got["frames"], want["frames"])
+    assert not (run_dir / boundary.GIF_NAME).exists()

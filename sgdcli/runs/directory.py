@@ -57,8 +57,9 @@ def create_run_dir(runs_dir: Path, name: str, now: float | None = None, checkpoi
     before it starts); it must not exist yet (RunDirError, exit 4)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     parent = runs_dir if path is None else path.parent
-    for blocking in (p for p in (parent, *parent.parents) if os.path.lexists(p) and not p.is_dir()):  # not mkdir's
-        kind = special_kind(blocking) or ("a symbolic link to nothing" if not blocking.exists() else "a file")  # EEXIST
+    blocking = next((p for p in (parent, *parent.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    if blocking is not None:  # named for what it is, not mkdir's "File exists"
+        kind = special_kind(blocking) or ("a symbolic link to nothing" if not blocking.exists() else "a file")
         raise RunDirError(f"is {kind}, not a folder: no run directory can be made in it", source=str(blocking))
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -50,16 +50,17 @@ class BoundaryRecorder:
         self.frames.append((epoch, labels.astype(np.int8).reshape(GRID, GRID)))
 
     def write(self, run_dir: Path, title: str) -> list[Path]:
-        """boundary.png (the last frame), boundary.gif (every frame, matplotlib's Pillow writer) and the
-        frames as arrays (FRAMES_NAME: epochs (T,) int64, frames (T, GRID, GRID) int8 or (T, GRID) float64)."""
+        """The frames as arrays (FRAMES_NAME: epochs (T,) int64, frames (T, GRID, GRID) int8 or (T, GRID) float64)
+        first: they are only in memory, while boundary.png (the last frame) and boundary.gif (every frame,
+        matplotlib's Pillow writer), written after them, are drawn again from them by a resume."""
         if not self.frames:
             return []
         gif_path, frames_path = run_dir / GIF_NAME, run_dir / FRAMES_NAME
-        png = self.write_png(run_dir / PNG_NAME, title)
-        atomic_write(gif_path, self._gif(title))
         atomic_write(frames_path, save_tensors({"epochs": np.array([e for e, _ in self.frames], dtype=np.int64),
                                                 "frames": np.stack([f for _, f in self.frames])},
                                                metadata={"format": "sgdcli-boundary-frames"}))
+        png = self.write_png(run_dir / PNG_NAME, title)
+        atomic_write(gif_path, self._gif(title))
         return [*png, gif_path, frames_path]
 
     def resume_from(self, run_dir: Path, epoch: int) -> None:

@@ -113,11 +113,12 @@ def early_stop(config: ExperimentConfig, epoch: int, best: dict[str, Any]) -> st
 
 def rewrite_note(run_dir: Path, status: str, message: str | None) -> str:
     """What summary.json adds when a run's end-of-run files could not all be written: how the run had ended, and
-    what resuming writes again (its training then does what is left, if anything). The plots are drawn from
-    metrics.csv and the weights; the trajectory and the boundary frames were only in memory, so a resumed run's
-    hold the epochs from the resume on (README, Run directory)."""
+    what resuming writes again (its training then does what is left, if anything). The plots and the GIF are drawn
+    from metrics.csv, the weights and the boundary frames; the trajectory and the frames were only in memory
+    (written first: Recorders.write), so if their own files failed a resumed run's hold the epochs from the
+    resume on (README, Run directory)."""
     return (f"the run had {status}{f' ({message})' if message else ''}; `sgdcli train --resume {run_dir}` "
-            "draws its plots again (a trajectory or boundary animation that was not written is lost)")
+            "draws its plots again (a trajectory or boundary-frames file that was not written is lost)")
 
 
 def finished(run_dir: Path, epochs_done: int, planned: int, batch: int, patience_exhausted: bool) -> str | None:
