@@ -18,12 +18,12 @@ from test_fused_updates import check_verdicts, count_materialized, resume_is_bit
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas
 from sgdcli.engine.activations import Identity, ReLU
-from sgdcli.engine.gradients import BatchProduct, as_array, squared_norm, surely_finite
+from sgdcli.engine.gradients import BatchProduct, as_array, clip_by_global_norm, squared_norm, surely_finite
 from sgdcli.engine.init import glorot_uniform, he_uniform
 from sgdcli.engine.layers import Dense
 from sgdcli.engine.losses import CrossEntropy
 from sgdcli.engine.model import Sequential
-from sgdcli.engine.optimizers import SGD, Adam, clip_by_global_norm
+from sgdcli.engine.optimizers import SGD, Adam
 from sgdcli.engine.schedules import Constant
 from sgdcli.errors import DivergenceError
 from sgdcli.training.loop import Position, Problem, _check_gradients, train_epochs

@@ -17,12 +17,12 @@ from sgdcli import api
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas
 from sgdcli.engine.activations import Identity, ReLU, Tanh
-from sgdcli.engine.gradients import OuterProduct, add_squared, as_array, squared_norm
+from sgdcli.engine.gradients import OuterProduct, add_squared, as_array, clip_by_global_norm, squared_norm
 from sgdcli.engine.init import glorot_uniform
 from sgdcli.engine.layers import Dense
 from sgdcli.engine.losses import CrossEntropy
 from sgdcli.engine.model import Sequential
-from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp, clip_by_global_norm
+from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 from sgdcli.errors import DivergenceError
 from sgdcli.training.loop import Position, Problem, _check_gradients, train_epochs
 from sgdcli.training.track import LayerTracker

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from sgdcli.engine.gradients import clip_by_global_norm
 from sgdcli.engine.optimizers import (
     SGD,
     AdaGrad,
@@ -18,7 +19,6 @@ from sgdcli.engine.optimizers import (
     AdamW,
     Optimizer,
     RMSProp,
-    clip_by_global_norm,
 )
 
 LR = 0.1

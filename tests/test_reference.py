@@ -6,7 +6,8 @@ import numpy as np
 from conftest import REPO
 
 from sgdcli.analysis import reference
-from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, RMSProp, clip_by_global_norm
+from sgdcli.engine.gradients import clip_by_global_norm
+from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, RMSProp
 
 ENTRIES = {entry.type: entry for entry in reference.optimizers()}
 

@@ -12,7 +12,7 @@ import numpy as np
 from sgdcli import plots
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.engine import accumulate
-from sgdcli.engine.optimizers import clip_by_global_norm
+from sgdcli.engine.gradients import clip_by_global_norm
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import ConfigError
 from sgdcli.fileio import atomic_write, atomic_write_text

@@ -240,3 +240,20 @@ def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.nd
         OuterProduct(np.square(grad.x), np.square(grad.dz), grad.scale * grad.scale).add_to(target, alpha, decay)
     else:
         add_scaled(target, alpha, np.square(grad, out=scratch), scratch, decay)
+
+
+def clip_by_global_norm(grads: dict[str, Gradient], max_norm: float) -> float:
+    """Scale all ``grads`` in place by max_norm / norm when their global L2 norm exceeds ``max_norm``.
+
+    norm = sqrt(sum over arrays of sum(g * g)) (an OuterProduct's from its factors, and scaled by its ``scale``).
+    Returns the norm before clipping. A non-finite norm is returned as is and the gradients are left alone, so the
+    caller can detect divergence.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    norm = math.sqrt(sum(squared_norm(g) for g in grads.values()))
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / norm
+        for g in grads.values():
+            g *= scale
+    return norm

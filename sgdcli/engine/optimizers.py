@@ -8,7 +8,9 @@ parameter. A gradient may be a ``gradients.OuterProduct`` (a dense weight's from
 SGD and Adam, whose rules only add multiples of g and of g * g, apply its factors with BLAS
 rank-1 updates; the others build it first, into a work array kept like the scratch. Updates of
 the form y = b * y + a * x (moments, velocity, the weights) are one BLAS pass where NumPy's BLAS
-allows (``gradients.add_scaled``), else NumPy's passes through the scratch.
+allows (``gradients.add_scaled``), else NumPy's passes through the scratch. An element-wise
+update (``elementwise``: AdaGrad, RMSProp, Adam) of a large array runs in parts on OpenBLAS's threads
+(``engine/pool.py``), with the same bits.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import math
 
 import numpy as np
 
+from . import pool
 from .allocator import aligned_copy, aligned_empty, aligned_full
-from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squared, squared_norm
+from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squared
 
 
 class Optimizer:
@@ -50,6 +53,7 @@ class Optimizer:
     DECAYS: tuple[str, ...] = ()  # the attributes holding what the state is multiplied by each step
     takes_factored = False
     takes_products = False
+    elementwise = False  # _update computes each element from the same element of each array, and writes state in place
 
     def __init__(self, weight_decay: float = 0.0) -> None:
         if not weight_decay >= 0:
@@ -120,7 +124,12 @@ class Optimizer:
             if (isinstance(grad, OuterProduct) and not self.takes_factored
                     or isinstance(grad, BatchProduct) and not self.takes_products):
                 grad = grad.materialize(out=_work_array(self._built, key, param))
-            self._update(param, grad, state, learning_rate, scratch)
+            if self.elementwise and isinstance(grad, np.ndarray) and param.size >= pool.MIN_ELEMENTS:
+                names = tuple(state)
+                pool.split_arrays(lambda parts: self._update(parts[0], parts[1], dict(zip(names, parts[3:])),
+                                                             learning_rate, parts[2]), param, grad, scratch, *state.values())
+            else:
+                self._update(param, grad, state, learning_rate, scratch)
             if flush:
                 for array in state.values():
                     _flush_subnormal(array, scratch)
@@ -244,6 +253,8 @@ class AdaGrad(Optimizer):
     (G is the "accumulator" state, starting at ``initial_accumulator``.)
     """
 
+    elementwise = True
+
     def __init__(self, epsilon: float = 1e-10, initial_accumulator: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
         if not epsilon >= 0:
@@ -276,6 +287,7 @@ class RMSProp(Optimizer):
     """
 
     DECAYS = ("rho", "momentum")
+    elementwise = True
 
     def __init__(self, rho: float = 0.9, epsilon: float = 1e-8, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(weight_decay)
@@ -320,6 +332,7 @@ class Adam(Optimizer):
     """
 
     takes_factored = True
+    elementwise = True
     DECAYS = ("beta1", "beta2")
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -381,20 +394,3 @@ def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
     keep, info = np.abs(array, out=scratch), np.finfo(array.dtype)
     np.greater_equal(keep, info.tiny / info.eps, out=keep)  # 1.0 or 0.0: no boolean temporary
     array *= keep  # NaN compares False but stays NaN (NaN * 0)
-
-
-def clip_by_global_norm(grads: dict[str, Gradient], max_norm: float) -> float:
-    """Scale all ``grads`` in place by max_norm / norm when their global L2 norm exceeds ``max_norm``.
-
-    norm = sqrt(sum over arrays of sum(g * g)) (an OuterProduct's from its factors, and scaled by its ``scale``).
-    Returns the norm before clipping. A non-finite norm is returned as is and the gradients are left alone, so the
-    caller can detect divergence.
-    """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
-    norm = math.sqrt(sum(squared_norm(g) for g in grads.values()))
-    if math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / norm
-        for g in grads.values():
-            g *= scale
-    return norm

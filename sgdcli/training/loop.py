@@ -12,10 +12,10 @@ import numpy as np
 
 from sgdcli.engine import accumulate, blas
 from sgdcli.engine.allocator import retain_freed_memory
-from sgdcli.engine.gradients import Gradient, as_array, squared_norm, surely_finite
+from sgdcli.engine.gradients import Gradient, as_array, clip_by_global_norm, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
-from sgdcli.engine.optimizers import Optimizer, clip_by_global_norm
+from sgdcli.engine.optimizers import Optimizer
 from sgdcli.engine.schedules import Schedule
 from sgdcli.engine.search import CoordinateSearch
 from sgdcli.errors import DivergenceError
