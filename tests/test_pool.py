@@ -6,7 +6,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import tiny_config
+from test_resume import assert_identical, interrupt
 
+from sgdcli import api
+from sgdcli.config.loading import load_config
 from sgdcli.engine import blas, pool
 from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 
@@ -175,3 +179,29 @@ def test_element_wise_optimizers_give_the_same_bits_in_parts(make, shape, dtype,
 def test_sgd_does_not_split() -> None:
     """SGD's update is BLAS passes already on every thread (axpy, gemm into the velocity): no pool."""
     assert not SGD.elementwise and Adam.elementwise and RMSProp.elementwise and AdaGrad.elementwise
+
+
+@pytest.mark.parametrize("optimizer", [{"type": "adam", "learning_rate": 0.01},
+                                       {"type": "rmsprop", "learning_rate": 0.01, "momentum": 0.5}],
+                         ids=["adam", "rmsprop"])
+def test_training_in_parts_resumes_bit_identically_and_matches_one_thread(tmp_path, monkeypatch, optimizer) -> None:
+    """A run whose updates go through the pool (the tiny model's arrays made large enough) resumes to
+    the same bits, and gives the same bits as the run with the pool out of reach."""
+    monkeypatch.setattr(blas, "MIN_SIZE", 0)
+    monkeypatch.setattr(pool, "MIN_ELEMENTS", 4 * pool.UNIT)  # the 2 x 256 and 256 x 2 weights (8 units), the first bias (4)
+    splits = []
+    real_split = pool.split
+    monkeypatch.setattr(pool, "split", lambda count, work: (splits.append(count), real_split(count, work)))
+    config = load_config(tiny_config(training__epochs=6, optimizer=optimizer, model__layers__0__units=256))
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+    assert splits and set(splits) == {512, 256}  # the weights and the first bias
+    interrupted = interrupt(config, tmp_path / "runs", 14)  # mid-epoch 3 (6 updates an epoch)
+    assert interrupted.status == "interrupted"
+    resumed = api.resume(interrupted.run_dir)
+    assert resumed.status == "completed"
+    assert_identical(reference.run_dir, resumed.run_dir)
+    monkeypatch.setattr(pool, "MIN_ELEMENTS", 1 << 62)
+    splits.clear()
+    whole = api.train(config, runs_dir=tmp_path / "whole")
+    assert not splits
+    assert_identical(reference.run_dir, whole.run_dir)

@@ -138,7 +138,7 @@ def split(count: int, work: Callable[[int, int], None]) -> None:
         return
     global _job
     try:
-        parts = max(2, min(threads, count // (2 * blas.MIN_SIZE)))  # each part's BLAS passes as the whole's
+        parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))  # each part's BLAS passes as the whole's
         units = -(-count // UNIT)
         job = _job = _Job(work, UNIT, count)
         routine, code = driver
