@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -223,23 +224,32 @@ def threads(count: int) -> Iterator[None]:
     and on as many as before after it (also when the block raises).
 
     ``openblas_set_num_threads`` of NumPy's own OpenBLAS: it changes the whole process's pool for the
-    block's duration (other threads' BLAS calls included) and never raises the count. A no-op with
-    another NumPy build (no call for it without a second library), or when the pool is already that
-    small (one BLAS thread per MPI process). The library keeps its idle threads; restoring costs no
-    thread start. Raises ValueError for count < 1.
+    block's duration (other threads' BLAS calls included) and never raises the count. The count is
+    read and set under ``COUNT_LOCK``, so a block waits for an ``engine/pool`` split in progress
+    (which runs with the pool at one thread, and would wait for itself if another thread raised the
+    count under it). Restoring is one call in ``finally``, so an exception from a signal handler
+    (Ctrl-C) comes after it, never between. A no-op with another NumPy build. The library keeps its
+    idle threads; restoring costs no thread start. Raises ValueError for count < 1.
     """
     if count < 1:
         raise ValueError(f"threads: count must be >= 1, got {count}")
     library = _numpy_blas()
-    previous = library.scipy_openblas_get_num_threads64_() if library is not None else count
-    if previous <= count:
-        yield
-        return
-    library.scipy_openblas_set_num_threads64_(count)
+    previous = None
     try:
+        if library is not None:
+            with COUNT_LOCK:
+                current = int(library.scipy_openblas_get_num_threads64_())
+                if current > count:
+                    previous = current  # (before the call: restored even if an exception follows the call)
+                    library.scipy_openblas_set_num_threads64_(count)
         yield
     finally:
-        library.scipy_openblas_set_num_threads64_(previous)
+        if previous is not None:
+            with COUNT_LOCK:
+                library.scipy_openblas_set_num_threads64_(previous)
+
+
+COUNT_LOCK = threading.Lock()  # held while the pool's thread count changes, and through an engine/pool split
 
 
 def thread_count() -> int | None:

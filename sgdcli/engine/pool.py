@@ -12,12 +12,17 @@ each pass, so the parts' passes run at once). Measured on the batch-128 Adam rac
 (784 x 512; gradient product and step, in-process, interleaved): 1,418 against 1,476 us with two cores
 sharing a cache, 1,900 against 2,400 us with separate caches (README Performance).
 
-Inside ``split`` OpenBLAS's pool is set to one thread (process-wide, as ``blas.threads``), so a BLAS
-call in a part (``blas.axpby``) runs on that part's own thread: a part calling the busy pool would
-wait for itself. A part's element-wise results do not depend on where the parts are cut (every part
-but the last is a whole number of ``UNIT`` elements, each at least ``blas.MIN_SIZE``, so BLAS and
-NumPy take the same routines for it as for the whole), so results are bit-identical with or without
-the pool (tests/test_pool.py).
+Inside ``split`` OpenBLAS's pool is set to one thread (process-wide), so a BLAS call in a part
+(``blas.axpby``) runs on that part's own thread: a part calling the busy pool would wait for itself.
+A split holds ``blas.COUNT_LOCK`` throughout, so another thread's ``blas.threads`` block, split or
+``os.fork`` waits for it (a fork stops OpenBLAS's threads, and would wait for a part waiting for the
+GIL). Each part runs under the caller's NumPy error handling (``np.errstate`` is per thread). An
+exception from a signal handler (Ctrl-C) can come at any call, also as the routine is entered, where
+ctypes only reports it to ``sys.unraisablehook``: ``split`` collects those and raises the part's, and
+restores the thread count with one call, after which the exception comes. A part's element-wise
+results do not depend on where the parts are cut (every part but the last is a whole number of
+``UNIT`` elements, each at least ``blas.MIN_SIZE``, so BLAS and NumPy take the same routines for it as
+for the whole), so results are bit-identical with or without the pool (tests/test_pool.py).
 
 The driver is OpenBLAS's internal interface, not its public API: it is used only with NumPy's own
 scipy-openblas64 library of the 0.3 series, and only after a probe on first use has seen it cover a
@@ -29,7 +34,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -54,24 +61,37 @@ class _Job:
     def __init__(self, work: Callable[[int, int], None], scale: int, count: int) -> None:
         self.work, self.scale, self.count = work, scale, count
         self.caller = threading.get_ident()
+        self.numpy_errors = np.geterr()  # NumPy's error handling is per thread: the other parts take the caller's
         self.done: list[int] = []  # list.append is atomic under the GIL
         self.errors: list[BaseException] = []
+        self.unraisable: list = []  # what sys.unraisablehook got while the parts ran
 
 
-_job: _Job | None = None
-_lock = threading.Lock()  # one split at a time: _job is the running one's
+_job: _Job | None = None  # the running split's (one at a time: under blas.COUNT_LOCK)
+_inside = threading.local()  # .active: this thread runs a split's work (a split in it runs alone)
 
 
 def _run_part(m, n, k, alpha, a, lda, b, ldb, c, ldc, sb) -> int:
     """The routine OpenBLAS calls on each part, on its own thread: units [a, a + m) of the job's
-    range (a arrives as a byte offset from 0). Never raises into C: an error is kept for ``split``."""
+    range (a arrives as a byte offset from 0), under the caller's NumPy error handling. An error is
+    kept for ``split``; one raised before the ``try`` (a signal handler's, at the call) reaches
+    ``split`` through ``sys.unraisablehook``, where ctypes reports it."""
     job = _job
     try:
-        thread = threading.get_ident()
-        if thread != job.caller and thread not in _pinned:
-            _pin_thread_state(thread)
         first = a // 4
-        job.work(first * job.scale, min((first + m) * job.scale, job.count))
+        start, stop = first * job.scale, min((first + m) * job.scale, job.count)
+        thread = threading.get_ident()
+        try:
+            _inside.active = True
+            if thread == job.caller:
+                job.work(start, stop)
+            else:
+                if thread not in _pinned:
+                    _pin_thread_state(thread)
+                with np.errstate(**job.numpy_errors):
+                    job.work(start, stop)
+        finally:
+            _inside.active = False
         job.done.append(m)
     except BaseException as error:  # noqa: BLE001 (raised again by split, on the caller's thread)
         job.errors.append(error)
@@ -86,16 +106,33 @@ def _pin_thread_state(thread: int) -> None:
     _pinned.add(thread)
 
 
+def _before_fork() -> None:
+    """A fork waits for a split in progress: OpenBLAS's own fork handler stops its threads, and would
+    wait for a part that waits for the GIL the forking thread holds."""
+    blas.COUNT_LOCK.acquire()
+
+
+def _after_fork() -> None:
+    """OpenBLAS starts new threads after a fork, in the parent too (an old thread's id may come again)."""
+    _pinned.clear()
+    blas.COUNT_LOCK.release()
+
+
 _pinned: set[int] = set()  # the OpenBLAS threads whose thread state is kept
-os.register_at_fork(after_in_child=_pinned.clear)  # a child's OpenBLAS starts threads of its own
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 _CALLBACK = _ROUTINE(_run_part)  # kept alive for the process: OpenBLAS holds its address
 _DRIVER: list = []  # [(driver, precision code) or None], looked up on first use
 
 
 def _driver():
-    """(blas_level1_thread, its single-precision code), or None where it is absent or fails the probe."""
+    """(blas_level1_thread, its single-precision code), or None where it is absent or fails the probe.
+    The probe needs a worker thread: with one BLAS thread there is none, and nothing is decided yet."""
     if not _DRIVER:
-        _DRIVER.append(_probe())
+        if (blas.thread_count() or 1) < 2:
+            return None
+        with blas.COUNT_LOCK:  # (the probe runs a job of its own)
+            if not _DRIVER:
+                _DRIVER.append(_probe())
     return _DRIVER[0]
 
 
@@ -126,31 +163,111 @@ def _probe():
     return None
 
 
+class _Timing:
+    """Recent seconds of one size's splits, in parts and whole, and which way the next one goes.
+
+    Parts are faster while the second core is free. When it is not (two trainings at once on two
+    cores, each with a two-thread pool), every hand-over between the threads waits for the
+    scheduler: an epoch took 20.5 s in parts against 4.0 whole (1.0 alone; README Performance). So
+    ``split`` keeps measuring: it runs in parts until the median of their last ``RECENT`` times is
+    ``SLOWER`` times the least of the whole's, and the other way once every ``interval`` calls, the interval
+    doubling each time that way loses (up to ``MAX_INTERVAL``) and back to ``PROBE_EVERY`` when it
+    wins. Both ways give the same bits, so the choice never changes a result."""
+
+    def __init__(self) -> None:
+        self.times: dict[bool, list[float]] = {True: [], False: []}
+        # What a way typically takes: the lower median of the parts' recent times, the least of the whole's
+        # (a time slice another process's thread took shows in a whole run too, now and then: 8 ms for 0.5).
+        self.typical: dict[bool, float] = {}
+        self.warm: set[bool] = set()  # the ways run once: a first run (the probe, a new thread state) is not timed
+        self.calls, self.interval, self.probing = 0, PROBE_EVERY, False
+
+    def choose(self) -> bool:
+        """Whether the next split runs in parts."""
+        self.calls += 1
+        for way in (True, False):
+            if way not in self.typical:
+                return way
+        best = self.typical[True] <= SLOWER * self.typical[False]
+        self.probing = self.calls % self.interval == 0
+        return best != self.probing
+
+    def add(self, parts: bool, seconds: float) -> None:
+        """A split's seconds, the way it ran; a probe that wins brings the next one soon."""
+        if parts not in self.warm:
+            self.warm.add(parts)
+            return
+        times = self.times[parts]
+        times.append(seconds)
+        del times[:-RECENT]
+        self.typical[parts] = sorted(times)[(len(times) - 1) // 2] if parts else min(times)
+        if self.probing and (not parts) in self.typical:
+            faster = seconds <= self.typical[not parts] * (SLOWER if parts else 1 / SLOWER)
+            self.interval = PROBE_EVERY if faster else min(2 * self.interval, MAX_INTERVAL)
+        self.probing = False
+
+
+RECENT, PROBE_EVERY, MAX_INTERVAL = 5, 32, 512
+SLOWER = 1.5  # parts go on until they typically take this much the whole's: a guard, not a fine choice (placement noise)
+_TIMINGS: dict[int, _Timing] = {}  # by the split's element count
+
+
 def split(count: int, work: Callable[[int, int], None]) -> None:
     """Run ``work(start, stop)`` over the elements [0, count), in parts on OpenBLAS's threads where it
-    can (see the module doc), else as ``work(0, count)``. ``work`` must compute each element
-    independently of the others, and may call BLAS (it runs on one thread in a part). Returns when all
-    parts are done; an exception in any part is raised here, after the others have finished."""
-    threads = blas.thread_count() or 1
-    driver = _driver() if threads > 1 and count >= MIN_ELEMENTS else None
-    if driver is None or not _lock.acquire(blocking=False):  # (a split in progress: this one runs alone)
+    can and it is faster (see the module doc and ``_Timing``), else as ``work(0, count)``. ``work``
+    must compute each element independently of the others, and may call BLAS (it runs on one thread
+    in a part) but not ``blas.threads`` or ``os.fork``. Returns when all parts are done; an exception
+    in any part is raised here, after the others have finished."""
+    driver = _driver() if count >= MIN_ELEMENTS and (blas.thread_count() or 1) > 1 else None
+    if driver is None or getattr(_inside, "active", False):  # (a split inside a split's work runs alone)
         work(0, count)
         return
+    timing = _TIMINGS.get(count) or _TIMINGS.setdefault(count, _Timing())
+    parts = timing.choose()
+    with blas.COUNT_LOCK:  # waits for a split on another thread, a count being set, or a fork (either way)
+        start = time.perf_counter()
+        ran_in_parts = parts and _in_parts(count, work, driver)
+        if not ran_in_parts:
+            try:
+                _inside.active = True
+                work(0, count)
+            finally:
+                _inside.active = False
+        timing.add(ran_in_parts, time.perf_counter() - start)
+
+
+def _in_parts(count: int, work: Callable[[int, int], None], driver) -> bool:
+    """``work`` over [0, count) in parts on OpenBLAS's threads (``blas.COUNT_LOCK`` held); False, with
+    nothing run, when the pool has fallen to one thread since it was read (another thread's
+    ``blas.threads`` block)."""
     global _job
+    library = blas.numpy_blas_library()
+    threads = int(library.scipy_openblas_get_num_threads64_())
+    if threads <= 1:
+        return False
+    parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))  # each part's BLAS passes as the whole's
+    units = -(-count // UNIT)
+    job = _job = _Job(work, UNIT, count)
+    routine, code = driver
+    hook = sys.unraisablehook
     try:
-        parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))  # each part's BLAS passes as the whole's
-        units = -(-count // UNIT)
-        job = _job = _Job(work, UNIT, count)
-        routine, code = driver
-        with blas.threads(1):
-            routine(code, units, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, parts)
-    finally:
+        sys.unraisablehook = job.unraisable.append  # (C code: no signal handler runs inside it)
+        library.scipy_openblas_set_num_threads64_(1)  # a part's BLAS on its own thread
+        routine(code, units, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, parts)
+    finally:  # (no call before the last: an exception from a signal handler comes after it)
+        sys.unraisablehook = hook
         _job = None
-        _lock.release()
+        library.scipy_openblas_set_num_threads64_(threads)
+    for unraisable in job.unraisable:  # a part's, or another thread's meanwhile (handed on)
+        if unraisable.object is _run_part:
+            job.errors.append(unraisable.exc_value)
+        else:
+            hook(unraisable)
     if job.errors:
         raise job.errors[0]
     if sum(job.done) != units:  # a part OpenBLAS never ran: nothing may be left half done silently
         raise RuntimeError(f"pool.split: {sum(job.done)} of {units} units ran")
+    return True
 
 
 def split_arrays(work: Callable[[list[np.ndarray]], None], *arrays: np.ndarray) -> None:
