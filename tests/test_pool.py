@@ -26,8 +26,10 @@ TWO_THREADS = (blas.thread_count() or 1) >= 2
 
 @pytest.fixture(autouse=True)
 def fresh_timings(monkeypatch) -> None:
-    """Every test starts with no split timed: a size's first split runs in parts."""
+    """Every test starts with no split timed (a size's first split runs in parts) and sees no other
+    process busy (another job on the CI machine would send splits whole)."""
     monkeypatch.setattr(pool, "_TIMINGS", {})
+    monkeypatch.setattr(pool, "_OTHERS", lambda: False)
 
 
 class Recorder:
@@ -50,6 +52,8 @@ def test_the_driver_is_found_with_numpys_own_openblas() -> None:
     a probe that silently failed would only make every step slower, which no other test would see."""
     if blas.numpy_blas_library() is None:
         pytest.skip("NumPy built with another BLAS: pool.split is one plain call")
+    if not TWO_THREADS:
+        pytest.skip("one BLAS thread (OPENBLAS_NUM_THREADS=1): no worker to probe with, and no split")
     assert pool._driver() is not None
 
 
@@ -220,6 +224,10 @@ def test_the_callers_numpy_error_handling_reaches_every_part() -> None:
 
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
         pool.split(count, work)
+    calls = []
+    with np.errstate(over="call", call=lambda kind, flag: calls.append(kind)):
+        pool.split(count, work)
+    assert calls == ["overflow"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(over="ignore"):
@@ -461,3 +469,62 @@ def test_a_split_inside_a_whole_runs_work_runs_alone(monkeypatch) -> None:
 
     assert run_threads(lambda: pool.split(count, work), timeout=30) == []
     assert outer.ranges() == [(0, count)] and inner.ranges() == [(0, count)]
+
+
+def test_other_processes_busy_on_the_cores_send_splits_whole(monkeypatch) -> None:
+    """Two trainings at once: parts hand over between two threads, and each hand-over waits for the scheduler."""
+    now, samples = [0.0], iter([(100.0, 10.0, 0.0), (100.9, 10.8, 1.0), (102.5, 11.4, 2.0), (103.3, 12.2, 3.0)])
+    others = pool._Others(sample=lambda: next(samples), clock=lambda: now[0], every=0.5)
+    assert others() is False  # one sample: nothing to compare yet
+    now[0] = 0.2
+    assert others() is False  # (not sampled again before `every` seconds)
+    now[0] = 1.0
+    assert others() is False  # the machine's 0.9 s, 0.8 of them ours: others 0.1 core
+    now[0] = 2.0
+    assert others() is True  # 1.6 s, 0.6 ours: others a whole core
+    now[0] = 3.0
+    assert others() is False  # quiet again
+    assert pool._Others(sample=lambda: None)() is False  # no /proc/stat: only the timing guards
+    sample = pool._cpu_sample()
+    if sample is not None:
+        machine, own, _ = sample
+        assert machine > 0 and 0 <= own
+
+
+def test_while_others_are_busy_a_split_is_one_whole_call_and_is_not_timed(monkeypatch) -> None:
+    monkeypatch.setattr(pool, "_OTHERS", lambda: True)
+    work, count = Recorder(), 4 * pool.MIN_ELEMENTS
+    pool.split(count, work)
+    assert work.calls == [(0, count, threading.get_ident())]
+    timing = pool._TIMINGS.get(count)  # (none with one BLAS thread: no split is timed)
+    assert timing is None or (timing.calls == 0 and timing.typical == {})
+    assert timing is not None or not TWO_THREADS or pool._driver() is None
+
+
+def test_a_blas_threads_block_restores_the_count_when_an_interrupt_cuts_its_wait_for_the_lock(monkeypatch) -> None:
+    """Ctrl-C while a block's `finally` waits for the lock (a split on another thread holds it): the
+    count is still set back, and the interrupt raised after."""
+    library = blas.numpy_blas_library()
+    if library is None or not TWO_THREADS:
+        pytest.skip("needs NumPy's OpenBLAS on two threads")
+
+    class FlakyLock:
+        """A lock whose first wait is cut by an interrupt, as Lock.acquire is by a signal handler's exception."""
+
+        def __init__(self) -> None:
+            self.lock, self.waits = threading.Lock(), 0
+
+        def __enter__(self):
+            self.waits += 1
+            if self.waits == 2:  # the first wait of the block's `finally`
+                raise Tick()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    monkeypatch.setattr(blas, "COUNT_LOCK", FlakyLock())
+    with pytest.raises(Tick):
+        with blas.threads(1):
+            assert blas.thread_count() == 1
+    assert blas.thread_count() == 2 and blas.COUNT_LOCK.waits == 3

@@ -245,11 +245,25 @@ def threads(count: int) -> Iterator[None]:
         yield
     finally:
         if previous is not None:
-            with COUNT_LOCK:
-                library.scipy_openblas_set_num_threads64_(previous)
+            _set_count(library, previous)
 
 
 COUNT_LOCK = threading.Lock()  # held while the pool's thread count changes, and through an engine/pool split
+
+
+def _set_count(library, count: int) -> None:
+    """Set the pool's count under COUNT_LOCK, also when an exception from a signal handler (Ctrl-C)
+    interrupts the wait for the lock (a split on another thread holds it): it is raised after."""
+    pending = None
+    while True:
+        try:
+            with COUNT_LOCK:
+                library.scipy_openblas_set_num_threads64_(count)
+            break
+        except BaseException as error:  # noqa: BLE001 (raised below, once the count is set)
+            pending = error
+    if pending is not None:
+        raise pending
 
 
 def thread_count() -> int | None:
