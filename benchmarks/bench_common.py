@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas, metrics
+from sgdcli.engine.pool import machine_busy_seconds
 from sgdcli.training import build
 from sgdcli.training.loop import Interrupted, Position, Problem, train_epochs
 
@@ -53,14 +54,7 @@ def numpy_blas_threads() -> int:
     return os.cpu_count() or 1
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (all processes), from /proc/stat."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+busy_cpu_seconds = machine_busy_seconds  # CPU seconds the whole machine has spent busy (/proc/stat)
 
 
 def own_cpu_seconds() -> float:

@@ -233,16 +233,25 @@ class _Others:
         return self.busy
 
 
-def _cpu_sample() -> tuple[float, float, float] | None:
-    """(the machine's busy CPU seconds, this process's, the time), or None without /proc/stat."""
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all processes, the host's steal included), from
+    /proc/stat; None without it. (benchmarks/bench.py reports other processes' share with it too.)"""
     try:
         with open("/proc/stat", "rb") as stat:
             ticks = [int(value) for value in stat.readline().split()[1:9]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
     except (OSError, ValueError):
         return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(the machine's busy CPU seconds, this process's, the time), or None without /proc/stat."""
+    busy = machine_busy_seconds()
+    if busy is None:
+        return None
     own = os.times()
-    return (user + nice + system + irq + softirq + steal) / _TICKS, own.user + own.system, time.monotonic()
+    return busy, own.user + own.system, time.monotonic()
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
