@@ -11,7 +11,7 @@ from typing import Annotated, Any, Union
 import pydantic
 from pydantic import BaseModel
 
-from sgdcli.config import shapes
+from sgdcli.config import precision, shapes
 from sgdcli.config.schema import (
     GRADIENT_OPTIMIZERS,
     AnyConfig,
@@ -27,13 +27,16 @@ __all__ = ["load_config", "apply_override", "format_validation_error", "flatten"
 
 # ---------------------------------------------------------------- loading
 def load_config(
-    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), base_dir: Path | None = None
+    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), base_dir: Path | None = None,
+    check_precision: bool = True,
 ) -> AnyConfig:
     """Load a config from a YAML file or a dict, apply `KEY=VALUE` overrides, validate.
 
     A config with an `objective:` section is an ObjectiveConfig (no data, model or loss).
     Relative data paths resolve against the config file's folder (or `base_dir`, default the
-    current directory, for a dict).
+    current directory, for a dict). ``check_precision``: refuse settings the model's dtype turns into 0 or
+    infinity (``precision.check``); off for a stored run's config, which has trained already (``eval``).
+    Raises ConfigError.
     """
     if isinstance(source, dict):
         raw, where = _deep_copy(source), "<config>"
@@ -60,6 +63,9 @@ def load_config(
         raise ConfigError(message + _retype_hint(message, retyped), source=where) from None
     if isinstance(config, ExperimentConfig):
         _check_shapes(config, where)
+        problem = precision.check(config) if check_precision else None
+        if problem:
+            raise ConfigError(problem, source=where)
     return config.read_from(where)
 
 

@@ -56,7 +56,7 @@ def load_trained(target: Path | str) -> TrainedModel:
     path = runs.find_checkpoint(Path(target))
     saved = checkpoint.load(path)
     try:
-        config = load_config(saved.meta["config"])
+        config = load_config(saved.meta["config"], check_precision=False)  # (it has trained: evaluate it as it is)
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"the config stored in the checkpoint is not valid: {exc}", source=str(path)) from None
     meta = saved.meta
