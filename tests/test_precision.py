@@ -70,18 +70,55 @@ def test_a_setting_that_is_0_in_float32_is_refused_with_its_key_and_bound(label,
     load_config(config)
 
 
-@pytest.mark.parametrize("label, config, key", TOO_SMALL, ids=[case[0] for case in TOO_SMALL])
-def test_a_setting_that_is_infinite_in_float32_is_refused(label, config, key):
-    config = copy.deepcopy(config)
+INFINITE = [case for case in TOO_SMALL if case[0] != "clip norm"] + [
+    ("adagrad initial accumulator", config_with({"type": "adagrad", "learning_rate": 0.1, "initial_accumulator": 1.0}),
+     "optimizer.initial_accumulator"),
+    ("cosine floor", config_with({"type": "sgd", "learning_rate": 0.1, "schedule": {"type": "cosine"}}),
+     "optimizer.schedule.min_learning_rate"),
+    ("weight decay", config_with({"type": "sgd", "learning_rate": 0.1, "weight_decay": 0.0}), "optimizer.weight_decay"),
+]
+
+
+def _set(config: dict, key: str, value: float) -> None:
     section, _, name = key.rpartition(".")
     node = config
     for part in section.split("."):
         node = node[int(part)] if part.isdigit() else node[part]
-    node[name] = 1e39
-    with pytest.raises(ConfigError, match=rf"^<config>: {key}: expected at most 3.4e\+38 .*received 1e\+39, which is infinity"):
+    node[name] = value
+
+
+@pytest.mark.parametrize("label, config, key", INFINITE, ids=[case[0] for case in INFINITE])
+def test_a_setting_that_is_infinite_in_float32_is_refused(label, config, key):
+    config = copy.deepcopy(config)
+    _set(config, key, 1e39)
+    with pytest.raises(ConfigError, match=rf"^<config>: {key}: expected at most 3.40282347e\+38 .*received 1e\+39, "
+                                          "which is infinity in float32"):
         load_config(config)
-    config["model"]["dtype"] = "float64"
+    _set(config, key, 3.4028235e38)  # NumPy's print of float32's largest: it rounds to it, not to infinity
     load_config(config)
+    config["model"]["dtype"] = "float64"
+    _set(config, key, 1e39)
+    load_config(config)
+
+
+def test_a_huge_clip_norm_is_allowed():
+    """clip_norm is compared with the gradients' norm in float64: a huge one never clips, and harms nothing."""
+    load_config(config_with({"type": "sgd", "learning_rate": 0.1, "clip_norm": 1e300}))
+
+
+def test_values_that_round_to_the_limits_are_accepted():
+    """The check rounds first, as NumPy casts: what float32 holds as a normal number passes."""
+    for value in (1.1754943e-38, 1.17549435e-38, 3.4028235677973362e38, TINY32):
+        load_config(config_with({"type": "sgd", "learning_rate": value}))
+    with pytest.raises(ConfigError, match="infinity"):
+        load_config(config_with({"type": "sgd", "learning_rate": 3.4028235677973366e38}))
+    with pytest.raises(ConfigError, match="subnormal"):
+        load_config(config_with({"type": "sgd", "learning_rate": 1.1754942e-38}))
+
+
+def test_a_weight_decay_that_is_0_in_float32_is_refused_and_0_itself_allowed():
+    with pytest.raises(ConfigError, match=r"weight_decay: .*received 1e-50, which is 0 in float32 .*set 0 for that"):
+        load_config(config_with({"type": "sgd", "learning_rate": 0.1, "weight_decay": 1e-50}))
 
 
 def test_a_subnormal_is_refused_and_the_bound_itself_accepted():
@@ -95,7 +132,8 @@ def test_a_subnormal_is_refused_and_the_bound_itself_accepted():
 def test_adam_epsilon_is_checked_as_adam_adds_it_times_its_first_bias_correction():
     # 1e-37 is a normal float32, but Adam's first update adds 1e-37 * sqrt(1 - 0.999) = 3.2e-39, a subnormal
     config = config_with({"type": "adam", "learning_rate": 0.1, "epsilon": 1e-37})
-    with pytest.raises(ConfigError, match=r"expected at least 3.72e-37 .*epsilon x 0.0316 = 3.16e-39"):
+    with pytest.raises(ConfigError, match=r"expected at least 3.71723953e-37 .*epsilon x 0.03162 = 3.16227766e-39, "
+                                          "which is a subnormal"):
         load_config(config)
     config["optimizer"]["beta2"] = 0.0  # no correction: 1e-37 itself is what is added
     load_config(config)
@@ -186,7 +224,8 @@ def _float_fields(model: type[pydantic.BaseModel], seen: set) -> set[str]:
 
 def test_every_float_setting_is_checked_or_said_why_not():
     """Guard: a new float setting must join precision._settings (and WHY_NOT_ZERO) or NOT_CHECKED."""
-    checked = {"learning_rate", "epsilon", "clip_norm", "weight_decay", "delta"}
+    checked = {"learning_rate", "epsilon", "clip_norm", "weight_decay", "delta", "initial_accumulator",
+               "min_learning_rate"}
     floats = _float_fields(ExperimentConfig, set())
     assert checked <= floats  # the walk finds the checked ones, so it would find a new one
     assert floats - checked - set(precision.NOT_CHECKED) == set()
@@ -203,3 +242,35 @@ def test_the_written_out_limits_and_rounding_are_numpys():
                              [2.0**-150, 2.0**-150 * (1 + 2**-40), 2.0**-149, 1e-45, 0.7e-45]])
     for value in values:
         assert precision._rounded(float(value), "float32") == float(np.float32(value)), value
+
+
+def test_resume_refuses_a_run_whose_settings_float32_zeroes_with_exit_2_not_as_damage(tmp_path, write_config):
+    """A run trained before the check (its config.yaml and checkpoint agree) is not "damaged": resuming it
+    is refused with exit 2 and the setting, without the model.dtype advice a resumed run cannot take."""
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(write_config(tiny_config())), "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    for path in run_dir.joinpath("checkpoints").glob("*.safetensors"):
+        saved = checkpoint.load(path)
+        saved.meta["config"]["optimizer"]["learning_rate"] = 1e-50
+        checkpoint.save(path, saved)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(config_path.read_text().replace("learning_rate: 0.1", "learning_rate: 1.0e-50"))
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "training.epochs=6"])
+    assert result.exit_code == 2, result.output
+    assert "optimizer.learning_rate: expected at least" in result.stderr and "damaged" not in result.stderr
+    assert "a resumed run keeps its settings" in result.stderr and "float64" not in result.stderr
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_lr_find_refuses_step_sizes_the_model_dtype_cannot_hold(tmp_path, write_config):
+    runner = CliRunner()
+    path = write_config(tiny_config())
+    result = runner.invoke(app, ["lr-find", str(path), "--start", "1e-50", "--end", "1e-45", "--out", str(tmp_path / "lf")])
+    assert result.exit_code == 2, result.output
+    assert "--start: expected at least 1.17549435e-38" in result.stderr and "received 1e-50" in result.stderr
+    result = runner.invoke(app, ["lr-find", str(path), "--start", "1e-3", "--end", "1e39", "--out", str(tmp_path / "lf")])
+    assert result.exit_code == 2 and "--end: expected at most" in result.stderr, result.output
+    assert not (tmp_path / "lf").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sgdcli import plots
+from sgdcli.config import precision
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.engine import accumulate
 from sgdcli.engine.gradients import clip_by_global_norm
@@ -61,6 +62,12 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
     if not isinstance(config, ExperimentConfig):
         raise ConfigError("lr-find needs a model trained on data (an experiment config), not an objective")
     ramp = schedule(start, end, updates)
+    dtype = config.model.dtype  # (the step sizes meet the weights in it: as precision.check's learning_rate)
+    problem = (precision.bound_problem("--start", start, dtype, zero="the test's first updates would move no weight")
+               or precision.bound_problem("--end", end, dtype, infinite="the test's last updates would make the "
+                                                                        "weights NaN"))
+    if problem:
+        raise ConfigError(problem + ("; or set model.dtype: float64" if dtype != "float64" else ""))
     rngs = build.Rngs.from_seed(config.seed)
     prepared, _, model = plan.prepare_checked(config, rngs)
     loss, optimizer = build.build_loss(config.loss), build.build_optimizer(config.optimizer)

@@ -60,7 +60,7 @@ def load_numpy_for_run(target: Path) -> None:
     folder = target.parent.parent if target.parent.name == CHECKPOINTS else target
     path = folder / RUN_CONFIG
     try:
-        config = load_config(path) if path.is_file() else None
+        config = load_config(path, check_precision=False) if path.is_file() else None  # (a run: it has trained)
     except (SgdcliError, OSError):  # not ours to report: the command reads the run and says what is wrong
         config = None
     load_numpy_for(config)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sgdcli.config import precision
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import CosineConfig, ExperimentConfig
 from sgdcli.config.yamlio import read_yaml
@@ -18,10 +19,10 @@ from sgdcli.training import provenance
 
 
 def saved_config(run_dir: Path) -> ExperimentConfig:
-    """The run's config.yaml, validated."""
+    """The run's config.yaml, validated (not ``precision.check``: a setting it refuses is no damage; ``check_settings``)."""
     path = run_dir / runs.CONFIG
     try:
-        config = load_config(read_yaml(path)).read_from(str(path))
+        config = load_config(read_yaml(path), check_precision=False).read_from(str(path))
     except ConfigError as exc:
         raise RunDirError(f"the run's saved config is damaged: {exc.message}", source=str(path)) from None
     if not isinstance(config, ExperimentConfig):
@@ -39,7 +40,8 @@ def differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
 
 
 def check_requested(saved: ExperimentConfig, requested: ExperimentConfig, run_dir: Path) -> None:
-    """A CONFIG or --set given with --resume continues the same experiment: only training.epochs may grow."""
+    """A CONFIG or --set given with --resume continues the same experiment: only training.epochs may grow; and
+    the settings it trains with must hold in its model dtype (``check_settings``)."""
     changed = differences(saved, requested)
     if len(changed) == 1 and changed[0].startswith("training.epochs:"):
         raise ConfigError(f"training.epochs: expected at least {saved.training.epochs} (the epochs the run "
@@ -48,11 +50,21 @@ def check_requested(saved: ExperimentConfig, requested: ExperimentConfig, run_di
     if changed:
         raise ConfigError("--resume continues the same experiment; only training.epochs may grow. Differing: "
                           + "; ".join(changed), source=requested.file)
+    check_settings(requested)
+
+
+def check_settings(config: ExperimentConfig) -> None:
+    """The settings a resumed run would train with must hold in its model dtype (``precision.check``): a run
+    trained before that check existed may have one that is 0 there, and would go on training nothing."""
+    problem = precision.check(config, advice=False)
+    if problem:
+        raise ConfigError(f"{problem}; a resumed run keeps its settings: train a new run with this one changed",
+                          source=config.file)
 
 
 def checkpoint_config(path: Path, state: checkpoint.Checkpoint) -> ExperimentConfig:
     try:
-        config = load_config(state.meta["config"])
+        config = load_config(state.meta["config"], check_precision=False)  # (compared, not trained with)
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"the config stored in the checkpoint is not valid: {exc}", source=str(path)) from None
     if not isinstance(config, ExperimentConfig):

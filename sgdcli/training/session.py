@@ -139,7 +139,7 @@ class Session:
             resuming.check_meta(state.meta, path)
             resuming.check_processes(state.meta, path, 1 if parallel is None else parallel.size)
             resuming.check_saved(saved, path, state, run_dir)
-            config = requested or load_config(saved.to_dict(), overrides).read_from(saved.file)
+            config = requested or load_config(saved.to_dict(), overrides, check_precision=False).read_from(saved.file)
             resuming.check_requested(saved, config, run_dir)
             if state.meta["position"]["epoch"] > config.training.epochs:
                 raise ConfigError(f"training.epochs: expected at least the {state.meta['position']['epoch']} epochs "
