@@ -21,12 +21,22 @@ TOLERANCE = {np.float32: 2e-6, np.float64: 1e-14}
 
 
 @pytest.fixture
-def calls(monkeypatch) -> list[str]:
-    """Which BLAS routines ran (and whether they ran: True) while the test body runs."""
-    seen: list[str] = []
+def calls(monkeypatch) -> list[tuple[str, bool]]:
+    """Which BLAS routines an update prepared, and whether BLAS takes the arrays (True), while the test body
+    runs (``gradients.scaled_calls`` prepares them with ``blas.axpy_call`` / ``axpby_call``, then runs them)."""
+    seen: list[tuple[str, bool]] = []
+
+    def watched(name: str):
+        original = getattr(blas, f"{name}_call")
+
+        def prepare(*args):
+            call = original(*args)
+            seen.append((name, call is not None))
+            return call
+        return prepare
+
     for name in ("axpy", "axpby"):
-        original = getattr(blas, name)
-        monkeypatch.setattr(blas, name, lambda *args, _o=original, _n=name: seen.append((_n, _o(*args))) or seen[-1][1])
+        monkeypatch.setattr(blas, f"{name}_call", watched(name))
     return seen
 
 

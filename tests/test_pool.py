@@ -323,20 +323,52 @@ def test_a_fork_from_another_thread_waits_for_the_split_in_progress() -> None:
         assert "pinned after forks 1" in result.stdout  # the new OpenBLAS thread's state kept again
 
 
-def test_split_arrays_hands_matching_flat_slices_and_whole_non_contiguous_arrays() -> None:
+def test_split_array_calls_builds_each_parts_calls_first_and_hands_whole_non_contiguous_arrays() -> None:
     a = np.arange(pool.MIN_ELEMENTS * 2, dtype=np.float32).reshape(256, -1)
     b = np.zeros_like(a)
+    built = []
 
-    def copy(parts: list[np.ndarray]) -> None:
+    def copy(parts: list[np.ndarray]) -> list:
         x, y = parts
         assert x.ndim == 1 and x.shape == y.shape
-        y[...] = x
+        built.append((x.shape, threading.get_ident()))
+        return [(np.copyto, (y, x))]
 
-    pool.split_arrays(copy, a, b)
+    pool.split_array_calls(copy, a, b)
     assert np.array_equal(a, b)
+    assert len(built) == len(pool.cuts(a.size)) - 1  # one list per part, each built once
+    assert {thread for _, thread in built} == {threading.get_ident()}  # before the split, on this thread
     shapes = []
-    pool.split_arrays(lambda parts: shapes.append([p.shape for p in parts]), a.T, b)  # not C-contiguous: whole
+    pool.split_array_calls(lambda parts: shapes.append([p.shape for p in parts]) or [], a.T, b)  # not C-contiguous
     assert shapes == [[a.T.shape, b.shape]]
+
+
+@pytest.mark.parametrize("count", [pool.MIN_ELEMENTS, pool.MIN_ELEMENTS + 1, 3 * 100_003, 784 * 512, 5 * pool.MIN_ELEMENTS + 77])
+def test_cuts_are_the_ranges_the_driver_gives_the_parts(count: int) -> None:
+    work = Recorder()
+    pool.split(count, work)
+    edges = pool.cuts(count)
+    assert list(zip(edges, edges[1:])) == work.ranges()
+    assert pool.cuts(pool.MIN_ELEMENTS - 1) == [0, pool.MIN_ELEMENTS - 1]
+
+
+def test_a_part_cut_elsewhere_than_planned_builds_its_own_calls(monkeypatch) -> None:
+    """The plans are an optimisation: a part whose range has none (the pool's count changed between the
+    plan and the split) builds its calls itself, and every element is still done once."""
+    count = 784 * 512
+    real_cuts = pool.cuts(count)
+    monkeypatch.setattr(pool, "cuts", lambda n: [0, 1000, n])  # not where the driver cuts
+    target = np.zeros(count, np.float32)
+    ranges = []
+
+    def calls(start: int, stop: int) -> list:
+        ranges.append((start, stop))
+        return [(np.add, (target[start:stop], 1.0, target[start:stop]))]
+
+    pool.split_calls(count, calls)
+    assert (target == 1.0).all()
+    if len(real_cuts) > 2:  # in parts: the two planned lists, then one per driver range that had none
+        assert ranges[:2] == [(0, 1000), (1000, count)] and len(ranges) >= 3
 
 
 OPTIMIZERS = [Adam, AdamW, RMSProp, AdaGrad, lambda: RMSProp(momentum=0.9), lambda: Adam(weight_decay=1e-3)]

@@ -199,23 +199,41 @@ def _level1(y: np.ndarray, x: np.ndarray, *scalars: float):
 def axpby(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> bool:
     """y = alpha * x + beta * y in place (one pass, NumPy's BLAS ``saxpby``/``daxpby``); False, with y
     untouched, where that library or these arrays do not allow it (see the module doc)."""
-    library = _level1(y, x, alpha, beta)
-    if library is None:
+    call = axpby_call(alpha, x, beta, y)
+    if call is None:
         return False
-    routine = library.scipy_cblas_saxpby64_ if y.dtype == np.float32 else library.scipy_cblas_daxpby64_
-    routine(y.size, alpha, _address(x), 1, beta, _address(y), 1)
+    call[0](*call[1])
     return True
 
 
 def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> bool:
     """y += alpha * x in place (one pass, NumPy's BLAS ``saxpy``/``daxpy``); False, with y untouched,
     where that library or these arrays do not allow it."""
+    call = axpy_call(alpha, x, y)
+    if call is None:
+        return False
+    call[0](*call[1])
+    return True
+
+
+def axpby_call(alpha: float, x: np.ndarray, beta: float, y: np.ndarray) -> tuple | None:
+    """``axpby`` prepared, not run: (the BLAS routine, its arguments), checked as ``axpby`` checks them, or
+    None where it would return False. The arguments hold the arrays' addresses: the call is valid while x
+    and y are (an update's calls are built before ``engine/pool`` runs them, see there)."""
+    library = _level1(y, x, alpha, beta)
+    if library is None:
+        return None
+    routine = library.scipy_cblas_saxpby64_ if y.dtype == np.float32 else library.scipy_cblas_daxpby64_
+    return routine, (y.size, alpha, _address(x), 1, beta, _address(y), 1)
+
+
+def axpy_call(alpha: float, x: np.ndarray, y: np.ndarray) -> tuple | None:
+    """``axpy`` prepared, not run (see ``axpby_call``)."""
     library = _level1(y, x, alpha)
     if library is None:
-        return False
+        return None
     routine = library.scipy_cblas_saxpy64_ if y.dtype == np.float32 else library.scipy_cblas_daxpy64_
-    routine(y.size, alpha, _address(x), 1, _address(y), 1)
-    return True
+    return routine, (y.size, alpha, _address(x), 1, _address(y), 1)
 
 
 @contextmanager

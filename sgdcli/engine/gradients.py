@@ -216,30 +216,53 @@ def surely_finite(grad: Gradient) -> bool:
     return isinstance(grad, BatchProduct) and grad.surely_finite()
 
 
+Call = tuple  # (function, arguments): one step of an update, prepared (``scaled_calls``)
+
+
+def run(calls: list[Call]) -> None:
+    """Run prepared calls in order."""
+    for function, arguments in calls:
+        function(*arguments)
+
+
 def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
     """target = decay * target + alpha * g in place: one BLAS ``ger`` or ``gemm`` for an OuterProduct
     (``OuterProduct.add_to``), one ``gemm`` for a BatchProduct; for an array one BLAS pass
     (``blas.axpby``/``axpy``), else NumPy passes through ``scratch`` (a work array shaped like
-    target, which g itself may be), no temporary."""
+    target, which g itself may be), no temporary. ``scaled_calls`` run."""
+    run(scaled_calls(target, alpha, grad, scratch, decay))
+
+
+def scaled_calls(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> list[Call]:
+    """``add_scaled`` as prepared calls, built now and run later (BLAS arguments checked and addresses taken
+    here, so that running them is the calls alone: ``engine/pool.split_calls``)."""
     if isinstance(grad, (BatchProduct, OuterProduct)):
-        grad.add_to(target, alpha, decay)
-    elif target.size < blas.MIN_SIZE or not (
-            blas.axpy(alpha, grad, target) if decay == 1.0 else blas.axpby(alpha, grad, decay, target)):
-        if decay != 1.0:
-            target *= decay
-        target += grad if alpha == 1.0 else np.multiply(grad, alpha, out=scratch)
+        return [(grad.add_to, (target, alpha, decay))]
+    call = None if target.size < blas.MIN_SIZE else (
+        blas.axpy_call(alpha, grad, target) if decay == 1.0 else blas.axpby_call(alpha, grad, decay, target))
+    if call is not None:
+        return [call]
+    calls = [(np.multiply, (target, decay, target))] if decay != 1.0 else []
+    if alpha != 1.0:
+        calls.append((np.multiply, (grad, alpha, scratch)))
+    return calls + [(np.add, (target, grad if alpha == 1.0 else scratch, target))]
 
 
 def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:
     """target = decay * target + alpha * g * g (elementwise) in place, using ``scratch`` (shaped like target).
 
     An OuterProduct's square is rank-1 too, (scale x)² ⊗ dz², so it is one ``ger`` (or ``gemm``, with the
-    decay: ``OuterProduct.add_to``) and g is never built.
+    decay: ``OuterProduct.add_to``) and g is never built. ``squared_calls`` run.
     """
+    run(squared_calls(target, alpha, grad, scratch, decay))
+
+
+def squared_calls(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> list[Call]:
+    """``add_squared`` as prepared calls (see ``scaled_calls``); an OuterProduct's squared factors are built now."""
     if isinstance(grad, OuterProduct):
-        OuterProduct(np.square(grad.x), np.square(grad.dz), grad.scale * grad.scale).add_to(target, alpha, decay)
-    else:
-        add_scaled(target, alpha, np.square(grad, out=scratch), scratch, decay)
+        squared = OuterProduct(np.square(grad.x), np.square(grad.dz), grad.scale * grad.scale)
+        return [(squared.add_to, (target, alpha, decay))]
+    return [(np.square, (grad, scratch)), *scaled_calls(target, alpha, scratch, scratch, decay)]
 
 
 def clip_by_global_norm(grads: dict[str, Gradient], max_norm: float) -> float:

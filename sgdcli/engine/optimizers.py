@@ -21,19 +21,20 @@ import numpy as np
 
 from . import pool
 from .allocator import aligned_copy, aligned_empty, aligned_full
-from .gradients import BatchProduct, Gradient, OuterProduct, add_scaled, add_squared
+from .gradients import BatchProduct, Call, Gradient, OuterProduct, add_scaled, run, scaled_calls, squared_calls
 
 
 class Optimizer:
     """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
 
     A subclass sets its hyperparameters, returns its zero state from ``_init_state`` (arrays on a cache line:
-    ``allocator.aligned_full``) and implements ``_update(w, g, state, lr, scratch)`` in place. ``scratch`` is a
-    work array shaped like w whose contents mean nothing: kept from step to step so that an update allocates
-    nothing, and never part of the state (``state_dict``). While ``_update`` runs, ``self.iterations`` counts the
-    step in progress (t). A subclass with ``takes_factored = True`` gets an OuterProduct g as it is (touching it
-    only through ``gradients.add_scaled`` / ``add_squared``), else g is built first; likewise a BatchProduct with
-    ``takes_products`` (only through ``add_scaled``, each call a gemm).
+    ``allocator.aligned_full``) and implements ``_update(w, g, state, lr, scratch)`` in place, or returns it as
+    prepared calls from ``_calls`` (an ``elementwise`` one: its parts' calls are built before the pool runs them).
+    ``scratch`` is a work array shaped like w whose contents mean nothing: kept from step to step so that an
+    update allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs, ``self.iterations``
+    counts the step in progress (t). A subclass with ``takes_factored = True`` gets an OuterProduct g as it is
+    (touching it only through ``gradients.add_scaled`` / ``scaled_calls`` and ``squared_calls``), else g is built
+    first; likewise a BatchProduct with ``takes_products`` (only through ``add_scaled``, each call a gemm).
 
     ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w (``AdamW``: decoupled decay).
 
@@ -53,7 +54,7 @@ class Optimizer:
     DECAYS: tuple[str, ...] = ()  # the attributes holding what the state is multiplied by each step
     takes_factored = False
     takes_products = False
-    elementwise = False  # _update computes each element from the same element of each array, and writes state in place
+    elementwise = False  # _calls compute each element from the same element of each array, and write state in place
 
     def __init__(self, weight_decay: float = 0.0) -> None:
         if not weight_decay >= 0:
@@ -75,6 +76,12 @@ class Optimizer:
 
     def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
                 scratch: np.ndarray) -> None:
+        run(self._calls(param, grad, state, learning_rate, scratch))
+
+    def _calls(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
+               scratch: np.ndarray) -> list[Call]:
+        """The update as prepared calls (``gradients.scaled_calls``), for a subclass that does not override
+        ``_update``: an ``elementwise`` one's parts are built before ``engine/pool`` runs them."""
         raise NotImplementedError
 
     def flush_every(self) -> int:
@@ -126,8 +133,8 @@ class Optimizer:
                 grad = grad.materialize(out=_work_array(self._built, key, param))
             if self.elementwise and isinstance(grad, np.ndarray) and param.size >= pool.MIN_ELEMENTS:
                 names = tuple(state)
-                pool.split_arrays(lambda parts: self._update(parts[0], parts[1], dict(zip(names, parts[3:])),
-                                                             learning_rate, parts[2]), param, grad, scratch, *state.values())
+                pool.split_array_calls(lambda parts: self._calls(parts[0], parts[1], dict(zip(names, parts[3:])),
+                                                                 learning_rate, parts[2]), param, grad, scratch, *state.values())
             else:
                 self._update(param, grad, state, learning_rate, scratch)
             if flush:
@@ -267,14 +274,13 @@ class AdaGrad(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"accumulator": aligned_full(param.shape, param.dtype, self.initial_accumulator)}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
-                scratch: np.ndarray) -> None:
-        accumulator = state["accumulator"]
-        add_squared(accumulator, 1.0, grad, scratch)
-        step = np.sqrt(accumulator, out=scratch)
-        step += self.epsilon
-        np.divide(grad, step, out=step)
-        add_scaled(param, -learning_rate, step, scratch)
+    def _calls(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+               scratch: np.ndarray) -> list[Call]:
+        accumulator, step = state["accumulator"], scratch
+        return [*squared_calls(accumulator, 1.0, grad, scratch),
+                (np.sqrt, (accumulator, step)), (np.add, (step, self.epsilon, step)),  # sqrt(G) + epsilon
+                (np.divide, (grad, step, step)),
+                *scaled_calls(param, -learning_rate, step, scratch)]
 
 
 class RMSProp(Optimizer):
@@ -307,18 +313,17 @@ class RMSProp(Optimizer):
             state["momentum_buffer"] = aligned_full(param.shape, param.dtype, 0)
         return state
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
-                scratch: np.ndarray) -> None:
-        mean_square = state["mean_square"]
-        add_squared(mean_square, 1 - self.rho, grad, scratch, decay=self.rho)
-        direction = np.sqrt(mean_square, out=scratch)
-        direction += self.epsilon
-        np.divide(grad, direction, out=direction)  # g / (sqrt(s) + epsilon)
+    def _calls(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
+               scratch: np.ndarray) -> list[Call]:
+        mean_square, direction = state["mean_square"], scratch
+        calls = [*squared_calls(mean_square, 1 - self.rho, grad, scratch, decay=self.rho),
+                 (np.sqrt, (mean_square, direction)), (np.add, (direction, self.epsilon, direction)),
+                 (np.divide, (grad, direction, direction))]  # g / (sqrt(s) + epsilon)
         if self.momentum:
             buffer = state["momentum_buffer"]
-            add_scaled(buffer, 1.0, direction, scratch, decay=self.momentum)
+            calls += scaled_calls(buffer, 1.0, direction, scratch, decay=self.momentum)
             direction = buffer
-        add_scaled(param, -learning_rate, direction, scratch)
+        return calls + scaled_calls(param, -learning_rate, direction, scratch)
 
 
 class Adam(Optimizer):
@@ -349,19 +354,17 @@ class Adam(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {name: aligned_full(param.shape, param.dtype, 0) for name in ("first_moment", "second_moment")}
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], learning_rate: float,
-                scratch: np.ndarray) -> None:
+    def _calls(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
+               scratch: np.ndarray) -> list[Call]:
         t = self.iterations
-        m, v = state["first_moment"], state["second_moment"]
-        add_scaled(m, 1 - self.beta1, grad, scratch, decay=self.beta1)
-        add_squared(v, 1 - self.beta2, grad, scratch, decay=self.beta2)
+        m, v, step = state["first_moment"], state["second_moment"], scratch
         # Both bias corrections fold into scalars, with c = sqrt(1 - beta2**t):
         # lr m_hat / (sqrt(v_hat) + eps) = (lr c / (1 - beta1**t)) m / (sqrt(v) + eps c).
         c = math.sqrt(1 - self.beta2**t)
-        step = np.sqrt(v, out=scratch)
-        step += self.epsilon * c
-        np.divide(m, step, out=step)
-        add_scaled(param, -learning_rate * c / (1 - self.beta1**t), step, scratch)
+        return [*scaled_calls(m, 1 - self.beta1, grad, scratch, decay=self.beta1),
+                *squared_calls(v, 1 - self.beta2, grad, scratch, decay=self.beta2),
+                (np.sqrt, (v, step)), (np.add, (step, self.epsilon * c, step)), (np.divide, (m, step, step)),
+                *scaled_calls(param, -learning_rate * c / (1 - self.beta1**t), step, scratch)]
 
 
 class AdamW(Adam):
