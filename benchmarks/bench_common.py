@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas, metrics
-from sgdcli.engine.pool import machine_busy_seconds
+from sgdcli.engine.busy import machine_busy_seconds
 from sgdcli.training import build
 from sgdcli.training.loop import Interrupted, Position, Problem, train_epochs
 

@@ -18,7 +18,7 @@ from test_resume import assert_identical, interrupt
 
 from sgdcli import api
 from sgdcli.config.loading import load_config
-from sgdcli.engine import blas, pool
+from sgdcli.engine import blas, busy, pool
 from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 
 TWO_THREADS = (blas.thread_count() or 1) >= 2
@@ -357,7 +357,7 @@ def test_a_part_cut_elsewhere_than_planned_builds_its_own_calls(monkeypatch) -> 
     plan and the split) builds its calls itself, and every element is still done once."""
     count = 784 * 512
     real_cuts = pool.cuts(count)
-    monkeypatch.setattr(pool, "cuts", lambda n: [0, 1000, n])  # not where the driver cuts
+    monkeypatch.setattr(pool, "cuts", lambda n, unit=pool.UNIT: [0, 1000, n])  # not where the driver cuts
     target = np.zeros(count, np.float32)
     ranges = []
 
@@ -385,7 +385,7 @@ def test_element_wise_optimizers_give_the_same_bits_in_parts(make, shape, dtype,
     grads = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
     splits = []
     real_split = pool.split
-    monkeypatch.setattr(pool, "split", lambda count, work: (splits.append(count), real_split(count, work)))
+    monkeypatch.setattr(pool, "split", lambda count, work, *more, **named: (splits.append(count), real_split(count, work, *more, **named)))
     results = []
     for least in (pool.MIN_ELEMENTS, 1 << 62):
         monkeypatch.setattr(pool, "MIN_ELEMENTS", least)
@@ -417,7 +417,7 @@ def test_training_in_parts_resumes_bit_identically_and_matches_one_thread(tmp_pa
     monkeypatch.setattr(pool, "MIN_ELEMENTS", 4 * pool.UNIT)  # the 2 x 256 and 256 x 2 weights (8 units), the first bias (4)
     splits = []
     real_split = pool.split
-    monkeypatch.setattr(pool, "split", lambda count, work: (splits.append(count), real_split(count, work)))
+    monkeypatch.setattr(pool, "split", lambda count, work, *more, **named: (splits.append(count), real_split(count, work, *more, **named)))
     config = load_config(tiny_config(training__epochs=6, optimizer=optimizer, model__layers__0__units=256))
     reference = api.train(config, runs_dir=tmp_path / "reference")
     assert splits and set(splits) == {512, 256}  # the weights and the first bias
@@ -506,7 +506,7 @@ def test_a_split_inside_a_whole_runs_work_runs_alone(monkeypatch) -> None:
 def test_other_processes_busy_on_the_cores_send_splits_whole(monkeypatch) -> None:
     """Two trainings at once: parts hand over between two threads, and each hand-over waits for the scheduler."""
     now, samples = [0.0], iter([(100.0, 10.0, 0.0), (100.9, 10.8, 1.0), (102.5, 11.4, 2.0), (103.3, 12.2, 3.0)])
-    others = pool._Others(sample=lambda: next(samples), clock=lambda: now[0], every=0.5)
+    others = busy.Others(sample=lambda: next(samples), clock=lambda: now[0], every=0.5)
     assert others() is False  # one sample: nothing to compare yet
     now[0] = 0.2
     assert others() is False  # (not sampled again before `every` seconds)
@@ -516,8 +516,8 @@ def test_other_processes_busy_on_the_cores_send_splits_whole(monkeypatch) -> Non
     assert others() is True  # 1.6 s, 0.6 ours: others a whole core
     now[0] = 3.0
     assert others() is False  # quiet again
-    assert pool._Others(sample=lambda: None)() is False  # no /proc/stat: only the timing guards
-    sample = pool._cpu_sample()
+    assert busy.Others(sample=lambda: None)() is False  # no /proc/stat: only the timing guards
+    sample = busy.cpu_sample()
     if sample is not None:
         machine, own, _ = sample
         assert machine > 0 and 0 <= own

@@ -85,3 +85,12 @@ def aligned_copy(array: np.ndarray, dtype: DTypeLike | None = None) -> np.ndarra
     copy = aligned_empty(array.shape, array.dtype if dtype is None else dtype)
     np.copyto(copy, array, casting="unsafe")
     return copy
+
+
+def work_array(store: dict[str, np.ndarray], key: str, like: np.ndarray) -> np.ndarray:
+    """store[key], (re)made (``aligned_empty``) when missing or not shaped and typed like ``like``: a work
+    array made once and reused by every update (an optimizer's scratch)."""
+    array = store.get(key)
+    if array is None or array.shape != like.shape or array.dtype != like.dtype:
+        array = store[key] = aligned_empty(like.shape, like.dtype)
+    return array

@@ -137,6 +137,23 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
     return True
 
 
+def gemm_tn_rows_call(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray, first: int, stop: int) -> tuple | None:
+    """c[first:stop] = alpha * a[:, first:stop].T @ b, prepared, not run (see ``axpby_call``): rows first..stop
+    of ``gemm_tn``'s product with beta 0, one ``sgemm``/``dgemm`` reading a's columns in place (its row stride
+    D as the leading dimension); None where ``gemm_tn`` would not run BLAS on these arrays. A part of an update
+    (``engine/pool``) builds its own rows of a weight gradient this way, on its own core."""
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]) or not 0 <= first <= stop <= len(c):
+        raise ValueError(f"gemm_tn_rows_call: c {c.shape}, a {a.shape}, b {b.shape}, rows {first}:{stop} do not fit")
+    library = _numpy_blas() if writes_in_place(c, a, b, rank_one=len(a) == 1) and not np.may_share_memory(c, a) \
+        and not np.may_share_memory(c, b) else None
+    if library is None:
+        return None
+    routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
+    (n, d), m, size = a.shape, b.shape[1], c.itemsize
+    return routine, (ROW_MAJOR, TRANS, NO_TRANS, stop - first, m, n, alpha, _address(a) + first * size, d, _address(b),
+                     m, 0.0, _address(c) + first * m * size, m)
+
+
 def _address(a: np.ndarray) -> int:
     """The address of a's first element, for a C-contiguous array: through ctypes' view of its buffer
     (~0.2 us), or ``a.ctypes.data`` (~1 us, which builds a helper object) where the buffer is read-only

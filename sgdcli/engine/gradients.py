@@ -168,6 +168,14 @@ class BatchProduct(_Factors):
             blas.gemm_tn(self.scale, self.x, self.dz, 0.0, out)
         return out
 
+    def rows_call(self, out: np.ndarray, first: int, stop: int) -> tuple:
+        """Rows first..stop of g written into out[first:stop], prepared (``blas.gemm_tn_rows_call``: one gemm
+        reading x's columns in place); else a call to ``materialize`` those rows through NumPy's product."""
+        call = blas.gemm_tn_rows_call(self.scale, self.x, self.dz, out, first, stop)
+        if call is None:
+            call = (np.multiply, (self.x[:, first:stop].T @ self.dz, self.scale, out[first:stop]))
+        return call
+
     def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
         """target = decay * target + alpha * g in place: one gemm (the product never stored), or one
         pass over the product when ``squared_norm`` has built it."""

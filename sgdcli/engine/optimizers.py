@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from . import pool
-from .allocator import aligned_copy, aligned_empty, aligned_full
+from .allocator import aligned_copy, aligned_full, work_array
 from .gradients import BatchProduct, Call, Gradient, OuterProduct, add_scaled, run, scaled_calls, squared_calls
 
 
@@ -126,16 +126,20 @@ class Optimizer:
             state = self._state.get(key)
             if state is None:
                 state = self._state[key] = self._init_state(param)
-            scratch = _work_array(self._scratch, key, param)
+            scratch = work_array(self._scratch, key, param)
             grad = self._apply_weight_decay(param, grads[key], learning_rate)
-            if (isinstance(grad, OuterProduct) and not self.takes_factored
-                    or isinstance(grad, BatchProduct) and not self.takes_products):
-                grad = grad.materialize(out=_work_array(self._built, key, param))
-            if self.elementwise and isinstance(grad, np.ndarray) and param.size >= pool.MIN_ELEMENTS:
-                names = tuple(state)
+            if self.elementwise and param.size >= pool.MIN_ELEMENTS and (isinstance(grad, np.ndarray) or isinstance(
+                    grad, BatchProduct) and grad.product is None and param.flags.c_contiguous):
+                # in parts (engine/pool); a BatchProduct g built there too, each part its own rows of it
+                names, rows = tuple(state), isinstance(grad, BatchProduct) and (param.shape[1], grad.rows_call)
+                built = work_array(self._built, key, param) if rows else grad
                 pool.split_array_calls(lambda parts: self._calls(parts[0], parts[1], dict(zip(names, parts[3:])),
-                                                                 learning_rate, parts[2]), param, grad, scratch, *state.values())
-            else:
+                                       learning_rate, parts[2]), param, built, scratch, *state.values(), rows=rows or None)
+                grad = None
+            elif (isinstance(grad, OuterProduct) and not self.takes_factored
+                    or isinstance(grad, BatchProduct) and not self.takes_products):
+                grad = grad.materialize(out=work_array(self._built, key, param))
+            if grad is not None:
                 self._update(param, grad, state, learning_rate, scratch)
             if flush:
                 for array in state.values():
@@ -380,14 +384,6 @@ class AdamW(Adam):
         if self.weight_decay:
             param *= 1 - learning_rate * self.weight_decay
         return grad
-
-
-def _work_array(store: dict[str, np.ndarray], key: str, param: np.ndarray) -> np.ndarray:
-    """store[key], (re)made shaped like param: made once, reused by every step."""
-    array = store.get(key)
-    if array is None or array.shape != param.shape or array.dtype != param.dtype:
-        array = store[key] = aligned_empty(param.shape, param.dtype)
-    return array
 
 
 def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:

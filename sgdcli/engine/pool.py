@@ -33,6 +33,7 @@ releases 0). Anywhere else, on one thread, or for small arrays, ``split`` is one
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import blas
+from . import blas, busy
 
 UNIT = 64  # elements: parts are cut at multiples of 256 bytes, so every part starts on a cache line
 MIN_ELEMENTS = 4 * blas.MIN_SIZE  # below this (512 KiB in float32) one thread is as fast as the hand-over (~10 us)
@@ -208,66 +209,21 @@ class _Timing:
         self.probing = False
 
 
-class _Others:
-    """Whether other processes keep this machine's cores busy: the machine's busy CPU time (/proc/stat,
-    the host's steal included) less this process's own (``os.times``), over the last ``every`` seconds,
-    above ``OTHERS_BUSY`` cores. Then ``split`` runs whole: parts hand over between two threads, and
-    each hand-over waits for the scheduler. Two trainings started at once took 13.6-18.8 s an epoch
-    with parts, 3.7 whole, 1.0 alone (a run's times alone could not tell: whole runs were slow too
-    when they came). False where /proc/stat cannot be read (then only ``_Timing`` guards)."""
-
-    def __init__(self, sample=None, clock=time.monotonic, every: float = 0.5) -> None:
-        self.sample, self.clock, self.every = sample or _cpu_sample, clock, every
-        self.last, self.busy, self.next = None, False, 0.0
-
-    def __call__(self) -> bool:
-        now = self.clock()
-        if now < self.next:
-            return self.busy
-        self.next = now + self.every
-        sample = self.sample()
-        if sample is not None and self.last is not None:
-            machine, own, wall = (a - b for a, b in zip(sample, self.last))
-            self.busy = wall > 0 and (machine - own) / wall > OTHERS_BUSY
-        self.last = sample
-        return self.busy
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (all processes, the host's steal included), from
-    /proc/stat; None without it. (benchmarks/bench.py reports other processes' share with it too.)"""
-    try:
-        with open("/proc/stat", "rb") as stat:
-            ticks = [int(value) for value in stat.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _TICKS
-
-
-def _cpu_sample() -> tuple[float, float, float] | None:
-    """(the machine's busy CPU seconds, this process's, the time), or None without /proc/stat."""
-    busy = machine_busy_seconds()
-    if busy is None:
-        return None
-    own = os.times()
-    return busy, own.user + own.system, time.monotonic()
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-OTHERS_BUSY = 0.5  # cores; a quiet machine's other processes use ~0.01-0.05
-_OTHERS = _Others()
+_OTHERS = busy.Others()
 RECENT, PROBE_EVERY, MAX_INTERVAL = 5, 32, 512
 SLOWER = 1.5  # parts go on until they typically take this much the whole's: a guard, not a fine choice (placement noise)
 _TIMINGS: dict[int, _Timing] = {}  # by the split's element count
 
 
-def split(count: int, work: Callable[[int, int], None]) -> None:
+def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_on_one_thread: bool = False) -> None:
     """Run ``work(start, stop)`` over the elements [0, count), in parts on OpenBLAS's threads where it
-    can and it is faster (see the module doc, ``_Others`` and ``_Timing``), else as ``work(0, count)``. ``work``
+    can and it is faster (see the module doc, ``busy.Others`` and ``_Timing``), else as ``work(0, count)``. ``work``
     must compute each element independently of the others, and may call BLAS (it runs on one thread
     in a part) but not ``blas.threads`` or ``os.fork``. Returns when all parts are done; an exception
-    in any part is raised here, after the others have finished."""
+    in any part is raised here, after the others have finished. Parts are cut at multiples of ``unit``
+    elements (a multiple of UNIT: whole rows, for work that takes rows). ``whole_on_one_thread``: where the
+    pool could split but runs it whole, its BLAS runs on one thread too, as in a part (a product whose bits
+    depend on the thread count: ``split_calls``)."""
     driver = _driver() if count >= MIN_ELEMENTS and (blas.thread_count() or 1) > 1 else None
     if driver is None or getattr(_inside, "active", False):  # (a split inside a split's work runs alone)
         work(0, count)
@@ -277,18 +233,24 @@ def split(count: int, work: Callable[[int, int], None]) -> None:
     parts = not contended and timing.choose()
     with blas.COUNT_LOCK:  # waits for a split on another thread, a count being set, or a fork (either way)
         start = time.perf_counter()
-        ran_in_parts = parts and _in_parts(count, work, driver)
+        ran_in_parts = parts and _in_parts(count, work, driver, unit)
         if not ran_in_parts:
+            library = blas.numpy_blas_library()
+            threads = int(library.scipy_openblas_get_num_threads64_()) if whole_on_one_thread else 1
             try:
                 _inside.active = True
+                if threads > 1:
+                    library.scipy_openblas_set_num_threads64_(1)
                 work(0, count)
-            finally:
+            finally:  # (no call before the last: an exception from a signal handler comes after it)
                 _inside.active = False
+                if threads > 1:
+                    library.scipy_openblas_set_num_threads64_(threads)
         if not contended:
             timing.add(ran_in_parts, time.perf_counter() - start)
 
 
-def _in_parts(count: int, work: Callable[[int, int], None], driver) -> bool:
+def _in_parts(count: int, work: Callable[[int, int], None], driver, unit: int = UNIT) -> bool:
     """``work`` over [0, count) in parts on OpenBLAS's threads (``blas.COUNT_LOCK`` held); False, with
     nothing run, when the pool has fallen to one thread since it was read (another thread's
     ``blas.threads`` block)."""
@@ -297,9 +259,11 @@ def _in_parts(count: int, work: Callable[[int, int], None], driver) -> bool:
     threads = int(library.scipy_openblas_get_num_threads64_())
     if threads <= 1:
         return False
-    parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))  # each part's BLAS passes as the whole's
-    units = -(-count // UNIT)
-    job = _job = _Job(work, UNIT, count)
+    parts = _part_count(count, threads, unit)
+    if parts < 2:
+        return False
+    units = -(-count // unit)
+    job = _job = _Job(work, unit, count)
     routine, code = driver
     hook = sys.unraisablehook
     try:
@@ -322,30 +286,43 @@ def _in_parts(count: int, work: Callable[[int, int], None], driver) -> bool:
     return True
 
 
-def cuts(count: int) -> list[int]:
+def _part_count(count: int, threads: int, unit: int) -> int:
+    """Parts for [0, count) cut at multiples of ``unit``: one per thread, at most one per 2 * blas.MIN_SIZE
+    elements (each part's BLAS passes are then the whole's routines), and none smaller than blas.MIN_SIZE
+    (a unit of whole rows can make the smallest part short): 1 means whole."""
+    parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))
+    units = -(-count // unit)
+    while parts > 1 and (units < parts or (units // parts - 1) * unit + count - (units - 1) * unit < blas.MIN_SIZE):
+        parts -= 1
+    return parts
+
+
+def cuts(count: int, unit: int = UNIT) -> list[int]:
     """Where ``split`` would cut [0, count) with the pool as it is now: [0, c1, ..., count], one range per
-    part (``_in_parts``' part count, and ``blas_level1_thread``'s division of whole UNITs: each part the
-    ceiling of what is left over the parts left), or [0, count] where it runs whole for sure."""
+    part (``_part_count``, and ``blas_level1_thread``'s division of whole units: each part the ceiling of
+    what is left over the parts left), or [0, count] where it runs whole for sure."""
     threads = blas.thread_count() or 1
     if count < MIN_ELEMENTS or threads < 2 or getattr(_inside, "active", False) or _driver() is None:
         return [0, count]
-    parts = max(2, min(threads, count // max(2 * blas.MIN_SIZE, 1)))
-    left, edges = -(-count // UNIT), [0]
+    parts = _part_count(count, threads, unit)
+    left, edges = -(-count // unit), [0]
     for part in range(parts):
         width = -(-left // (parts - part))
         left -= width
-        edges.append(min(edges[-1] + width * UNIT, count))
+        edges.append(min(edges[-1] + width * unit, count))
     return edges
 
 
-def split_calls(count: int, calls: Callable[[int, int], list]) -> None:
+def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT) -> None:
     """``split`` of work given as prepared calls: ``calls(start, stop)`` returns the (function, arguments)
     list for the elements [start, stop) (``gradients.scaled_calls``). The list for each range ``cuts`` gives
     is built first, here, so that a part runs the calls alone: the Python between them is what the two
     parts hold the GIL for, and each hand-over of the GIL to a thread asleep waiting for it took ~30 us on
     the 2-core VM (Adam's first layer, 784 x 512: 299 against 334 us a step, in-process, interleaved). A
-    part cut elsewhere (the pool's count changed meanwhile) builds its own. Whole, the lists run in turn."""
-    edges = cuts(count)
+    part cut elsewhere (the pool's count changed meanwhile) builds its own. Whole, the lists run in turn, their
+    BLAS on one thread as in the parts (a part may compute its own rows of a product: ``gemm_tn_rows_call``,
+    whose bits can depend on the thread count). ``unit``: as ``split``'s."""
+    edges = cuts(count, unit)
     plans = {start: (stop, calls(start, stop)) for start, stop in zip(edges, edges[1:])}
 
     def work(start: int, stop: int) -> None:
@@ -357,16 +334,27 @@ def split_calls(count: int, calls: Callable[[int, int], list]) -> None:
                 function(*arguments)
             start = stop_here
 
-    split(count, work)
+    split(count, work, unit, whole_on_one_thread=True)
 
 
-def split_array_calls(calls: Callable[[list[np.ndarray]], list], *arrays: np.ndarray) -> None:
+def split_array_calls(calls: Callable[[list[np.ndarray]], list], *arrays: np.ndarray,
+                      rows: tuple[int, Callable[[np.ndarray, int, int], tuple]] | None = None) -> None:
     """``split_calls`` on the same element range of each of ``arrays`` (all of one size): ``calls(parts)``, with
     ``parts`` a list of flat views, one per array, returns the calls for that range. Arrays not all
-    C-contiguous (whose flat view would be a copy) go to ``calls`` whole, and its calls run at once."""
+    C-contiguous (whose flat view would be a copy) go to ``calls`` whole, and its calls run at once.
+    ``rows``: (row length, row_call) for arrays of whole rows whose second is first computed by
+    ``row_call(arrays[1], first_row, stop_row)`` (``BatchProduct.rows_call``): parts are cut at whole rows, and
+    each part's list starts with its rows' call, so each part computes the rows it then reads."""
     if not all(a.flags.c_contiguous and a.size == arrays[0].size for a in arrays):
-        for function, arguments in calls(list(arrays)):
+        ready = [] if rows is None else [rows[1](arrays[1], 0, len(arrays[1]))]
+        for function, arguments in ready + calls(list(arrays)):
             function(*arguments)
         return
     flat = [a.reshape(-1) for a in arrays]
-    split_calls(arrays[0].size, lambda start, stop: calls([a[start:stop] for a in flat]))
+    if rows is None:
+        split_calls(arrays[0].size, lambda start, stop: calls([a[start:stop] for a in flat]))
+        return
+    width, row_call = rows
+    split_calls(arrays[0].size, lambda start, stop: [row_call(arrays[1], start // width, stop // width),
+                                                     *calls([a[start:stop] for a in flat])],
+                UNIT * width // math.gcd(UNIT, width))

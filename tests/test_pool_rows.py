@@ -1,0 +1,93 @@
+"""engine/pool.py with a weight gradient built in the parts: each part computes its own rows of a BatchProduct
+(``BatchProduct.rows_call``) and then updates them, and the result does not depend on how the split ran."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sgdcli.engine import blas, pool
+from sgdcli.engine.gradients import BatchProduct
+from sgdcli.engine.optimizers import AdaGrad, Adam, AdamW, RMSProp
+
+TWO_THREADS = (blas.thread_count() or 1) >= 2 and pool._driver() is not None
+OPTIMIZERS = [Adam, AdamW, RMSProp, AdaGrad, lambda: RMSProp(momentum=0.9), lambda: Adam(weight_decay=1e-3)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_timings(monkeypatch) -> None:
+    monkeypatch.setattr(pool, "_TIMINGS", {})
+    monkeypatch.setattr(pool, "_OTHERS", lambda: False)
+
+
+def train(make, w0, factors, monkeypatch, how: str, built: list | None = None):
+    """Five steps with BatchProduct gradients; ``how``: "parts" (the pool splits) or "whole" (the pool could split
+    but runs whole: another process busy). ``built``: receives each step's gradient as the parts built it."""
+    monkeypatch.setattr(pool, "_OTHERS", lambda: how == "whole")
+    optimizer, w = make(), w0.copy()
+    for x, dz in factors:
+        optimizer.step({"w": w}, {"w": BatchProduct(x, dz, 1.0 / len(x))}, 1e-2)
+        if built is not None and "w" in optimizer._built:
+            built.append(optimizer._built["w"].copy())
+    return w, optimizer.state_dict()
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+@pytest.mark.parametrize("shape, batch", [((784, 512), 128), ((1000, 300), 96), ((300, 437), 1100), ((256, 1024), 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_built_in_the_parts_give_the_same_bits_as_the_whole_run(make, shape, batch, dtype, monkeypatch) -> None:
+    """In parts and whole (the pool's own choice, timed or with the machine busy) the same bits: the whole run
+    builds the same rows with the same calls on one thread. The rows are the product's to rounding (its bits may
+    depend on OpenBLAS's thread count, and Adam's m / sqrt(v) of a gradient near 0 magnifies any difference)."""
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal(shape).astype(dtype)
+    factors = [(rng.standard_normal((batch, shape[0])).astype(dtype), rng.standard_normal((batch, shape[1])).astype(dtype))
+               for _ in range(5)]
+    rows = []
+    real = BatchProduct.rows_call
+    monkeypatch.setattr(BatchProduct, "rows_call", lambda self, out, a, b: rows.append((a, b)) or real(self, out, a, b))
+    built: list[np.ndarray] = []
+    w_parts, state_parts = train(make, w0, factors, monkeypatch, "parts", built)
+    parts_rows, rows[:] = list(rows), []
+    w_whole, state_whole = train(make, w0, factors, monkeypatch, "whole")
+    assert np.array_equal(w_parts, w_whole)
+    for key in state_parts:
+        assert np.array_equal(state_parts[key], state_whole[key]), key
+    sample = make()
+    if sample.weight_decay and not isinstance(sample, AdamW):  # L2 decay folds w into g: an array, built first
+        assert parts_rows == []
+    elif TWO_THREADS:  # the parts built their rows: whole rows, two ranges a step, covering the weight
+        assert len(parts_rows) == 10 and all(a < b for a, b in parts_rows)
+        assert sorted(parts_rows[:2]) == [(0, parts_rows[0][1]), (parts_rows[0][1], shape[0])]
+    if parts_rows:
+        tolerance = 1e-5 if dtype == np.float32 else 1e-12
+        for g, (x, dz) in zip(built, factors):
+            exact = (x.astype(np.float64).T @ dz.astype(np.float64)) / len(x)
+            np.testing.assert_allclose(g, exact, rtol=0, atol=tolerance * np.abs(exact).max())
+    assert not np.array_equal(w_parts, w0)
+
+
+def test_a_gradient_already_built_is_not_built_again(monkeypatch) -> None:
+    """Clipping builds the product (``squared_norm``): the parts then read it, no gemm in them."""
+    rng = np.random.default_rng(4)
+    x, dz = rng.standard_normal((64, 784)).astype(np.float32), rng.standard_normal((64, 512)).astype(np.float32)
+    grad = BatchProduct(x, dz)
+    grad.squared_norm()
+    monkeypatch.setattr(BatchProduct, "rows_call", lambda *args: pytest.fail("rows built again"))
+    w = np.zeros((784, 512), np.float32)
+    Adam().step({"w": w}, {"w": grad}, 1e-2)
+    reference = np.zeros((784, 512), np.float32)
+    Adam().step({"w": reference}, {"w": x.T @ dz}, 1e-2)
+    np.testing.assert_allclose(w, reference, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("width", [512, 300, 437, 1])
+def test_row_units_keep_every_part_at_whole_rows_and_long_enough(width: int) -> None:
+    unit = pool.UNIT * width // np.gcd(pool.UNIT, width)
+    for rows in (64, 255, 256, 784, 1000, 5000):
+        count = rows * width
+        edges = pool.cuts(count, unit)
+        assert edges[0] == 0 and edges[-1] == count
+        assert all(edge % width == 0 and edge % pool.UNIT == 0 for edge in edges[:-1])
+        if len(edges) > 2:
+            assert all(b - a >= blas.MIN_SIZE for a, b in zip(edges, edges[1:])), (rows, edges)
