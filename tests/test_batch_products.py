@@ -122,9 +122,10 @@ def test_a_clipped_update_computes_the_product_once(name: str, monkeypatch) -> N
     model, reference = large_model(rng), large_model(np.random.default_rng(8))
     make = (lambda: SGD(momentum=0.9)) if name == "momentum" else Adam
     optimizer, expected_optimizer = make(), make()
-    products: list[tuple] = []
-    original = blas.gemm_tn
+    products: list[tuple] = []  # each product of x.T @ dz: one gemm, or built by rows (BatchProduct._build)
+    original, build = blas.gemm_tn, BatchProduct._build
     monkeypatch.setattr(blas, "gemm_tn", lambda *args: products.append(args[3:]) or original(*args))
+    monkeypatch.setattr(BatchProduct, "_build", lambda self, *args: products.append(args) or build(self, *args))
     for step in range(2):
         grads = batch_gradients(model, np.random.default_rng(20 + step))
         plain = {key: as_array(g).copy() for key, g in grads.items()}

@@ -45,7 +45,7 @@ def test_rows_built_in_the_parts_give_the_same_bits_as_the_whole_run(make, shape
                for _ in range(5)]
     rows = []
     real = BatchProduct.rows_call
-    monkeypatch.setattr(BatchProduct, "rows_call", lambda self, out, a, b: rows.append((a, b)) or real(self, out, a, b))
+    monkeypatch.setattr(BatchProduct, "rows_call", lambda self, out, a, b, *alpha: rows.append((a, b)) or real(self, out, a, b, *alpha))
     built: list[np.ndarray] = []
     w_parts, state_parts = train(make, w0, factors, monkeypatch, "parts", built)
     parts_rows, rows[:] = list(rows), []
@@ -53,10 +53,7 @@ def test_rows_built_in_the_parts_give_the_same_bits_as_the_whole_run(make, shape
     assert np.array_equal(w_parts, w_whole)
     for key in state_parts:
         assert np.array_equal(state_parts[key], state_whole[key]), key
-    sample = make()
-    if sample.weight_decay and not isinstance(sample, AdamW):  # L2 decay folds w into g: an array, built first
-        assert parts_rows == []
-    elif TWO_THREADS:  # the parts built their rows: whole rows, two ranges a step, covering the weight
+    if TWO_THREADS:  # by rows, two ranges a step, covering the weight (L2 decay: g built by rows before the update)
         assert len(parts_rows) == 10 and all(a < b for a, b in parts_rows)
         assert sorted(parts_rows[:2]) == [(0, parts_rows[0][1]), (parts_rows[0][1], shape[0])]
     if parts_rows:
@@ -91,3 +88,31 @@ def test_row_units_keep_every_part_at_whole_rows_and_long_enough(width: int) -> 
         assert all(edge % width == 0 and edge % pool.UNIT == 0 for edge in edges[:-1])
         if len(edges) > 2:
             assert all(b - a >= blas.MIN_SIZE for a, b in zip(edges, edges[1:])), (rows, edges)
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+@pytest.mark.parametrize("shape, batch, dtype", [((784, 512), 1000, np.float32), ((600, 437), 700, np.float64)])
+def test_a_product_built_first_gives_the_same_bits_and_still_splits(make, shape, batch, dtype, monkeypatch) -> None:
+    """Clipping (a norm it never reaches) and ``training.track`` build g first (``squared_norm``): that must
+    change neither the bits (g is built by the same rows, whoever builds it) nor the update's split."""
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal(shape).astype(dtype)
+    factors = [(rng.standard_normal((batch, shape[0])).astype(dtype), rng.standard_normal((batch, shape[1])).astype(dtype))
+               for _ in range(3)]
+    splits = []
+    real_split = pool.split
+    monkeypatch.setattr(pool, "split", lambda count, work, *more, **named: (splits.append(count), real_split(count, work, *more, **named)))
+    results = []
+    for built_first in (False, True):
+        optimizer, w = make(), w0.copy()
+        for x, dz in factors:
+            grad = BatchProduct(x, dz / len(x))  # scale 1, the mean in dz: as Dense.backward_factored gives it
+            if built_first:
+                assert np.isfinite(grad.squared_norm())
+            optimizer.step({"w": w}, {"w": grad}, 1e-2)
+        results.append((w, optimizer.state_dict()))
+    (w_plain, state_plain), (w_built, state_built) = results
+    assert np.array_equal(w_plain, w_built)
+    for key in state_plain:
+        assert np.array_equal(state_plain[key], state_built[key]), key
+    assert splits.count(w0.size) >= 3 * 2  # every update split, in both runs (and each product built by rows)

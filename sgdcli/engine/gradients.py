@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import blas
+from . import blas, pool
 
 
 class _Factors:
@@ -153,8 +153,7 @@ class BatchProduct(_Factors):
         """sum(g * g) of the built g (float64 value of a sum in g's dtype, as ``squared_norm`` of an
         array; scale² times the product's when clipping has scaled g). Builds and keeps the product."""
         if self.product is None:
-            self.product = np.empty(self.shape, dtype=self.dtype)
-            blas.gemm_tn(1.0, self.x, self.dz, 0.0, self.product)
+            self.product = self._build(np.empty(self.shape, dtype=self.dtype), 1.0)
         value = squared_norm(self.product)
         return value if self.scale == 1.0 else self.scale * self.scale * value
 
@@ -165,16 +164,26 @@ class BatchProduct(_Factors):
         if self.product is not None:
             np.multiply(self.product, self.scale, out=out)
         else:
-            blas.gemm_tn(self.scale, self.x, self.dz, 0.0, out)
+            self._build(out, self.scale)
         return out
 
-    def rows_call(self, out: np.ndarray, first: int, stop: int) -> tuple:
-        """Rows first..stop of g written into out[first:stop], prepared (``blas.gemm_tn_rows_call``: one gemm
-        reading x's columns in place); else a call to ``materialize`` those rows through NumPy's product."""
-        call = blas.gemm_tn_rows_call(self.scale, self.x, self.dz, out, first, stop)
+    def rows_call(self, out: np.ndarray, first: int, stop: int, alpha: float | None = None) -> tuple:
+        """Rows first..stop of alpha * x.T @ dz (alpha: ``scale``) written into out[first:stop], prepared
+        (``blas.gemm_tn_rows_call``: one gemm reading x's columns in place); else NumPy's product, then scaled."""
+        alpha = self.scale if alpha is None else alpha
+        call = blas.gemm_tn_rows_call(alpha, self.x, self.dz, out, first, stop)
         if call is None:
-            call = (np.multiply, (self.x[:, first:stop].T @ self.dz, self.scale, out[first:stop]))
+            call = (np.multiply, (self.x[:, first:stop].T @ self.dz, alpha, out[first:stop]))
         return call
+
+    def _build(self, out: np.ndarray, alpha: float) -> np.ndarray:
+        """out = alpha * x.T @ dz, by rows as an element-wise update's parts build them (``pool.split_calls``, each
+        part its rows on one thread; whole, the same rows in turn): whoever builds g, a clipping or tracking run's
+        ``squared_norm`` too, gets the same bits (a product's bits depend on OpenBLAS's thread count)."""
+        width = out.shape[1]
+        pool.split_calls(out.size, lambda start, stop: [self.rows_call(out, start // width, stop // width, alpha)],
+                         pool.row_unit(width))
+        return out
 
     def add_to(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> None:
         """target = decay * target + alpha * g in place: one gemm (the product never stored), or one

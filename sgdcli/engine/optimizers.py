@@ -98,10 +98,10 @@ class Optimizer:
         if not self.weight_decay:
             return grad
         decayed = param * self.weight_decay
-        if isinstance(grad, (OuterProduct, BatchProduct)):
+        if isinstance(grad, OuterProduct):
             grad.add_to(decayed, 1.0)
-        else:
-            decayed += grad
+        else:  # (a BatchProduct built by rows, as wherever g is built: the same bits when clipping built it first)
+            decayed += grad.materialize() if isinstance(grad, BatchProduct) else grad
         return decayed
 
     # --- the loop -------------------------------------------------------------------------------
@@ -128,17 +128,17 @@ class Optimizer:
                 state = self._state[key] = self._init_state(param)
             scratch = work_array(self._scratch, key, param)
             grad = self._apply_weight_decay(param, grads[key], learning_rate)
-            if self.elementwise and param.size >= pool.MIN_ELEMENTS and (isinstance(grad, np.ndarray) or isinstance(
-                    grad, BatchProduct) and grad.product is None and param.flags.c_contiguous):
-                # in parts (engine/pool); a BatchProduct g built there too, each part its own rows of it
-                names, rows = tuple(state), isinstance(grad, BatchProduct) and (param.shape[1], grad.rows_call)
-                built = work_array(self._built, key, param) if rows else grad
-                pool.split_array_calls(lambda parts: self._calls(parts[0], parts[1], dict(zip(names, parts[3:])),
-                                       learning_rate, parts[2]), param, built, scratch, *state.values(), rows=rows or None)
-                grad = None
-            elif (isinstance(grad, OuterProduct) and not self.takes_factored
-                    or isinstance(grad, BatchProduct) and not self.takes_products):
+            in_parts = self.elementwise and param.size >= pool.MIN_ELEMENTS
+            rows = in_parts and isinstance(grad, BatchProduct) and grad.product is None and param.flags.c_contiguous
+            if not rows and (isinstance(grad, OuterProduct) and not self.takes_factored
+                             or isinstance(grad, BatchProduct) and not self.takes_products):
                 grad = grad.materialize(out=work_array(self._built, key, param))
+            if in_parts and (rows or isinstance(grad, np.ndarray)):  # engine/pool; a BatchProduct g built there
+                names, built = tuple(state), work_array(self._built, key, param) if rows else grad
+                pool.split_array_calls(lambda parts: self._calls(parts[0], parts[1], dict(zip(names, parts[3:])),
+                                       learning_rate, parts[2]), param, built, scratch, *state.values(),
+                                       rows=(param.shape[1], grad.rows_call) if rows else None)
+                grad = None
             if grad is not None:
                 self._update(param, grad, state, learning_rate, scratch)
             if flush:

@@ -337,6 +337,11 @@ def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT)
     split(count, work, unit, whole_on_one_thread=True)
 
 
+def row_unit(width: int) -> int:
+    """The least number of elements that is whole rows of ``width`` and whole UNITs: where rows may be cut."""
+    return UNIT * width // math.gcd(UNIT, width)
+
+
 def split_array_calls(calls: Callable[[list[np.ndarray]], list], *arrays: np.ndarray,
                       rows: tuple[int, Callable[[np.ndarray, int, int], tuple]] | None = None) -> None:
     """``split_calls`` on the same element range of each of ``arrays`` (all of one size): ``calls(parts)``, with
@@ -357,4 +362,4 @@ def split_array_calls(calls: Callable[[list[np.ndarray]], list], *arrays: np.nda
     width, row_call = rows
     split_calls(arrays[0].size, lambda start, stop: [row_call(arrays[1], start // width, stop // width),
                                                      *calls([a[start:stop] for a in flat])],
-                UNIT * width // math.gcd(UNIT, width))
+                row_unit(width))
