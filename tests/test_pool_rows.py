@@ -20,6 +20,14 @@ def fresh_timings(monkeypatch) -> None:
     monkeypatch.setattr(pool, "_OTHERS", lambda: False)
 
 
+def start(seed: int, shape: tuple[int, int], batch: int, dtype, steps: int):
+    """Starting weights and the factors (x, dz) of `steps` batch gradients."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(shape).astype(dtype)
+    return w0, [(rng.standard_normal((batch, shape[0])).astype(dtype), rng.standard_normal((batch, shape[1])).astype(dtype))
+                for _ in range(steps)]
+
+
 def train(make, w0, factors, monkeypatch, how: str, built: list | None = None):
     """Five steps with BatchProduct gradients; ``how``: "parts" (the pool splits) or "whole" (the pool could split
     but runs whole: another process busy). ``built``: receives each step's gradient as the parts built it."""
@@ -39,10 +47,7 @@ def test_rows_built_in_the_parts_give_the_same_bits_as_the_whole_run(make, shape
     """In parts and whole (the pool's own choice, timed or with the machine busy) the same bits: the whole run
     builds the same rows with the same calls on one thread. The rows are the product's to rounding (its bits may
     depend on OpenBLAS's thread count, and Adam's m / sqrt(v) of a gradient near 0 magnifies any difference)."""
-    rng = np.random.default_rng(3)
-    w0 = rng.standard_normal(shape).astype(dtype)
-    factors = [(rng.standard_normal((batch, shape[0])).astype(dtype), rng.standard_normal((batch, shape[1])).astype(dtype))
-               for _ in range(5)]
+    w0, factors = start(3, shape, batch, dtype, 5)
     rows = []
     real = BatchProduct.rows_call
     monkeypatch.setattr(BatchProduct, "rows_call", lambda self, out, a, b, *alpha: rows.append((a, b)) or real(self, out, a, b, *alpha))
@@ -95,10 +100,7 @@ def test_row_units_keep_every_part_at_whole_rows_and_long_enough(width: int) -> 
 def test_a_product_built_first_gives_the_same_bits_and_still_splits(make, shape, batch, dtype, monkeypatch) -> None:
     """Clipping (a norm it never reaches) and ``training.track`` build g first (``squared_norm``): that must
     change neither the bits (g is built by the same rows, whoever builds it) nor the update's split."""
-    rng = np.random.default_rng(5)
-    w0 = rng.standard_normal(shape).astype(dtype)
-    factors = [(rng.standard_normal((batch, shape[0])).astype(dtype), rng.standard_normal((batch, shape[1])).astype(dtype))
-               for _ in range(3)]
+    w0, factors = start(5, shape, batch, dtype, 3)
     splits = []
     real_split = pool.split
     monkeypatch.setattr(pool, "split", lambda count, work, *more, **named: (splits.append(count), real_split(count, work, *more, **named)))
