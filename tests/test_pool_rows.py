@@ -118,3 +118,53 @@ def test_a_product_built_first_gives_the_same_bits_and_still_splits(make, shape,
     for key in state_plain:
         assert np.array_equal(state_plain[key], state_built[key]), key
     assert splits.count(w0.size) >= 3 * 2  # every update split, in both runs (and each product built by rows)
+
+
+def test_a_run_resumes_on_the_blas_thread_count_it_trained_on(tmp_path) -> None:
+    """A sweep's --jobs members train on fewer BLAS threads than the machine has; resumed by the printed
+    command, on all of them, a product of 1,000 rows would round otherwise. The count is recorded in each
+    checkpoint and the resume trains on it: the same bits as the uninterrupted run."""
+    from pathlib import Path
+
+    from conftest import tiny_config
+    from test_resume import assert_identical, interrupt
+
+    from sgdcli import api
+    from sgdcli.config.loading import load_config
+    from sgdcli.runs import checkpoint
+    from sgdcli.runs.directory import find_checkpoint
+
+    if (blas.thread_count() or 1) < 2:
+        pytest.skip("one BLAS thread: nothing to lower")
+    digits = Path(__file__).resolve().parents[1] / "data" / "digits.csv"  # 64 features: a 64 x 512 BatchProduct
+    config = load_config(tiny_config(training__epochs=3, training__batch__size=700, model__dtype="float64",
+                                     data={"source": "csv", "path": str(digits), "target": "digit", "validation": 0.2},
+                                     model__layers__0__units=512, model__layers__1__units=10,
+                                     optimizer={"type": "adam", "learning_rate": 0.01}))
+    with blas.threads(1):
+        reference = api.train(config, runs_dir=tmp_path / "reference")
+        interrupted = interrupt(config, tmp_path / "runs", 4)  # mid-epoch 2 (3 updates an epoch)
+    other = api.train(config, runs_dir=tmp_path / "other")  # the premise: on this process's count it rounds otherwise
+    assert not np.array_equal(*(checkpoint.load(find_checkpoint(run)).params["0.weight"]
+                                for run in (reference.run_dir, other.run_dir)))
+    assert interrupted.status == "interrupted"
+    assert checkpoint.load(find_checkpoint(interrupted.run_dir)).meta["blas_threads"] == 1
+    resumed = api.resume(interrupted.run_dir)  # on this process's count
+    assert resumed.status == "completed" and blas.thread_count() >= 2
+    assert_identical(reference.run_dir, resumed.run_dir)
+
+
+def test_the_recorded_count_is_checked_and_a_higher_one_warned() -> None:
+    from pathlib import Path
+
+    from sgdcli.errors import CheckpointError
+    from sgdcli.training import resume as resuming
+
+    path = Path("runs/r/checkpoints/last.safetensors")
+    assert resuming.blas_threads({}, path, 2) == (2, None)  # checkpoints before the count was recorded
+    assert resuming.blas_threads({"blas_threads": 1}, path, 2) == (1, None)
+    count, warning = resuming.blas_threads({"blas_threads": 4}, path, 2)  # cannot be raised
+    assert count == 2 and "OPENBLAS_NUM_THREADS=4 sgdcli train --resume runs/r" in warning
+    for bad in (0, -1, True, "2", 1.5):
+        with pytest.raises(CheckpointError, match="blas_threads: expected a whole number"):
+            resuming.blas_threads({"blas_threads": bad}, path, 2)

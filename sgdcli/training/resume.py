@@ -172,6 +172,25 @@ def launcher(processes: int) -> str:
     return f"mpiexec -n {processes} " if processes > 1 else ""
 
 
+def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple[int | None, str | None]:
+    """The BLAS thread count a resumed run trains on, and a warning or None. A product's bits depend on
+    OpenBLAS's thread count (from ~400 rows of a batch), so a run resumes on the count it trained on
+    (``meta["blas_threads"]``; a sweep's ``--jobs`` members train on fewer than the machine has): lowered to
+    it here (``blas.threads``); a count above this process's cannot be raised, and resuming on fewer may
+    change the last bits (warned). Checkpoints before sgdcli recorded it: the count as it is."""
+    trained = meta.get("blas_threads")
+    if trained is None or current is None:
+        return current, None
+    if not isinstance(trained, int) or isinstance(trained, bool) or trained < 1:
+        raise CheckpointError(f"blas_threads: expected a whole number of at least 1, received {trained!r:.100}",
+                              source=str(path))
+    if trained > current:
+        return current, (f"the run trained on {trained} BLAS threads and resumes on {current}: its last bits may "
+                         f"differ from an uninterrupted run's; for the same bits continue with OPENBLAS_NUM_THREADS="
+                         f"{trained} sgdcli train --resume {path.parent.parent}")
+    return trained, None
+
+
 def check_processes(meta: dict[str, Any], path: Path, processes: int) -> None:
     """A run continues on the number of MPI processes it was trained on (checkpoints before sgdcli
     recorded it: 1): another number cuts every batch differently and adds the gradients in another

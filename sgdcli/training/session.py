@@ -13,6 +13,7 @@ import numpy as np
 from sgdcli import plots
 from sgdcli.config.loading import load_config
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
+from sgdcli.engine import blas
 from sgdcli.engine.metrics import loss_and_accuracy
 from sgdcli.engine.model import ParameterMismatch
 from sgdcli.errors import CheckpointError, ConfigError, DiskError, DivergenceError, RunDirError, SgdcliError
@@ -81,6 +82,7 @@ class Session:
             parallel.attach(config, self.problem)
         self.data = provenance.record(config, self.prepared.validation_mask)  # the files and split, in checkpoints
         self.wall_before = 0.0  # wall seconds of earlier segments (before a resume)
+        self.blas_threads = blas.thread_count()  # recorded in checkpoints: a resume trains on it (resuming.blas_threads)
         self._segment_started: float | None = None
         self.position = Position()
         self.classification = config.is_classification
@@ -149,6 +151,7 @@ class Session:
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path), parallel)
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
+            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads)
             session._restore(path, state)
         except BaseException:
             lock.close()
@@ -162,8 +165,7 @@ class Session:
             session._warn(f"{damaged_path}: {why}; moved aside to {moved.name}")
         if damaged:
             session._warn(f"resuming from {path.name} (epoch {state.meta.get('epoch')}, update {state.meta.get('updates')})")
-        note = resuming.schedule_note(config, session.schedule_epochs, session.problem.schedule(10**12))
-        if note:
+        for note in (threads_note, resuming.schedule_note(config, session.schedule_epochs, session.problem.schedule(10**12))):
             session._warn(note)
         runs.prepare_existing(run_dir)
         aside = run_dir / f"metrics{runs.DAMAGED_MARK}{time.strftime('%Y%m%d-%H%M%S')}.csv" if damaged else None
@@ -194,15 +196,14 @@ class Session:
 
     # ------------------------------------------------------------ training
     def run(self, should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train to the configured number of epochs; the run's lock is released however this ends.
-
-        NumPy's overflow warnings are silenced: the loop checks every loss and gradient and ends a
-        diverged run with its own message, and losses measured after an epoch may be inf or NaN.
-        """
+        """Train to the configured number of epochs, on ``blas_threads``; the run's lock is released however this
+        ends. NumPy's overflow warnings are silenced: the loop checks every loss and gradient and ends a diverged
+        run with its own message, and losses measured after an epoch may be inf or NaN."""
         try:
             if self.finished:
                 return TrainResult(self.run_dir, "completed", runs.read_run(self.run_dir).summary or {}, self.finished)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop), \
+                    blas.threads(self.blas_threads or 1):  # (a no-op at the process's count, or without OpenBLAS)
                 return self._run(should_stop if self.parallel is None else self.parallel.watch(should_stop))
         finally:
             self.close()
@@ -257,10 +258,8 @@ class Session:
             self._lock = None
 
     def _on_batch(self) -> Callable[[int, float], None] | None:
-        if self.reporter is None:
-            return None
         total, reporter = self.problem.updates_per_epoch, self.reporter
-        return lambda done, value: reporter.batch(done, total, value)
+        return None if reporter is None else lambda done, value: reporter.batch(done, total, value)
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
         """The end-of-run files, then summary.json: a run whose files could not all be written is `failed`, and says
@@ -288,8 +287,8 @@ class Session:
             raise failure
         return TrainResult(self.run_dir, status, summary, message)
 
-    def _warn(self, message: str) -> None:
-        if self.reporter:
+    def _warn(self, message: str | None) -> None:
+        if message and self.reporter:
             self.reporter.warn(message)
 
     def _info(self) -> dict[str, Any]:
@@ -356,6 +355,7 @@ class Session:
             "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
                                                 else time.perf_counter() - self._segment_started),
             "schedule_epochs": self.schedule_epochs, "data": self.data, "processes": self.processes,
+            "blas_threads": self.blas_threads,
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
             "sample_shape": list(self.prepared.sample_shape),
