@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import tiny_config
+from test_resume import assert_identical, interrupt
 
+from sgdcli import api
+from sgdcli.config.loading import load_config
 from sgdcli.engine import blas, pool
 from sgdcli.engine.gradients import BatchProduct
 from sgdcli.engine.optimizers import AdaGrad, Adam, AdamW, RMSProp
+from sgdcli.errors import CheckpointError
+from sgdcli.runs import checkpoint
+from sgdcli.runs.directory import find_checkpoint
+from sgdcli.training import resume as resuming
 
 TWO_THREADS = (blas.thread_count() or 1) >= 2 and pool._driver() is not None
 OPTIMIZERS = [Adam, AdamW, RMSProp, AdaGrad, lambda: RMSProp(momentum=0.9), lambda: Adam(weight_decay=1e-3)]
@@ -124,16 +134,6 @@ def test_a_run_resumes_on_the_blas_thread_count_it_trained_on(tmp_path) -> None:
     """A sweep's --jobs members train on fewer BLAS threads than the machine has; resumed by the printed
     command, on all of them, a product of 1,000 rows would round otherwise. The count is recorded in each
     checkpoint and the resume trains on it: the same bits as the uninterrupted run."""
-    from pathlib import Path
-
-    from conftest import tiny_config
-    from test_resume import assert_identical, interrupt
-
-    from sgdcli import api
-    from sgdcli.config.loading import load_config
-    from sgdcli.runs import checkpoint
-    from sgdcli.runs.directory import find_checkpoint
-
     if (blas.thread_count() or 1) < 2:
         pytest.skip("one BLAS thread: nothing to lower")
     digits = Path(__file__).resolve().parents[1] / "data" / "digits.csv"  # 64 features: a 64 x 512 BatchProduct
@@ -155,11 +155,6 @@ def test_a_run_resumes_on_the_blas_thread_count_it_trained_on(tmp_path) -> None:
 
 
 def test_the_recorded_count_is_checked_and_a_higher_one_warned() -> None:
-    from pathlib import Path
-
-    from sgdcli.errors import CheckpointError
-    from sgdcli.training import resume as resuming
-
     path = Path("runs/r/checkpoints/last.safetensors")
     assert resuming.blas_threads({}, path, 2) == (2, None)  # checkpoints before the count was recorded
     assert resuming.blas_threads({"blas_threads": 1}, path, 2) == (1, None)

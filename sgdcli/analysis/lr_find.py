@@ -67,7 +67,7 @@ def range_test(config: ExperimentConfig, start: float = 1e-7, end: float = 10.0,
                or precision.bound_problem("--end", end, dtype, infinite="the test's last updates would make the "
                                                                         "weights NaN"))
     if problem:
-        raise ConfigError(problem + ("; or set model.dtype: float64" if dtype != "float64" else ""))
+        raise ConfigError(problem)
     rngs = build.Rngs.from_seed(config.seed)
     prepared, _, model = plan.prepare_checked(config, rngs)
     loss, optimizer = build.build_loss(config.loss), build.build_optimizer(config.optimizer)

@@ -66,30 +66,32 @@ def check(config: cfg.ExperimentConfig, advice: bool = True) -> str | None:
     out (model.dtype: float64), not for a run being resumed, whose settings are fixed."""
     for key, value, scale, note, zero, infinite in _settings(config):
         problem = bound_problem(key, value, config.model.dtype, scale=scale, scale_note=note, zero=zero,
-                                infinite=infinite)
+                                infinite=infinite, advice=advice)
         if problem:
-            return problem + ("; or set model.dtype: float64" if advice and config.model.dtype != "float64" else "")
+            return problem
     return None
 
 
 def bound_problem(key: str, value: float, dtype: str, *, scale: float = 1.0, scale_note: str = "",
-                  zero: str | None = None, infinite: str | None = None) -> str | None:
+                  zero: str | None = None, infinite: str | None = None, advice: bool = True) -> str | None:
     """Why ``value`` (its product with ``scale``, the factor the engine multiplies it by first) cannot be
     used in ``dtype`` arithmetic, or None: a message for the key when it rounds to infinity (``infinite``
     says what that would do; None: allowed) or, unless it is 0 and ``zero`` is None (0 allowed), to 0 or
-    a subnormal (``zero`` says what 0 would do)."""
+    a subnormal (``zero`` says what 0 would do). ``advice``: end with the other way out, model.dtype: float64."""
     tiny, largest = LIMITS[dtype]
-    if infinite is not None and math.isinf(_rounded(value, dtype)):
-        return (f"{key}: expected at most {largest:.9g} ({dtype}'s largest number), received {value:.9g}, which is "
-                f"infinity in {dtype} (model.dtype): {infinite}")
     used = _rounded(value * scale, dtype)
-    if used >= tiny or (zero is None and value == 0):
+    if infinite is not None and math.isinf(_rounded(value, dtype)):
+        problem = (f"{key}: expected at most {largest:.9g} ({dtype}'s largest number), received {value:.9g}, which "
+                   f"is infinity in {dtype} (model.dtype): {infinite}")
+    elif used >= tiny or (zero is None and value == 0):
         return None
-    scaled = "" if scale == 1.0 else f", and {key.rpartition('.')[2]} x {scale:.4g} = {value * scale:.9g}"
-    return (f"{key}: expected at least {tiny / scale:.9g} ({dtype}'s smallest normal number"
-            f"{'' if scale == 1.0 else f' {tiny:.9g}'}{scale_note}), received {value:.9g}{scaled}, which is "
-            + (f"0 in {dtype} (model.dtype): {zero or 'as good as leaving it out: set 0 for that'}" if used == 0
-               else f"a subnormal number in {dtype} (model.dtype): {SLOW}"))
+    else:
+        scaled = "" if scale == 1.0 else f", and {key.rpartition('.')[2]} x {scale:.4g} = {value * scale:.9g}"
+        problem = (f"{key}: expected at least {tiny / scale:.9g} ({dtype}'s smallest normal number"
+                   f"{'' if scale == 1.0 else f' {tiny:.9g}'}{scale_note}), received {value:.9g}{scaled}, which is "
+                   + (f"0 in {dtype} (model.dtype): {zero or 'as good as leaving it out: set 0 for that'}" if used == 0
+                      else f"a subnormal number in {dtype} (model.dtype): {SLOW}"))
+    return problem + ("; or set model.dtype: float64" if advice and dtype != "float64" else "")
 
 
 def _rounded(value: float, dtype: str) -> float:

@@ -116,8 +116,7 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
     if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
         raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
                          f"from a {a.shape} and b {b.shape}")
-    library = _numpy_blas() if writes_in_place(c, a, b, rank_one=len(a) == 1) and not np.may_share_memory(c, a) \
-        and not np.may_share_memory(c, b) else None
+    library = _gemm_library(a, b, c)
     if library is None:
         if not fallback:
             return False
@@ -144,14 +143,20 @@ def gemm_tn_rows_call(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray,
     (``engine/pool``) builds its own rows of a weight gradient this way, on its own core."""
     if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]) or not 0 <= first <= stop <= len(c):
         raise ValueError(f"gemm_tn_rows_call: c {c.shape}, a {a.shape}, b {b.shape}, rows {first}:{stop} do not fit")
-    library = _numpy_blas() if writes_in_place(c, a, b, rank_one=len(a) == 1) and not np.may_share_memory(c, a) \
-        and not np.may_share_memory(c, b) else None
+    library = _gemm_library(a, b, c)
     if library is None:
         return None
     routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
     (n, d), m, size = a.shape, b.shape[1], c.itemsize
     return routine, (ROW_MAJOR, TRANS, NO_TRANS, stop - first, m, n, alpha, _address(a) + first * size, d, _address(b),
                      m, 0.0, _address(c) + first * m * size, m)
+
+
+def _gemm_library(a: np.ndarray, b: np.ndarray, c: np.ndarray):
+    """NumPy's BLAS where a gemm may write c = a.T @ b in place (``writes_in_place``, c overlapping neither), else None."""
+    if writes_in_place(c, a, b, rank_one=len(a) == 1) and not np.may_share_memory(c, a) and not np.may_share_memory(c, b):
+        return _numpy_blas()
+    return None
 
 
 def _address(a: np.ndarray) -> int:

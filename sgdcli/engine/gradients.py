@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from . import blas, pool
+from .pool import run
 
 
 class _Factors:
@@ -234,12 +235,6 @@ def surely_finite(grad: Gradient) -> bool:
 
 
 Call = tuple  # (function, arguments): one step of an update, prepared (``scaled_calls``)
-
-
-def run(calls: list[Call]) -> None:
-    """Run prepared calls in order."""
-    for function, arguments in calls:
-        function(*arguments)
 
 
 def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> None:

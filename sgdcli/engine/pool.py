@@ -224,8 +224,8 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
     elements (a multiple of UNIT: whole rows, for work that takes rows). ``whole_on_one_thread``: where the
     pool could split but runs it whole, its BLAS runs on one thread too, as in a part (a product whose bits
     depend on the thread count: ``split_calls``)."""
-    driver = _driver() if count >= MIN_ELEMENTS and (blas.thread_count() or 1) > 1 else None
-    if driver is None or getattr(_inside, "active", False):  # (a split inside a split's work runs alone)
+    driver = _usable_driver(count)
+    if driver is None:
         work(0, count)
         return
     timing = _TIMINGS.get(count) or _TIMINGS.setdefault(count, _Timing())
@@ -248,6 +248,14 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
                     library.scipy_openblas_set_num_threads64_(threads)
         if not contended:
             timing.add(ran_in_parts, time.perf_counter() - start)
+
+
+def _usable_driver(count: int):
+    """The driver where a split of ``count`` elements may run in parts (large enough, two BLAS threads, not inside
+    another split's work, which runs alone), else None."""
+    if count < MIN_ELEMENTS or (blas.thread_count() or 1) < 2 or getattr(_inside, "active", False):
+        return None
+    return _driver()
 
 
 def _in_parts(count: int, work: Callable[[int, int], None], driver, unit: int = UNIT) -> bool:
@@ -297,14 +305,19 @@ def _part_count(count: int, threads: int, unit: int) -> int:
     return parts
 
 
+def run(calls: list) -> None:
+    """Run prepared calls, (function, arguments) pairs, in order (``gradients.scaled_calls``)."""
+    for function, arguments in calls:
+        function(*arguments)
+
+
 def cuts(count: int, unit: int = UNIT) -> list[int]:
     """Where ``split`` would cut [0, count) with the pool as it is now: [0, c1, ..., count], one range per
     part (``_part_count``, and ``blas_level1_thread``'s division of whole units: each part the ceiling of
     what is left over the parts left), or [0, count] where it runs whole for sure."""
-    threads = blas.thread_count() or 1
-    if count < MIN_ELEMENTS or threads < 2 or getattr(_inside, "active", False) or _driver() is None:
+    if _usable_driver(count) is None:
         return [0, count]
-    parts = _part_count(count, threads, unit)
+    parts = _part_count(count, blas.thread_count() or 1, unit)
     left, edges = -(-count // unit), [0]
     for part in range(parts):
         width = -(-left // (parts - part))
@@ -330,8 +343,7 @@ def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT)
             stop_here, planned = plans.get(start, (None, None))
             if planned is None or stop_here > stop:
                 stop_here, planned = stop, calls(start, stop)
-            for function, arguments in planned:
-                function(*arguments)
+            run(planned)
             start = stop_here
 
     split(count, work, unit, whole_on_one_thread=True)
@@ -351,9 +363,7 @@ def split_array_calls(calls: Callable[[list[np.ndarray]], list], *arrays: np.nda
     ``row_call(arrays[1], first_row, stop_row)`` (``BatchProduct.rows_call``): parts are cut at whole rows, and
     each part's list starts with its rows' call, so each part computes the rows it then reads."""
     if not all(a.flags.c_contiguous and a.size == arrays[0].size for a in arrays):
-        ready = [] if rows is None else [rows[1](arrays[1], 0, len(arrays[1]))]
-        for function, arguments in ready + calls(list(arrays)):
-            function(*arguments)
+        run(([] if rows is None else [rows[1](arrays[1], 0, len(arrays[1]))]) + calls(list(arrays)))
         return
     flat = [a.reshape(-1) for a in arrays]
     if rows is None:

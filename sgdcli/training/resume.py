@@ -178,12 +178,9 @@ def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple
     (``meta["blas_threads"]``; a sweep's ``--jobs`` members train on fewer than the machine has): lowered to
     it here (``blas.threads``); a count above this process's cannot be raised, and resuming on fewer may
     change the last bits (warned). Checkpoints before sgdcli recorded it: the count as it is."""
-    trained = meta.get("blas_threads")
+    trained = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
     if trained is None or current is None:
         return current, None
-    if not isinstance(trained, int) or isinstance(trained, bool) or trained < 1:
-        raise CheckpointError(f"blas_threads: expected a whole number of at least 1, received {trained!r:.100}",
-                              source=str(path))
     if trained > current:
         return current, (f"the run trained on {trained} BLAS threads and resumes on {current}: its last bits may "
                          f"differ from an uninterrupted run's; for the same bits continue with OPENBLAS_NUM_THREADS="
@@ -191,14 +188,19 @@ def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple
     return trained, None
 
 
+def _recorded_count(meta: dict[str, Any], key: str, path: Path) -> int:
+    """meta[key], a count the run recorded, checked: a whole number of at least 1 (CheckpointError otherwise)."""
+    count = meta[key]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise CheckpointError(f"{key}: expected a whole number of at least 1, received {count!r:.100}", source=str(path))
+    return count
+
+
 def check_processes(meta: dict[str, Any], path: Path, processes: int) -> None:
     """A run continues on the number of MPI processes it was trained on (checkpoints before sgdcli
     recorded it: 1): another number cuts every batch differently and adds the gradients in another
     order, so the run would not continue bit for bit."""
-    trained = meta.get("processes", 1)
-    if not isinstance(trained, int) or isinstance(trained, bool) or trained < 1:
-        raise CheckpointError(f"processes: expected a whole number of at least 1, received {trained!r:.100}",
-                              source=str(path))
+    trained = _recorded_count({"processes": 1, **meta}, "processes", path)
     if trained != processes:
         def count(p: int) -> str:
             return f"{p} process" + "es" * (p != 1)
