@@ -374,3 +374,24 @@ def test_no_second_thread_when_the_process_is_limited_to_one(monkeypatch) -> Non
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0})
     assert not workers.two_threads()
+
+
+def test_one_thread_blocks_keep_every_split_on_the_calling_thread(monkeypatch) -> None:
+    """An MPI rank whose share of the cores is one (training/mpi_run.cores_shared) splits nothing."""
+    monkeypatch.setattr(workers, "_TWO_THREADS", True)
+    names: set[str] = set()
+
+    def record(start: int, stop: int) -> None:
+        names.add(threading.current_thread().name)
+
+    here = threading.current_thread().name
+    with workers.one_thread():
+        with workers.one_thread():
+            workers.split(10, record, workers.MIN_BYTES * 4)
+        workers.split(10, record, workers.MIN_BYTES * 4)  # still inside the outer block
+    assert names == {here}
+    workers.split(10, record, workers.MIN_BYTES * 4)  # after it, the worker again
+    assert names == {here, "sgdcli-worker"}
+    with pytest.raises(RuntimeError), workers.one_thread():
+        raise RuntimeError
+    assert workers._one_thread == 0  # closed however the block ends

@@ -18,7 +18,7 @@ from test_resume import assert_identical, interrupt
 
 from sgdcli import api
 from sgdcli.config.loading import load_config
-from sgdcli.engine import blas, busy, pool
+from sgdcli.engine import blas, busy, pool, workers
 from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 
 TWO_THREADS = (blas.thread_count() or 1) >= 2
@@ -487,6 +487,21 @@ def test_a_sweeps_members_share_the_cores_between_their_blas_pools(monkeypatch) 
     assert member_environment(16, {})["OPENBLAS_NUM_THREADS"] == "1"
     assert member_environment(2, {"OPENBLAS_NUM_THREADS": "8"}) == {"OPENBLAS_NUM_THREADS": "8"}
     assert member_environment(2, {"OMP_NUM_THREADS": "3"}) == {"OMP_NUM_THREADS": "3"}
+
+
+def test_processes_sharing_a_machine_divide_its_usable_cores(monkeypatch) -> None:
+    """The rule sweep members and MPI ranks share (workers.threads_each): the usable cores divided by the
+    processes, at least 1; None (the user's count holds) when OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert [workers.threads_each(n, {}) for n in (1, 2, 3, 4, 6, 7, 100)] == [6, 3, 2, 1, 1, 1, 1]
+    assert workers.threads_each(0, {}) == 6  # (no processes counted: this one)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        assert workers.threads_each(2, {name: "5"}) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert workers.threads_each(2) is None  # the process's own environment by default
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert workers.threads_each(2) == 3
 
 
 def test_a_split_inside_a_whole_runs_work_runs_alone(monkeypatch) -> None:

@@ -82,7 +82,8 @@ class TrainingReporter:
             f"training [bold]{info['name']}[/]: {info['train_samples']} training / {info['val_samples']} validation "
             f"samples, {info['parameters']} parameters, batch {info['batch_size']} "
             f"({info['updates_per_epoch']} updates per epoch), {info['epochs']} epochs"
-            + (f", data-parallel on {info['processes']} MPI processes" if info.get("processes", 1) > 1 else ""))
+            + (f", data-parallel on {info['processes']} MPI processes{_threads_each(info.get('blas_threads'))}"
+               if info.get("processes", 1) > 1 else ""))
         if self.live:
             position = info["position"]
             self.state = ProgressState(info["epochs"], info["updates_per_epoch"], position["updates"], time.monotonic(),
@@ -138,6 +139,10 @@ class TrainingReporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _threads_each(count: int | None) -> str:
+    return "" if count is None else f" ({count} BLAS thread{'' if count == 1 else 's'} each)"
 
 
 def _duration(seconds: float) -> str:

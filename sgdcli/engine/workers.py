@@ -17,8 +17,9 @@ sgdcli sets it for conv models only (engine/spin.py): the short spin made dense 
 woken; README Performance).
 
 One thread, not more: the target machines have two cores. None when the process may run on one
-core only, or when ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is 1 (as for one BLAS thread per
-MPI process): then ``split`` is a plain call.
+core only, when ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` is 1 (a sweep member's share of two
+cores), or inside a ``one_thread`` block (an MPI rank's share, training/mpi_run.py): then ``split`` is a
+plain call.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 # A pass touching less than this runs on the calling thread. Right after a product, with OpenBLAS's
 # default spin, handing over costs more than it saves: a dense layer's batch-128 ReLU forward and
@@ -62,15 +64,48 @@ _worker: _Worker | None = None
 _lock = threading.Lock()
 
 
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")  # a user's thread count for OpenBLAS (and OpenMP)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_each(processes: int, environ: Mapping[str, str] | None = None) -> int | None:
+    """The BLAS threads for each of ``processes`` processes training at once on this machine's usable cores:
+    the cores divided by ``processes``, at least 1; None when ``environ`` (the process's environment by
+    default) sets ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``: the user's count holds. An idle OpenBLAS
+    thread spins on its core for a while (``engine/spin.py``), so two processes with a two-thread pool each on
+    two cores take each other's cores: two sweep members took 4-5x longer an epoch than each alone, and
+    ``mpiexec -n 2`` training 5.3x longer than with one thread per process."""
+    environ = os.environ if environ is None else environ
+    if set(THREAD_VARIABLES) & environ.keys():
+        return None
+    return max(1, usable_cores() // max(1, processes))
+
+
 def two_threads() -> bool:
     """Whether ``split`` uses the worker thread: two or more usable cores and no thread limit of 1."""
-    if any(os.environ.get(name, "").strip() == "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")):
+    if any(os.environ.get(name, "").strip() == "1" for name in THREAD_VARIABLES):
         return False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores >= 2
+    return usable_cores() >= 2
 
 
 _TWO_THREADS = two_threads()
+_one_thread = 0  # how many ``one_thread`` blocks are open
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Every ``split`` inside the block runs on the calling thread, as with one usable core: for a process
+    whose share of the cores is one (``threads_each``), which another process's work would take from it."""
+    global _one_thread
+    _one_thread += 1
+    try:
+        yield
+    finally:
+        _one_thread -= 1
 
 
 def _get_worker() -> _Worker:
@@ -84,12 +119,12 @@ def _get_worker() -> _Worker:
 def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked: bool = False) -> None:
     """Run ``work(start, stop)`` over the rows [0, count): as work(0, h) on the worker thread and
     work(h, count) on this one (h = count // 2), or as work(0, count) alone when ``nbytes`` (what
-    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker. ``chunked``:
+    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker (or a ``one_thread`` block is open). ``chunked``:
     each thread calls work on consecutive ranges of its rows touching ~CHUNK_BYTES each, so that a
     work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
     are done; an exception in either half is raised here. ``work`` must treat its rows independently
     of each other (it may be called on any split)."""
-    alone = count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS
+    alone = count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS or _one_thread > 0
     if alone and count and (not chunked or nbytes <= CHUNK_BYTES):
         work(0, count)  # one call on this thread, the common small pass: no chunk loop built for it
         return

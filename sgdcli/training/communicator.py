@@ -61,6 +61,9 @@ class Communicator(Protocol):
     def broadcast(self, data: bytes | None) -> bytes:
         """Rank 0's `data` on every rank (the others pass None)."""
 
+    def ranks_on_machine(self) -> int:
+        """A collective: how many ranks run on this rank's machine (this one included), which share its cores."""
+
     def shared(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A collective: one zero-filled array of `shape` in memory every rank reads and writes (the same
         bytes, not copies), or None on every rank when they cannot share memory (not all on one machine)."""
@@ -107,11 +110,18 @@ class MpiCommunicator:
         self._comm.Bcast(buffer, root=0)
         return buffer.tobytes()
 
+    def _machine(self):
+        """The ranks on this rank's machine (MPI_COMM_TYPE_SHARED), split once: a collective the first time."""
+        if self._node is None:
+            self._node = self._comm.Split_type(self._mpi.COMM_TYPE_SHARED)
+        return self._node
+
+    def ranks_on_machine(self) -> int:
+        return self._machine().Get_size()
+
     def shared(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         MPI, dtype = self._mpi, np.dtype(dtype)
-        if self._node is None:
-            self._node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
-        node = self._node
+        node = self._machine()
         if node.Get_size() != self.size:  # not all on one machine: the same answer on every rank
             return None
         count = math.prod(shape)

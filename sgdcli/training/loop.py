@@ -187,7 +187,7 @@ def blas_threads_for_updates(size: int, parallel: Sharded | None = None) -> Abst
     555; momentum 259 against 231. Batch 4 and up gain from the second thread (momentum, batch 4: 285
     against 346 us), so only batch 1 runs on one. Every loop of updates enters it (this one, lr-find's);
     the epoch's end (evaluation, checkpoints) runs outside, on the whole pool; data-parallel processes
-    already run one BLAS thread each.
+    run their share of the cores each (training/mpi_run.cores_shared: one on a 2-core machine).
     """
     return blas.threads(1) if size == 1 and parallel is None else nullcontext()
 

@@ -297,8 +297,8 @@ class Session:
                 "val_samples": 0 if self.prepared.x_val is None else len(self.prepared.x_val),
                 "batch_size": p.batch_size, "updates_per_epoch": p.updates_per_epoch,
                 "epochs": self.config.training.epochs, "parameters": p.model.num_parameters(),
-                "classification": self.classification, "resumed_from": self.resumed_from,
-                "position": self.position.to_dict(), "processes": self.processes, "wall_before": self.wall_before}
+                "classification": self.classification, "resumed_from": self.resumed_from, "wall_before": self.wall_before,
+                "position": self.position.to_dict(), "processes": self.processes, "blas_threads": self.blas_threads}
 
     def _measure(self, result: EpochResult) -> dict[str, Any]:
         p, prepared = self.problem, self.prepared

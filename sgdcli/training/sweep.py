@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from sgdcli.engine import workers
 from sgdcli.errors import UsageError
 from sgdcli.training import interrupts
 
@@ -134,15 +135,15 @@ def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_d
 
 def member_environment(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a member of a sweep running `jobs` members at once: this process's, with
-    OpenBLAS (and OpenMP) on the usable cores divided by `jobs` (at least 1), unless the user has set
-    OPENBLAS_NUM_THREADS or OMP_NUM_THREADS (theirs is passed on). Two members on two cores, each
-    with a two-thread BLAS pool, took 4-5x longer an epoch than each alone (their idle BLAS threads
+    OpenBLAS (and OpenMP) on the usable cores divided by `jobs` (``workers.threads_each``: at least 1), unless
+    the user has set OPENBLAS_NUM_THREADS or OMP_NUM_THREADS (theirs is passed on). Two members on two cores,
+    each with a two-thread BLAS pool, took 4-5x longer an epoch than each alone (their idle BLAS threads
     spin on the cores the other's need; the element-wise updates on OpenBLAS's threads, engine/pool,
     ~20x), one thread each about as long as alone."""
     environment = dict(os.environ if environ is None else environ)
-    if jobs > 1 and not {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"} & environment.keys():
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        environment["OPENBLAS_NUM_THREADS"] = environment["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
+    threads = workers.threads_each(jobs, environment) if jobs > 1 else None
+    if threads is not None:
+        environment["OPENBLAS_NUM_THREADS"] = environment["OMP_NUM_THREADS"] = str(threads)
     return environment
 
 
