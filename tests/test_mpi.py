@@ -223,20 +223,25 @@ def test_processes_on_one_machine_share_the_memory_mpi_gives_them():
 
 
 def test_ranks_on_one_machine_divide_its_cores_between_their_blas_pools(tmp_path):
-    """Without OPENBLAS_NUM_THREADS, each of P ranks on one machine trains on its usable cores // P BLAS
-    threads (two ranks with a two-thread pool each on two cores trained 5.3x slower); the count is
-    said at the start and recorded in the checkpoints, from which a resume trains on it."""
-    env = {k: v for k, v in environment().items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    """Without a thread count of the user's (empty or non-numeric values, which OpenBLAS reads as "every
+    core", are none), each of P ranks on one machine trains on its usable cores // P BLAS threads (two ranks
+    with a two-thread pool each on two cores trained 5.3x slower); the count is said at the start and
+    recorded in the checkpoints, from which a resume trains on it. Ranks told different counts take the least."""
+    env = {**environment(), "OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": "abc"}
     default = subprocess.run([sys.executable, "-c", "from sgdcli.engine import blas; print(blas.thread_count())"],
                              capture_output=True, text=True, timeout=60, env=env)
     if default.stdout.strip() == "None":
         pytest.skip("NumPy's BLAS is not its own OpenBLAS: its thread count cannot be read or set")
-    cores = len(os.sched_getaffinity(0))
-    share = min(int(default.stdout), max(1, cores // 3))
+    share = min(int(default.stdout), max(1, len(os.sched_getaffinity(0)) // 3))
     write(tmp_path, {**CONFIG, "training": {**CONFIG["training"], "epochs": 1}})
-    result = sgdcli(tmp_path, "train", "config.yaml", "--runs-dir", "runs", processes=3, env=env)
-    assert result.returncode == 0, result.stderr
-    said = f"data-parallel on 3 MPI processes ({share} BLAS thread{'' if share == 1 else 's'} each)"
-    assert result.stderr.count(said) == 1, result.stderr
-    (run,) = run_dirs(tmp_path, "runs")
-    assert checkpoint.load(run / "checkpoints" / "last.safetensors").meta["blas_threads"] == share
+    train = [sys.executable, "-m", "sgdcli", "train", "config.yaml", "--runs-dir"]
+    for runs, command in (("shared", ["-n", "3", *train, "shared"]),  # rank 0 told 4 threads, the others nothing
+                          ("mixed", ["-n", "1", "-env", "OPENBLAS_NUM_THREADS", "4", *train, "mixed", ":",
+                                     "-n", "2", *train, "mixed"])):
+        result = subprocess.run([str(MPIEXEC), *command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                env=env)
+        assert result.returncode == 0, result.stderr
+        said = f"data-parallel on 3 MPI processes ({share} BLAS thread{'' if share == 1 else 's'} each)"
+        assert result.stderr.count(said) == 1, result.stderr
+        (run,) = run_dirs(tmp_path, runs)
+        assert checkpoint.load(run / "checkpoints" / "last.safetensors").meta["blas_threads"] == share

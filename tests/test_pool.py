@@ -490,6 +490,8 @@ def test_a_sweeps_members_share_the_cores_between_their_blas_pools(monkeypatch) 
 
 
 def test_processes_sharing_a_machine_divide_its_usable_cores(monkeypatch) -> None:
+    from sgdcli.training.sweep import member_environment
+
     """The rule sweep members and MPI ranks share (workers.threads_each): the usable cores divided by the
     processes, at least 1; None (the user's count holds) when OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
@@ -500,8 +502,23 @@ def test_processes_sharing_a_machine_divide_its_usable_cores(monkeypatch) -> Non
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert workers.threads_each(2) is None  # the process's own environment by default
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    for name in workers.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     assert workers.threads_each(2) == 3
+    # What OpenBLAS reads as "every core" (C atoi: empty, 0, negative, not a number) is no count of the user's
+    for value in ("", "0", "-1", "abc", " ", "+0"):
+        assert workers.user_threads({"OPENBLAS_NUM_THREADS": value}) is None
+        assert workers.threads_each(2, {"OPENBLAS_NUM_THREADS": value, "OMP_NUM_THREADS": value}) == 3
+        assert member_environment(2, {"OPENBLAS_NUM_THREADS": value})["OPENBLAS_NUM_THREADS"] == "3"
+    # ... and, as atoi, leading spaces and a trailing rest are read past; OpenBLAS's order of the variables
+    assert [workers.user_threads({"OMP_NUM_THREADS": v}) for v in (" 3", "2abc", "+4", "7")] == [3, 2, 4, 7]
+    assert workers.user_threads({"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "5"}) == 2
+    assert workers.user_threads({"OPENBLAS_NUM_THREADS": "x", "GOTO_NUM_THREADS": "4", "OMP_NUM_THREADS": "5"}) == 4
+    assert workers.user_threads({"OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": "5"}) == 5
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1x")
+    assert not workers.two_threads()  # one thread for OpenBLAS: none for the engine's passes either
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "0")
+    assert workers.two_threads()
 
 
 def test_a_split_inside_a_whole_runs_work_runs_alone(monkeypatch) -> None:

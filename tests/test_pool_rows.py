@@ -12,7 +12,7 @@ from test_resume import assert_identical, interrupt
 
 from sgdcli import api
 from sgdcli.config.loading import load_config
-from sgdcli.engine import blas, pool
+from sgdcli.engine import blas, pool, workers
 from sgdcli.engine.gradients import BatchProduct
 from sgdcli.engine.optimizers import AdaGrad, Adam, AdamW, RMSProp
 from sgdcli.errors import CheckpointError
@@ -159,7 +159,27 @@ def test_the_recorded_count_is_checked_and_a_higher_one_warned() -> None:
     assert resuming.blas_threads({}, path, 2) == (2, None)  # checkpoints before the count was recorded
     assert resuming.blas_threads({"blas_threads": 1}, path, 2) == (1, None)
     count, warning = resuming.blas_threads({"blas_threads": 4}, path, 2)  # cannot be raised
-    assert count == 2 and "OPENBLAS_NUM_THREADS=4 sgdcli train --resume runs/r" in warning
+    assert count == 2 and warning.endswith("continue with OPENBLAS_NUM_THREADS=4 sgdcli train --resume runs/r")
+    count, warning = resuming.blas_threads({"blas_threads": 2}, path, 1, processes=2)  # an MPI run: its launcher
+    assert count == 1 and warning.endswith("continue with OPENBLAS_NUM_THREADS=2 mpiexec -n 2 sgdcli train --resume runs/r")
     for bad in (0, -1, True, "2", 1.5):
         with pytest.raises(CheckpointError, match="blas_threads: expected a whole number"):
             resuming.blas_threads({"blas_threads": bad}, path, 2)
+
+
+def test_the_command_that_continues_a_run_names_what_a_plain_command_would_not_give(monkeypatch) -> None:
+    """The interrupted run's "continue with", and a wrong number of processes' refusal: OPENBLAS_NUM_THREADS
+    only where a plain command gives each process fewer threads than the run recorded (a resume lowers a higher
+    count itself): an MPI run trained with the user's count above the cores' share, on this machine's cores."""
+    monkeypatch.setattr(workers, "usable_cores", lambda: 4)
+    run = Path("runs/r")
+    assert resuming.resume_command(run, 1, 4) == "sgdcli train --resume runs/r"
+    assert resuming.resume_command(run, 1, None) == "sgdcli train --resume runs/r"  # (recorded before counts)
+    assert resuming.resume_command(run, 2, 2) == "mpiexec -n 2 sgdcli train --resume runs/r"  # the share: 4 // 2
+    assert resuming.resume_command(run, 2, 1) == "mpiexec -n 2 sgdcli train --resume runs/r"  # lowered on resume
+    assert resuming.resume_command(run, 2, 3) == "OPENBLAS_NUM_THREADS=3 mpiexec -n 2 sgdcli train --resume runs/r"
+    assert resuming.resume_command(run, 1, 1, name_threads=True) == "OPENBLAS_NUM_THREADS=1 sgdcli train --resume runs/r"
+    meta = {"processes": 2, "blas_threads": 4}
+    with pytest.raises(CheckpointError) as info:
+        resuming.check_processes(meta, run / "checkpoints" / "last.safetensors", 1)
+    assert str(info.value.message).endswith("continue with: OPENBLAS_NUM_THREADS=4 mpiexec -n 2 sgdcli train --resume runs/r")

@@ -17,7 +17,7 @@ from sgdcli import api
 from sgdcli.analysis import reference
 from sgdcli.cli.app import app
 from sgdcli.config import schema as cfg
-from sgdcli.engine import layers
+from sgdcli.engine import blas, layers, workers
 from sgdcli.runs import checkpoint
 
 runner = CliRunner()
@@ -182,6 +182,21 @@ def test_sweep_trains_every_combination_from_identical_initial_weights(tmp_path)
     assert result.stdout.count("failed") == 3  # momentum 1.5 is refused for each mode, not fatal
     assert "optimizer.momentum: expected less than 1" in result.stderr
     assert "training.batch.mode" in result.stdout and (tmp_path / "c.png").is_file()
+    # two members at a time share the cores between their BLAS pools (recorded, for a resume)
+    share = workers.threads_each(2) or workers.user_threads()
+    assert {checkpoint.load(r / "checkpoints" / "last.safetensors").meta["blas_threads"] for r in runs} == \
+        {min(share, blas.thread_count() or share)}
+
+
+def test_a_sweep_of_one_member_trains_it_on_every_core(tmp_path):
+    """--jobs 2 with a single member: it trains alone, on the BLAS pool a plain train has."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(training__epochs=1)))
+    result = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2",
+                                 "--sweep", "optimizer.learning_rate=0.1", "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert checkpoint.load(run / "checkpoints" / "last.safetensors").meta["blas_threads"] == blas.thread_count()
 
 
 def test_sweep_usage_errors():

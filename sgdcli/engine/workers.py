@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -64,7 +65,9 @@ _worker: _Worker | None = None
 _lock = threading.Lock()
 
 
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")  # a user's thread count for OpenBLAS (and OpenMP)
+# What sets OpenBLAS's thread count, in the order OpenBLAS reads them (and OpenMP's, the last)
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+_LEADING_INTEGER = re.compile(r"\s*([+-]?\d+)")
 
 
 def usable_cores() -> int:
@@ -72,24 +75,34 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def user_threads(environ: Mapping[str, str] | None = None) -> int | None:
+    """The thread count ``environ`` (the process's environment by default) gives OpenBLAS, or None where it
+    gives none. As OpenBLAS reads it (``blas_get_cpu_number``, C ``atoi``): the first of THREAD_VARIABLES whose
+    value starts with a positive whole number; an empty, 0, negative or non-numeric value counts as unset
+    (OpenBLAS then takes every core)."""
+    environ = os.environ if environ is None else environ
+    for name in THREAD_VARIABLES:
+        match = _LEADING_INTEGER.match(environ.get(name, ""))
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1))
+    return None
+
+
 def threads_each(processes: int, environ: Mapping[str, str] | None = None) -> int | None:
     """The BLAS threads for each of ``processes`` processes training at once on this machine's usable cores:
     the cores divided by ``processes``, at least 1; None when ``environ`` (the process's environment by
-    default) sets ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``: the user's count holds. An idle OpenBLAS
-    thread spins on its core for a while (``engine/spin.py``), so two processes with a two-thread pool each on
-    two cores take each other's cores: two sweep members took 4-5x longer an epoch than each alone, and
+    default) gives OpenBLAS a count (``user_threads``): the user's count holds. An idle OpenBLAS thread spins
+    on its core for a while (``engine/spin.py``), so two processes with a two-thread pool each on two cores
+    take each other's cores: two sweep members took 4-5x longer an epoch than each alone, and
     ``mpiexec -n 2`` training 5.3x longer than with one thread per process."""
-    environ = os.environ if environ is None else environ
-    if set(THREAD_VARIABLES) & environ.keys():
+    if user_threads(environ) is not None:
         return None
     return max(1, usable_cores() // max(1, processes))
 
 
 def two_threads() -> bool:
     """Whether ``split`` uses the worker thread: two or more usable cores and no thread limit of 1."""
-    if any(os.environ.get(name, "").strip() == "1" for name in THREAD_VARIABLES):
-        return False
-    return usable_cores() >= 2
+    return user_threads() != 1 and usable_cores() >= 2
 
 
 _TWO_THREADS = two_threads()

@@ -77,17 +77,23 @@ def resume(run_dir: Path, load: Callable[[], ExperimentConfig | None], overrides
 @contextmanager
 def cores_shared(comm) -> Iterator[None]:
     """This rank's share of its machine's cores for the block: the ranks on one machine (``comm``, an
-    MpiCommunicator: a collective) divide its usable cores among their BLAS pools (``workers.threads_each``,
-    ``blas.threads``), and a rank with one core's share runs the engine's split passes on one thread
-    (``workers.one_thread``). Not when the user set ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``. Two ranks
-    on two cores with a two-thread pool each trained 5.3x slower than with one thread each (README, MPI).
-    Each checkpoint records the count (Session.blas_threads), and a resume trains on it."""
+    MpiCommunicator; collectives) divide its usable cores among their BLAS pools (``workers.threads_each``,
+    ``blas.threads``), unless the user gave OpenBLAS a count (``workers.user_threads``); then every rank takes
+    the least count of all ranks, so that "each" is true and a resume, which trains every rank on rank 0's
+    recorded count, gives each the count it trained on. A rank on one thread runs the engine's split passes
+    on one thread too (``workers.one_thread``). Two ranks on two cores with a two-thread pool each trained
+    5.3x slower than with one thread each (README, MPI)."""
     count = workers.threads_each(comm.ranks_on_machine())
     with ExitStack() as stack:
         if count is not None:
             stack.enter_context(blas.threads(count))
-            if count < 2:
-                stack.enter_context(workers.one_thread())
+        counts = np.zeros((comm.size, 1), np.int64)
+        own = blas.thread_count() or count or workers.usable_cores()  # (another BLAS: what it was told, or the cores)
+        comm.allgather(np.array([own], np.int64), counts)
+        least = int(counts.min())
+        stack.enter_context(blas.threads(least))
+        if least < 2:
+            stack.enter_context(workers.one_thread())
         yield
 
 

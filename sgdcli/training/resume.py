@@ -11,6 +11,7 @@ from sgdcli.config import precision
 from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import CosineConfig, ExperimentConfig
 from sgdcli.config.yamlio import read_yaml
+from sgdcli.engine import workers
 from sgdcli.errors import CheckpointError, ConfigError, RunDirError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
@@ -172,19 +173,30 @@ def launcher(processes: int) -> str:
     return f"mpiexec -n {processes} " if processes > 1 else ""
 
 
-def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple[int | None, str | None]:
+def resume_command(run_dir: Path, processes: int, blas_threads: int | None, name_threads: bool = False) -> str:
+    """The command that continues the run in `run_dir` as it trained: on its `processes` (``launcher``) and its
+    `blas_threads` each, given as OPENBLAS_NUM_THREADS where a plain command would give fewer here (the usable
+    cores shared by the processes, ``workers.threads_each``; a resume lowers a higher count itself), or always
+    with `name_threads`."""
+    plain = workers.threads_each(processes, {})
+    threads = blas_threads is not None and (name_threads or blas_threads > plain)
+    return f"{f'OPENBLAS_NUM_THREADS={blas_threads} ' if threads else ''}{launcher(processes)}sgdcli train --resume {run_dir}"
+
+
+def blas_threads(meta: dict[str, Any], path: Path, current: int | None, processes: int = 1) -> tuple[int | None, str | None]:
     """The BLAS thread count a resumed run trains on, and a warning or None. A product's bits depend on
     OpenBLAS's thread count (from ~400 rows of a batch), so a run resumes on the count it trained on
-    (``meta["blas_threads"]``; a sweep's ``--jobs`` members train on fewer than the machine has): lowered to
-    it here (``blas.threads``); a count above this process's cannot be raised, and resuming on fewer may
-    change the last bits (warned). Checkpoints before sgdcli recorded it: the count as it is."""
+    (``meta["blas_threads"]``; a sweep's ``--jobs`` members and MPI's processes train on fewer than the machine
+    has): lowered to it here (``blas.threads``); a count above this process's cannot be raised, and resuming on
+    fewer may change the last bits (warned, with the command for `processes` that gives the same bits).
+    Checkpoints before sgdcli recorded it: the count as it is."""
     trained = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
     if trained is None or current is None:
         return current, None
     if trained > current:
         return current, (f"the run trained on {trained} BLAS threads and resumes on {current}: its last bits may "
-                         f"differ from an uninterrupted run's; for the same bits continue with OPENBLAS_NUM_THREADS="
-                         f"{trained} sgdcli train --resume {path.parent.parent}")
+                         f"differ from an uninterrupted run's; for the same bits continue with "
+                         f"{resume_command(path.parent.parent, processes, trained, name_threads=True)}")
     return trained, None
 
 
@@ -202,9 +214,11 @@ def check_processes(meta: dict[str, Any], path: Path, processes: int) -> None:
     order, so the run would not continue bit for bit."""
     trained = _recorded_count({"processes": 1, **meta}, "processes", path)
     if trained != processes:
+        threads = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
+
         def count(p: int) -> str:
             return f"{p} process" + "es" * (p != 1)
         raise CheckpointError(f"the run was trained on {count(trained)} and this resume runs on {count(processes)}: "
                               "a data-parallel run resumes only on the number of processes it was trained on, "
                               "else its batches would be cut and its gradients added differently; continue with: "
-                              f"{launcher(trained)}sgdcli train --resume {path.parent.parent}", source=str(path))
+                              f"{resume_command(path.parent.parent, trained, threads)}", source=str(path))

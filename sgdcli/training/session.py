@@ -151,7 +151,7 @@ class Session:
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path), parallel)
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
-            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads)
+            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads, session.processes)
             session._restore(path, state)
         except BaseException:
             lock.close()
@@ -244,7 +244,7 @@ class Session:
                 self._save_last()  # mid-epoch state: `--resume` continues from this very update
                 status = "interrupted"
                 message = (f"interrupted after update {self.position.updates} (epoch {self.position.epoch + 1}); "
-                           f"continue with: {resuming.launcher(self.processes)}sgdcli train --resume {self.run_dir}")
+                           f"continue with: {resuming.resume_command(self.run_dir, self.processes, self.blas_threads)}")
         except DiskError as exc:  # the previous checkpoint is intact; say so in the summary if there is room
             self._finish("failed", str(exc), False, started)  # naming the file
             raise

@@ -112,7 +112,7 @@ def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_d
             # Output goes to files, not pipes: a chatty child can never block on a full pipe.
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
             process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                                       env=member_environment(jobs))
+                                       env=member_environment(min(jobs, len(sweep_members))))
             running.append((member, process, out, err))
         if should_stop and should_stop():
             for member in waiting:
@@ -136,7 +136,8 @@ def _run(config: Path, overrides: list[str], sweep_members: list[Member], runs_d
 def member_environment(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a member of a sweep running `jobs` members at once: this process's, with
     OpenBLAS (and OpenMP) on the usable cores divided by `jobs` (``workers.threads_each``: at least 1), unless
-    the user has set OPENBLAS_NUM_THREADS or OMP_NUM_THREADS (theirs is passed on). Two members on two cores,
+    the user has given OpenBLAS a count (``workers.user_threads``: theirs is passed on; an empty, 0 or
+    non-numeric value, which OpenBLAS reads as "every core", is replaced). Two members on two cores,
     each with a two-thread BLAS pool, took 4-5x longer an epoch than each alone (their idle BLAS threads
     spin on the cores the other's need; the element-wise updates on OpenBLAS's threads, engine/pool,
     ~20x), one thread each about as long as alone."""
