@@ -3,6 +3,7 @@ share a fake communicator, against one process (the same code path mpiexec runs,
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -10,10 +11,12 @@ import pytest
 
 from conftest import REPO, tiny_config
 from sgdcli.config.loading import load_config
+from sgdcli.engine import metrics
 from sgdcli.errors import ConfigError
 from sgdcli.training import communicator, parallel
 from sgdcli.training.loop import Interrupted, Position, train_epochs
-from sgdcli.training.parallel import DataParallel, PeerFailed, QuietExit, ordered_sum, shard
+from sgdcli.training.parallel import DataParallel, PeerFailed, QuietExit
+from sgdcli.training.sharding import ordered_sum, shard
 from sgdcli.training.session import _build
 
 
@@ -230,6 +233,51 @@ def test_a_failed_rank_stops_the_others_before_the_next_update():
     assert rank_1 == "failed"
     quiet = run_ranks(2, lambda rank, comm: work(1 - rank, comm))[1]  # the same, seen from rank 1
     assert isinstance(quiet, QuietExit) and quiet.code == 3
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_ranks_measure_an_epoch_each_on_their_chunks_and_all_get_one_process_numbers(size, task, monkeypatch):
+    """An epoch's loss and accuracy over every row: each rank evaluates its shard of the chunks (7 ranks:
+    some none) and all get, bit for bit, the numbers one process computes over all chunks."""
+    monkeypatch.setattr(metrics, "EVAL_BATCH", 16)  # ~100 rows: 7 chunks, the last smaller
+    changes = {} if task == "classification" else {"data__dataset": "sine", "loss": {"type": "mse"},
+                                                    "model__layers__1__units": 1}
+    _, problem, _ = _build(config(**changes), 3)
+    classification = task == "classification"
+    expected = metrics.loss_and_accuracy(problem.model, problem.loss, problem.x, problem.y, classification)
+    assert (expected[1] is None) != classification
+    rows: dict[int, list[int]] = {}
+
+    def work(rank, comm):
+        model = copy.deepcopy(problem.model)  # (each rank its own, as MPI's processes)
+        predict = model.predict
+        model.predict = lambda x: rows.setdefault(rank, []).append(len(x)) or predict(x)
+        return DataParallel(comm).loss_and_accuracy(model, problem.loss, problem.x, problem.y, classification)
+
+    assert run_ranks(size, work) == [expected] * size
+    chunks = [len(problem.x[start : start + 16]) for start in range(0, len(problem.x), 16)]
+    assert len(chunks) == 7 and sorted(n for counts in rows.values() for n in counts) == sorted(chunks)  # each once
+    assert all(len(rows.get(rank, [])) == len(range(*shard(7, size, rank))) for rank in range(size))
+
+
+def test_a_rank_failing_to_measure_tells_the_others_and_has_no_collective_left(monkeypatch):
+    monkeypatch.setattr(metrics, "EVAL_BATCH", 16)  # a chunk for every rank
+    _, problem, _ = _build(config(), 3)
+
+    def work(rank, comm):
+        data_parallel, model = DataParallel(comm), copy.deepcopy(problem.model)
+        if rank == 1:
+            model.predict = lambda x: (_ for _ in ()).throw(MemoryError("no room"))
+        try:
+            return data_parallel.loss_and_accuracy(model, problem.loss, problem.x, problem.y, True)
+        except MemoryError:
+            data_parallel.finish(1)  # as mpi_run's _train: returns at once (the others no longer wait)
+            return "failed"
+
+    rank_0, rank_1, rank_2 = run_ranks(3, work)
+    assert isinstance(rank_0, PeerFailed) and rank_0.exit_code == 1 and "MPI process 1" in rank_0.message
+    assert rank_1 == "failed" and isinstance(rank_2, QuietExit) and rank_2.code == 1
 
 
 @pytest.mark.parametrize("changes,key", [

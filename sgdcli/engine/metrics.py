@@ -33,15 +33,40 @@ def class_names_of(labels: np.ndarray, class_names: tuple[str, ...]) -> list[str
 
 def loss_and_accuracy(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,
                       classification: bool) -> tuple[float, float | None]:
-    """Mean loss over the whole set (in chunks, weighted by chunk size) and accuracy if it applies."""
-    total, correct = 0.0, 0
-    for start in range(0, len(x), EVAL_BATCH):
-        outputs = model.predict(x[start : start + EVAL_BATCH])
-        target = y[start : start + EVAL_BATCH]
-        total += loss.value(outputs, target) * len(outputs)
+    """Mean loss over the whole set (in chunks of EVAL_BATCH rows, weighted by chunk size) and accuracy if it
+    applies: ``combine_chunks`` of every chunk's ``chunk_sums``."""
+    return combine_chunks(chunk_sums(model, loss, x, y, classification), len(x), classification)
+
+
+def chunk_count(rows: int) -> int:
+    """How many chunks of EVAL_BATCH rows ``loss_and_accuracy`` evaluates ``rows`` in."""
+    return -(-rows // EVAL_BATCH)
+
+
+def chunk_sums(model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray, classification: bool,
+               chunks: range | None = None) -> np.ndarray:
+    """(C, 2) float64, C = ``chunk_count(len(x))``: for chunk c (rows c * EVAL_BATCH onwards) its loss summed
+    over its rows (the loss's mean times the rows) and its number of correct labels (0 without
+    ``classification``), for the chunks in ``chunks`` (None: all); the others' rows are 0, so that sums over
+    processes that took different chunks give each chunk's numbers exactly (x + 0 = x)."""
+    sums = np.zeros((chunk_count(len(x)), 2))
+    for chunk in range(len(sums)) if chunks is None else chunks:
+        rows = slice(chunk * EVAL_BATCH, (chunk + 1) * EVAL_BATCH)
+        outputs, target = model.predict(x[rows]), y[rows]
+        sums[chunk, 0] = loss.value(outputs, target) * len(outputs)
         if classification:
-            correct += int((predict_labels(outputs) == _labels(target)).sum())
-    return total / len(x), (correct / len(x) if classification else None)
+            sums[chunk, 1] = int((predict_labels(outputs) == _labels(target)).sum())
+    return sums
+
+
+def combine_chunks(sums: np.ndarray, rows: int, classification: bool) -> tuple[float, float | None]:
+    """(mean loss, accuracy or None) of ``rows`` rows from their chunks' ``chunk_sums``, added in chunk order: the
+    same numbers however the chunks were shared out."""
+    total, correct = 0.0, 0
+    for loss_sum, right in sums:
+        total += float(loss_sum)
+        correct += int(right)
+    return total / rows, (correct / rows if classification else None)
 
 
 def _labels(target: np.ndarray) -> np.ndarray:

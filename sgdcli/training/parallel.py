@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from sgdcli.config.image_layers import BatchNormConfig
-from sgdcli.engine import accumulate
+from sgdcli.engine import accumulate, metrics
+from sgdcli.engine.losses import Loss
+from sgdcli.engine.model import Sequential
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
 from sgdcli.errors import ConfigError, SgdcliError
 from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommunicator: this module's API too
@@ -28,7 +30,7 @@ from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommun
     launched_size,
 )
 from sgdcli.training.loop import Problem, nonfinite
-from sgdcli.training.sharding import FlatLayout, ShardedOptimizer, flatten_parameters
+from sgdcli.training.sharding import FlatLayout, ShardedOptimizer, ShardRng, flatten_parameters, ordered_sum, shard
 
 STOP = 1.0  # the control slot of an update: 0 go on, 1 a process was asked to stop, -code a process failed
 
@@ -52,38 +54,6 @@ def exit_code(exc: BaseException) -> int:
     return 1
 
 
-def shard(count: int, size: int, rank: int) -> tuple[int, int]:
-    """Rows [lo, hi) of a batch of `count` rows that `rank` of `size` computes: contiguous, in rank
-    order, the first count % size ranks one row more (10 rows on 3 ranks: 4, 3, 3; NumPy's array_split)."""
-    base, extra = divmod(count, size)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (rank < extra)
-
-
-def ordered_sum(rows: np.ndarray | Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
-    """out = rows[0] + rows[1] + ... + rows[P-1], added in that order, so the rounding is the same
-    on every rank and in every run (an allreduce may add in any order)."""
-    if len(rows) == 1:
-        np.copyto(out, rows[0])
-        return out
-    np.add(rows[0], rows[1], out=out)  # one pass fewer than copying rows[0] first
-    for row in rows[2:]:
-        out += row
-    return out
-
-
-class ShardRng:
-    """Dropout's generator on a shard: draws the whole batch's numbers, as one process would, and
-    hands out the shard's rows, so masks (and the generator's state) equal the single-process run's."""
-
-    def __init__(self, rng: np.random.Generator, count: int, lo: int) -> None:
-        self.rng, self.count, self.lo = rng, count, lo
-
-    def random(self, size: tuple[int, ...], **kwargs) -> np.ndarray:
-        whole = self.rng.random((self.count, *size[1:]), **kwargs)
-        return whole[self.lo : self.lo + size[0]]
-
-
 def refuse(config: ExperimentConfig, processes: int) -> None:
     """ConfigError (exit 2) for what cannot be split across `processes` > 1: one sample per update,
     batch norm (its statistics are the whole batch's), a derivative-free optimizer."""
@@ -103,6 +73,7 @@ def refuse(config: ExperimentConfig, processes: int) -> None:
 
 
 UPDATE, CHECK, WEIGHTS = "update", "check", "weights"  # the collective a process does next (see DataParallel)
+TOLD = "told"  # a process that failed measuring an epoch, having sent its exit status: no collective left
 
 
 def needs_whole_gradient(config: ExperimentConfig, problem: Problem) -> bool:
@@ -356,11 +327,33 @@ class DataParallel:
         return PeerFailed(f"MPI process {rank} stopped with an error (exit status {code}; its message is above): "
                           f"{outcome}", code)
 
+    def loss_and_accuracy(self, model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,
+                          classification: bool) -> tuple[float, float | None]:
+        """``metrics.loss_and_accuracy`` of the whole set, each rank evaluating its ``shard`` of the chunks: one
+        small allgather brings every rank every chunk's sums (0 from the ranks that did not take it, so each
+        sum is exact) and each adds them in chunk order: every rank has the same numbers (early stopping
+        decides alike). A rank that fails sends its exit status in the control slot and raises; the others
+        raise ``peer_failed``."""
+        count = metrics.chunk_count(len(x))
+        send, out = np.zeros(2 * count + 1), np.zeros((self.size, 2 * count + 1))
+        try:
+            chunks = range(*shard(count, self.size, self.rank))
+            send[:-1] = metrics.chunk_sums(model, loss, x, y, classification, chunks).reshape(-1)
+        except BaseException as exc:
+            send[-1], self.phase = -exit_code(exc), TOLD
+            self.comm.allgather(send, out)
+            raise
+        self.comm.allgather(send, out)
+        self._raise_failed(out[:, -1])
+        return metrics.combine_chunks(out[:, :-1].sum(axis=0).reshape(count, 2), len(x), classification)
+
     def finish(self, code: int) -> None:
         """Every rank's last collective, whatever the outcome: its exit status, sent as the control
         value of the collective the other ranks wait in (so a rank still waiting for the next update,
         or in the middle of one, learns that this one failed). A rank that stopped between the
         sharded update's check and its weights first completes the weights' allgather."""
+        if self.phase == TOLD:
+            return
         if self.phase == CHECK:
             self.norms[-1] = -code
             self.comm.allgather(self.norms, self.all_norms)

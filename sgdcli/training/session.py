@@ -307,12 +307,11 @@ class Session:
             "forward_passes": self.position.forward_passes, "seconds": round(self.train_seconds, 4), "learning_rate": result.learning_rate,
             "train_loss": result.train_loss,
         }
+        measure = self.parallel.loss_and_accuracy if self.parallel else loss_and_accuracy  # (each rank its share)
         if self.config.training.eval_train:
-            row["train_loss_full"], row["train_accuracy"] = loss_and_accuracy(
-                p.model, p.loss, p.x, p.y, self.classification)
+            row["train_loss_full"], row["train_accuracy"] = measure(p.model, p.loss, p.x, p.y, self.classification)
         if prepared.x_val is not None:
-            row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
-                p.model, p.loss, prepared.x_val, prepared.y_val, self.classification)
+            row["val_loss"], row["val_accuracy"] = measure(p.model, p.loss, prepared.x_val, prepared.y_val, self.classification)
         row.update(self.recorders.epoch_row(p.model))
         self.last_row = row
         return row
