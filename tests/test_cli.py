@@ -250,3 +250,29 @@ def test_option_values_are_named_as_options_and_a_file_in_the_runs_path_as_a_fil
         assert f"{tmp_path / target}: is {kind}, not a folder: no run directory can be made in it" in result.stderr
         result = run("lr-find", config, "--out", tmp_path / target, "--updates", "3")
         assert result.exit_code == 4 and f"is {kind}, not a folder" in result.stderr, result.output
+
+
+# Each command but train, with arguments it parses: under mpiexec it is refused before it reads them.
+ONE_PROCESS = {"eval": ["r"], "predict": ["r", "--data", "d.csv"], "export": ["r", "--format", "npz", "--out", "m.npz"],
+               "schema": [], "compare": ["r"], "validate": ["c.yaml"], "gradcheck": ["c.yaml"], "landscape": ["r"],
+               "boundary": ["r"], "lr-find": ["c.yaml"], "optimizers": []}
+
+
+def test_every_command_but_train_is_refused_under_mpiexec_once_with_nothing_written(tmp_path, monkeypatch):
+    """P copies of eval, lr-find or export would each do the work and write it (lr-find: P directories;
+    predict --out: P writers of one file): rank 0 says once that the command runs on one process (exit 2), the
+    other ranks end quietly with the same status. From the launcher's environment alone (training/launch.py)."""
+    names = {command.name or command.callback.__name__ for command in app.registered_commands} - {"train"}
+    assert names == ONE_PROCESS.keys()  # a new command must say how it runs under mpiexec
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    for rank, said in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("PMI_RANK", rank)
+        for name, args in ONE_PROCESS.items():
+            result = runner.invoke(app, [name, *args])
+            assert result.exit_code == 2, (name, result.output)
+            message = f"error: sgdcli {name} runs on one process; run it without mpiexec"
+            assert result.stderr.count(message) == said and "Traceback" not in result.output, (name, result.output)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PMI_SIZE", "1")  # a launcher's single process: the command runs
+    assert runner.invoke(app, ["optimizers"]).exit_code == 0

@@ -35,9 +35,12 @@ def _boundary(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from sgdcli.cli import render
+        from sgdcli.training import launch
         from sgdcli.training.interrupts import graceful_stop
 
         try:
+            if command.__name__ != "train":  # under mpiexec only train runs
+                launch.one_process({"evaluate": "eval"}.get(command.__name__, command.__name__.replace("_", "-")))
             with graceful_stop():  # Ctrl-C (130) or SIGTERM (143) stop any command at once; train defers
                 return command(*args, **kwargs)
         except SgdcliError as exc:

@@ -1,5 +1,5 @@
-"""How data-parallel processes talk: which processes an MPI launcher started (read from the
-environment alone), and the collectives training needs, through MPI (mpi4py) under `mpiexec`.
+"""How data-parallel processes talk: the collectives training needs, through MPI (mpi4py) under
+`mpiexec` (which processes a launcher started: `launch`, read from the environment alone).
 
 When every process runs on one machine, arrays can also be shared: one copy in memory that every
 process reads and writes (MPI-3 shared-memory windows, `MPI_Win_allocate_shared`), so a gradient or
@@ -10,35 +10,14 @@ standard's pattern for shared windows: `MPI_Win_sync`, a collective, `MPI_Win_sy
 from __future__ import annotations
 
 import math
-import os
 from typing import Protocol
 
 import numpy as np
 
 from sgdcli.errors import UsageError
+from sgdcli.training.launch import RANK_VARIABLES, SIZE_VARIABLES, launched_rank, launched_size  # noqa: F401 - API
 
-# What MPI launchers tell the processes they start: MPICH's hydra and Intel MPI (PMI_SIZE, also
-# set by srun --mpi=pmi2), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 INSTALL_HINT = "pip install 'sgdcli[mpi]'"
-
-
-def _launched(variables: tuple[str, ...], default: int) -> int:
-    for name in variables:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return default
-
-
-def launched_size() -> int:
-    """The number of processes an MPI launcher started (1 when not launched by one); reads only the environment."""
-    return _launched(SIZE_VARIABLES, 1)
-
-
-def launched_rank() -> int:
-    return _launched(RANK_VARIABLES, 0)
 
 
 class Communicator(Protocol):
