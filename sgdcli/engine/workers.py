@@ -132,9 +132,9 @@ def _get_worker() -> _Worker:
 def split(count: int, work: Callable[[int, int], None], nbytes: int, *, chunked: bool = False) -> None:
     """Run ``work(start, stop)`` over the rows [0, count): as work(0, h) on the worker thread and
     work(h, count) on this one (h = count // 2), or as work(0, count) alone when ``nbytes`` (what
-    the pass reads and writes) is below MIN_BYTES, count < 2, or there is no worker (or a ``one_thread`` block is open). ``chunked``:
-    each thread calls work on consecutive ranges of its rows touching ~CHUNK_BYTES each, so that a
-    work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
+    the pass reads and writes) is below MIN_BYTES, count < 2, there is no worker, or a ``one_thread``
+    block is open. ``chunked``: each thread calls work on consecutive ranges of its rows touching
+    ~CHUNK_BYTES each, so that a work of several NumPy passes finds the later passes' data still in cache. Returns when all rows
     are done; an exception in either half is raised here. ``work`` must treat its rows independently
     of each other (it may be called on any split)."""
     alone = count < 2 or nbytes < MIN_BYTES or not _TWO_THREADS or _one_thread > 0

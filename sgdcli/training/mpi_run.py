@@ -78,9 +78,9 @@ def resume(run_dir: Path, load: Callable[[], ExperimentConfig | None], overrides
 def cores_shared(comm) -> Iterator[None]:
     """This rank's share of its machine's cores for the block: the ranks on one machine (``comm``, an
     MpiCommunicator; collectives) divide its usable cores among their BLAS pools (``workers.threads_each``,
-    ``blas.threads``), unless the user gave OpenBLAS a count (``workers.user_threads``); then every rank takes
-    the least count of all ranks, so that "each" is true and a resume, which trains every rank on rank 0's
-    recorded count, gives each the count it trained on. A rank on one thread runs the engine's split passes
+    ``blas.threads``) unless the user gave OpenBLAS a count (``workers.user_threads``), and every rank then
+    takes the least count of all ranks, so that "each" is true and a resume, which trains every rank on rank
+    0's recorded count, gives each the count it trained on. A rank on one thread runs the engine's split passes
     on one thread too (``workers.one_thread``). Two ranks on two cores with a two-thread pool each trained
     5.3x slower than with one thread each (README, MPI)."""
     count = workers.threads_each(comm.ranks_on_machine())

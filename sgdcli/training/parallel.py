@@ -12,7 +12,7 @@ The communicator is MPI (mpi4py) under `mpiexec`; tests pass a fake one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
