@@ -7,6 +7,7 @@ class SgdcliError(Exception):
     """Base of every error that is the user's input rather than our bug."""
 
     exit_code = 1
+    only_here = False  # under mpiexec: an error only this process saw, which it reports itself (not left to rank 0)
 
     def __init__(self, message: str, *, source: str | None = None) -> None:
         # `source` names where the problem is: a file, optionally with a field or row.

@@ -245,3 +245,36 @@ def test_ranks_on_one_machine_divide_its_cores_between_their_blas_pools(tmp_path
         assert result.stderr.count(said) == 1, result.stderr
         (run,) = run_dirs(tmp_path, runs)
         assert checkpoint.load(run / "checkpoints" / "last.safetensors").meta["blas_threads"] == share
+
+
+LATE_SIGNAL = """
+import atexit, os, signal, time
+import numpy as np
+from sgdcli.training.communicator import MpiCommunicator
+comm = MpiCommunicator()
+pids = np.zeros((comm.size, 1), np.int64)
+comm.allgather(np.array([os.getpid()], np.int64), pids)
+if comm.rank == 0:  # rank 1 is in MPI_Finalize, waiting for this one, when Ctrl-C reaches it
+    atexit.register(lambda: (time.sleep(1), os.kill(int(pids[1, 0]), signal.SIGINT), time.sleep(1)))
+"""
+
+
+def test_ctrl_c_while_mpi_finalizes_after_the_run_is_not_a_crash():
+    """mpi4py finalizes MPI after Python has put the default handlers back: a Ctrl-C then killed a process
+    whose run had completed, MPICH reported a crash ("BAD TERMINATION") and mpiexec exited 2."""
+    done = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", LATE_SIGNAL], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=environment())
+    assert done.returncode == 0 and "BAD TERMINATION" not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("args,said", [
+    ([], "error: give a CONFIG file to train"), (["--bogus"], "No such option: --bogus"),
+    (["config.yaml", "--plot", "x.png"], "error: --plot is for a sweep's comparison plots"),
+    (["--help"], "Usage: "), (["eval", "r"], "error: sgdcli eval runs on one process")])
+def test_what_every_process_would_say_is_said_once(tmp_path, args, said):
+    """Messages of the command line itself (usage errors, --help, a refused command) come from rank 0 alone."""
+    write(tmp_path)
+    command = args if args[:1] == ["eval"] or args == ["--help"] else ["train", *args]
+    result = sgdcli(tmp_path, *command, processes=2)
+    assert (result.stdout + result.stderr).count(said) == 1, result.stdout + result.stderr
+    assert result.returncode == (0 if args == ["--help"] else 2) and "Traceback" not in result.stderr

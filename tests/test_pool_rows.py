@@ -154,32 +154,47 @@ def test_a_run_resumes_on_the_blas_thread_count_it_trained_on(tmp_path) -> None:
     assert_identical(reference.run_dir, resumed.run_dir)
 
 
-def test_the_recorded_count_is_checked_and_a_higher_one_warned() -> None:
+def test_the_recorded_count_is_checked_and_one_above_the_cores_noted(monkeypatch) -> None:
     path = Path("runs/r/checkpoints/last.safetensors")
+    monkeypatch.setattr(workers, "usable_cores", lambda: 2)
     assert resuming.blas_threads({}, path, 2) == (2, None)  # checkpoints before the count was recorded
-    assert resuming.blas_threads({"blas_threads": 1}, path, 2) == (1, None)
-    count, warning = resuming.blas_threads({"blas_threads": 4}, path, 2)  # cannot be raised
-    assert count == 2 and warning.endswith("continue with OPENBLAS_NUM_THREADS=4 sgdcli train --resume runs/r")
-    count, warning = resuming.blas_threads({"blas_threads": 2}, path, 1, processes=2)  # an MPI run: its launcher
-    assert count == 1 and warning.endswith("continue with OPENBLAS_NUM_THREADS=2 mpiexec -n 2 sgdcli train --resume runs/r")
+    assert resuming.blas_threads({"blas_threads": 1}, path, 2) == (1, None)  # lowered
+    assert resuming.blas_threads({"blas_threads": 2}, path, 1) == (2, None)  # raised: the cores are there
+    assert resuming.blas_threads({"blas_threads": 4}, path, None) == (None, None)  # a BLAS whose count is not ours
+    count, note = resuming.blas_threads({"blas_threads": 4}, path, 2)  # more than the cores: the same bits, slower
+    assert count == 4 and note == ("the run trained on 4 BLAS threads and this process may use 2 cores: it resumes "
+                                   "on 4 threads for the same bits, more slowly")
     for bad in (0, -1, True, "2", 1.5):
         with pytest.raises(CheckpointError, match="blas_threads: expected a whole number"):
             resuming.blas_threads({"blas_threads": bad}, path, 2)
 
 
-def test_the_command_that_continues_a_run_names_what_a_plain_command_would_not_give(monkeypatch) -> None:
-    """The interrupted run's "continue with", and a wrong number of processes' refusal: OPENBLAS_NUM_THREADS
-    only where a plain command gives each process fewer threads than the run recorded (a resume lowers a higher
-    count itself): an MPI run trained with the user's count above the cores' share, on this machine's cores."""
-    monkeypatch.setattr(workers, "usable_cores", lambda: 4)
+def test_the_command_that_continues_a_run_names_its_processes() -> None:
+    """The interrupted run's "continue with", and a wrong number of processes' refusal: the launcher for the
+    processes the run trained on; the BLAS thread count needs no naming (a resume trains on the recorded one)."""
     run = Path("runs/r")
-    assert resuming.resume_command(run, 1, 4) == "sgdcli train --resume runs/r"
-    assert resuming.resume_command(run, 1, None) == "sgdcli train --resume runs/r"  # (recorded before counts)
-    assert resuming.resume_command(run, 2, 2) == "mpiexec -n 2 sgdcli train --resume runs/r"  # the share: 4 // 2
-    assert resuming.resume_command(run, 2, 1) == "mpiexec -n 2 sgdcli train --resume runs/r"  # lowered on resume
-    assert resuming.resume_command(run, 2, 3) == "OPENBLAS_NUM_THREADS=3 mpiexec -n 2 sgdcli train --resume runs/r"
-    assert resuming.resume_command(run, 1, 1, name_threads=True) == "OPENBLAS_NUM_THREADS=1 sgdcli train --resume runs/r"
-    meta = {"processes": 2, "blas_threads": 4}
+    assert resuming.resume_command(run, 1) == "sgdcli train --resume runs/r"
+    assert resuming.resume_command(run, 2) == "mpiexec -n 2 sgdcli train --resume runs/r"
     with pytest.raises(CheckpointError) as info:
-        resuming.check_processes(meta, run / "checkpoints" / "last.safetensors", 1)
-    assert str(info.value.message).endswith("continue with: OPENBLAS_NUM_THREADS=4 mpiexec -n 2 sgdcli train --resume runs/r")
+        resuming.check_processes({"processes": 2, "blas_threads": 4}, run / "checkpoints" / "last.safetensors", 1)
+    assert str(info.value.message).endswith("continue with: mpiexec -n 2 sgdcli train --resume runs/r")
+
+
+def test_a_run_resumes_on_more_blas_threads_than_the_process_has(tmp_path) -> None:
+    """Trained on two BLAS threads and resumed in a process on one (OPENBLAS_NUM_THREADS=1, taskset, an MPI
+    process's share): the resume raises the count to the recorded two for the run, and gives the same bits."""
+    if (blas.thread_count() or 1) < 2:
+        pytest.skip("one BLAS thread: a run trained on two cannot be made here")
+    digits = Path(__file__).resolve().parents[1] / "data" / "digits.csv"
+    config = load_config(tiny_config(training__epochs=3, training__batch__size=700, model__dtype="float64",
+                                     data={"source": "csv", "path": str(digits), "target": "digit", "validation": 0.2},
+                                     model__layers__0__units=512, model__layers__1__units=10,
+                                     optimizer={"type": "adam", "learning_rate": 0.01}))
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+    interrupted = interrupt(config, tmp_path / "runs", 4)
+    assert checkpoint.load(find_checkpoint(interrupted.run_dir)).meta["blas_threads"] == blas.thread_count()
+    with blas.threads(1):
+        resumed = api.resume(interrupted.run_dir)
+        assert blas.thread_count() == 1  # (set back after the run)
+    assert resumed.status == "completed"
+    assert_identical(reference.run_dir, resumed.run_dir)

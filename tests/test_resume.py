@@ -222,3 +222,20 @@ def test_tracked_statistics_of_the_interrupted_epoch_survive_a_resume(tmp_path, 
     assert_identical(reference.run_dir, resumed.run_dir)
     header, *rows = metrics_without_wall_clock(resumed.run_dir)
     assert any(name.startswith("grad_norm/") for name in header) and all(rows[0])  # no empty column in epoch 1
+
+
+def test_a_stop_after_the_last_epoch_is_saved_leaves_the_run_completed(tmp_path):
+    """Ctrl-C while the last epoch is measured and saved: the run is done, not "interrupted" (it named an
+    epoch 3 of a 2-epoch run); a stop at an earlier epoch's end names that epoch's end."""
+    config = load_config(tiny_config(training__epochs=2))
+    calls = []
+
+    def stop_at(call):  # the loop asks after every update, the session after each epoch's checkpoint
+        return lambda: calls.append(1) or len(calls) >= call
+
+    updates = 6  # 90 training rows in batches of 16
+    done = api.train(config, runs_dir=tmp_path / "last", should_stop=stop_at(2 * updates + 2))
+    assert len(calls) == 2 * updates + 2 and done.status == "completed" and done.message is None
+    calls.clear()
+    early = api.train(config, runs_dir=tmp_path / "first", should_stop=stop_at(updates + 1))
+    assert early.status == "interrupted" and early.message.startswith(f"interrupted after update {updates} (the end of epoch 1);")

@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple
 
 import typer
 
+from sgdcli.cli import ranks
 from sgdcli.cli.before_numpy import config_and_numpy, load_numpy_for_run, spin_for_file
 from sgdcli.cli.sweeping import SweepExecutor
 from sgdcli.errors import SgdcliError
@@ -35,20 +36,20 @@ def _boundary(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from sgdcli.cli import render
-        from sgdcli.training import launch
         from sgdcli.training.interrupts import graceful_stop
 
+        ranks.speak()  # (under mpiexec: what this process says is ranks.error's choice)
         try:
             if command.__name__ != "train":  # under mpiexec only train runs
-                launch.one_process({"evaluate": "eval"}.get(command.__name__, command.__name__.replace("_", "-")))
+                ranks.one_process({"evaluate": "eval"}.get(command.__name__, command.__name__.replace("_", "-")))
             with graceful_stop():  # Ctrl-C (130) or SIGTERM (143) stop any command at once; train defers
                 return command(*args, **kwargs)
         except SgdcliError as exc:
-            render.error(str(exc))
+            ranks.error(render.error, str(exc), exc.only_here)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # before training started (or a Stopped from a signal handler)
             signum = getattr(exc, "signum", signal.SIGINT)
-            render.error("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}")
+            ranks.error(render.error, "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}")
             raise typer.Exit(128 + signum) from None
 
     return wrapper
@@ -395,4 +396,5 @@ def main() -> None:
     # BrokenPipeError, which click and rich turn into exit status 1 (gradcheck's "mismatch"). The
     # write that fails is a print between updates, never a checkpoint: those are files, written whole.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    ranks.quiet_others()  # under mpiexec, rank 0 alone says what every process would
     app()

@@ -259,12 +259,13 @@ def axpy_call(alpha: float, x: np.ndarray, y: np.ndarray) -> tuple | None:
 
 
 @contextmanager
-def threads(count: int) -> Iterator[None]:
-    """Run NumPy's BLAS (products, ``ger``, ``axpy``...) on at most ``count`` threads inside the block,
-    and on as many as before after it (also when the block raises).
+def threads(count: int, exactly: bool = False) -> Iterator[None]:
+    """Run NumPy's BLAS (products, ``ger``, ``axpy``...) on at most ``count`` threads inside the block (on
+    ``count`` ``exactly``: a resumed run on the count it trained on, even above the usable cores: OpenBLAS
+    starts the threads it lacks), and on as many as before after it (also when the block raises).
 
     ``openblas_set_num_threads`` of NumPy's own OpenBLAS: it changes the whole process's pool for the
-    block's duration (other threads' BLAS calls included) and never raises the count. The count is
+    block's duration (other threads' BLAS calls included) and raises the count only ``exactly``. The count is
     read and set under ``COUNT_LOCK``, so a block waits for an ``engine/pool`` split in progress
     (which runs with the pool at one thread, and would wait for itself if another thread raised the
     count under it). Restoring is one call in ``finally``, so an exception from a signal handler
@@ -279,7 +280,7 @@ def threads(count: int) -> Iterator[None]:
         if library is not None:
             with COUNT_LOCK:
                 current = int(library.scipy_openblas_get_num_threads64_())
-                if current > count:
+                if current > count or (exactly and current < count):
                     previous = current  # (before the call: restored even if an exception follows the call)
                     library.scipy_openblas_set_num_threads64_(count)
         yield

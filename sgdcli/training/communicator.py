@@ -9,7 +9,9 @@ standard's pattern for shared windows: `MPI_Win_sync`, a collective, `MPI_Win_sy
 
 from __future__ import annotations
 
+import atexit
 import math
+import signal
 from typing import Protocol
 
 import numpy as np
@@ -65,6 +67,7 @@ class MpiCommunicator:
             raise QuietExit(2) if launched_rank() else UsageError(
                 f"mpiexec started {launched_size()} processes but mpi4py is not installed; "
                 f"data-parallel training needs it: {INSTALL_HINT}") from None
+        atexit.register(_ignore_stops_while_mpi_ends)
         self._mpi, self._comm, self._in_place = MPI, MPI.COMM_WORLD, MPI.IN_PLACE
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self._windows: list = []  # kept open until the process ends: the arrays on them stay valid
@@ -122,6 +125,15 @@ class MpiCommunicator:
 
     def barrier(self) -> None:
         self._comm.Barrier()
+
+
+def _ignore_stops_while_mpi_ends() -> None:
+    """At exit (a Python atexit function, after the command has answered every signal its own way): Ctrl-C and
+    SIGTERM ignored from here on. mpi4py finalizes MPI later (``Py_AtExit``), after Python has put the
+    default handlers back, and MPI_Finalize waits for the other processes: a Ctrl-C then killed a process whose
+    run had completed, MPICH reported a crash and mpiexec exited 2."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 class QuietExit(SystemExit):

@@ -1,11 +1,9 @@
 """Which processes an MPI launcher started, from the environment alone: no NumPy and no mpi4py, so the
-command line can ask before anything heavy is loaded (only `sgdcli train` runs under mpiexec)."""
+command line can ask before anything heavy is loaded (cli/ranks.py)."""
 
 from __future__ import annotations
 
 import os
-
-from sgdcli.errors import UsageError
 
 # What MPI launchers tell the processes they start: MPICH's hydra and Intel MPI (PMI_SIZE, also
 # set by srun --mpi=pmi2), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE).
@@ -29,13 +27,3 @@ def launched_size() -> int:
 def launched_rank() -> int:
     return _launched(RANK_VARIABLES, 0)
 
-
-def one_process(command: str) -> None:
-    """For a command that runs on one process (all but `sgdcli train`): under a launcher that started more,
-    UsageError on rank 0 (exit 2, one message) and SystemExit(2) on the others (quiet), since P copies would
-    each do the work and write it (lr-find: P directories; predict --out: P writers of one file)."""
-    if launched_size() > 1:
-        if launched_rank():
-            raise SystemExit(UsageError.exit_code)
-        raise UsageError(f"sgdcli {command} runs on one process; run it without mpiexec (mpiexec -n P sgdcli train "
-                         "trains one model on P processes)")

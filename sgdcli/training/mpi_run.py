@@ -140,8 +140,10 @@ def _follow(parallel: DataParallel, should_stop: Callable[[], bool] | None) -> N
             parallel.status(exit_code(exc))
             if isinstance(exc, SgdcliError) and not isinstance(exc, PeerFailed):  # only this rank knows why
                 where = f"MPI process {parallel.rank}"
-                raise (type(exc)(exc.message, source=f"{where}: {exc.source}") if exc.source
-                       else type(exc)(f"{where}: {exc.message}")) from None
+                error = (type(exc)(exc.message, source=f"{where}: {exc.source}") if exc.source
+                         else type(exc)(f"{where}: {exc.message}"))
+                error.only_here = True
+                raise error from None
             raise
         parallel.status(0)
         result = _train(parallel, session, should_stop)

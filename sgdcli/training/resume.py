@@ -173,30 +173,27 @@ def launcher(processes: int) -> str:
     return f"mpiexec -n {processes} " if processes > 1 else ""
 
 
-def resume_command(run_dir: Path, processes: int, blas_threads: int | None, name_threads: bool = False) -> str:
-    """The command that continues the run in `run_dir` as it trained: on its `processes` (``launcher``) and its
-    `blas_threads` each, given as OPENBLAS_NUM_THREADS where a plain command would give fewer here (the usable
-    cores shared by the processes, ``workers.threads_each``; a resume lowers a higher count itself), or always
-    with `name_threads`."""
-    plain = workers.threads_each(processes, {})
-    threads = blas_threads is not None and (name_threads or blas_threads > plain)
-    return f"{f'OPENBLAS_NUM_THREADS={blas_threads} ' if threads else ''}{launcher(processes)}sgdcli train --resume {run_dir}"
+def resume_command(run_dir: Path, processes: int) -> str:
+    """The command that continues the run in `run_dir` on the `processes` it trained on (``launcher``); it
+    trains on the BLAS thread count the run recorded by itself (``blas_threads``)."""
+    return f"{launcher(processes)}sgdcli train --resume {run_dir}"
 
 
-def blas_threads(meta: dict[str, Any], path: Path, current: int | None, processes: int = 1) -> tuple[int | None, str | None]:
-    """The BLAS thread count a resumed run trains on, and a warning or None. A product's bits depend on
+def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple[int | None, str | None]:
+    """The BLAS thread count a resumed run trains on, and a note or None. A product's bits depend on
     OpenBLAS's thread count (from ~400 rows of a batch), so a run resumes on the count it trained on
     (``meta["blas_threads"]``; a sweep's ``--jobs`` members and MPI's processes train on fewer than the machine
-    has): lowered to it here (``blas.threads``); a count above this process's cannot be raised, and resuming on
-    fewer may change the last bits (warned, with the command for `processes` that gives the same bits).
-    Checkpoints before sgdcli recorded it: the count as it is."""
+    has, a run under OPENBLAS_NUM_THREADS on the user's count), set for the run (``blas.threads(exactly=True)``),
+    also above this process's count (`current`) and its usable cores: the same bits, more slowly (the note says
+    so). Checkpoints before sgdcli recorded it, or a NumPy whose BLAS count cannot be set (`current` None):
+    the count as it is."""
     trained = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
     if trained is None or current is None:
         return current, None
-    if trained > current:
-        return current, (f"the run trained on {trained} BLAS threads and resumes on {current}: its last bits may "
-                         f"differ from an uninterrupted run's; for the same bits continue with "
-                         f"{resume_command(path.parent.parent, processes, trained, name_threads=True)}")
+    cores = workers.usable_cores()
+    if trained > cores:
+        return trained, (f"the run trained on {trained} BLAS threads and this process may use {cores} "
+                         f"core{'s' * (cores != 1)}: it resumes on {trained} threads for the same bits, more slowly")
     return trained, None
 
 
@@ -214,11 +211,9 @@ def check_processes(meta: dict[str, Any], path: Path, processes: int) -> None:
     order, so the run would not continue bit for bit."""
     trained = _recorded_count({"processes": 1, **meta}, "processes", path)
     if trained != processes:
-        threads = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
-
         def count(p: int) -> str:
             return f"{p} process" + "es" * (p != 1)
         raise CheckpointError(f"the run was trained on {count(trained)} and this resume runs on {count(processes)}: "
                               "a data-parallel run resumes only on the number of processes it was trained on, "
                               "else its batches would be cut and its gradients added differently; continue with: "
-                              f"{resume_command(path.parent.parent, trained, threads)}", source=str(path))
+                              f"{resume_command(path.parent.parent, trained)}", source=str(path))

@@ -151,7 +151,7 @@ class Session:
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path), parallel)
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
-            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads, session.processes)
+            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads)
             session._restore(path, state)
         except BaseException:
             lock.close()
@@ -203,7 +203,7 @@ class Session:
             if self.finished:
                 return TrainResult(self.run_dir, "completed", runs.read_run(self.run_dir).summary or {}, self.finished)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"), interrupts.deferring(should_stop), \
-                    blas.threads(self.blas_threads or 1):  # (a no-op at the process's count, or without OpenBLAS)
+                    blas.threads(self.blas_threads or 1, exactly=True):  # (the recorded count; none without OpenBLAS)
                 return self._run(should_stop if self.parallel is None else self.parallel.watch(should_stop))
         finally:
             self.close()
@@ -233,7 +233,7 @@ class Session:
                     if self._patience_exhausted():
                         stopped_early, message = True, resuming.early_stop(self.config, result.epoch, self.best)
                         break
-                    if should_stop is not None and should_stop():
+                    if should_stop is not None and should_stop() and not final:  # (after the last epoch: done)
                         raise Interrupted()
                     resumed = time.perf_counter()
             except DivergenceError as exc:
@@ -243,8 +243,9 @@ class Session:
                     self.train_seconds += time.perf_counter() - resumed
                 self._save_last()  # mid-epoch state: `--resume` continues from this very update
                 status = "interrupted"
-                message = (f"interrupted after update {self.position.updates} (epoch {self.position.epoch + 1}); "
-                           f"continue with: {resuming.resume_command(self.run_dir, self.processes, self.blas_threads)}")
+                where = f"epoch {self.position.epoch + 1}" if self.position.batch else f"the end of epoch {self.position.epoch}"
+                message = (f"interrupted after update {self.position.updates} ({where}); "
+                           f"continue with: {resuming.resume_command(self.run_dir, self.processes)}")
         except DiskError as exc:  # the previous checkpoint is intact; say so in the summary if there is room
             self._finish("failed", str(exc), False, started)  # naming the file
             raise
