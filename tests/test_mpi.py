@@ -276,3 +276,21 @@ def test_what_every_process_would_say_is_said_once(tmp_path, args, said):
     result = sgdcli(tmp_path, *args, processes=2)
     assert (result.stdout + result.stderr).count(said) == 1, result.stdout + result.stderr
     assert result.returncode == (0 if args == ["--help"] else 2) and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("bogus_rank", [1, 0])
+def test_a_process_that_stops_before_training_leaves_no_one_waiting(tmp_path, bogus_rank):
+    """`mpiexec -n 1 A : -n 1 B` with a usage error in one command line only: MPI_Init waits for every
+    process, so the other one spun for ever, silent. The failing process now starts MPI and sends its status
+    in the collective training begins with: it says why (naming itself unless it is rank 0), rank 0 says
+    which process stopped, nothing is written, and both end with its status."""
+    write(tmp_path)
+    train = [sys.executable, "-m", "sgdcli", "train", "config.yaml", "--runs-dir", "runs"]
+    commands = [train, [*train, "--bogus"]] if bogus_rank else [[*train, "--bogus"], train]
+    result = subprocess.run([str(MPIEXEC), "-n", "1", *commands[0], ":", "-n", "1", *commands[1]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, env=environment())
+    assert result.returncode == 2, result.stderr
+    said = "MPI process 1: Usage: " if bogus_rank else "Usage: "
+    assert result.stderr.count("No such option: --bogus") == 1 and result.stderr.count(said) == 1, result.stderr
+    assert result.stderr.count("MPI process 1 stopped with an error (exit status 2") == bogus_rank
+    assert not (tmp_path / "runs").exists() and "Traceback" not in result.stderr

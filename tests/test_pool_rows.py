@@ -15,7 +15,7 @@ from sgdcli.config.loading import load_config
 from sgdcli.engine import blas, pool, workers
 from sgdcli.engine.gradients import BatchProduct
 from sgdcli.engine.optimizers import AdaGrad, Adam, AdamW, RMSProp
-from sgdcli.errors import CheckpointError
+from sgdcli.errors import CheckpointError, DataError
 from sgdcli.runs import checkpoint
 from sgdcli.runs.directory import find_checkpoint
 from sgdcli.training import resume as resuming
@@ -198,3 +198,25 @@ def test_a_run_resumes_on_more_blas_threads_than_the_process_has(tmp_path) -> No
         assert blas.thread_count() == 1  # (set back after the run)
     assert resumed.status == "completed"
     assert_identical(reference.run_dir, resumed.run_dir)
+
+
+def test_a_process_reading_other_data_at_the_same_path_is_refused() -> None:
+    """Each MPI process reads the data itself: another machine's copy at the same path trained one model on
+    two datasets, silently (or ended in MPI's own "Message truncated"). The follower compares its files with
+    what rank 0's checkpoint records, before any update."""
+    def record(train_hash: str, size: int = 100, test_hash: str = "t" * 64) -> dict:
+        return {"files": [{"role": "train", "path": "/d/train.csv", "sha256": train_hash, "size": size},
+                          {"role": "test", "path": "/d/test.csv", "sha256": test_hash, "size": 10}],
+                "split": {"rows": 80, "validation_rows": 20, "validation_mask": "AAA="}}
+    source = Path("<MPI rank 0's last.safetensors>")
+    resuming.check_same_data(record("a" * 64), record("a" * 64), source)
+    resuming.check_same_data(record("a" * 64), record("a" * 64, test_hash="u" * 64), source)  # rank 0 alone tests
+    resuming.check_same_data(None, record("b" * 64), source)  # (a checkpoint without the record)
+    with pytest.raises(DataError) as info:
+        resuming.check_same_data(record("a" * 64), record("b" * 64, size=99), source)
+    assert str(info.value) == ("/d/train.csv: expected the file MPI process 0 reads (100 bytes, SHA-256 aaaaaaaaaaaa…), "
+                               "received 99 bytes with SHA-256 bbbbbbbbbbbb…: every process must read the same data")
+    other_split = record("a" * 64)
+    other_split["split"] = {**other_split["split"], "validation_mask": "AAE="}
+    with pytest.raises(CheckpointError, match="validation split"):
+        resuming.check_same_data(record("a" * 64), other_split, source)

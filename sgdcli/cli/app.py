@@ -45,11 +45,12 @@ def _boundary(command: Callable) -> Callable:
             with graceful_stop():  # Ctrl-C (130) or SIGTERM (143) stop any command at once; train defers
                 return command(*args, **kwargs)
         except SgdcliError as exc:
-            ranks.error(render.error, str(exc), exc.only_here)
+            ranks.error(render.error, str(exc), exc.exit_code, exc.only_here)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # before training started (or a Stopped from a signal handler)
             signum = getattr(exc, "signum", signal.SIGINT)
-            ranks.error(render.error, "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}")
+            ranks.error(render.error, "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}",
+                        128 + signum)
             raise typer.Exit(128 + signum) from None
 
     return wrapper
@@ -396,5 +397,4 @@ def main() -> None:
     # BrokenPipeError, which click and rich turn into exit status 1 (gradcheck's "mismatch"). The
     # write that fails is a print between updates, never a checkpoint: those are files, written whole.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    ranks.quiet_others()  # under mpiexec, rank 0 alone says what every process would
-    app()
+    ranks.run(app)  # under mpiexec: rank 0 alone says what every process would, and no process is left waiting

@@ -50,6 +50,7 @@ def train(load: Callable[[], AnyConfig], runs_dir: Path, reporter: Reporter | No
     status, also when training ended normally: rank 0 alone reports), PeerFailed when another rank failed.
     """
     parallel = DataParallel(MpiCommunicator())
+    parallel.status(0)  # the first collective: a process that stopped before training sends its status here (cli/ranks.py)
 
     def open_session() -> Session:
         config = load()
@@ -67,6 +68,7 @@ def resume(run_dir: Path, load: Callable[[], ExperimentConfig | None], overrides
     """Continue a data-parallel run on the number of processes it was trained on (as `train`; `load()`:
     the config given with it, or None)."""
     parallel = DataParallel(MpiCommunicator())
+    parallel.status(0)  # (as `train`)
     with cores_shared(parallel.comm):
         if parallel.rank:
             _follow(parallel, should_stop)
@@ -133,6 +135,7 @@ def _follow(parallel: DataParallel, should_stop: Callable[[], bool] | None) -> N
             source = Path(f"<MPI rank 0's {runs.LAST}>")
             config = resuming.checkpoint_config(source, state)
             session = SilentSession(config, None, None, int(state.meta["schedule_epochs"]), parallel)
+            resuming.check_same_data(state.meta.get("data"), session.data, source)
             session._restore(source, state)
             # (rank 0's count: the one the run trained on, when it resumes; rank 0 warns of a higher one)
             session.blas_threads, _ = resuming.blas_threads(state.meta, source, session.blas_threads)

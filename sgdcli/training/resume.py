@@ -12,7 +12,7 @@ from sgdcli.config.loading import flatten, load_config
 from sgdcli.config.schema import CosineConfig, ExperimentConfig
 from sgdcli.config.yamlio import read_yaml
 from sgdcli.engine import workers
-from sgdcli.errors import CheckpointError, ConfigError, RunDirError
+from sgdcli.errors import CheckpointError, ConfigError, DataError, RunDirError
 from sgdcli.runs import best as best_rule
 from sgdcli.runs import checkpoint
 from sgdcli.runs import directory as runs
@@ -91,6 +91,24 @@ def check_files(recorded: dict[str, Any] | None, path: Path) -> None:
         provenance.verify(recorded, ("train", "validation"), "; resuming would train on other data")
     except (KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"damaged record of the training data ({exc!r})", source=str(path)) from None
+
+
+def check_same_data(theirs: dict[str, Any] | None, mine: dict[str, Any], source: Path) -> None:
+    """A data-parallel process reads the training and validation files rank 0 reads (``theirs``, from the
+    checkpoint it sent) and draws the same split: each process reads the data itself, and another file at the
+    same path (another machine's copy) would train one model on two datasets, or end in MPI's own error
+    when the row counts differ. DataError (exit 3) naming the file."""
+    if theirs is None:
+        return
+    roles = ("train", "validation")
+    expected = {entry["path"]: entry for entry in theirs.get("files", []) if entry.get("role") in roles}
+    for entry in mine["files"]:
+        other = expected.get(entry["path"])
+        if entry["role"] in roles and other is not None and (other["sha256"], other["size"]) != (entry["sha256"], entry["size"]):
+            raise DataError(f"expected the file MPI process 0 reads ({other['size']} bytes, SHA-256 "
+                            f"{other['sha256'][:12]}…), received {entry['size']} bytes with SHA-256 "
+                            f"{entry['sha256'][:12]}…: every process must read the same data", source=entry["path"])
+    check_split(theirs, mine, source)
 
 
 def check_split(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path) -> None:
