@@ -203,3 +203,16 @@ def test_a_cnn_too_large_for_memory_is_refused_before_any_weight_exists(tmp_path
         assert "c.yaml: model.layers:" in result.stderr and "needs about" in result.stderr
         assert "parameters 144.0 GiB" in result.stderr or "parameters 288.1 GiB" in result.stderr  # 65,536 x 65,536 x 3 x 3 weights: float32, or float64 for gradcheck
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("batch,where", [(0, "at the end of epoch 3 (update 6)"), (1, "at epoch 4, batch 2 (update 7)"),
+                                         (2, "at epoch 4's measurement (its 2 updates done) (update 8)")])
+def test_a_resume_says_where_it_continues(batch, where):
+    """A stop after an epoch's last update but before it was measured resumes at that measurement: it said
+    "epoch 1, batch 3" of a 2-batch epoch."""
+    output = io.StringIO()
+    reporter = render.TrainingReporter(Console(file=output, width=200))
+    reporter.start({"name": "x", "train_samples": 8, "val_samples": 0, "parameters": 3, "batch_size": 4,
+                    "updates_per_epoch": 2, "epochs": 5, "resumed_from": "last.safetensors",
+                    "position": {"epoch": 3, "batch": batch, "updates": 6 + batch}})
+    assert output.getvalue().splitlines()[0] == f"resuming x {where}"

@@ -75,8 +75,9 @@ class TrainingReporter:
         self._started = (time.monotonic(), info["position"]["epoch"])
         if info.get("resumed_from") is not None:
             position = info["position"]
-            where = f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}" if position["batch"] else \
-                f"the end of epoch {position['epoch']}"
+            where = (f"the end of epoch {position['epoch']}" if not position["batch"] else
+                     f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}" if position["batch"] < info["updates_per_epoch"]
+                     else f"epoch {position['epoch'] + 1}'s measurement (its {position['batch']} updates done)")
             self.console.print(f"resuming [bold]{info['name']}[/] at {where} (update {position['updates']})")
         self.console.print(
             f"training [bold]{info['name']}[/]: {info['train_samples']} training / {info['val_samples']} validation "
