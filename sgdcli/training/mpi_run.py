@@ -49,8 +49,9 @@ def train(load: Callable[[], AnyConfig], runs_dir: Path, reporter: Reporter | No
     Raises what loading and `Session.start` raise on rank 0, QuietExit on the other ranks (their exit
     status, also when training ended normally: rank 0 alone reports), PeerFailed when another rank failed.
     """
-    parallel = DataParallel(MpiCommunicator())
-    parallel.status(0)  # the first collective: a process that stopped before training sends its status here (cli/ranks.py)
+    with interrupts.deferring(should_stop):  # (a signal from here on is seen after the first collective)
+        parallel = DataParallel(MpiCommunicator())
+        parallel.status(0)  # the first collective: a process that stopped before training sends its status here (cli/ranks.py)
 
     def open_session() -> Session:
         config = load()
@@ -67,8 +68,9 @@ def resume(run_dir: Path, load: Callable[[], ExperimentConfig | None], overrides
            reporter: Reporter | None, should_stop: Callable[[], bool] | None) -> TrainResult:
     """Continue a data-parallel run on the number of processes it was trained on (as `train`; `load()`:
     the config given with it, or None)."""
-    parallel = DataParallel(MpiCommunicator())
-    parallel.status(0)  # (as `train`)
+    with interrupts.deferring(should_stop):  # (as `train`)
+        parallel = DataParallel(MpiCommunicator())
+        parallel.status(0)
     with cores_shared(parallel.comm):
         if parallel.rank:
             _follow(parallel, should_stop)
