@@ -294,3 +294,15 @@ def test_a_process_that_stops_before_training_leaves_no_one_waiting(tmp_path, bo
     assert result.stderr.count("No such option: --bogus") == 1 and result.stderr.count(said) == 1, result.stderr
     assert result.stderr.count("MPI process 1 stopped with an error (exit status 2") == bogus_rank
     assert not (tmp_path / "runs").exists() and "Traceback" not in result.stderr
+
+
+def test_a_process_that_ends_at_once_without_an_error_leaves_no_one_waiting(tmp_path):
+    """`--help` on one process while another trains: it ends with 0 before MPI starts; it now sends a status
+    that is not "ready" (NOT_TRAINING), and the training process stops, saying why (it spun for ever)."""
+    write(tmp_path)
+    train = [sys.executable, "-m", "sgdcli", "train", "config.yaml", "--runs-dir", "runs"]
+    result = subprocess.run([str(MPIEXEC), "-n", "1", *train, ":", "-n", "1", *train, "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, env=environment())
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("MPI process 1 ended without training (its command line does not train: --help?)") == 1
+    assert "Usage" not in result.stdout + result.stderr and not (tmp_path / "runs").exists()

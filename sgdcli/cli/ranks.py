@@ -67,14 +67,20 @@ def run(app) -> None:
 
 
 def leaving(code: int) -> None:
-    """A process ending with exit status ``code`` (from ``main``): one that failed before any command ran (a
-    usage error from the argument parser) sends its status too, and shows what it held if it failed alone."""
-    if launch.launched_size() <= 1 or not code or _mpi_started():
+    """A process ending with exit status ``code`` (from ``main``) before MPI started (a usage error from the
+    argument parser, Ctrl-C while parsing, ``--help``, which ends with 0: sent as NOT_TRAINING) sends its
+    status too, and shows what it held if it stopped alone (its exit status named when it held nothing)."""
+    if launch.launched_size() <= 1 or _mpi_started():
         return
-    statuses = exchange(code)
+    from sgdcli.training.parallel import NOT_TRAINING
+
+    statuses = exchange(code or NOT_TRAINING)
     speak()
-    if launch.launched_rank() and statuses is not None and statuses[0] == 0 and _held is not None:
-        sys.stderr.write(f"MPI process {launch.launched_rank()}: {_held.getvalue()}")
+    if launch.launched_rank() and statuses is not None and statuses[0] == 0 and code:  # (rank 0 names one that ended)
+        held = _held.getvalue() if _held is not None else ""
+        stop = {130: "interrupted", 143: "stopped by SIGTERM"}.get(code, f"ended with exit status {code}")
+        sys.stderr.write(f"MPI process {launch.launched_rank()}: {held}" if held.strip()
+                         else f"error: MPI process {launch.launched_rank()}: {stop}\n")
 
 
 def exchange(code: int) -> list[int] | None:

@@ -21,7 +21,7 @@ from sgdcli.engine import accumulate, metrics
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
 from sgdcli.config.schema import GRADIENT_OPTIMIZERS, ExperimentConfig
-from sgdcli.errors import ConfigError, SgdcliError
+from sgdcli.errors import ConfigError, SgdcliError, UsageError
 from sgdcli.training.communicator import (  # noqa: F401 - launched_*, MpiCommunicator: this module's API too
     Communicator,
     MpiCommunicator,
@@ -73,6 +73,7 @@ def refuse(config: ExperimentConfig, processes: int) -> None:
 
 
 UPDATE, CHECK, WEIGHTS = "update", "check", "weights"  # the collective a process does next (see DataParallel)
+NOT_TRAINING = 256  # the status a process sends that ends at once without an error (--help): beyond any exit status
 TOLD = "told"  # a process that failed measuring an epoch, having sent its exit status: no collective left
 
 
@@ -322,10 +323,11 @@ class DataParallel:
     def peer_failed(self, rank: int, code: int,
                     outcome: str = "every process stopped before the next update; the run keeps its last "
                                    "checkpoint") -> BaseException:
-        if self.rank:
-            return QuietExit(code)
-        return PeerFailed(f"MPI process {rank} stopped with an error (exit status {code}; its message is above): "
-                          f"{outcome}", code)
+        if code == NOT_TRAINING:  # (its command line ends without training: --help)
+            code, why = UsageError.exit_code, "ended without training (its command line does not train: --help?)"
+        else:
+            why = f"stopped with an error (exit status {code}; its message is above)"
+        return QuietExit(code) if self.rank else PeerFailed(f"MPI process {rank} {why}: {outcome}", code)
 
     def loss_and_accuracy(self, model: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray,
                           classification: bool) -> tuple[float, float | None]:
