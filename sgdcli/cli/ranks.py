@@ -6,7 +6,8 @@ A process that MPI never starts strands the others: MPI_Init waits for every pro
 started (MPICH's `mpiexec -n 1 A : -n 1 B` with B's usage error spun A forever, silent). So a process
 that fails before training (a usage error, a refused command, Ctrl-C) still starts MPI and sends its exit
 status in the same collective that `sgdcli train` begins with (``DataParallel.status``, training/mpi_run.py:
-every rank's status, one int64 each). Then each knows who failed: a process whose failure rank 0 shares
+every rank's status, one int64 each; one that ends at once without an error, ``--help``, sends
+``NOT_TRAINING``). Then each knows who failed: a process whose failure rank 0 shares
 (the same command line everywhere: the usual case) leaves the message to rank 0; one that failed alone says
 why, prefixed ``MPI process k:``, and rank 0 says which process stopped. While the arguments are parsed, what
 a process other than rank 0 would print (click's usage errors, ``--help``) is held (``quiet_others``) and
