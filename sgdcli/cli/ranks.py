@@ -49,8 +49,7 @@ def error(say, message: str, code: int, only_here: bool = False) -> None:
     before training on the process that failed alone (after ``exchange``) or on rank 0, and after training has
     started (MPI running: training/mpi_run.py has told the others) on rank 0 or for an error ``only_here``."""
     if launch.launched_size() > 1 and not _mpi_started():
-        statuses = exchange(code)
-        if launch.launched_rank() and statuses is not None and statuses[0] == 0:
+        if _alone(exchange(code)):
             say(f"MPI process {launch.launched_rank()}: {message}")
             return
     if only_here or not launch.launched_rank():
@@ -75,9 +74,9 @@ def leaving(code: int) -> None:
         return
     from sgdcli.training.parallel import NOT_TRAINING
 
-    statuses = exchange(code or NOT_TRAINING)
+    alone = _alone(exchange(code or NOT_TRAINING))
     speak()
-    if launch.launched_rank() and statuses is not None and statuses[0] == 0 and code:  # (rank 0 names one that ended)
+    if alone and code:  # (one that ended without an error: rank 0 names it)
         held = _held.getvalue() if _held is not None else ""
         stop = {130: "interrupted", 143: "stopped by SIGTERM"}.get(code, f"ended with exit status {code}")
         sys.stderr.write(f"MPI process {launch.launched_rank()}: {held}" if held.strip()
@@ -99,6 +98,11 @@ def exchange(code: int) -> list[int] | None:
         MPI.COMM_WORLD.Allgather(np.array([code], np.int64), statuses)
         _statuses = [int(s) for s in statuses[:, 0]]
     return _statuses
+
+
+def _alone(statuses: list[int] | None) -> bool:
+    """Whether this process, not rank 0, stopped while rank 0 went on to train: then it says why itself."""
+    return bool(launch.launched_rank()) and statuses is not None and statuses[0] == 0
 
 
 def _mpi_started() -> bool:

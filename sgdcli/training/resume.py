@@ -186,15 +186,10 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
 
 
 
-def launcher(processes: int) -> str:
-    """What goes before `sgdcli train` to run on `processes` processes."""
-    return f"mpiexec -n {processes} " if processes > 1 else ""
-
-
 def resume_command(run_dir: Path, processes: int) -> str:
-    """The command that continues the run in `run_dir` on the `processes` it trained on (``launcher``); it
-    trains on the BLAS thread count the run recorded by itself (``blas_threads``)."""
-    return f"{launcher(processes)}sgdcli train --resume {run_dir}"
+    """The command that continues the run in `run_dir` on the `processes` it trained on (`mpiexec -n P` before
+    it for more than one); it trains on the BLAS thread count the run recorded by itself (``blas_threads``)."""
+    return f"{f'mpiexec -n {processes} ' if processes > 1 else ''}sgdcli train --resume {run_dir}"
 
 
 def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple[int | None, str | None]:
