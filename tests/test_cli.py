@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from sgdcli.cli import ranks
 from sgdcli.cli.app import app
+from sgdcli.training.parallel import NOT_TRAINING
 
 runner = CliRunner()
 
@@ -282,3 +283,21 @@ def test_every_command_but_train_is_refused_under_mpiexec_once_with_nothing_writ
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("PMI_SIZE", "1")  # a launcher's single process: the command runs
     assert runner.invoke(app, ["optimizers"]).exit_code == 0
+
+
+@pytest.mark.parametrize("ending,sent", [(SystemExit(2), 2), (SystemExit(None), NOT_TRAINING),
+                                         (RuntimeError("a bug"), 1), (SystemExit("text"), 1)])
+def test_a_process_ending_before_mpi_starts_sends_its_status_whatever_ends_it(monkeypatch, ending, sent):
+    """Under a launcher, a process that ends before training (a usage error, --help, a bug's traceback) sends
+    its status, so no other process waits for it (cli/ranks.py; the collective itself in tests/test_mpi.py)."""
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "0")
+    exchanged = []
+    monkeypatch.setattr(ranks, "exchange", lambda code: exchanged.append(code) or [code, 0])
+
+    def app():
+        raise ending
+
+    with pytest.raises(type(ending)):
+        ranks.run(app)
+    assert exchanged == [sent]

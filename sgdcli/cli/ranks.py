@@ -62,7 +62,10 @@ def run(app) -> None:
     try:
         app()
     except SystemExit as exc:
-        leaving(exc.code if isinstance(exc.code, int) else 1)
+        leaving(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
+        raise
+    except BaseException:  # a bug's traceback (or Ctrl-C past the parser): the others must not wait for this one
+        leaving(1)
         raise
 
 
