@@ -152,6 +152,21 @@ def gemm_tn_rows_call(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray,
                      m, 0.0, _address(c) + first * m * size, m)
 
 
+def gemm_nn_rows_call(a: np.ndarray, b: np.ndarray, c: np.ndarray, first: int, stop: int) -> tuple:
+    """c = a[:, first:stop] @ b[first:stop], prepared, not run: a (N, D), b (D, M), c (N, M), one ``sgemm``/``dgemm``
+    with beta 0 reading a's columns and b's rows in place (a part of a layer's product over its weight rows:
+    ``engine/forward_parts``). Raises ValueError where BLAS cannot write c in place from these arrays."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != len(b) or c.shape != (len(a), b.shape[1]) or not 0 <= first <= stop <= len(b):
+        raise ValueError(f"gemm_nn_rows_call: c {c.shape}, a {a.shape}, b {b.shape}, rows {first}:{stop} do not fit")
+    library = _gemm_library(a, b, c)
+    if library is None:
+        raise ValueError("gemm_nn_rows_call: NumPy's BLAS cannot write c in place from a and b")
+    routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
+    (n, d), m, size = a.shape, b.shape[1], c.itemsize
+    return routine, (ROW_MAJOR, NO_TRANS, NO_TRANS, n, m, stop - first, 1.0, _address(a) + first * size, d,
+                     _address(b) + first * m * size, m, 0.0, _address(c), m)
+
+
 def _gemm_library(a: np.ndarray, b: np.ndarray, c: np.ndarray):
     """NumPy's BLAS where a gemm may write c = a.T @ b in place (``writes_in_place``, c overlapping neither), else None."""
     if writes_in_place(c, a, b, rank_one=len(a) == 1) and not np.may_share_memory(c, a) and not np.may_share_memory(c, b):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import DTypeLike
 
-from . import blas
+from . import blas, forward_parts
 from .allocator import aligned_copy, aligned_full
 from .activations import Activation
 from .gradients import BatchProduct, Gradient, OuterProduct
@@ -127,7 +127,8 @@ class Dense(Layer):
             raise ValueError(
                 f"Dense layer expects inputs of shape (N, {self.in_features}), got shape {x.shape}"
             )
-        z = x @ self.weight
+        # Training: in parts of the weight's rows on the cores that update them (forward_parts), where it can
+        z = forward_parts.product(x, self.weight) if training else x @ self.weight
         z += self.bias
         out = self.activation.forward_in_place(z)  # may be z itself, overwritten
         return out, (x, z, out)

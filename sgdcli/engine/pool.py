@@ -212,10 +212,11 @@ class _Timing:
 _OTHERS = busy.Others()
 RECENT, PROBE_EVERY, MAX_INTERVAL = 5, 32, 512
 SLOWER = 1.5  # parts go on until they typically take this much the whole's: a guard, not a fine choice (placement noise)
-_TIMINGS: dict[int, _Timing] = {}  # by the split's element count
+_TIMINGS: dict[tuple[str, int], _Timing] = {}  # by the split's kind and element count
 
 
-def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_on_one_thread: bool = False) -> None:
+def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_on_one_thread: bool = False,
+          timing_key: str = "") -> None:
     """Run ``work(start, stop)`` over the elements [0, count), in parts on OpenBLAS's threads where it
     can and it is faster (see the module doc, ``busy.Others`` and ``_Timing``), else as ``work(0, count)``. ``work``
     must compute each element independently of the others, and may call BLAS (it runs on one thread
@@ -223,12 +224,13 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
     in any part is raised here, after the others have finished. Parts are cut at multiples of ``unit``
     elements (a multiple of UNIT: whole rows, for work that takes rows). ``whole_on_one_thread``: where the
     pool could split but runs it whole, its BLAS runs on one thread too, as in a part (a product whose bits
-    depend on the thread count: ``split_calls``)."""
+    depend on the thread count: ``split_calls``). ``timing_key`` keeps the timings of one kind of split apart
+    from another's of the same size (a layer's forward product and its weights' update: ``forward_parts``)."""
     driver = _usable_driver(count)
     if driver is None:
         work(0, count)
         return
-    timing = _TIMINGS.get(count) or _TIMINGS.setdefault(count, _Timing())
+    timing = _TIMINGS.get((timing_key, count)) or _TIMINGS.setdefault((timing_key, count), _Timing())
     contended = _OTHERS()
     parts = not contended and timing.choose()
     with blas.COUNT_LOCK:  # waits for a split on another thread, a count being set, or a fork (either way)
@@ -326,7 +328,7 @@ def cuts(count: int, unit: int = UNIT) -> list[int]:
     return edges
 
 
-def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT) -> None:
+def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT, timing_key: str = "") -> None:
     """``split`` of work given as prepared calls: ``calls(start, stop)`` returns the (function, arguments)
     list for the elements [start, stop) (``gradients.scaled_calls``). The list for each range ``cuts`` gives
     is built first, here, so that a part runs the calls alone: the Python between them is what the two
@@ -334,7 +336,7 @@ def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT)
     the 2-core VM (Adam's first layer, 784 x 512: 299 against 334 us a step, in-process, interleaved). A
     part cut elsewhere (the pool's count changed meanwhile) builds its own. Whole, the lists run in turn, their
     BLAS on one thread as in the parts (a part may compute its own rows of a product: ``gemm_tn_rows_call``,
-    whose bits can depend on the thread count). ``unit``: as ``split``'s."""
+    whose bits can depend on the thread count). ``unit``, ``timing_key``: as ``split``'s."""
     edges = cuts(count, unit)
     plans = {start: (stop, calls(start, stop)) for start, stop in zip(edges, edges[1:])}
 
@@ -346,7 +348,7 @@ def split_calls(count: int, calls: Callable[[int, int], list], unit: int = UNIT)
             run(planned)
             start = stop_here
 
-    split(count, work, unit, whole_on_one_thread=True)
+    split(count, work, unit, whole_on_one_thread=True, timing_key=timing_key)
 
 
 def row_unit(width: int) -> int:
