@@ -2,8 +2,9 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--quick] [--markdown]
 
-(Unsetting the two OpenBLAS variables for this one command lets OpenBLAS pick its kernel for
-the processor; the script prints which kernel ran. Tests and CI never change them.)
+(Unsetting the two OpenBLAS variables for this one command lets sgdcli pick OpenBLAS's kernel for the
+processor as `sgdcli train` does (engine/spin.py; OpenBLAS's own choice elsewhere); the script prints
+which kernel ran. Tests and CI never change them.)
 
 The network is the 784-512-10 ReLU MLP, float32, on the 60,000 Fashion-MNIST training images.
 sgdcli is run exactly as `sgdcli train` runs it: config -> `sgdcli.training.build` ->
@@ -35,13 +36,29 @@ import sys
 import time
 from pathlib import Path
 
-import bench_common  # noqa: F401
-import bench_batch1
-import bench_full
-import bench_memory
-import bench_minibatch
-import numpy as np
-from bench_common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sgdcli.engine.spin import kernel_for, load_numpy  # noqa: E402
+
+
+def batch1_only(argv: list[str]) -> bool:
+    """Whether the command line races batch 1 alone (``--cases`` within check and batch1)."""
+    cases = argparse.ArgumentParser(add_help=False)
+    cases.add_argument("--cases", nargs="+", default=[])
+    asked = set(cases.parse_known_args(argv)[0].cases)
+    return "batch1" in asked and asked <= {"check", "batch1"}
+
+
+# OpenBLAS loaded as `sgdcli train` loads it for the raced models (engine/spin.py), before anything imports
+# NumPy: a batch-1 config keeps OpenBLAS's own kernels where a minibatch one gets others (on AMD Zen 4).
+BATCH1_ONLY = batch1_only(sys.argv[1:])
+LOADED_WITH = load_numpy(conv=False, one_sample=BATCH1_ONLY)
+
+import bench_batch1  # noqa: E402
+import bench_full  # noqa: E402
+import bench_memory  # noqa: E402
+import bench_minibatch  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_common import (  # noqa: E402
     BATCH,
     CASES,
     DATA,
@@ -160,11 +177,15 @@ def print_environment(torch, with_sklearn: bool, threads: int) -> dict:
     for pool in blas_info():
         print(f"  {pool['library']} ({pool['internal_api']} {pool['version']}): kernel {pool['architecture']}, "
               f"{pool['num_threads']} threads")
+    print(f"  loaded as `sgdcli train` loads it (engine/spin.py): {LOADED_WITH or 'OpenBLAS defaults'}")
+    if not BATCH1_ONLY and kernel_for(False, True) != kernel_for(False, False):
+        print("  note: batch 1 races here on the minibatch models' kernels; `sgdcli train` gives a batch-1 config "
+              "OpenBLAS's own (race it alone: --cases check batch1)")
     pinned = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     if pinned:
-        print(f"  note: {pinned} is set: OpenBLAS runs that kernel, not the best one for this CPU "
-              "(run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to let it choose)")
-    return {"blas": blas_info(), "pinned": pinned, "threads": threads}
+        print(f"  note: {pinned} is set: OpenBLAS runs that kernel, not the one sgdcli or OpenBLAS picks for this "
+              "CPU (run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to let them choose)")
+    return {"blas": blas_info(), "pinned": pinned, "threads": threads, "loaded_with": LOADED_WITH}
 
 
 def main() -> int:

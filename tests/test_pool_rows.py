@@ -220,3 +220,37 @@ def test_a_process_reading_other_data_at_the_same_path_is_refused() -> None:
     other_split["split"] = {**other_split["split"], "validation_mask": "AAE="}
     with pytest.raises(CheckpointError, match="validation split"):
         resuming.check_same_data(record("a" * 64), other_split, source)
+
+
+def test_a_resume_on_other_openblas_kernels_says_it_rounds_otherwise() -> None:
+    """The kernels are set when NumPy loads (engine/spin.py): a resume cannot change them, and says so where the
+    run's recorded ones differ (a run of `sgdcli train` resumed in a Python process that loaded NumPy itself)."""
+    path = Path("runs/r/checkpoints/last.safetensors")
+    assert resuming.blas_threads({"blas_threads": 2, "blas_kernel": "Haswell"}, path, 2, "Haswell") == (2, None)
+    assert resuming.blas_threads({"blas_threads": 2}, path, 2, "SkylakeX") == (2, None)  # not recorded: nothing to say
+    count, note = resuming.blas_threads({"blas_threads": 2, "blas_kernel": "Haswell"}, path, 2, "SkylakeX")
+    assert count == 2 and note == ("the run trained on OpenBLAS's Haswell kernels and this process runs its SkylakeX "
+                                   "kernels: it continues with other rounding (`sgdcli train --resume` loads the "
+                                   "kernels the run's model gets)")
+    for bad in (5, "", "x" * 65, ["Haswell"]):
+        with pytest.raises(CheckpointError, match="blas_kernel: expected the name of OpenBLAS's kernels"):
+            resuming.blas_threads({"blas_threads": 2, "blas_kernel": bad}, path, 2, "Haswell")
+
+
+def test_a_run_records_its_kernels_and_its_resume_on_others_warns(tmp_path, monkeypatch) -> None:
+    config = load_config(tiny_config(training__epochs=2))
+    interrupted = interrupt(config, tmp_path / "runs", 8)
+    recorded = checkpoint.load(find_checkpoint(interrupted.run_dir)).meta["blas_kernel"]
+    assert recorded == blas.kernel()
+    monkeypatch.setattr(blas, "kernel", lambda: "Elsewhere")
+    warnings: list[str] = []
+
+    class Listener:
+        def __getattr__(self, name):
+            return (lambda message, *rest: warnings.append(message)) if name == "warn" else (lambda *a, **k: None)
+
+    resumed = api.resume(interrupted.run_dir, reporter=Listener())
+    assert resumed.status == "completed"
+    if recorded is not None:
+        assert any(f"the run trained on OpenBLAS's {recorded} kernels and this process runs its Elsewhere kernels"
+                   in message for message in warnings), warnings

@@ -1,6 +1,7 @@
-"""OpenBLAS's idle spin is chosen per process from the model a command runs (engine/spin.py): the short
-spin reaches OpenBLAS for conv models only, a user's own OPENBLAS_THREAD_TIMEOUT wins, and nothing is
-left in the environment for child processes. Each case runs the command in a fresh Python process,
+"""OpenBLAS's idle spin and kernel are chosen per process from the model a command runs (engine/spin.py): the
+short spin reaches OpenBLAS for conv models only, the Haswell kernels for float32 models on AMD Zen 4 only, a
+user's own OPENBLAS_THREAD_TIMEOUT or OPENBLAS_CORETYPE wins, and nothing is left in the environment for
+child processes. Each case runs the command in a fresh Python process,
 because OpenBLAS reads the variable once, when NumPy loads."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sgdcli.config.loading import load_config
 from sgdcli.engine import spin
 from sgdcli.runs import directory
 
-# Runs one sgdcli command in this fresh process, then says what OpenBLAS read and what the
+# Runs one sgdcli command in this fresh process, then says what OpenBLAS read and runs and what the
 # environment holds now (what a child process would inherit).
 SCRIPT = """
 import os, sys
@@ -30,22 +31,34 @@ try:
     app(sys.argv[1:], prog_name="sgdcli")
 except SystemExit as stop:
     code = stop.code
-from sgdcli.engine.spin import loaded_spin
-print("SPIN", code, loaded_spin(), os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"))
+from sgdcli.engine.spin import loaded_kernel, loaded_spin
+print("SPIN", code, loaded_spin(), os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"), loaded_kernel(),
+      os.environ.get("OPENBLAS_CORETYPE", "unset"))
 """
 
 
-def in_fresh_process(*args, user_setting: str | None = None) -> tuple[int, int, str]:
-    """(exit code, the OPENBLAS_THREAD_TIMEOUT OpenBLAS read (0: none), the variable afterwards)."""
-    environ = {k: v for k, v in os.environ.items() if k != spin.VARIABLE}
-    if user_setting is not None:
-        environ[spin.VARIABLE] = user_setting
+def fresh_process(*args, **user_settings: str) -> tuple[int, int, str, str, str]:
+    """(exit code, the OPENBLAS_THREAD_TIMEOUT OpenBLAS read (0: none), the variable afterwards, the kernels
+    OpenBLAS runs, OPENBLAS_CORETYPE afterwards); `user_settings`: variables the user set."""
+    environ = {k: v for k, v in os.environ.items() if k not in (spin.VARIABLE, spin.KERNEL_VARIABLE)}
+    environ.update(user_settings)
     result = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, args)], capture_output=True, text=True,
                             env=environ, timeout=120)
     line = [line for line in result.stdout.splitlines() if line.startswith("SPIN ")]
     assert line, result.stdout + result.stderr
-    code, read, after = line[-1].split()[1:]
-    return int(code), int(read), after
+    code, read, after, kernel, kernel_after = line[-1].split()[1:]
+    return int(code), int(read), after, kernel, kernel_after
+
+
+def in_fresh_process(*args, user_setting: str | None = None) -> tuple[int, int, str]:
+    """(exit code, the OPENBLAS_THREAD_TIMEOUT OpenBLAS read (0: none), the variable afterwards)."""
+    return fresh_process(*args, **({} if user_setting is None else {spin.VARIABLE: user_setting}))[:3]
+
+
+def kernel_in_fresh_process(*args, user_setting: str | None = None) -> tuple[int, str, str]:
+    """(exit code, the kernels NumPy's OpenBLAS runs, OPENBLAS_CORETYPE afterwards)."""
+    code, _, _, kernel, after = fresh_process(*args, **({} if user_setting is None else {spin.KERNEL_VARIABLE: user_setting}))
+    return code, kernel, after
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +138,62 @@ def test_a_config_error_is_reported_before_anything_loads(tmp_path) -> None:
 def test_loading_numpy_after_it_is_loaded_changes_nothing() -> None:
     assert "numpy" in sys.modules  # this test process: OpenBLAS has read the variable already
     before = dict(os.environ)
-    assert spin.load_numpy(True) is None
+    assert spin.load_numpy(True) == {} and spin.load_numpy(False) == {}
     assert dict(os.environ) == before
 
 
 def test_the_run_layout_names_match_the_run_directory() -> None:
     assert before_numpy.RUN_CONFIG == directory.CONFIG
     assert before_numpy.CHECKPOINTS == directory.CHECKPOINTS
+
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu vme avx2 avx512f avx512dq avx512_bf16
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (ZEN4, "Haswell"),
+    (ZEN4.replace(" avx512f avx512dq avx512_bf16", ""), None),  # Zen 3: family 25 without AVX-512 (OpenBLAS: Zen already)
+    (ZEN4.replace("cpu family\t: 25", "cpu family\t: 26"), None),  # Zen 5: full-width AVX-512, not measured
+    (ZEN4.replace("AuthenticAMD", "GenuineIntel"), None),
+    (ZEN4.replace(" avx512f ", " avx512fp16 "), None),  # a flag named alike is not avx512f
+    ("", None),
+])
+def test_the_kernel_rule(cpuinfo, expected) -> None:
+    assert spin.kernel_for(False, False, {}, cpuinfo) == expected
+    assert spin.kernel_for(True, False, {}, cpuinfo) is None  # float64 products were slower on those kernels
+    assert spin.kernel_for(False, True, {}, cpuinfo) is None  # so was batch 1's momentum step
+    assert spin.kernel_for(False, False, {spin.KERNEL_VARIABLE: "SkylakeX"}, cpuinfo) is None  # the user's setting wins
+    assert spin.kernel_for(False, False, {spin.KERNEL_VARIABLE: ""}, cpuinfo) is None
+
+
+def test_a_float32_minibatch_model_loads_the_kernel_chosen_for_this_processor(tmp_path) -> None:
+    """On Zen 4 (this project's machines) the float32 minibatch model's OpenBLAS runs Haswell's kernels, a float64
+    or batch-1 model's OpenBLAS's own choice (SkylakeX there); elsewhere all run OpenBLAS's own choice."""
+    chosen = spin.kernel_for(False)
+    kernels = {}
+    for name, changes in (("float32", {}), ("float64", {"model__dtype": "float64"}),
+                          ("batch 1", {"training__batch__mode": "sgd"})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(tiny_config(training__epochs=1, **changes)))
+        code, kernels[name], after = kernel_in_fresh_process("gradcheck", path, "--samples", "4")
+        assert code == 0 and after == "unset"  # this process's choice only: a child decides from its own model
+    if chosen is not None:
+        assert kernels["float32"] == chosen and kernels["float64"] != chosen and kernels["batch 1"] != chosen
+    else:
+        assert kernels["float32"] == kernels["float64"] == kernels["batch 1"]
+
+
+def test_the_users_own_kernel_wins(runs) -> None:
+    if spin.kernel_for(False) is None:
+        pytest.skip("sgdcli keeps OpenBLAS's kernel on this processor: nothing to override")
+    code, kernel, after = kernel_in_fresh_process("gradcheck", runs["dense"], "--samples", "4", user_setting="SkylakeX")
+    assert (code, kernel, after) == (0, "SkylakeX", "SkylakeX")  # and stays for their child processes

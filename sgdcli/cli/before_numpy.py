@@ -1,6 +1,6 @@
 """What a command that runs a model does before anything imports NumPy: load NumPy with the OpenBLAS
-idle spin chosen for that model (engine/spin.py owns the choice; README Performance, "OpenBLAS's idle
-spin"). Imports nothing heavy at module level: the CLI imports it for every command, ``--help`` too."""
+idle spin and kernel chosen for that model (engine/spin.py owns the choice; README Performance, "OpenBLAS's
+idle spin" and "OpenBLAS's kernel on Zen 4"). Imports nothing heavy at module level: the CLI imports it for every command, ``--help`` too."""
 
 from __future__ import annotations
 
@@ -41,11 +41,16 @@ def spin_for_file(config: Path | None, overrides: Sequence[str], run: Path | Non
 
 def load_numpy_for(config) -> None:
     """Load NumPy for a command that runs `config`'s model (an ExperimentConfig; anything else has no
-    model: OpenBLAS's default)."""
+    model: OpenBLAS's default spin, and the kernel of a float32 model)."""
     from sgdcli.config.schema import ExperimentConfig
     from sgdcli.engine import spin
 
-    spin.load_numpy(isinstance(config, ExperimentConfig) and config.model.convolutional)
+    if not isinstance(config, ExperimentConfig):
+        spin.load_numpy(False)
+        return
+    batch = config.training.batch
+    spin.load_numpy(config.model.convolutional, float64=config.model.dtype == "float64",
+                    one_sample=batch.mode == "sgd" or (batch.mode == "minibatch" and batch.size == 1))
 
 
 def load_numpy_for_run(target: Path) -> None:

@@ -328,6 +328,17 @@ def thread_count() -> int | None:
     return None if library is None else int(library.scipy_openblas_get_num_threads64_())
 
 
+def kernel() -> str | None:
+    """The kernels NumPy's OpenBLAS runs ("Haswell", "SkylakeX"...: ``openblas_get_corename``, chosen when NumPy
+    loaded it: engine/spin.py), or None with another NumPy build. A product's bits depend on them."""
+    library = _numpy_blas()
+    reader = getattr(library, "scipy_openblas_get_corename64_", None) if library is not None else None
+    if reader is None:
+        return None
+    reader.restype, reader.argtypes = ctypes.c_char_p, []
+    return (reader() or b"").decode("ascii", "replace") or None
+
+
 def numpy_blas_library():
     """NumPy's own scipy-openblas64 library (ctypes, loaded by NumPy: the same copy), or None when NumPy
     was built with another BLAS; for calls beyond this module's (engine/spin.py reads its thread timeout)."""

@@ -1,19 +1,36 @@
-"""OpenBLAS's idle spin for one process: chosen from the model it will run, before NumPy loads OpenBLAS.
+"""OpenBLAS's load-time settings for one process, chosen from the model it will run before NumPy loads
+OpenBLAS: its idle spin and, on AMD Zen 4, its kernel.
 
-After each product OpenBLAS's threads spin-wait for the next one: 2^28 CPU cycles (~0.1 s) by
-default, or 2^N for ``OPENBLAS_THREAD_TIMEOUT=N`` (4 <= N <= 30), which OpenBLAS reads once, when
+**The spin.** After each product OpenBLAS's threads spin-wait for the next one: 2^28 CPU cycles (~0.1 s)
+by default, or 2^N for ``OPENBLAS_THREAD_TIMEOUT=N`` (4 <= N <= 30), which OpenBLAS reads once, when
 it loads, i.e. when NumPy is first imported. A convolutional network runs its memory-bound passes
 (im2col copies, max pool, ReLU, batch norm) on two threads between its products
 (``engine/workers.py``), and the spinning BLAS threads take the core those passes need: with 2^18
 cycles (~0.1 ms) the CNN race (benchmarks/bench_cnn.py) ran 10-20% faster. A dense network loses
 with it: its products come every 0.1-0.5 ms, and BLAS threads that have fallen asleep must be
 woken for each (batch 128 ~10-20% slower, batch 1 ~25%; README Performance). So the spin is a
-property of the model, and this module is the one place that chooses it: ``load_numpy(conv)``,
-called by every command that runs a model (and by the benchmark) before anything imports NumPy.
+property of the model.
 
-The variable is set only while NumPy loads and removed again: it is this process's choice, and a
-child process (a sweep member, an mpiexec rank: each an ``sgdcli`` command of its own) makes its
-own from its own model. A user's own ``OPENBLAS_THREAD_TIMEOUT`` always wins, and is passed on.
+**The kernel.** OpenBLAS picks its kernels by the processor (``OPENBLAS_CORETYPE`` overrides it, also read
+once, at load). On AMD Zen 4 (family 0x19 with AVX-512) the 0.3 series takes its SkylakeX (AVX-512) kernels,
+and Zen 4 runs a 512-bit instruction as two 256-bit halves: its Haswell (AVX2) kernels, the ones OpenBLAS
+gives Zen 1-3, were faster for every float32 product a model here makes (this project's 2-core Zen 4 VM,
+best of 100, one and two threads, the same placement: 128x784 @ 784x512 501 against 539-547 us, its
+weight gradient 476 against 514, 4,096 rows 15.5 against 16.0-16.2 ms, conv-sized products 2-6%, one
+thread 945 against 1,015). Whole runs, processes alternating: batch-128 epochs 3-6% shorter (momentum,
+Adam, RMSprop), full-batch updates 3-4%. Its float64 products were slower (128x784 @ 784x512 1,127
+against 1,035-1,065 us, the weight gradient 1,082 against 995), so a float64 model keeps OpenBLAS's choice;
+and so does one sample an update, whose momentum step is a product of inner dimension 1 scaled into the
+velocity (``OuterProduct.add_to``), where the Haswell kernels' separate scaling pass made it 68 against 49 us
+(784 x 512, one thread; the batch-1 momentum race 206 against ~190 us an update).
+Measured with NumPy 2.4's OpenBLAS 0.3.31; 0.3.34 changed its SGEMM blocking on Zen 4 hosts (described in
+OpenMathLib/OpenBLAS#6021), so a NumPy that brings it needs measuring again (benchmarks/bench.py).
+
+``load_numpy(conv, float64, one_sample)``, called by every command that runs a model (and by the benchmarks) before
+anything imports NumPy, is the one place that makes both choices. A variable is set only while NumPy loads
+and removed again: it is this process's choice, and a child process (a sweep member, an mpiexec rank: each
+an ``sgdcli`` command of its own) makes its own from its own model. A user's own setting of either
+variable always wins, and is passed on.
 
 No NumPy at import: this module is imported before NumPy is.
 """
@@ -26,6 +43,9 @@ from collections.abc import MutableMapping
 
 VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 CONV_SPIN = 18  # 2^18 cycles; 14 and 16 no faster, 20 and above slower (bench_cnn_spin.py, README Performance)
+KERNEL_VARIABLE = "OPENBLAS_CORETYPE"
+ZEN4_KERNEL = "Haswell"  # OpenBLAS's AVX2 kernels (its "Zen" target runs them too)
+CPUINFO = "/proc/cpuinfo"
 
 
 def spin_for(conv: bool, environ: MutableMapping[str, str] | None = None) -> int | None:
@@ -38,19 +58,57 @@ def spin_for(conv: bool, environ: MutableMapping[str, str] | None = None) -> int
     return CONV_SPIN
 
 
-def load_numpy(conv: bool) -> int | None:
-    """Import NumPy, so that OpenBLAS loads with the spin `spin_for(conv)` chooses; returns the value set,
-    or None when OpenBLAS keeps the user's setting or its default, or NumPy was already loaded (the spin
-    can no longer change). The environment is as before when this returns."""
-    value = spin_for(conv)
-    if value is None or "numpy" in sys.modules:
+def kernel_for(float64: bool, one_sample: bool = False, environ: MutableMapping[str, str] | None = None,
+               cpuinfo: str | None = None) -> str | None:
+    """The ``OPENBLAS_CORETYPE`` sgdcli sets for a process running a model in float32 (not `float64`) on batches
+    of more than one sample (not `one_sample`): ZEN4_KERNEL on AMD Zen 4 (module doc), None otherwise (OpenBLAS
+    chooses), and None whenever the user has set the variable (theirs wins, even set empty). `cpuinfo`: the text
+    of /proc/cpuinfo (read here by default; none outside Linux: None)."""
+    environ = os.environ if environ is None else environ
+    if KERNEL_VARIABLE in environ or float64 or one_sample:
         return None
-    os.environ[VARIABLE] = str(value)
+    if cpuinfo is None:
+        try:
+            with open(CPUINFO, encoding="utf-8", errors="replace") as file:
+                cpuinfo = file.read(1 << 16)  # the first processor's block is enough; all are alike
+        except OSError:
+            return None
+    return ZEN4_KERNEL if zen4(cpuinfo) else None
+
+
+def zen4(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's first processor is an AMD Zen 4: vendor AuthenticAMD, family 25 (0x19, Zen 3
+    and 4) and the avx512f flag (Zen 4 alone of the two; Zen 5 is family 26)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return (fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+            and "avx512f" in fields.get("flags", "").split())
+
+
+def load_numpy(conv: bool, float64: bool = False, one_sample: bool = False) -> dict[str, str]:
+    """Import NumPy, so that OpenBLAS loads with the spin `spin_for(conv)` and the kernel `kernel_for(float64,
+    one_sample)` choose; returns the variables set ({} when OpenBLAS keeps the user's settings or its defaults, or NumPy
+    was already loaded: nothing can change then). The environment is as before when this returns."""
+    if "numpy" in sys.modules:
+        return {}
+    spin, kernel = spin_for(conv), kernel_for(float64, one_sample)
+    chosen = {name: str(value) for name, value in ((VARIABLE, spin), (KERNEL_VARIABLE, kernel)) if value is not None}
+    os.environ.update(chosen)
     try:
-        import numpy  # noqa: F401  (loads OpenBLAS, which reads the variable now and never again)
+        import numpy  # noqa: F401  (loads OpenBLAS, which reads the variables now and never again)
     finally:
-        del os.environ[VARIABLE]
-    return value
+        for name in chosen:
+            del os.environ[name]
+    return chosen
+
+
+def loaded_kernel() -> str | None:
+    """The kernels NumPy's OpenBLAS runs (``blas.kernel``). Imports NumPy."""
+    from sgdcli.engine.blas import kernel
+
+    return kernel()
 
 
 def loaded_spin() -> int | None:

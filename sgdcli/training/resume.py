@@ -192,22 +192,33 @@ def resume_command(run_dir: Path, processes: int) -> str:
     return f"{f'mpiexec -n {processes} ' if processes > 1 else ''}sgdcli train --resume {run_dir}"
 
 
-def blas_threads(meta: dict[str, Any], path: Path, current: int | None) -> tuple[int | None, str | None]:
+def blas_threads(meta: dict[str, Any], path: Path, current: int | None,
+                 kernel: str | None = None) -> tuple[int | None, str | None]:
     """The BLAS thread count a resumed run trains on, and a note or None. A product's bits depend on
     OpenBLAS's thread count (from ~400 rows of a batch), so a run resumes on the count it trained on
     (``meta["blas_threads"]``; a sweep's ``--jobs`` members and MPI's processes train on fewer than the machine
     has, a run under OPENBLAS_NUM_THREADS on the user's count), set for the run (``blas.threads(exactly=True)``),
     also above this process's count (`current`) and its usable cores: the same bits, more slowly (the note says
     so). Checkpoints before sgdcli recorded it, or a NumPy whose BLAS count cannot be set (`current` None):
-    the count as it is."""
+    the count as it is. The bits depend on OpenBLAS's kernels too, which are set when NumPy loads (engine/spin.py:
+    ``sgdcli train --resume`` loads the ones the run's model gets): where the run's recorded ones
+    (``meta["blas_kernel"]``) are not this process's `kernel`, the note says the run continues rounding otherwise."""
     trained = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
+    recorded = meta.get("blas_kernel")
+    if recorded is not None and not (isinstance(recorded, str) and 0 < len(recorded) <= 64):
+        raise CheckpointError(f"blas_kernel: expected the name of OpenBLAS's kernels, received {recorded!r:.100}",
+                              source=str(path))
+    kernels = None if recorded is None or kernel is None or recorded == kernel else (
+        f"the run trained on OpenBLAS's {recorded} kernels and this process runs its {kernel} kernels: it continues "
+        "with other rounding (`sgdcli train --resume` loads the kernels the run's model gets)")
     if trained is None or current is None:
-        return current, None
+        return current, kernels
     cores = workers.usable_cores()
     if trained > cores:
-        return trained, (f"the run trained on {trained} BLAS threads and this process may use {cores} "
-                         f"core{'s' * (cores != 1)}: it resumes on {trained} threads for the same bits, more slowly")
-    return trained, None
+        return trained, "; ".join(filter(None, (
+            f"the run trained on {trained} BLAS threads and this process may use {cores} core{'s' * (cores != 1)}: "
+            f"it resumes on {trained} threads for the same bits, more slowly", kernels)))
+    return trained, kernels
 
 
 def _recorded_count(meta: dict[str, Any], key: str, path: Path) -> int:

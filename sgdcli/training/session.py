@@ -82,7 +82,7 @@ class Session:
             parallel.attach(config, self.problem)
         self.data = provenance.record(config, self.prepared.validation_mask)  # the files and split, in checkpoints
         self.wall_before = 0.0  # wall seconds of earlier segments (before a resume)
-        self.blas_threads = blas.thread_count()  # recorded in checkpoints: a resume trains on it (resuming.blas_threads)
+        self.blas_threads, self.blas_kernel = blas.thread_count(), blas.kernel()  # in checkpoints: resuming.blas_threads
         self._segment_started: float | None = None
         self.position = Position()
         self.classification = config.is_classification
@@ -151,7 +151,7 @@ class Session:
             session = cls(config, run_dir, reporter, resuming.schedule_epochs(config, state, path), parallel)
             resuming.check_split(state.meta.get("data"), session.data, path)
             session._lock = lock
-            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads)
+            session.blas_threads, threads_note = resuming.blas_threads(state.meta, path, session.blas_threads, session.blas_kernel)
             session._restore(path, state)
         except BaseException:
             lock.close()
@@ -355,7 +355,7 @@ class Session:
             "wall_seconds": self.wall_before + (0.0 if self._segment_started is None
                                                 else time.perf_counter() - self._segment_started),
             "schedule_epochs": self.schedule_epochs, "data": self.data, "processes": self.processes,
-            "blas_threads": self.blas_threads,
+            "blas_threads": self.blas_threads, "blas_kernel": self.blas_kernel,
             "class_names": list(self.prepared.class_names) if self.prepared.class_names else None,
             "feature_names": list(self.prepared.feature_names),
             "sample_shape": list(self.prepared.sample_shape),
