@@ -155,11 +155,20 @@ def _probe():
     global _job
     for code in _SINGLE_CODES:
         seen: list[tuple[int, int]] = []
-        _job = _Job(lambda start, stop: seen.append((start, stop)), 1, 1 << 20)
+        job = _job = _Job(lambda start, stop: seen.append((start, stop)), 1, 1 << 20)
+        hook = sys.unraisablehook
         try:
+            sys.unraisablehook = job.unraisable.append  # a signal handler's exception at a part's entry (as _in_parts)
             driver(code, 7, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, 2)
         finally:
+            sys.unraisablehook = hook
             _job = None
+        for unraisable in job.unraisable:  # another thread's meanwhile: handed on
+            if unraisable.object is not _run_part:
+                hook(unraisable)
+        interrupted = job.errors + [u.exc_value for u in job.unraisable if u.object is _run_part]
+        if interrupted:  # (Ctrl-C during the probe: raised as itself, and the next split probes again)
+            raise interrupted[0]
         if sorted(seen) == [(0, 4), (4, 7)]:
             return driver, code
     return None
