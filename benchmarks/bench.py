@@ -51,7 +51,7 @@ def batch1_only(argv: list[str]) -> bool:
 # OpenBLAS loaded as `sgdcli train` loads it for the raced models (engine/spin.py), before anything imports
 # NumPy: a batch-1 config keeps OpenBLAS's own kernels where a minibatch one gets others (on AMD Zen 4).
 BATCH1_ONLY = batch1_only(sys.argv[1:])
-LOADED_WITH = load_numpy(conv=False, one_sample=BATCH1_ONLY)
+LOADED_WITH = load_numpy(False, kernel_for(False, BATCH1_ONLY))
 
 import bench_batch1  # noqa: E402
 import bench_full  # noqa: E402

@@ -30,9 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sgdcli.engine.spin import load_numpy, loaded_spin  # noqa: E402
+from sgdcli.engine.spin import kernel_for, load_numpy, loaded_spin  # noqa: E402
 
-load_numpy(conv=True)  # both race networks have conv2d layers (checked in main): the spin `sgdcli train` gives them
+load_numpy(True, kernel_for(False))  # both race networks have conv2d layers (checked in main), float32, batch 128:
+# the spin and kernels `sgdcli train` gives them
 
 import numpy as np  # noqa: E402
 

@@ -16,11 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sgdcli.engine.spin import load_numpy  # noqa: E402
+from sgdcli.engine.spin import kernel_for, load_numpy  # noqa: E402
 
 # OpenBLAS as `sgdcli train` loads it for a float32 minibatch dense network (engine/spin.py's spin and kernel);
 # a no-op where NumPy is loaded already (bench.py and bench_cnn.py load it for their own models first).
-load_numpy(conv=False)
+load_numpy(False, kernel_for(False))
 
 import numpy as np  # noqa: E402
 

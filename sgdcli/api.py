@@ -4,6 +4,7 @@ load and predict, evaluate, compare, export."""
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,12 +47,13 @@ def train(config: AnyConfig | Path | str, runs_dir: Path | str = "runs", name: s
     mpiexec rank 0 alone reads it and sends it to the others, so a bad config is reported once.
     Data and config problems raise before anything is written. Divergence and interruption
     return a result with that status; the run keeps its last good checkpoint. An objective
-    config records the path of its few parameters instead.
+    config records the path of its few parameters instead. Without a `reporter`, what training would
+    tell it as a warning comes as a Python warning (UserWarning).
     """
     def loaded() -> AnyConfig:
         return _named(load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config, name)
 
-    place = None if run_dir is None else Path(run_dir)
+    place, reporter = None if run_dir is None else Path(run_dir), reporter or _Warnings()
     if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
         return mpi_run.train(loaded, Path(runs_dir), reporter, should_stop, place)
     config = loaded()
@@ -66,14 +68,35 @@ def resume(run_dir: Path | str, config: ExperimentConfig | Path | str | None = N
 
     `config` (a loaded config, or a YAML file's path read with `overrides`; or None: the run's own
     config with `overrides`) must equal the run's, except that training.epochs may grow. Under
-    mpiexec, on the number of processes the run was trained on; rank 0 alone reads the files.
+    mpiexec, on the number of processes the run was trained on; rank 0 alone reads the files. Without
+    a `reporter`, its warnings (checkpoints set aside, a resume on other OpenBLAS kernels, which continues
+    with other rounding) come as Python warnings (UserWarning).
     """
     def loaded() -> ExperimentConfig | None:
         return load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
 
+    reporter = reporter or _Warnings()
+
     if parallel.launched_size() > 1:
         return mpi_run.resume(Path(run_dir), loaded, overrides, reporter, should_stop)
     return Session.resume(Path(run_dir), loaded(), tuple(overrides), reporter).run(should_stop)
+
+
+class _Warnings:
+    """The reporter of a caller who passed none: progress is dropped, warnings become Python warnings (a resume
+    that no longer continues bit for bit must not pass in silence)."""
+
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def batch(self, done: int, total: int, loss: float) -> None:
+        pass
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _named(config: AnyConfig, name: str | None) -> AnyConfig:

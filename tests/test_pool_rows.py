@@ -230,9 +230,11 @@ def test_a_resume_on_other_openblas_kernels_says_it_rounds_otherwise() -> None:
     assert resuming.blas_threads({"blas_threads": 2}, path, 2, "SkylakeX") == (2, None)  # not recorded: nothing to say
     count, note = resuming.blas_threads({"blas_threads": 2, "blas_kernel": "Haswell"}, path, 2, "SkylakeX")
     assert count == 2 and note == ("the run trained on OpenBLAS's Haswell kernels and this process runs its SkylakeX "
-                                   "kernels: it continues with other rounding (`sgdcli train --resume` loads the "
-                                   "kernels the run's model gets)")
-    for bad in (5, "", "x" * 65, ["Haswell"]):
+                                   "kernels: it continues with other rounding; for the same bits: "
+                                   "OPENBLAS_CORETYPE=Haswell sgdcli train --resume runs/r")
+    _, note = resuming.blas_threads({"blas_threads": 2, "blas_kernel": "Haswell", "processes": 2}, path, 2, "Zen")
+    assert note.endswith("for the same bits: OPENBLAS_CORETYPE=Haswell mpiexec -n 2 sgdcli train --resume runs/r")
+    for bad in (5, "", "x" * 33, ["Haswell"], "Haswell; touch /tmp/x", "Haswell\nerror: forged", "\u0000", "9x", "Has well"):
         with pytest.raises(CheckpointError, match="blas_kernel: expected the name of OpenBLAS's kernels"):
             resuming.blas_threads({"blas_threads": 2, "blas_kernel": bad}, path, 2, "Haswell")
 
@@ -240,6 +242,7 @@ def test_a_resume_on_other_openblas_kernels_says_it_rounds_otherwise() -> None:
 def test_a_run_records_its_kernels_and_its_resume_on_others_warns(tmp_path, monkeypatch) -> None:
     config = load_config(tiny_config(training__epochs=2))
     interrupted = interrupt(config, tmp_path / "runs", 8)
+    quiet = interrupt(config, tmp_path / "quiet", 8)
     recorded = checkpoint.load(find_checkpoint(interrupted.run_dir)).meta["blas_kernel"]
     assert recorded == blas.kernel()
     monkeypatch.setattr(blas, "kernel", lambda: "Elsewhere")
@@ -252,5 +255,7 @@ def test_a_run_records_its_kernels_and_its_resume_on_others_warns(tmp_path, monk
     resumed = api.resume(interrupted.run_dir, reporter=Listener())
     assert resumed.status == "completed"
     if recorded is not None:
-        assert any(f"the run trained on OpenBLAS's {recorded} kernels and this process runs its Elsewhere kernels"
-                   in message for message in warnings), warnings
+        said = f"the run trained on OpenBLAS's {recorded} kernels and this process runs its Elsewhere kernels"
+        assert any(said in message for message in warnings), warnings
+        with pytest.warns(UserWarning, match=said):  # no reporter: a Python warning, not silence
+            assert api.resume(quiet.run_dir).status == "completed"

@@ -20,7 +20,7 @@ from test_cnn_runs import cnn_config, image_npz
 from sgdcli.cli import before_numpy
 from sgdcli.config.loading import load_config
 from sgdcli.engine import spin
-from sgdcli.runs import directory
+from sgdcli.runs import checkpoint, directory
 
 # Runs one sgdcli command in this fresh process, then says what OpenBLAS read and runs and what the
 # environment holds now (what a child process would inherit).
@@ -145,6 +145,9 @@ def test_loading_numpy_after_it_is_loaded_changes_nothing() -> None:
 def test_the_run_layout_names_match_the_run_directory() -> None:
     assert before_numpy.RUN_CONFIG == directory.CONFIG
     assert before_numpy.CHECKPOINTS == directory.CHECKPOINTS
+    assert before_numpy.DAMAGED_MARK == directory.DAMAGED_MARK
+    assert before_numpy.HEADER_LIMIT == checkpoint.MAX_HEADER_BYTES
+    assert set(before_numpy.PREFERENCE) == {directory.LAST, directory.PREVIOUS}
 
 
 ZEN4 = """processor\t: 0
@@ -173,6 +176,11 @@ def test_the_kernel_rule(cpuinfo, expected) -> None:
     assert spin.kernel_for(False, True, {}, cpuinfo) is None  # so was batch 1's momentum step
     assert spin.kernel_for(False, False, {spin.KERNEL_VARIABLE: "SkylakeX"}, cpuinfo) is None  # the user's setting wins
     assert spin.kernel_for(False, False, {spin.KERNEL_VARIABLE: ""}, cpuinfo) is None
+    # a trained run: the kernels it recorded where they are ours, OpenBLAS's choice for anything else
+    assert spin.resumed_kernel("Haswell", {}, cpuinfo) == expected
+    for recorded in (None, "SkylakeX", "Sandybridge"):  # (None: a run from before sgdcli recorded them)
+        assert spin.resumed_kernel(recorded, {}, cpuinfo) is None
+    assert spin.resumed_kernel("Haswell", {spin.KERNEL_VARIABLE: "SkylakeX"}, cpuinfo) is None
 
 
 def test_a_float32_minibatch_model_loads_the_kernel_chosen_for_this_processor(tmp_path) -> None:
@@ -197,3 +205,45 @@ def test_the_users_own_kernel_wins(runs) -> None:
         pytest.skip("sgdcli keeps OpenBLAS's kernel on this processor: nothing to override")
     code, kernel, after = kernel_in_fresh_process("gradcheck", runs["dense"], "--samples", "4", user_setting="SkylakeX")
     assert (code, kernel, after) == (0, "SkylakeX", "SkylakeX")  # and stays for their child processes
+
+
+def recorded_as(run: Path, kernel: str | None, name: str = "last.safetensors") -> None:
+    """Rewrite the run's checkpoint `name` to record `kernel` (None: no record, as before sgdcli kept one)."""
+    path = run / "checkpoints" / name
+    state = checkpoint.load(path)
+    meta = {key: value for key, value in state.meta.items() if key != "blas_kernel"}
+    checkpoint.save(path, checkpoint.Checkpoint(state.params, state.optimizer, state.shift, state.scale,
+                                                {**meta, **({} if kernel is None else {"blas_kernel": kernel})}))
+
+
+def test_the_kernels_a_run_recorded_are_read_before_numpy_loads(tmp_path) -> None:
+    from sgdcli import api
+    from sgdcli.engine import blas
+
+    run = api.train(load_config(tiny_config(training__epochs=2, training__checkpoint_every=1)), runs_dir=tmp_path).run_dir
+    assert before_numpy.recorded_kernel(run) == blas.kernel()
+    recorded_as(run, "Haswell")
+    assert before_numpy.recorded_kernel(run) == "Haswell"  # last: the most advanced
+    recorded_as(run, None)
+    assert before_numpy.recorded_kernel(run) is None  # a run from before
+    (run / "checkpoints" / "last.safetensors").write_bytes(b"\xff" * 16)  # unreadable: the others decide
+    assert before_numpy.recorded_kernel(run) == blas.kernel()
+    assert before_numpy.recorded_kernel(tmp_path / "missing") is None
+
+
+def test_a_command_on_a_trained_run_loads_the_kernels_it_recorded(tmp_path) -> None:
+    """`sgdcli eval RUN` (as `train --resume RUN`) loads what the run trained on: Haswell's kernels where it
+    recorded them (on Zen 4), OpenBLAS's choice for a run from before sgdcli recorded any."""
+    from sgdcli import api
+
+    run = api.train(load_config(tiny_config(training__epochs=1)), runs_dir=tmp_path).run_dir
+    recorded_as(run, "Haswell")
+    code, _, _, kernel, after = fresh_process("eval", run)
+    assert code == 0 and after == "unset"
+    recorded_as(run, None)
+    code, _, _, default, _ = fresh_process("eval", run)
+    assert code == 0
+    if spin.zen4(spin._cpuinfo(None)):
+        assert kernel == "Haswell" and default != "Haswell"
+    else:
+        assert kernel == default

@@ -26,8 +26,9 @@ velocity (``OuterProduct.add_to``), where the Haswell kernels' separate scaling 
 Measured with NumPy 2.4's OpenBLAS 0.3.31; 0.3.34 changed its SGEMM blocking on Zen 4 hosts (described in
 OpenMathLib/OpenBLAS#6021), so a NumPy that brings it needs measuring again (benchmarks/bench.py).
 
-``load_numpy(conv, float64, one_sample)``, called by every command that runs a model (and by the benchmarks) before
-anything imports NumPy, is the one place that makes both choices. A variable is set only while NumPy loads
+``load_numpy(conv, kernel)``, called by every command that runs a model (and by the benchmarks) before anything
+imports NumPy, with ``kernel_for`` (a new model) or ``resumed_kernel`` (a trained run: the kernels it recorded,
+so that ``sgdcli train --resume`` continues on them), is the one place that makes both choices. A variable is set only while NumPy loads
 and removed again: it is this process's choice, and a child process (a sweep member, an mpiexec rank: each
 an ``sgdcli`` command of its own) makes its own from its own model. A user's own setting of either
 variable always wins, and is passed on.
@@ -60,20 +61,38 @@ def spin_for(conv: bool, environ: MutableMapping[str, str] | None = None) -> int
 
 def kernel_for(float64: bool, one_sample: bool = False, environ: MutableMapping[str, str] | None = None,
                cpuinfo: str | None = None) -> str | None:
-    """The ``OPENBLAS_CORETYPE`` sgdcli sets for a process running a model in float32 (not `float64`) on batches
-    of more than one sample (not `one_sample`): ZEN4_KERNEL on AMD Zen 4 (module doc), None otherwise (OpenBLAS
-    chooses), and None whenever the user has set the variable (theirs wins, even set empty). `cpuinfo`: the text
-    of /proc/cpuinfo (read here by default; none outside Linux: None)."""
+    """The ``OPENBLAS_CORETYPE`` sgdcli sets for a process running a new model in float32 (not `float64`) on
+    batches of more than one sample (not `one_sample`): ZEN4_KERNEL on AMD Zen 4 (module doc), None otherwise
+    (OpenBLAS chooses), and None whenever the user has set the variable (theirs wins, even set empty).
+    `cpuinfo`: the text of /proc/cpuinfo (read here by default; none outside Linux: None)."""
     environ = os.environ if environ is None else environ
     if KERNEL_VARIABLE in environ or float64 or one_sample:
         return None
-    if cpuinfo is None:
-        try:
-            with open(CPUINFO, encoding="utf-8", errors="replace") as file:
-                cpuinfo = file.read(1 << 16)  # the first processor's block is enough; all are alike
-        except OSError:
-            return None
-    return ZEN4_KERNEL if zen4(cpuinfo) else None
+    return ZEN4_KERNEL if zen4(_cpuinfo(cpuinfo)) else None
+
+
+def resumed_kernel(recorded: str | None, environ: MutableMapping[str, str] | None = None,
+                   cpuinfo: str | None = None) -> str | None:
+    """The ``OPENBLAS_CORETYPE`` for a command on a trained run whose checkpoints record the kernels `recorded`
+    (``blas_kernel``; None for a run from before sgdcli recorded them): ZEN4_KERNEL where the run trained on
+    them and this is a Zen 4, so that a resume gives the bits the run would have given; None otherwise
+    (OpenBLAS's choice, which runs from before sgdcli chose kernels trained on; other recorded kernels are
+    not forced, and a resume notes them). None whenever the user has set the variable."""
+    environ = os.environ if environ is None else environ
+    if KERNEL_VARIABLE in environ or recorded != ZEN4_KERNEL:
+        return None
+    return ZEN4_KERNEL if zen4(_cpuinfo(cpuinfo)) else None
+
+
+def _cpuinfo(given: str | None) -> str:
+    """`given`, or the start of /proc/cpuinfo (the first processor's block is enough; all are alike), or ""."""
+    if given is not None:
+        return given
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as file:
+            return file.read(1 << 16)
+    except OSError:
+        return ""
 
 
 def zen4(cpuinfo: str) -> bool:
@@ -87,14 +106,17 @@ def zen4(cpuinfo: str) -> bool:
             and "avx512f" in fields.get("flags", "").split())
 
 
-def load_numpy(conv: bool, float64: bool = False, one_sample: bool = False) -> dict[str, str]:
-    """Import NumPy, so that OpenBLAS loads with the spin `spin_for(conv)` and the kernel `kernel_for(float64,
-    one_sample)` choose; returns the variables set ({} when OpenBLAS keeps the user's settings or its defaults, or NumPy
-    was already loaded: nothing can change then). The environment is as before when this returns."""
+def load_numpy(conv: bool, kernel: str | None = None) -> dict[str, str]:
+    """Import NumPy, so that OpenBLAS loads with the spin `spin_for(conv)` chooses and the kernels `kernel`
+    (``kernel_for`` for a new model, ``resumed_kernel`` for a trained run; None: OpenBLAS's choice; a user's
+    variable wins); returns the variables set ({} when OpenBLAS keeps the user's settings or its defaults, or
+    NumPy was already loaded: nothing can change then). The environment is as before when this returns."""
     if "numpy" in sys.modules:
         return {}
-    spin, kernel = spin_for(conv), kernel_for(float64, one_sample)
-    chosen = {name: str(value) for name, value in ((VARIABLE, spin), (KERNEL_VARIABLE, kernel)) if value is not None}
+    if KERNEL_VARIABLE in os.environ:
+        kernel = None
+    chosen = {name: str(value) for name, value in ((VARIABLE, spin_for(conv)), (KERNEL_VARIABLE, kernel))
+              if value is not None}
     os.environ.update(chosen)
     try:
         import numpy  # noqa: F401  (loads OpenBLAS, which reads the variables now and never again)

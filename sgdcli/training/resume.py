@@ -4,6 +4,7 @@ run's config.yaml and the checkpoint agree), the same data, and whether anything
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,9 @@ def resume_command(run_dir: Path, processes: int) -> str:
     return f"{f'mpiexec -n {processes} ' if processes > 1 else ''}sgdcli train --resume {run_dir}"
 
 
+KERNEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")  # OpenBLAS's core names; shown in a command to paste
+
+
 def blas_threads(meta: dict[str, Any], path: Path, current: int | None,
                  kernel: str | None = None) -> tuple[int | None, str | None]:
     """The BLAS thread count a resumed run trains on, and a note or None. A product's bits depend on
@@ -200,17 +204,20 @@ def blas_threads(meta: dict[str, Any], path: Path, current: int | None,
     has, a run under OPENBLAS_NUM_THREADS on the user's count), set for the run (``blas.threads(exactly=True)``),
     also above this process's count (`current`) and its usable cores: the same bits, more slowly (the note says
     so). Checkpoints before sgdcli recorded it, or a NumPy whose BLAS count cannot be set (`current` None):
-    the count as it is. The bits depend on OpenBLAS's kernels too, which are set when NumPy loads (engine/spin.py:
-    ``sgdcli train --resume`` loads the ones the run's model gets): where the run's recorded ones
-    (``meta["blas_kernel"]``) are not this process's `kernel`, the note says the run continues rounding otherwise."""
+    the count as it is. The bits depend on OpenBLAS's kernels too, which are set when NumPy loads (engine/spin.py;
+    ``sgdcli train --resume`` loads the ones the run recorded where sgdcli chose them; a user's OPENBLAS_CORETYPE
+    wins): where the run's recorded ones (``meta["blas_kernel"]``) are not this process's `kernel` (a run of the
+    Python API in a process that loaded NumPy itself, a run trained under the user's variable), the note says
+    the run continues rounding otherwise, and gives the command that resumes it on the recorded ones."""
     trained = None if meta.get("blas_threads") is None else _recorded_count(meta, "blas_threads", path)
     recorded = meta.get("blas_kernel")
-    if recorded is not None and not (isinstance(recorded, str) and 0 < len(recorded) <= 64):
-        raise CheckpointError(f"blas_kernel: expected the name of OpenBLAS's kernels, received {recorded!r:.100}",
-                              source=str(path))
+    if recorded is not None and not (isinstance(recorded, str) and KERNEL_NAME.fullmatch(recorded)):
+        raise CheckpointError(f"blas_kernel: expected the name of OpenBLAS's kernels (letters and digits, such as "
+                              f"Haswell), received {recorded!r:.100}", source=str(path))
     kernels = None if recorded is None or kernel is None or recorded == kernel else (
         f"the run trained on OpenBLAS's {recorded} kernels and this process runs its {kernel} kernels: it continues "
-        "with other rounding (`sgdcli train --resume` loads the kernels the run's model gets)")
+        f"with other rounding; for the same bits: OPENBLAS_CORETYPE={recorded} "
+        f"{resume_command(path.parent.parent, _recorded_count({'processes': 1, **meta}, 'processes', path))}")
     if trained is None or current is None:
         return current, kernels
     cores = workers.usable_cores()
