@@ -111,9 +111,15 @@ def test_a_command_running_a_conv_model_loads_openblas_with_the_short_spin(runs,
     ["train", "--resume", "{dense run}"],
 ])
 def test_a_dense_model_keeps_openblas_default(runs, tmp_path, command) -> None:
+    """The default spin; and the kernels: a new float32 minibatch model's (Haswell's on Zen 4), and for the run
+    trained in this test process (whose NumPy loaded OpenBLAS's own choice, recorded) OpenBLAS's own again."""
+    from sgdcli.engine import blas
+
     names = {"dense": runs["dense"], "dense run": runs["dense run"], "tmp": tmp_path}
-    code, read, after = in_fresh_process(*[part.format(**names) for part in command])
-    assert (code, read, after) == (0, 0, "unset")
+    code, read, after, kernel, kernel_after = fresh_process(*[part.format(**names) for part in command])
+    assert (code, read, after, kernel_after) == (0, 0, "unset", "unset")
+    new_model = "{dense}" in command
+    assert kernel == ((spin.kernel_for(False) or blas.kernel()) if new_model else blas.kernel())
 
 
 @pytest.mark.parametrize("command", [["gradcheck", "{conv}", "--samples", "4"], ["eval", "{conv run}"]])
@@ -183,21 +189,18 @@ def test_the_kernel_rule(cpuinfo, expected) -> None:
     assert spin.resumed_kernel("Haswell", {spin.KERNEL_VARIABLE: "SkylakeX"}, cpuinfo) is None
 
 
-def test_a_float32_minibatch_model_loads_the_kernel_chosen_for_this_processor(tmp_path) -> None:
-    """On Zen 4 (this project's machines) the float32 minibatch model's OpenBLAS runs Haswell's kernels, a float64
-    or batch-1 model's OpenBLAS's own choice (SkylakeX there); elsewhere all run OpenBLAS's own choice."""
+def test_a_float32_minibatch_model_gets_the_kernel_chosen_for_this_processor(monkeypatch) -> None:
+    """What each command's config asks of ``spin.load_numpy`` (the process-level effect: the fresh-process
+    tests): on Zen 4 (this project's machines) Haswell's kernels for a float32 model trained on more than one
+    sample an update, OpenBLAS's own choice for a float64 or batch-1 model and for a command without a model."""
+    asked = []
+    monkeypatch.setattr(spin, "load_numpy", lambda conv, kernel=None: asked.append((conv, kernel)))
     chosen = spin.kernel_for(False)
-    kernels = {}
-    for name, changes in (("float32", {}), ("float64", {"model__dtype": "float64"}),
-                          ("batch 1", {"training__batch__mode": "sgd"})):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(tiny_config(training__epochs=1, **changes)))
-        code, kernels[name], after = kernel_in_fresh_process("gradcheck", path, "--samples", "4")
-        assert code == 0 and after == "unset"  # this process's choice only: a child decides from its own model
-    if chosen is not None:
-        assert kernels["float32"] == chosen and kernels["float64"] != chosen and kernels["batch 1"] != chosen
-    else:
-        assert kernels["float32"] == kernels["float64"] == kernels["batch 1"]
+    for changes in ({}, {"model__dtype": "float64"}, {"training__batch__mode": "sgd"},
+                    {"training__batch__size": 1}, {"training__batch__mode": "full"}):
+        before_numpy.load_numpy_for(load_config(tiny_config(**changes)))
+    before_numpy.load_numpy_for(None)
+    assert asked == [(False, chosen), (False, None), (False, None), (False, None), (False, chosen), (False, None)]
 
 
 def test_the_users_own_kernel_wins(runs) -> None:
