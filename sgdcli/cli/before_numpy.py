@@ -87,11 +87,12 @@ def _run_folder(target: Path) -> Path:
 
 def recorded_kernel(run: Path) -> str | None:
     """The OpenBLAS kernels the run's most advanced checkpoint records (``blas_kernel``; the one a resume starts
-    from: ``runs.directory.newest_checkpoint``), read from the checkpoints' safetensors headers alone (NumPy is not loaded yet); None where none records them (a run
-    from before sgdcli did) or none can be read (the command reports that itself)."""
+    from: ``runs.directory.newest_checkpoint``), read from the checkpoints' safetensors headers alone (NumPy is
+    not loaded yet); None where none records them (a run from before sgdcli did) or none can be read (the
+    command reports that itself). Regular files only: a FIFO or a device there would block or never end."""
     best: tuple[tuple[int, int], str | None] = ((-1, -1), None)
     for path in sorted((run / CHECKPOINTS).glob("*.safetensors")):
-        if DAMAGED_MARK in path.name or not path.is_file():  # (a FIFO or a device there would block: the command says)
+        if DAMAGED_MARK in path.name or not path.is_file():
             continue
         try:
             with open(path, "rb") as file:

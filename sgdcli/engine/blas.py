@@ -156,7 +156,8 @@ def gemm_nn_rows_call(a: np.ndarray, b: np.ndarray, c: np.ndarray, first: int, s
     """c = a[:, first:stop] @ b[first:stop], prepared, not run: a (N, D), b (D, M), c (N, M), one ``sgemm``/``dgemm``
     with beta 0 reading a's columns and b's rows in place (a part of a layer's product over its weight rows:
     ``engine/forward_parts``). Raises ValueError where BLAS cannot write c in place from these arrays."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != len(b) or c.shape != (len(a), b.shape[1]) or not 0 <= first <= stop <= len(b):
+    if (a.ndim != 2 or b.ndim != 2 or a.shape[1] != len(b) or c.shape != (len(a), b.shape[1])
+            or not 0 <= first <= stop <= len(b)):
         raise ValueError(f"gemm_nn_rows_call: c {c.shape}, a {a.shape}, b {b.shape}, rows {first}:{stop} do not fit")
     library = _gemm_library(a, b, c)
     if library is None:

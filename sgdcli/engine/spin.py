@@ -26,12 +26,12 @@ velocity (``OuterProduct.add_to``), where the Haswell kernels' separate scaling 
 Measured with NumPy 2.4's OpenBLAS 0.3.31; 0.3.34 changed its SGEMM blocking on Zen 4 hosts (described in
 OpenMathLib/OpenBLAS#6021), so a NumPy that brings it needs measuring again (benchmarks/bench.py).
 
-``load_numpy(conv, kernel)``, called by every command that runs a model (and by the benchmarks) before anything
-imports NumPy, with ``kernel_for`` (a new model) or ``resumed_kernel`` (a trained run: the kernels it recorded,
-so that ``sgdcli train --resume`` continues on them), is the one place that makes both choices. A variable is set only while NumPy loads
-and removed again: it is this process's choice, and a child process (a sweep member, an mpiexec rank: each
-an ``sgdcli`` command of its own) makes its own from its own model. A user's own setting of either
-variable always wins, and is passed on.
+``load_numpy(conv, kernel)``, called by every command that runs a model (and by the benchmarks) before
+anything imports NumPy, with ``kernel_for`` (a new model) or ``resumed_kernel`` (a trained run: the kernels it
+recorded, so that ``sgdcli train --resume`` continues on them), is the one place that makes both choices. A
+variable is set only while NumPy loads and removed again: it is this process's choice, and a child process (a
+sweep member, an mpiexec rank: each an ``sgdcli`` command of its own) makes its own from its own model. A
+user's own setting of either variable always wins, and is passed on.
 
 No NumPy at import: this module is imported before NumPy is.
 """
