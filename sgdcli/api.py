@@ -4,7 +4,6 @@ load and predict, evaluate, compare, export."""
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,7 +52,7 @@ def train(config: AnyConfig | Path | str, runs_dir: Path | str = "runs", name: s
     def loaded() -> AnyConfig:
         return _named(load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config, name)
 
-    place, reporter = None if run_dir is None else Path(run_dir), reporter or _Warnings()
+    place = None if run_dir is None else Path(run_dir)
     if parallel.launched_size() > 1:  # under mpiexec: one model, data-parallel on every process
         return mpi_run.train(loaded, Path(runs_dir), reporter, should_stop, place)
     config = loaded()
@@ -75,28 +74,9 @@ def resume(run_dir: Path | str, config: ExperimentConfig | Path | str | None = N
     def loaded() -> ExperimentConfig | None:
         return load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
 
-    reporter = reporter or _Warnings()
-
     if parallel.launched_size() > 1:
         return mpi_run.resume(Path(run_dir), loaded, overrides, reporter, should_stop)
     return Session.resume(Path(run_dir), loaded(), tuple(overrides), reporter).run(should_stop)
-
-
-class _Warnings:
-    """The reporter of a caller who passed none: progress is dropped, warnings become Python warnings (a resume
-    that no longer continues bit for bit must not pass in silence)."""
-
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def batch(self, done: int, total: int, loss: float) -> None:
-        pass
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def warn(self, message: str) -> None:
-        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _named(config: AnyConfig, name: str | None) -> AnyConfig:

@@ -31,8 +31,9 @@ try:
     app(sys.argv[1:], prog_name="sgdcli")
 except SystemExit as stop:
     code = stop.code
-from sgdcli.engine.spin import loaded_kernel, loaded_spin
-print("SPIN", code, loaded_spin(), os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"), loaded_kernel(),
+from sgdcli.engine.blas import kernel
+from sgdcli.engine.spin import loaded_spin
+print("SPIN", code, loaded_spin(), os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset"), kernel(),
       os.environ.get("OPENBLAS_CORETYPE", "unset"))
 """
 
@@ -153,7 +154,7 @@ def test_the_run_layout_names_match_the_run_directory() -> None:
     assert before_numpy.CHECKPOINTS == directory.CHECKPOINTS
     assert before_numpy.DAMAGED_MARK == directory.DAMAGED_MARK
     assert before_numpy.HEADER_LIMIT == checkpoint.MAX_HEADER_BYTES
-    assert set(before_numpy.PREFERENCE) == {directory.LAST, directory.PREVIOUS}
+    assert before_numpy.PREFERENCE == directory.PREFERENCE
 
 
 ZEN4 = """processor\t: 0

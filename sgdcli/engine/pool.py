@@ -163,12 +163,7 @@ def _probe():
         finally:
             sys.unraisablehook = hook
             _job = None
-        for unraisable in job.unraisable:  # another thread's meanwhile: handed on
-            if unraisable.object is not _run_part:
-                hook(unraisable)
-        interrupted = job.errors + [u.exc_value for u in job.unraisable if u.object is _run_part]
-        if interrupted:  # (Ctrl-C during the probe: raised as itself, and the next split probes again)
-            raise interrupted[0]
+        _raise_from_parts(job, hook)  # (Ctrl-C during the probe: raised as itself, and the next split probes again)
         if sorted(seen) == [(0, 4), (4, 7)]:
             return driver, code
     return None
@@ -293,16 +288,22 @@ def _in_parts(count: int, work: Callable[[int, int], None], driver, unit: int = 
         sys.unraisablehook = hook
         _job = None
         library.scipy_openblas_set_num_threads64_(threads)
-    for unraisable in job.unraisable:  # a part's, or another thread's meanwhile (handed on)
+    _raise_from_parts(job, hook)
+    if sum(job.done) != units:  # a part OpenBLAS never ran: nothing may be left half done silently
+        raise RuntimeError(f"pool.split: {sum(job.done)} of {units} units ran")
+    return True
+
+
+def _raise_from_parts(job: _Job, hook) -> None:
+    """After the driver returned: what reached ``sys.unraisablehook`` meanwhile is a part's exception (one raised
+    at its routine's entry) or another thread's (handed on to `hook`); the first of the parts' is raised."""
+    for unraisable in job.unraisable:
         if unraisable.object is _run_part:
             job.errors.append(unraisable.exc_value)
         else:
             hook(unraisable)
     if job.errors:
         raise job.errors[0]
-    if sum(job.done) != units:  # a part OpenBLAS never ran: nothing may be left half done silently
-        raise RuntimeError(f"pool.split: {sum(job.done)} of {units} units ran")
-    return True
 
 
 def _part_count(count: int, threads: int, unit: int) -> int:

@@ -126,13 +126,6 @@ def load_numpy(conv: bool, kernel: str | None = None) -> dict[str, str]:
     return chosen
 
 
-def loaded_kernel() -> str | None:
-    """The kernels NumPy's OpenBLAS runs (``blas.kernel``). Imports NumPy."""
-    from sgdcli.engine.blas import kernel
-
-    return kernel()
-
-
 def loaded_spin() -> int | None:
     """The ``OPENBLAS_THREAD_TIMEOUT`` NumPy's OpenBLAS read when it loaded (0: not set, its default), or
     None when NumPy's BLAS is not scipy-openblas64 (whose ``openblas_thread_timeout`` says). Imports NumPy."""

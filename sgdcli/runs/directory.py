@@ -34,6 +34,7 @@ CHECKPOINTS = "checkpoints"
 LOSS_PLOT = "loss.png"
 LAST = "last.safetensors"
 PREVIOUS = "previous.safetensors"  # the last checkpoint before `last`: the fallback if `last` is damaged
+PREFERENCE = {LAST: 2, PREVIOUS: 1}  # a resume's choice among equally advanced checkpoints: the rolling ones
 INITIAL = "initial.safetensors"  # the state before the first update
 BEST = "best.safetensors"
 LOCK = "run.lock"
@@ -336,8 +337,7 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, checkpoint.Checkpoint, list[
     if not valid:
         found = "; ".join(f"{path.name}: {why}" for path, why in damaged) or f"{CHECKPOINTS}/ holds no checkpoint"
         raise CheckpointError(f"no valid checkpoint to resume from ({found})", source=str(run_dir))
-    preference = {LAST: 2, PREVIOUS: 1}  # among equally advanced states, the rolling ones
-    path, state = max(valid, key=lambda item: (int(item[1].meta.get("updates", -1)), preference.get(item[0].name, 0)))
+    path, state = max(valid, key=lambda item: (int(item[1].meta.get("updates", -1)), PREFERENCE.get(item[0].name, 0)))
     return path, state, damaged
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,7 @@ def _build(config: ExperimentConfig, schedule_epochs: int,
         loss=build.build_loss(config.loss),
         optimizer=build.build_optimizer(config.optimizer),
         schedule=build.build_schedule(config.optimizer, updates_per_epoch, schedule_epochs),
-        x=prepared.x_train,
-        y=prepared.y_train,
+        x=prepared.x_train, y=prepared.y_train,
         batch_size=batch_size,
         shuffle=config.training.shuffle,
         clip_norm=config.optimizer.clip_norm if isinstance(config.optimizer, GRADIENT_OPTIMIZERS) else None,
@@ -288,9 +288,9 @@ class Session:
             raise failure
         return TrainResult(self.run_dir, status, summary, message)
 
-    def _warn(self, message: str | None) -> None:
-        if message and self.reporter:
-            self.reporter.warn(message)
+    def _warn(self, message: str | None) -> None:  # without a reporter (the API's default): a Python warning
+        if message:
+            self.reporter.warn(message) if self.reporter else warnings.warn(message, UserWarning, stacklevel=3)
 
     def _info(self) -> dict[str, Any]:
         p = self.problem
