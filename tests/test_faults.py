@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_config
+from forkserver import ForkServer
 from test_resume import assert_identical
 
 from sgdcli import api
@@ -62,8 +64,9 @@ def locked_run(runs_dir: Path, pid: int, timeout: float = 30) -> Path | None:
 def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump(long_config(epochs=300)))
-    # The reference is an `sgdcli train` too: a command loads OpenBLAS with the kernels its model gets
-    # (engine/spin.py), which this test process, whose NumPy was loaded before, may not run.
+    # The reference, and the resume that finishes, are `sgdcli train` processes of their own: a command loads
+    # OpenBLAS with the kernels its model gets (engine/spin.py), which this test process, whose NumPy was loaded
+    # before, may not run. The killed ones are forked from a server that loaded it as they would (forkserver.py).
     reference_run = spawn("train", config_path, "--runs-dir", tmp_path / "reference", cwd=tmp_path)
     assert reference_run.communicate(timeout=300) and reference_run.returncode == 0
     (reference_dir,) = (tmp_path / "reference").iterdir()
@@ -71,28 +74,28 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     runs_dir.mkdir()
     rng = random.Random(1234)
     run_dir, kills, attempts = None, 0, 0
-    while kills < 32 and attempts < 100:
-        attempts += 1
-        args = ("train", "--resume", run_dir) if run_dir else ("train", config_path, "--runs-dir", runs_dir)
-        process = spawn(*args, cwd=tmp_path)
-        holder = locked_run(runs_dir, process.pid)
-        # Kill within the first tenth of a second of its work: in an update, a metrics row, or a
-        # checkpoint write (about half the time of these tiny epochs goes to checkpoints).
-        time.sleep(rng.uniform(0.0, 0.12))
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
-        assert process.returncode == -signal.SIGKILL, "training finished before the kill: make it longer"
-        if holder is None:
-            continue
-        if not list((holder / "checkpoints").glob("*.safetensors")):
-            # Killed between creating the directory and writing its initial checkpoint: nothing was
-            # ever saved, so nothing can be lost. Start again.
-            assert run_dir is None
-            continue
-        run_dir = holder
-        assert every_checkpoint_loads(run_dir) >= 1
-        runs.newest_checkpoint(run_dir)  # what --resume will pick: it must exist
-        kills += 1
+    with ForkServer(config_path) as server:
+        while kills < 32 and attempts < 100:
+            attempts += 1
+            args = ("train", "--resume", run_dir) if run_dir else ("train", config_path, "--runs-dir", runs_dir)
+            pid = server.run(*args, cwd=tmp_path)
+            holder = locked_run(runs_dir, pid)
+            # Kill within the first tenth of a second of its work: in an update, a metrics row, or a
+            # checkpoint write (about half the time of these tiny epochs goes to checkpoints).
+            time.sleep(rng.uniform(0.0, 0.12))
+            os.kill(pid, signal.SIGKILL)
+            assert server.wait(pid) == -signal.SIGKILL, "training finished before the kill: make it longer"
+            if holder is None:
+                continue
+            if not list((holder / "checkpoints").glob("*.safetensors")):
+                # Killed between creating the directory and writing its initial checkpoint: nothing was
+                # ever saved, so nothing can be lost. Start again.
+                assert run_dir is None
+                continue
+            run_dir = holder
+            assert every_checkpoint_loads(run_dir) >= 1
+            runs.newest_checkpoint(run_dir)  # what --resume will pick: it must exist
+            kills += 1
     assert kills >= 30, f"only {kills} kills landed in {attempts} attempts"
     finished = spawn("train", "--resume", run_dir, cwd=tmp_path)
     out, err = finished.communicate(timeout=300)
