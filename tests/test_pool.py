@@ -18,7 +18,7 @@ from test_resume import assert_identical, interrupt
 
 from sgdcli import api
 from sgdcli.config.loading import load_config
-from sgdcli.engine import blas, busy, forward_parts, pool, workers
+from sgdcli.engine import blas, busy, forward_parts, pool, split_timing, workers
 from sgdcli.engine.optimizers import SGD, AdaGrad, Adam, AdamW, RMSProp
 
 TWO_THREADS = (blas.thread_count() or 1) >= 2
@@ -436,7 +436,7 @@ def test_training_in_parts_resumes_bit_identically_and_matches_one_thread(tmp_pa
     assert_identical(reference.run_dir, whole.run_dir)
 
 
-def ways(timing: pool._Timing, seconds: dict[bool, float], calls: int) -> list[bool]:
+def ways(timing: split_timing.SplitTiming, seconds: dict[bool, float], calls: int) -> list[bool]:
     """The ways `calls` splits take when a split in parts takes seconds[True] and whole seconds[False]."""
     taken = []
     for _ in range(calls):
@@ -447,35 +447,35 @@ def ways(timing: pool._Timing, seconds: dict[bool, float], calls: int) -> list[b
 
 
 def test_splits_go_the_faster_way_and_look_at_the_other_ever_less_often() -> None:
-    timing = pool._Timing()
+    timing = split_timing.SplitTiming()
     taken = ways(timing, {True: 1.0, False: 2.0}, 2000)
     assert taken[:4] == [True, True, False, False]  # each way once untimed (first-use costs), then timed
     probes = [i for i, parts in enumerate(taken) if not parts][2:]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
-    assert gaps[0] >= pool.PROBE_EVERY and gaps == sorted(gaps) and max(gaps) == pool.MAX_INTERVAL, probes
-    assert timing.interval == pool.MAX_INTERVAL
+    assert gaps[0] >= split_timing.PROBE_EVERY and gaps == sorted(gaps) and max(gaps) == split_timing.MAX_INTERVAL, probes
+    assert timing.interval == split_timing.MAX_INTERVAL
 
 
 def test_when_parts_turn_slow_the_splits_go_whole_and_come_back_when_they_are_fast_again() -> None:
     """Another process taking the second core makes each hand-over wait for the scheduler."""
-    timing = pool._Timing()
+    timing = split_timing.SplitTiming()
     ways(timing, {True: 1.0, False: 2.0}, 300)
     contended = ways(timing, {True: 20.0, False: 4.0}, 2000)
     in_parts = [i for i, parts in enumerate(contended) if parts]
     assert in_parts[:3] == [0, 1, 2]  # the median of five turns after three slow ones
-    assert len(in_parts) <= 3 + 2000 // pool.MAX_INTERVAL + 1, in_parts  # then tried ever less often
+    assert len(in_parts) <= 3 + 2000 // split_timing.MAX_INTERVAL + 1, in_parts  # then tried ever less often
     free = ways(timing, {True: 1.0, False: 2.0}, 3000)
-    assert sum(not parts for parts in free[-1000:]) <= 1000 // pool.MAX_INTERVAL + 1
-    assert sum(not parts for parts in free) <= pool.MAX_INTERVAL + 4 * pool.PROBE_EVERY + 3000 // pool.MAX_INTERVAL
+    assert sum(not parts for parts in free[-1000:]) <= 1000 // split_timing.MAX_INTERVAL + 1
+    assert sum(not parts for parts in free) <= split_timing.MAX_INTERVAL + 4 * split_timing.PROBE_EVERY + 3000 // split_timing.MAX_INTERVAL
 
 
 def test_parts_a_little_slower_than_whole_stay_in_parts() -> None:
     """The choice is a guard against a taken core, not a fine one: placement noise moves both ways'
     times by more than the parts gain, and a run should not flip between them on it."""
-    timing = pool._Timing()
+    timing = split_timing.SplitTiming()
     taken = ways(timing, {True: 1.2, False: 1.0}, 1000)
-    assert sum(not parts for parts in taken[4:]) <= 1000 // pool.PROBE_EVERY
-    assert all(taken[4:pool.PROBE_EVERY - 1])
+    assert sum(not parts for parts in taken[4:]) <= 1000 // split_timing.PROBE_EVERY
+    assert all(taken[4:split_timing.PROBE_EVERY - 1])
 
 
 def test_a_sweeps_members_share_the_cores_between_their_blas_pools(monkeypatch) -> None:
@@ -526,7 +526,7 @@ def test_processes_sharing_a_machine_divide_its_usable_cores(monkeypatch) -> Non
 
 def test_a_split_inside_a_whole_runs_work_runs_alone(monkeypatch) -> None:
     """When the timing sends a split whole, its work still holds the lock: a split in it must not wait for it."""
-    monkeypatch.setattr(pool._Timing, "choose", lambda self: False)
+    monkeypatch.setattr(split_timing.SplitTiming, "choose", lambda self: False)
     count, inner = 4 * pool.MIN_ELEMENTS, Recorder()
     outer = Recorder()
 

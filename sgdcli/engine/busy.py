@@ -16,7 +16,7 @@ class Others:
     above ``OTHERS_BUSY`` cores. Then ``pool.split`` runs whole: parts hand over between two threads, and
     each hand-over waits for the scheduler. Two trainings started at once took 13.6-18.8 s an epoch
     with parts, 3.7 whole, 1.0 alone (a run's times alone could not tell: whole runs were slow too
-    when they came). False where /proc/stat cannot be read (then only ``pool._Timing`` guards)."""
+    when they came). False where /proc/stat cannot be read (then only ``split_timing`` guards)."""
 
     def __init__(self, sample=None, clock=time.monotonic, every: float = 0.5) -> None:
         self.sample, self.clock, self.every = sample or cpu_sample, clock, every

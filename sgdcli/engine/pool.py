@@ -42,7 +42,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import blas, busy
+from . import blas, busy, placement
+from .split_timing import SplitTiming
 
 UNIT = 64  # elements: parts are cut at multiples of 256 bytes, so every part starts on a cache line
 MIN_ELEMENTS = 4 * blas.MIN_SIZE  # below this (512 KiB in float32) one thread is as fast as the hand-over (~10 us)
@@ -117,6 +118,7 @@ def _before_fork() -> None:
 def _after_fork() -> None:
     """OpenBLAS starts new threads after a fork, in the parent too (an old thread's id may come again)."""
     _pinned.clear()
+    PLACEMENT.after_fork()
     blas.COUNT_LOCK.release()
 
 
@@ -169,60 +171,14 @@ def _probe():
     return None
 
 
-class _Timing:
-    """Recent seconds of one size's splits, in parts and whole, and which way the next one goes.
-
-    Parts are faster while the second core is free. When it is not (two trainings at once on two
-    cores, each with a two-thread pool), every hand-over between the threads waits for the
-    scheduler: an epoch took 20.5 s in parts against 4.0 whole (1.0 alone; README Performance). So
-    ``split`` keeps measuring: it runs in parts until the median of their last ``RECENT`` times is
-    ``SLOWER`` times the least of the whole's, and the other way once every ``interval`` calls, the interval
-    doubling each time that way loses (up to ``MAX_INTERVAL``) and back to ``PROBE_EVERY`` when it
-    wins. Both ways give the same bits, so the choice never changes a result."""
-
-    def __init__(self) -> None:
-        self.times: dict[bool, list[float]] = {True: [], False: []}
-        # What a way typically takes: the lower median of the parts' recent times, the least of the whole's
-        # (a time slice another process's thread took shows in a whole run too, now and then: 8 ms for 0.5).
-        self.typical: dict[bool, float] = {}
-        self.warm: set[bool] = set()  # the ways run once: a first run (the probe, a new thread state) is not timed
-        self.calls, self.interval, self.probing = 0, PROBE_EVERY, False
-
-    def choose(self) -> bool:
-        """Whether the next split runs in parts."""
-        self.calls += 1
-        for way in (True, False):
-            if way not in self.typical:
-                return way
-        best = self.typical[True] <= SLOWER * self.typical[False]
-        self.probing = self.calls % self.interval == 0
-        return best != self.probing
-
-    def add(self, parts: bool, seconds: float) -> None:
-        """A split's seconds, the way it ran; a probe that wins brings the next one soon."""
-        if parts not in self.warm:
-            self.warm.add(parts)
-            return
-        times = self.times[parts]
-        times.append(seconds)
-        del times[:-RECENT]
-        self.typical[parts] = sorted(times)[(len(times) - 1) // 2] if parts else min(times)
-        if self.probing and (not parts) in self.typical:
-            faster = seconds <= self.typical[not parts] * (SLOWER if parts else 1 / SLOWER)
-            self.interval = PROBE_EVERY if faster else min(2 * self.interval, MAX_INTERVAL)
-        self.probing = False
-
-
 _OTHERS = busy.Others()
-RECENT, PROBE_EVERY, MAX_INTERVAL = 5, 32, 512
-SLOWER = 1.5  # parts go on until they typically take this much the whole's: a guard, not a fine choice (placement noise)
-_TIMINGS: dict[tuple[str, int], _Timing] = {}  # by the split's kind and element count
+_TIMINGS: dict[tuple[str, int], SplitTiming] = {}  # by the split's kind and element count
 
 
 def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_on_one_thread: bool = False,
           timing_key: str = "") -> None:
     """Run ``work(start, stop)`` over the elements [0, count), in parts on OpenBLAS's threads where it
-    can and it is faster (see the module doc, ``busy.Others`` and ``_Timing``), else as ``work(0, count)``. ``work``
+    can and it is faster (see the module doc, ``busy.Others`` and ``split_timing``), else as ``work(0, count)``. ``work``
     must compute each element independently of the others, and may call BLAS (it runs on one thread
     in a part) but not ``blas.threads`` or ``os.fork``. Returns when all parts are done; an exception
     in any part is raised here, after the others have finished. Parts are cut at multiples of ``unit``
@@ -234,8 +190,9 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
     if driver is None:
         work(0, count)
         return
-    timing = _TIMINGS.get((timing_key, count)) or _TIMINGS.setdefault((timing_key, count), _Timing())
+    timing = _TIMINGS.get((timing_key, count)) or _TIMINGS.setdefault((timing_key, count), SplitTiming())
     contended = _OTHERS()
+    PLACEMENT.follow(contended)
     parts = not contended and timing.choose()
     with blas.COUNT_LOCK:  # waits for a split on another thread, a count being set, or a fork (either way)
         start = time.perf_counter()
@@ -254,6 +211,34 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
                     library.scipy_openblas_set_num_threads64_(threads)
         if not contended:
             timing.add(ran_in_parts, time.perf_counter() - start)
+
+
+def on_each_thread(work: Callable[[int], None]) -> bool:
+    """``work(i)`` once on each thread of OpenBLAS's pool, i = 0 on the calling thread (``placement``); False, with
+    nothing run, where the pool has one thread or no usable driver. Raises what ``work`` raised, after every part."""
+    global _job
+    driver = None if getattr(_inside, "active", False) else _driver()
+    if driver is None:
+        return False
+    with blas.COUNT_LOCK:
+        library = blas.numpy_blas_library()
+        threads = int(library.scipy_openblas_get_num_threads64_())
+        if threads < 2:
+            return False
+        job = _job = _Job(lambda start, stop: work(start), 1, threads)
+        routine, code = driver
+        hook = sys.unraisablehook
+        try:
+            sys.unraisablehook = job.unraisable.append
+            routine(code, threads, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, threads)
+        finally:
+            sys.unraisablehook = hook
+            _job = None
+        _raise_from_parts(job, hook)
+        return sum(job.done) == threads
+
+
+PLACEMENT = placement.Placement(on_each_thread, blas.thread_count)
 
 
 def _usable_driver(count: int):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from sgdcli.engine import accumulate, blas
+from sgdcli.engine import accumulate, blas, pool
 from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.gradients import Gradient, as_array, clip_by_global_norm, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
@@ -188,8 +188,10 @@ def blas_threads_for_updates(size: int, parallel: Sharded | None = None) -> Abst
     against 346 us), so only batch 1 runs on one. Every loop of updates enters it (this one, lr-find's);
     the epoch's end (evaluation, checkpoints) runs outside, on the whole pool; data-parallel processes
     run their share of the cores each (training/mpi_run.cores_shared: one on a 2-core machine).
+    Inside it, while other processes keep every core busy, each BLAS thread runs on a core of its own
+    (``engine/placement``).
     """
-    return blas.threads(1) if size == 1 and parallel is None else nullcontext()
+    return blas.threads(1) if size == 1 and parallel is None else pool.PLACEMENT.during_updates()
 
 
 def nonfinite(grads: dict[str, Gradient]) -> tuple[str, bool] | None:
