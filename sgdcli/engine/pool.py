@@ -154,18 +154,10 @@ def _probe():
     driver.restype = ctypes.c_int
     driver.argtypes = [ctypes.c_int, _SIZE, _SIZE, _SIZE, ctypes.c_void_p, _SIZE, _SIZE, _SIZE, _SIZE, _SIZE,
                        _SIZE, _ROUTINE, ctypes.c_int]
-    global _job
     for code in _SINGLE_CODES:
         seen: list[tuple[int, int]] = []
-        job = _job = _Job(lambda start, stop: seen.append((start, stop)), 1, 1 << 20)
-        hook = sys.unraisablehook
-        try:
-            sys.unraisablehook = job.unraisable.append  # a signal handler's exception at a part's entry (as _in_parts)
-            driver(code, 7, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, 2)
-        finally:
-            sys.unraisablehook = hook
-            _job = None
-        _raise_from_parts(job, hook)  # (Ctrl-C during the probe: raised as itself, and the next split probes again)
+        # (Ctrl-C during the probe: raised as itself, and the next split probes again)
+        _drive((driver, code), _Job(lambda start, stop: seen.append((start, stop)), 1, 1 << 20), 7, 2)
         if sorted(seen) == [(0, 4), (4, 7)]:
             return driver, code
     return None
@@ -216,25 +208,15 @@ def split(count: int, work: Callable[[int, int], None], unit: int = UNIT, whole_
 def on_each_thread(work: Callable[[int], None]) -> bool:
     """``work(i)`` once on each thread of OpenBLAS's pool, i = 0 on the calling thread (``placement``); False, with
     nothing run, where the pool has one thread or no usable driver. Raises what ``work`` raised, after every part."""
-    global _job
     driver = None if getattr(_inside, "active", False) else _driver()
     if driver is None:
         return False
     with blas.COUNT_LOCK:
-        library = blas.numpy_blas_library()
-        threads = int(library.scipy_openblas_get_num_threads64_())
+        threads = blas.thread_count() or 1
         if threads < 2:
             return False
-        job = _job = _Job(lambda start, stop: work(start), 1, threads)
-        routine, code = driver
-        hook = sys.unraisablehook
-        try:
-            sys.unraisablehook = job.unraisable.append
-            routine(code, threads, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, threads)
-        finally:
-            sys.unraisablehook = hook
-            _job = None
-        _raise_from_parts(job, hook)
+        job = _Job(lambda start, stop: work(start), 1, threads)
+        _drive(driver, job, threads, threads)
         return sum(job.done) == threads
 
 
@@ -253,30 +235,38 @@ def _in_parts(count: int, work: Callable[[int, int], None], driver, unit: int = 
     """``work`` over [0, count) in parts on OpenBLAS's threads (``blas.COUNT_LOCK`` held); False, with
     nothing run, when the pool has fallen to one thread since it was read (another thread's
     ``blas.threads`` block)."""
-    global _job
-    library = blas.numpy_blas_library()
-    threads = int(library.scipy_openblas_get_num_threads64_())
+    threads = blas.thread_count() or 1
     if threads <= 1:
         return False
     parts = _part_count(count, threads, unit)
     if parts < 2:
         return False
     units = -(-count // unit)
-    job = _job = _Job(work, unit, count)
-    routine, code = driver
-    hook = sys.unraisablehook
+    job = _Job(work, unit, count)
+    _drive(driver, job, units, parts, threads)
+    if sum(job.done) != units:  # a part OpenBLAS never ran: nothing may be left half done silently
+        raise RuntimeError(f"pool.split: {sum(job.done)} of {units} units ran")
+    return True
+
+
+def _drive(driver, job: _Job, units: int, parts: int, threads: int = 0) -> None:
+    """OpenBLAS's driver runs ``job`` over ``units`` units in ``parts`` parts, one a thread, the first on this one;
+    what the parts raised is raised here, after all of them. ``threads``: the pool's count, set to 1 while the parts
+    run (a part's BLAS on its own thread) and restored after; 0 leaves the count alone."""
+    global _job
+    _job, routine, code = job, *driver
+    library, hook = blas.numpy_blas_library(), sys.unraisablehook
     try:
-        sys.unraisablehook = job.unraisable.append  # (C code: no signal handler runs inside it)
-        library.scipy_openblas_set_num_threads64_(1)  # a part's BLAS on its own thread
+        sys.unraisablehook = job.unraisable.append  # a signal handler's exception at a part's entry (C code: none inside)
+        if threads:
+            library.scipy_openblas_set_num_threads64_(1)
         routine(code, units, 0, 0, ctypes.addressof(_ALPHA), 0, 1, 0, 1, 0, 0, _CALLBACK, parts)
     finally:  # (no call before the last: an exception from a signal handler comes after it)
         sys.unraisablehook = hook
         _job = None
-        library.scipy_openblas_set_num_threads64_(threads)
+        if threads:
+            library.scipy_openblas_set_num_threads64_(threads)
     _raise_from_parts(job, hook)
-    if sum(job.done) != units:  # a part OpenBLAS never ran: nothing may be left half done silently
-        raise RuntimeError(f"pool.split: {sum(job.done)} of {units} units ran")
-    return True
 
 
 def _raise_from_parts(job: _Job, hook) -> None:
