@@ -15,7 +15,7 @@ from sgdcli.training import loop
 
 
 class FakeThreads:
-    """A pool of `count` threads whose affinities are recorded: thread 0 is the caller."""
+    """A pool of `count` threads, ids 100, 101..., whose cores are recorded: thread 100 is the caller."""
 
     def __init__(self, count: int, mask: set[int], fail_on: int | None = None) -> None:
         self.count, self.fail_on = count, fail_on
@@ -33,16 +33,19 @@ class FakeThreads:
         self.current = 0
         return True
 
-    def get(self) -> set[int]:
-        return set(self.cores[self.current])
+    def index(self, thread: int) -> int:
+        return self.current if thread == 0 else thread - 100
 
-    def set(self, cores: set[int]) -> None:
+    def get(self, thread: int) -> set[int]:
+        return set(self.cores[self.index(thread)])
+
+    def set(self, thread: int, cores: set[int]) -> None:
         if self.fail_on is not None and cores == {self.fail_on}:
             raise OSError(22, "Invalid argument")
-        self.cores[self.current] = set(cores)
+        self.cores[self.index(thread)] = set(cores)
 
     def placement(self) -> placement.Placement:
-        return placement.Placement(self.run, lambda: self.count, (self.get, self.set))
+        return placement.Placement(self.run, lambda: self.count, (self.get, self.set), lambda: 100 + self.current)
 
 
 def test_busy_pins_thread_i_to_the_ith_core_only_inside_a_loop_and_the_loops_end_restores():
@@ -74,6 +77,20 @@ def test_an_exception_in_the_loop_still_restores_every_thread():
     assert threads.cores == [{0, 1}, {0, 1}]
 
 
+def test_the_thread_that_ends_the_last_loop_restores_the_thread_that_pinned():
+    threads = FakeThreads(2, {0, 1})
+    place = threads.placement()
+    first, second = place.during_updates(), place.during_updates()
+    first.__enter__()
+    second.__enter__()
+    place.follow(True)  # (on thread 100)
+    first.__exit__(None, None, None)
+    assert threads.cores == [{0}, {1}]  # a loop still runs
+    threads.current = 1  # the other training's thread ends the last loop
+    second.__exit__(None, None, None)
+    assert threads.cores == [{0, 1}, {0, 1}]
+
+
 def test_nested_loops_restore_at_the_outer_end():
     threads = FakeThreads(2, {0, 1})
     place = threads.placement()
@@ -102,7 +119,7 @@ def test_a_core_that_cannot_be_set_puts_the_mask_back_and_stops_pinning():
         place.follow(True)
         assert threads.cores == [{0, 1}, {0, 1}] and place.off and place.mask is None
         place.follow(True)
-        assert threads.runs == 2  # the failed pin and its restore; nothing after
+        assert threads.runs == 1  # the failed pin; nothing after
     assert threads.cores == [{0, 1}, {0, 1}]
 
 
@@ -119,8 +136,11 @@ def test_after_a_fork_the_forking_thread_has_its_cores_back_and_a_busy_update_pi
     place = threads.placement()
     with place.during_updates():
         place.follow(True)
-        place.after_fork()
-        assert threads.cores[0] == {0, 1} and place.mask is None
+        place.after_fork(child=True)
+        assert threads.cores == [{0, 1}, {1}] and place.mask is None  # the child's one thread: the parent's are not its
+        place.follow(True)
+        place.after_fork(child=False)
+        assert threads.cores == [{0, 1}, {0, 1}] and place.mask is None
         place.follow(True)
         assert threads.cores == [{0}, {1}]
 

@@ -24,85 +24,111 @@ thread runs: the bits are those of an unpinned run.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # run(work) -> bool: work(i) once on each of the BLAS pool's threads, i = 0 on the calling thread; False
 # when it could not (``pool.on_each_thread``).
 Runner = Callable[[Callable[[int], None]], bool]
+# (get(thread), set(thread, cores)): a thread's cores by its system id, 0 for the calling thread.
+Affinity = tuple[Callable[[int], set[int]], Callable[[int, set[int]], None]]
 
 
-def _linux_affinity() -> tuple[Callable[[], set[int]], Callable[[set[int]], None]] | None:
+def _linux_affinity() -> Affinity | None:
     if not (hasattr(os, "sched_getaffinity") and hasattr(os, "sched_setaffinity")):
         return None
-    return (lambda: set(os.sched_getaffinity(0))), (lambda cores: os.sched_setaffinity(0, cores))
+    return (lambda thread: set(os.sched_getaffinity(thread))), os.sched_setaffinity
 
 
 class Placement:
     """Pins the BLAS pool's threads while ``follow(True)`` inside ``during_updates``; see the module doc.
-    ``affinity``: (get the calling thread's cores, set them), or None where the system has no such calls;
-    ``thread_count()``: the pool's threads now."""
+    ``affinity``: get and set a thread's cores (Linux's ``sched_getaffinity``/``sched_setaffinity``, which take
+    a thread's id), or None where the system has neither; ``thread_count()``: the pool's threads now;
+    ``thread_id()``: the calling thread's system id. Each pinned thread is remembered by its id, so whichever
+    thread ends the last loop puts every one back (two trainings on two threads of one process)."""
 
-    def __init__(self, run: Runner, thread_count: Callable[[], int | None],
-                 affinity: tuple[Callable[[], set[int]], Callable[[set[int]], None]] | None = None) -> None:
-        self.run, self.thread_count = run, thread_count
+    def __init__(self, run: Runner, thread_count: Callable[[], int | None], affinity: Affinity | None = None,
+                 thread_id: Callable[[], int] = threading.get_native_id) -> None:
+        self.run, self.thread_count, self.thread_id = run, thread_count, thread_id
         self.affinity = affinity if affinity is not None else _linux_affinity()
-        self.depth = 0  # loops of updates entered
+        self.lock = threading.Lock()  # loops may start and end on several threads
+        self.depth = 0  # loops of updates running
         self.mask: set[int] | None = None  # the cores the threads had, while they are pinned
+        self.pinned: list[int] = []  # the pinned threads' ids
         self.off = self.affinity is None  # no affinity calls, or one failed: the scheduler places the threads
 
     @contextmanager
     def during_updates(self) -> Iterator[None]:
-        """A loop of updates: ``follow`` may pin inside it; the mask is restored at its end (however it ends)."""
-        self.depth += 1
+        """A loop of updates: ``follow`` may pin inside it; the mask is restored at the end of the last one running
+        (however it ends)."""
+        with self.lock:
+            self.depth += 1
         try:
             yield
         finally:
-            self.depth -= 1
-            if self.depth == 0:
-                self.release()
+            with self.lock:
+                self.depth -= 1
+                if self.depth == 0:
+                    self._release()
 
     def follow(self, busy: bool) -> None:
         """Pin the pool's threads if `busy` (other processes keep the cores busy), restore them if not."""
         if self.off or self.depth == 0 or busy == (self.mask is not None):
             return
-        if busy:
-            self._pin()
-        else:
-            self.release()
+        with self.lock:
+            if self.depth == 0 or busy == (self.mask is not None):
+                return
+            if busy:
+                self._pin()
+            else:
+                self._release()
 
     def _pin(self) -> None:
         get, set_cores = self.affinity
         try:
-            mask = get()
+            mask = get(0)
             cores = sorted(mask)
             if len(cores) < 2 or self.thread_count() != len(cores):
                 return
             self.mask = mask
-            if not self.run(lambda part: set_cores({cores[part]})):
-                self.release()
+
+            def pin(part: int) -> None:
+                self.pinned.append(self.thread_id())  # (list.append: atomic under the GIL)
+                set_cores(0, {cores[part]})
+
+            if not self.run(pin):
+                self._release()
         except OSError:
             self.off = True
-            self.release()
+            self._release()
 
-    def release(self) -> None:
-        """Every thread of the pool back on the cores it had (a no-op when none is pinned)."""
+    def _release(self) -> None:
+        """Every pinned thread back on the cores it had (a no-op when none is)."""
         if self.mask is None:
             return
-        mask, self.mask = self.mask, None
-        set_cores = self.affinity[1]
-        try:
-            if not self.run(lambda part: set_cores(mask)):
-                set_cores(mask)  # (the pool has fallen to one thread meanwhile: its workers wait unused)
-        except OSError:
-            self.off = True
-
-    def after_fork(self) -> None:
-        """After a fork, in either process: the forking thread gets its cores back, so the threads OpenBLAS starts
-        next (which take its mask) are not pinned to one core; the next busy ``follow`` pins them again."""
-        if self.mask is not None:
-            mask, self.mask = self.mask, None
+        mask, threads, self.mask, self.pinned = self.mask, self.pinned, None, []
+        for thread in threads:
             try:
-                self.affinity[1](mask)
+                self.affinity[1](thread, mask)
+            except ProcessLookupError:
+                pass  # (a thread that has ended: OpenBLAS's, after a fork)
             except OSError:
                 self.off = True
+
+    def after_fork(self, child: bool) -> None:
+        """After a fork. In the child, its one thread gets the mask back (the ids remembered are the parent's
+        threads'); in the parent every pinned thread does (OpenBLAS's old threads have ended: it starts new ones,
+        which take the mask of the thread that starts them). The next busy ``follow`` pins again."""
+        if child:
+            self.lock = threading.Lock()  # (another thread of the parent may have held it: none runs here)
+        if self.mask is None:
+            return
+        if child:
+            mask, self.mask, self.pinned = self.mask, None, []
+            try:
+                self.affinity[1](0, mask)
+            except OSError:
+                self.off = True
+        else:
+            self._release()

@@ -115,15 +115,16 @@ def _before_fork() -> None:
     blas.COUNT_LOCK.acquire()
 
 
-def _after_fork() -> None:
+def _after_fork(child: bool) -> None:
     """OpenBLAS starts new threads after a fork, in the parent too (an old thread's id may come again)."""
     _pinned.clear()
-    PLACEMENT.after_fork()
+    PLACEMENT.after_fork(child)
     blas.COUNT_LOCK.release()
 
 
 _pinned: set[int] = set()  # the OpenBLAS threads whose thread state is kept
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(False),
+                    after_in_child=lambda: _after_fork(True))
 _CALLBACK = _ROUTINE(_run_part)  # kept alive for the process: OpenBLAS holds its address
 _DRIVER: list = []  # [(driver, precision code) or None], looked up on first use
 
