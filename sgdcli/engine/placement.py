@@ -17,8 +17,10 @@ the machine is quiet again, when the loop ends and after a fork (OpenBLAS's new 
 of the thread that starts them). Only where the pool has one thread per core of the mask, so the pins
 cover every core: MPI ranks sharing a machine's cores, or a user's ``OPENBLAS_NUM_THREADS`` below the
 cores, keep the scheduler's placement. Where a core cannot be set (``OSError``: a cpuset changed under
-the process), the mask is put back and the process stops pinning. Results do not depend on where a
-thread runs: the bits are those of an unpinned run.
+the process), the mask is put back and the process stops pinning. A new thread or process takes the cores of
+the thread that starts it, and Python's ``subprocess`` and multiprocessing's spawn run no fork handler: while
+the loop runs a caller's code (``lend``, ``take_back``), the training thread has its whole mask back. Results
+do not depend on where a thread runs: the bits are those of an unpinned run.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ Affinity = tuple[Callable[[int], set[int]], Callable[[int, set[int]], None]]
 def _linux_affinity() -> Affinity | None:
     if not (hasattr(os, "sched_getaffinity") and hasattr(os, "sched_setaffinity")):
         return None
-    return (lambda thread: set(os.sched_getaffinity(thread))), os.sched_setaffinity
+    return (lambda thread: set(os.sched_getaffinity(thread))), _set_own_thread
+
+
+def _set_own_thread(thread: int, cores: set[int]) -> None:
+    """sched_setaffinity of one of this process's threads (0: the calling one): an id that is no longer one of
+    them (the thread has ended, and the id may be another process's now) raises ProcessLookupError, untouched."""
+    if thread and not os.path.exists(f"/proc/self/task/{thread}"):
+        raise ProcessLookupError(thread)
+    os.sched_setaffinity(thread, cores)
 
 
 class Placement:
@@ -56,6 +66,7 @@ class Placement:
         self.depth = 0  # loops of updates running
         self.mask: set[int] | None = None  # the cores the threads had, while they are pinned
         self.pinned: list[int] = []  # the pinned threads' ids
+        self.caller: tuple[int, int] | None = None  # the pinned calling thread's id and core
         self.off = self.affinity is None  # no affinity calls, or one failed: the scheduler places the threads
 
     @contextmanager
@@ -86,6 +97,7 @@ class Placement:
 
     def _pin(self) -> None:
         get, set_cores = self.affinity
+        pinned: list[tuple[int, int]] = []  # (thread id, core), the calling thread's first
         try:
             mask = get(0)
             cores = sorted(mask)
@@ -94,41 +106,71 @@ class Placement:
             self.mask = mask
 
             def pin(part: int) -> None:
-                self.pinned.append(self.thread_id())  # (list.append: atomic under the GIL)
+                pinned.append((self.thread_id(), cores[part]))  # (list.append: atomic under the GIL)
                 set_cores(0, {cores[part]})
 
-            if not self.run(pin):
+            done = self.run(pin)
+            pinned.sort(key=lambda pair: pair[0] != self.thread_id())
+            self.pinned = [thread for thread, _ in pinned]
+            self.caller = pinned[0] if done and pinned and pinned[0][0] == self.thread_id() else None
+            if not done or self.mask is not mask:  # (a fork on another thread has put the mask back meanwhile)
+                self.mask = mask
                 self._release()
         except OSError:
             self.off = True
+            self.pinned = [thread for thread, _ in pinned]
             self._release()
 
     def _release(self) -> None:
         """Every pinned thread back on the cores it had (a no-op when none is)."""
         if self.mask is None:
             return
-        mask, threads, self.mask, self.pinned = self.mask, self.pinned, None, []
+        mask, threads, self.mask, self.pinned, self.caller = self.mask, self.pinned, None, [], None
         for thread in threads:
             try:
                 self.affinity[1](thread, mask)
             except ProcessLookupError:
-                pass  # (a thread that has ended: OpenBLAS's, after a fork)
+                pass  # (a thread that has ended)
             except OSError:
                 self.off = True
 
+    def lend(self) -> bool:
+        """Before the training thread runs a caller's code (a reporter, ``should_stop``): its cores back while it
+        does, so that a thread or process that code starts does not inherit one core for good (Python's
+        ``subprocess`` and multiprocessing's spawn run no fork handler). True when it was pinned: call ``take_back``
+        after. Two system calls an update, only while pinned."""
+        caller = self.caller
+        if caller is None or caller[0] != self.thread_id():
+            return False
+        try:
+            self.affinity[1](0, self.mask)
+            return True
+        except (OSError, TypeError):  # (TypeError: released meanwhile, the mask None)
+            return False
+
+    def take_back(self) -> None:
+        """After ``lend``: the training thread on its core again, if the threads are still pinned."""
+        caller, mask = self.caller, self.mask
+        if caller is not None and mask is not None:
+            try:
+                self.affinity[1](0, {caller[1]})
+            except OSError:
+                self.off = True
+                self._release()
+
     def after_fork(self, child: bool) -> None:
         """After a fork. In the child, its one thread gets the mask back (the ids remembered are the parent's
-        threads'); in the parent every pinned thread does (OpenBLAS's old threads have ended: it starts new ones,
-        which take the mask of the thread that starts them). The next busy ``follow`` pins again."""
+        threads'). In the parent, the pinned threads of the pool have ended (OpenBLAS starts new ones, which take the
+        mask of the thread that starts them): the calling thread it pinned gets the mask back, and no other id is
+        touched (an ended thread's id may be another process's now). The next busy ``follow`` pins again."""
         if child:
             self.lock = threading.Lock()  # (another thread of the parent may have held it: none runs here)
         if self.mask is None:
             return
-        if child:
-            mask, self.mask, self.pinned = self.mask, None, []
-            try:
-                self.affinity[1](0, mask)
-            except OSError:
-                self.off = True
-        else:
-            self._release()
+        mask, caller, self.mask, self.pinned, self.caller = self.mask, self.caller, None, [], None
+        try:
+            self.affinity[1](0 if child or caller is None else caller[0], mask)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            self.off = True
