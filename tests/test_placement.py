@@ -178,6 +178,20 @@ def test_the_callers_code_runs_on_the_whole_mask_and_the_thread_is_pinned_again_
         assert threads.cores == [{0}, {1}]
 
 
+def test_cores_the_callers_code_sets_for_its_thread_win_and_pinning_stops():
+    threads = FakeThreads(2, {0, 1})
+    place = threads.placement()
+    with place.during_updates():
+        place.follow(True)
+        assert place.lend()
+        threads.set(0, {1})  # a reporter puts the training thread on core 1
+        place.take_back()
+        assert threads.cores == [{1}, {0, 1}] and place.off and place.mask is None
+        place.follow(True)
+        assert threads.cores == [{1}, {0, 1}]
+    assert threads.cores == [{1}, {0, 1}]
+
+
 # The real pool: OpenBLAS's threads, their affinities read back from /proc.
 
 REAL = (hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) == (blas.thread_count() or 1) >= 2

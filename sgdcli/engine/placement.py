@@ -138,7 +138,7 @@ class Placement:
         """Before the training thread runs a caller's code (a reporter, ``should_stop``): its cores back while it
         does, so that a thread or process that code starts does not inherit one core for good (Python's
         ``subprocess`` and multiprocessing's spawn run no fork handler). True when it was pinned: call ``take_back``
-        after. Two system calls an update, only while pinned."""
+        after. Three system calls an update with ``take_back``'s, only while pinned."""
         caller = self.caller
         if caller is None or caller[0] != self.thread_id():
             return False
@@ -149,14 +149,23 @@ class Placement:
             return False
 
     def take_back(self) -> None:
-        """After ``lend``: the training thread on its core again, if the threads are still pinned."""
+        """After ``lend``: the training thread on its core again, if the threads are still pinned. If the caller's
+        code set the thread's cores itself meanwhile, its choice wins: the other threads get the mask back, and the
+        process pins no more."""
         caller, mask = self.caller, self.mask
-        if caller is not None and mask is not None:
-            try:
-                self.affinity[1](0, {caller[1]})
-            except OSError:
+        if caller is None or mask is None:
+            return
+        get, set_cores = self.affinity
+        try:
+            if get(0) != mask:  # (the caller's choice)
                 self.off = True
+                self.pinned.remove(caller[0])
                 self._release()
+                return
+            set_cores(0, {caller[1]})
+        except OSError:
+            self.off = True
+            self._release()
 
     def after_fork(self, child: bool) -> None:
         """After a fork. In the child, its one thread gets the mask back (the ids remembered are the parent's
