@@ -4,9 +4,6 @@ loop of updates, and every thread back on its cores afterwards (also after an ex
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
 
 import pytest
 from test_forward_parts import wide_digits
@@ -162,34 +159,13 @@ def test_a_fork_on_another_thread_while_pinning_leaves_nothing_pinned():
         assert threads.cores == [{0, 1}, {0, 1}] and place.mask is None
 
 
-def test_the_callers_code_runs_on_the_whole_mask_and_the_thread_is_pinned_again_after():
-    threads = FakeThreads(2, {0, 1})
-    place = threads.placement()
-    assert not place.lend()  # not pinned: nothing to lend
-    with place.during_updates():
-        place.follow(True)
-        assert place.lend() and threads.cores == [{0, 1}, {1}]
-        place.take_back()
-        assert threads.cores == [{0}, {1}]
-        threads.current = 1  # another thread is not the one pinned as the caller
-        assert not place.lend()
-        threads.current = 0
-        place.follow(True)
-        assert threads.cores == [{0}, {1}]
-
-
-def test_cores_the_callers_code_sets_for_its_thread_win_and_pinning_stops():
+def test_cores_someone_else_set_for_the_training_thread_meanwhile_are_kept():
     threads = FakeThreads(2, {0, 1})
     place = threads.placement()
     with place.during_updates():
         place.follow(True)
-        assert place.lend()
         threads.set(0, {1})  # a reporter puts the training thread on core 1
-        place.take_back()
-        assert threads.cores == [{1}, {0, 1}] and place.off and place.mask is None
-        place.follow(True)
-        assert threads.cores == [{1}, {0, 1}]
-    assert threads.cores == [{1}, {0, 1}]
+    assert threads.cores == [{1}, {0, 1}] and place.mask is None and place.off
 
 
 # The real pool: OpenBLAS's threads, their affinities read back from /proc.
@@ -256,24 +232,8 @@ def test_training_while_the_machine_is_busy_pins_gives_the_same_bits_and_leaves_
     monkeypatch.setattr(pool, "_OTHERS", lambda: True)
     real_follow = pool.PLACEMENT.follow
     monkeypatch.setattr(pool.PLACEMENT, "follow", lambda busy: (real_follow(busy), seen.append(thread_cores())))
-    started: dict[str, object] = {}
-
-    class Reporter:  # at update 10 (pinned since the first): a process and a thread started by the caller's code
-        def start(self, info): pass
-        def epoch(self, row): pass
-        def warn(self, message): pass
-
-        def batch(self, done, total, loss):
-            if done == 10:
-                code = "import os; print(sorted(os.sched_getaffinity(0)))"
-                started["process"] = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-                thread = threading.Thread(target=lambda: started.setdefault("thread", os.sched_getaffinity(0)))
-                thread.start()
-                thread.join()
-
-    busy = api.train(config, runs_dir=tmp_path / "busy", reporter=Reporter())
+    busy = api.train(config, runs_dir=tmp_path / "busy")
     assert seen and all(cores[os.getpid()] == {sorted(mask)[0]} for cores in seen)  # pinned through the updates
-    assert started == {"process": f"{sorted(mask)}\n", "thread": mask}
     assert_identical(quiet.run_dir, busy.run_dir)
     assert all(cores == mask for cores in thread_cores().values())
 

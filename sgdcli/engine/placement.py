@@ -17,10 +17,14 @@ the machine is quiet again, when the loop ends and after a fork (OpenBLAS's new 
 of the thread that starts them). Only where the pool has one thread per core of the mask, so the pins
 cover every core: MPI ranks sharing a machine's cores, or a user's ``OPENBLAS_NUM_THREADS`` below the
 cores, keep the scheduler's placement. Where a core cannot be set (``OSError``: a cpuset changed under
-the process), the mask is put back and the process stops pinning. A new thread or process takes the cores of
-the thread that starts it, and Python's ``subprocess`` and multiprocessing's spawn run no fork handler: while
-the loop runs a caller's code (``lend``, ``take_back``), the training thread has its whole mask back. Results
-do not depend on where a thread runs: the bits are those of an unpinned run.
+the process), the mask is put back and the process stops pinning. Results do not depend on where a thread
+runs: the bits are those of an unpinned run.
+
+A thread or a process takes the cores of the thread that starts it, and Python's ``subprocess`` and
+multiprocessing's spawn run no fork handler: one that a caller's code (a reporter, ``should_stop``) starts
+during pinned updates runs on the training thread's one core (sgdcli's own start none there). Giving the
+training thread its whole mask back around that code was tried: every update then moved the thread between
+cores, 0.7-0.8 of the pinned speed (``benchmarks/busy_placement.py``, 4 runs each, alternating).
 """
 
 from __future__ import annotations
@@ -122,50 +126,23 @@ class Placement:
             self._release()
 
     def _release(self) -> None:
-        """Every pinned thread back on the cores it had (a no-op when none is)."""
+        """Every pinned thread back on the cores it had (a no-op when none is); a calling thread whose cores were set
+        since by someone else (a reporter's code) keeps those, and the process pins no more: their choice wins."""
         if self.mask is None:
             return
-        mask, threads, self.mask, self.pinned, self.caller = self.mask, self.pinned, None, [], None
+        mask, threads, caller = self.mask, self.pinned, self.caller
+        self.mask, self.pinned, self.caller = None, [], None
+        get, set_cores = self.affinity
         for thread in threads:
             try:
-                self.affinity[1](thread, mask)
+                if caller is not None and thread == caller[0] and get(thread) != {caller[1]}:
+                    self.off = True  # (and the process pins no more)
+                    continue
+                set_cores(thread, mask)
             except ProcessLookupError:
                 pass  # (a thread that has ended)
             except OSError:
                 self.off = True
-
-    def lend(self) -> bool:
-        """Before the training thread runs a caller's code (a reporter, ``should_stop``): its cores back while it
-        does, so that a thread or process that code starts does not inherit one core for good (Python's
-        ``subprocess`` and multiprocessing's spawn run no fork handler). True when it was pinned: call ``take_back``
-        after. Three system calls an update with ``take_back``'s, only while pinned."""
-        caller = self.caller
-        if caller is None or caller[0] != self.thread_id():
-            return False
-        try:
-            self.affinity[1](0, self.mask)
-            return True
-        except (OSError, TypeError):  # (TypeError: released meanwhile, the mask None)
-            return False
-
-    def take_back(self) -> None:
-        """After ``lend``: the training thread on its core again, if the threads are still pinned. If the caller's
-        code set the thread's cores itself meanwhile, its choice wins: the other threads get the mask back, and the
-        process pins no more."""
-        caller, mask = self.caller, self.mask
-        if caller is None or mask is None:
-            return
-        get, set_cores = self.affinity
-        try:
-            if get(0) != mask:  # (the caller's choice)
-                self.off = True
-                self.pinned.remove(caller[0])
-                self._release()
-                return
-            set_cores(0, {caller[1]})
-        except OSError:
-            self.off = True
-            self._release()
 
     def after_fork(self, child: bool) -> None:
         """After a fork. In the child, its one thread gets the mask back (the ids remembered are the parent's

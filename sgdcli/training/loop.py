@@ -111,7 +111,6 @@ def train_epochs(
     search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch
     parallel = problem.parallel
     accumulated: dict[str, np.ndarray] | None = None  # a chunked batch's gradient (engine/accumulate.py)
-    placement = pool.PLACEMENT  # (engine/placement: BLAS threads pinned while other processes keep the cores busy)
     while position.epoch < epochs:
         if shuffled:
             if position.batch == 0:
@@ -168,15 +167,9 @@ def train_epochs(
                 position.samples += count
                 position.batch += 1
                 position.loss_sum += value * count
-                lent = placement.caller is not None and placement.lend()  # the caller's code on its own cores
-                try:
-                    if on_batch is not None:
-                        on_batch(position.batch, value)
-                    stop = should_stop is not None and should_stop()
-                finally:
-                    if lent:
-                        placement.take_back()
-                if stop:
+                if on_batch is not None:
+                    on_batch(position.batch, value)
+                if should_stop is not None and should_stop():
                     raise Interrupted()
         result = EpochResult(position.epoch + 1, position.loss_sum / n, problem.schedule(position.updates - 1))
         position.epoch, position.batch, position.loss_sum, position.epoch_rng = position.epoch + 1, 0, 0.0, None
