@@ -111,16 +111,27 @@ def test_a_command_running_a_conv_model_loads_openblas_with_the_short_spin(runs,
     ["eval", "{dense run}"],
     ["train", "--resume", "{dense run}"],
 ])
-def test_a_dense_model_keeps_openblas_default(runs, tmp_path, command) -> None:
-    """The default spin; and the kernels: a new float32 minibatch model's (Haswell's on Zen 4), and for the run
-    trained in this test process (whose NumPy loaded OpenBLAS's own choice, recorded) OpenBLAS's own again."""
+def test_a_dense_model_keeps_openblas_default(runs, tmp_path, command, openblas_own_kernel) -> None:
+    """The default spin; and the kernels: a new float32 minibatch model's (Haswell's on Zen 4, else OpenBLAS's own),
+    and for the run trained in this test process (on this process's kernels, recorded: the user's OPENBLAS_CORETYPE
+    where the environment has one) the recorded ones where sgdcli resumes on them, else OpenBLAS's own. The command
+    runs without the variable, so the rules are asked about an environment without it too."""
     from sgdcli.engine import blas
 
     names = {"dense": runs["dense"], "dense run": runs["dense run"], "tmp": tmp_path}
     code, read, after, kernel, kernel_after = fresh_process(*[part.format(**names) for part in command])
     assert (code, read, after, kernel_after) == (0, 0, "unset", "unset")
-    new_model = "{dense}" in command
-    assert kernel == ((spin.kernel_for(False) or blas.kernel()) if new_model else blas.kernel())
+    chosen = spin.kernel_for(False, environ={}) if "{dense}" in command else spin.resumed_kernel(blas.kernel(), environ={})
+    assert kernel == (chosen or openblas_own_kernel)
+
+
+@pytest.fixture(scope="module")
+def openblas_own_kernel() -> str:
+    """The kernels NumPy's OpenBLAS picks for this processor by itself (no OPENBLAS_CORETYPE), in a fresh process."""
+    environ = {k: v for k, v in os.environ.items() if k != spin.KERNEL_VARIABLE}
+    script = "import numpy\nfrom sgdcli.engine.blas import kernel\nprint(kernel())"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ,
+                          timeout=120, check=True).stdout.strip()
 
 
 @pytest.mark.parametrize("command", [["gradcheck", "{conv}", "--samples", "4"], ["eval", "{conv run}"]])
