@@ -23,6 +23,8 @@ against 1,035-1,065 us, the weight gradient 1,082 against 995), so a float64 mod
 and so does one sample an update, whose momentum step is a product of inner dimension 1 scaled into the
 velocity (``OuterProduct.add_to``), where the Haswell kernels' separate scaling pass made it 68 against 49 us
 (784 x 512, one thread; the batch-1 momentum race 206 against ~190 us an update).
+On Zen 5 (family 26) the SkylakeX kernels OpenBLAS picks are the faster ones, 1.5-1.9x the Haswell kernels'
+speed for the same float32 products (README Performance, session 15): there OpenBLAS keeps its choice.
 Measured with NumPy 2.4's OpenBLAS 0.3.31; 0.3.34 changed its SGEMM blocking on Zen 4 hosts (described in
 OpenMathLib/OpenBLAS#6021), so a NumPy that brings it needs measuring again (benchmarks/bench.py).
 
