@@ -218,12 +218,17 @@ def test_a_float32_minibatch_model_gets_the_kernel_chosen_for_this_processor(mon
     assert asked == [(False, chosen), (False, None), (False, None), (False, None), (False, chosen), (False, None)]
 
 
-def test_the_users_own_kernel_wins(runs) -> None:
-    """Against sgdcli's choice where it makes one (Zen 4: the user's SkylakeX), else against OpenBLAS's own (the
-    user's Haswell, on a processor with AVX2). Asked with the command's environment, which has no variable of its own."""
-    theirs = "SkylakeX" if spin.kernel_for(False, environ={}) else "Haswell"
-    if theirs == "Haswell" and "avx2" not in spin._cpuinfo(None).split():
-        pytest.skip("no AVX2: OpenBLAS's Haswell kernels cannot run here")
+def test_the_users_own_kernel_wins(runs, openblas_own_kernel) -> None:
+    """Against sgdcli's choice where it makes one (Zen 4: the user's SkylakeX), else against OpenBLAS's own (kernels
+    other than those, which this processor can run). Asked with the command's environment, which has no variable."""
+    if spin.kernel_for(False, environ={}):
+        theirs = "SkylakeX"
+    else:
+        flags = spin._cpuinfo(None).split()
+        runnable = [kernel for kernel, flag in (("Haswell", "avx2"), ("Sandybridge", "avx")) if flag in flags]
+        theirs = next((kernel for kernel in runnable if kernel != openblas_own_kernel), None)
+        if theirs is None:
+            pytest.skip("no kernels other than OpenBLAS's own that this processor can run")
     code, kernel, after = kernel_in_fresh_process("gradcheck", runs["dense"], "--samples", "4", user_setting=theirs)
     assert (code, kernel, after) == (0, theirs, theirs)  # and stays for their child processes
 
