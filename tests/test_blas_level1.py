@@ -162,3 +162,68 @@ def test_a_batch_one_update_stays_in_numpys_blas_pool(name, monkeypatch) -> None
     assert blas._ROUTINES == {}  # scipy's BLAS never loaded
     if expected is not None:
         np.testing.assert_allclose(params["w"], expected, rtol=1e-5, atol=1e-6)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rotm_updates_both_arrays_at_once_in_place(dtype) -> None:
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(300, 200)).astype(dtype), rng.normal(size=(300, 200)).astype(dtype)
+    buffers = x.ctypes.data, y.ctypes.data
+    expected = 0.5 * x + 0.9 * y, -0.25 * x + 0.75 * y
+    call = blas.rotm_call(x, y, 0.5, 0.9, -0.25, 0.75)
+    assert "rotm" in call[0].__name__
+    call[0](*call[1])
+    call = None  # (its arguments held H: nothing else needs to)
+    assert (x.ctypes.data, y.ctypes.data) == buffers
+    for got, want in zip((x, y), expected):
+        np.testing.assert_allclose(got, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("case", ["small", "strided", "overlapping", "int", "mixed dtypes", "read-only x", "no library"])
+def test_rotm_refuses_what_blas_must_not_take(case, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(300, 200)), rng.normal(size=(300, 200))
+    if case == "small":
+        x, y = x[:2], y[:2]
+    elif case == "strided":
+        x, y = x[:, ::2], y[:, ::2]
+    elif case == "overlapping":
+        x = y
+    elif case == "int":
+        x, y = x.astype(np.int64), y.astype(np.int64)
+    elif case == "mixed dtypes":
+        x = x.astype(np.float32)
+    elif case == "read-only x":
+        x.flags.writeable = False
+    else:
+        monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
+    assert blas.rotm_call(x, y, 1.0, 0.9, 0.0, 0.9) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.9, 0.5, 2.0**-12])
+def test_batch_one_momentum_keeps_its_formula_on_every_path(dtype, momentum) -> None:
+    # v = m v - lr g; w += v for a rank-1 g: ger then rotm (w and v in one pass) from PRE_DECAY_MIN on, where
+    # BLAS runs rotm; gemm (beta = m) then w += v below it and for arrays BLAS does not take (too small).
+    from sgdcli.engine.gradients import OuterProduct
+    from sgdcli.engine.optimizers import PRE_DECAY_MIN
+
+    rng = np.random.default_rng(8)
+    for shape in ((300, 200), (20, 30)):
+        w = rng.normal(size=shape).astype(dtype)
+        optimizer, v, reference = SGD(momentum=momentum), np.zeros(shape), w.astype(np.float64)
+        for step in range(4):
+            g = OuterProduct(rng.normal(size=shape[0]).astype(dtype), rng.normal(size=shape[1]).astype(dtype))
+            optimizer.begin_step({"w": w})
+            calls = optimizer.step_calls({"w": w}, {"w": g}, 0.1)
+            names = [getattr(function, "__name__", "") for function, _ in calls]
+            rotated = momentum >= PRE_DECAY_MIN and w.size >= blas.MIN_SIZE and blas._numpy_blas() is not None
+            assert any("rotm" in name for name in names) == rotated, names
+            for function, arguments in calls:
+                function(*arguments)
+            v = momentum * v - 0.1 * np.outer(g.x, g.dz)
+            reference += v
+            tolerance = 2e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(optimizer._state["w"]["velocity"], v, rtol=tolerance, atol=tolerance)
+            np.testing.assert_allclose(w, reference, rtol=tolerance, atol=tolerance)

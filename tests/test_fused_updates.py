@@ -17,7 +17,15 @@ from sgdcli import api
 from sgdcli.config.loading import load_config
 from sgdcli.engine import blas
 from sgdcli.engine.activations import Identity, ReLU, Tanh
-from sgdcli.engine.gradients import OuterProduct, add_squared, as_array, clip_by_global_norm, squared_norm
+from sgdcli.engine.gradients import (
+    OuterProduct,
+    add_squared,
+    as_array,
+    clip_by_global_norm,
+    run,
+    squared_calls,
+    squared_norm,
+)
 from sgdcli.engine.init import glorot_uniform
 from sgdcli.engine.layers import Dense
 from sgdcli.engine.losses import CrossEntropy
@@ -244,13 +252,13 @@ def test_a_decayed_rank_one_update_is_one_gemm_into_the_target(dtype, library, m
     if library == "scipy's":
         monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
     gemms: list[float] = []
-    original = blas.gemm_tn
-    def recording(alpha, a, b, beta, c, **kw):  # the gemms BLAS ran
-        ran = original(alpha, a, b, beta, c, **kw)
-        gemms.extend([beta] if ran else [])
-        return ran
+    original = blas.gemm_tn_call
+    def recording(alpha, a, b, beta, c):  # the gemms prepared for BLAS (an update's calls are run as prepared)
+        call = original(alpha, a, b, beta, c)
+        gemms.extend([beta] if call is not None else [])
+        return call
 
-    monkeypatch.setattr(blas, "gemm_tn", recording)
+    monkeypatch.setattr(blas, "gemm_tn_call", recording)
     rng = np.random.default_rng(12)
     v = rng.normal(size=(9, 6)).astype(dtype)
     x, dz = rng.normal(size=9).astype(dtype), rng.normal(size=6).astype(dtype)
@@ -397,3 +405,17 @@ def test_a_factored_float32_update_allocates_nothing_parameter_sized_and_stays_f
     arrays = [params["w"], *optimizer._scratch.values(), *optimizer._built.values(),
               *(v for k, v in optimizer.state_dict().items() if k != "iterations")]
     assert all(array.dtype == np.float32 for array in arrays)
+
+
+def test_prepared_squared_rank_one_calls_keep_their_factors_alive() -> None:
+    # Adam's g * g of an OuterProduct is a new pair of squared factors, made when its calls are prepared and
+    # read when they run: the calls hold them (a call holding only their addresses would read freed memory,
+    # which the next arrays of the same size reuse: NaN here).
+    rng = np.random.default_rng(4)
+    target = rng.normal(size=(64, 48)).astype(np.float32)  # above blas.RANK1_MIN_SIZE: the BLAS path
+    x, dz = rng.normal(size=64).astype(np.float32), rng.normal(size=48).astype(np.float32)
+    expected = 0.9 * target.astype(np.float64) + 0.5 * np.outer(x.astype(np.float64) ** 2, dz.astype(np.float64) ** 2)
+    calls = squared_calls(target, 0.5, OuterProduct(x, dz), np.empty_like(target), decay=0.9)
+    junk = [np.full(n, np.nan, dtype=np.float32) for _ in range(50) for n in (64, 48)]  # noqa: F841 (reuses freed memory)
+    run(calls)
+    np.testing.assert_allclose(target, expected, rtol=1e-5, atol=1e-6)

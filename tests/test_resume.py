@@ -96,6 +96,28 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, mode, updates, 
     assert_identical(reference.run_dir, resumed.run_dir)
 
 
+@pytest.mark.parametrize("updates", [90, 131])
+@pytest.mark.parametrize("schedule", [None, {"type": "cosine"}], ids=["constant", "cosine"])
+def test_a_prepared_batch_one_run_resumes_bit_identical(tmp_path, monkeypatch, schedule, updates):
+    # Dense layers and SGD with momentum at batch 1: engine/one_sample.py's prepared update, whose calls
+    # hold the velocity's addresses (made again in the resumed process, from the loaded state).
+    from sgdcli.engine.one_sample import OneSampleUpdate
+
+    steps: list[int] = []
+    step = OneSampleUpdate.step
+    monkeypatch.setattr(OneSampleUpdate, "step", lambda self, lr: steps.append(1) or step(self, lr))
+    optimizer = {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9, **({"schedule": schedule} if schedule else {})}
+    config = load_config(tiny_config(
+        model__layers=[{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "dense", "units": 2}],
+        training__epochs=3, training__batch__mode="sgd", optimizer=optimizer))
+    reference = api.train(config, runs_dir=tmp_path / "reference")
+    assert len(steps) == 3 * 90
+    interrupted = interrupt(config, tmp_path / "runs", updates)
+    resumed = api.resume(interrupted.run_dir)
+    assert resumed.status == "completed" and len(steps) == 2 * 3 * 90
+    assert_identical(reference.run_dir, resumed.run_dir)
+
+
 def test_resume_twice_and_grow_the_epochs(tmp_path):
     reference = api.train(config_for("minibatch", epochs=7), runs_dir=tmp_path / "reference")
     first = interrupt(config_for("minibatch", epochs=7), tmp_path / "runs", 9)

@@ -93,6 +93,10 @@ class ReLU(Activation):
         dz = np.empty_like(dout)
         if dz.ndim == 0:
             return np.multiply(dout, a > 0, out=dz)
+        if 3 * dz.nbytes < MIN_BYTES:  # one thread, one chunk: the two passes whole (a batch-1 row: ~2 us less)
+            np.greater(a, 0, out=dz)
+            dz *= dout
+            return dz
 
         def rows(start: int, stop: int) -> None:
             np.greater(a[start:stop], 0, out=dz[start:stop])

@@ -90,16 +90,29 @@ def ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     one (see ``axpby``: one thread pool for every BLAS call of an update), else scipy's on aᵀ (a
     C-contiguous (D, M) array is the Fortran (M, D) matrix aᵀ, and aᵀ += alpha y xᵀ is the same update).
     """
+    function, arguments = ger_call(alpha, x, y, a)
+    function(*arguments)
+
+
+def ger_call(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> tuple:
+    """``ger`` prepared, not run (see ``axpby_call``): (the routine, its arguments), NumPy's passes
+    (``_outer_added``) where BLAS cannot write a in place. Raises ValueError for shapes that do not fit."""
     if a.shape != (len(x), len(y)):
         raise ValueError(f"ger: a has shape {a.shape}, expected {(len(x), len(y))} from x {x.shape} and y {y.shape}")
     if not writes_in_place(a, x, y, rank_one=True):
-        a += alpha * np.multiply.outer(x, y)
-        return
+        return _outer_added, (alpha, x, y, a)
     library = _numpy_blas()
     if library is not None:  # NumPy's own pool, the one its products and axpy/axpby use
         routine = library.scipy_cblas_sger64_ if a.dtype == np.float32 else library.scipy_cblas_dger64_
-        routine(ROW_MAJOR, len(x), len(y), alpha, _address(x), 1, _address(y), 1, _address(a), len(y))
-        return
+        return routine, (ROW_MAJOR, len(x), len(y), alpha, _address(x), 1, _address(y), 1, _address(a), len(y))
+    return _scipy_ger, (alpha, x, y, a)
+
+
+def _outer_added(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
+    a += alpha * np.multiply.outer(x, y)
+
+
+def _scipy_ger(alpha: float, x: np.ndarray, y: np.ndarray, a: np.ndarray) -> None:
     _routine("ger", a.dtype)(alpha, y, x, a=a.T, overwrite_a=True)
 
 
@@ -113,11 +126,8 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
     than building the product. With beta == 0, c's old contents are not read (as BLAS: a NaN there
     does not propagate).
     """
-    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
-        raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
-                         f"from a {a.shape} and b {b.shape}")
-    library = _gemm_library(a, b, c)
-    if library is None:
+    call = gemm_tn_call(alpha, a, b, beta, c)
+    if call is None:
         if not fallback:
             return False
         product = a.T @ b
@@ -130,10 +140,22 @@ def gemm_tn(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarr
                 c *= beta
             c += product
         return False
+    call[0](*call[1])
+    return True
+
+
+def gemm_tn_call(alpha: float, a: np.ndarray, b: np.ndarray, beta: float, c: np.ndarray) -> tuple | None:
+    """``gemm_tn`` prepared, not run (see ``axpby_call``): (the routine, its arguments), or None where
+    ``gemm_tn`` would not run BLAS on these arrays. Raises ValueError for shapes that do not fit."""
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or c.shape != (a.shape[1], b.shape[1]):
+        raise ValueError(f"gemm_tn: c has shape {c.shape}, expected {(a.shape[1:] + b.shape[1:])} "
+                         f"from a {a.shape} and b {b.shape}")
+    library = _gemm_library(a, b, c)
+    if library is None:
+        return None
     routine = library.scipy_cblas_sgemm64_ if c.dtype == np.float32 else library.scipy_cblas_dgemm64_
     (n, d), m = a.shape, b.shape[1]
-    routine(ROW_MAJOR, TRANS, NO_TRANS, d, m, n, alpha, _address(a), d, _address(b), m, beta, _address(c), m)
-    return True
+    return routine, (ROW_MAJOR, TRANS, NO_TRANS, d, m, n, alpha, _address(a), d, _address(b), m, beta, _address(c), m)
 
 
 def gemm_tn_rows_call(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray, first: int, stop: int) -> tuple | None:
@@ -206,7 +228,7 @@ def _numpy_blas():
                 library.scipy_openblas_get_num_threads64_.argtypes = []
                 library.scipy_openblas_set_num_threads64_.restype = None
                 library.scipy_openblas_set_num_threads64_.argtypes = [ctypes.c_int]
-                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger", "sgemm", "dgemm"):
+                for name in ("saxpy", "daxpy", "saxpby", "daxpby", "sger", "dger", "sgemm", "dgemm", "srotm", "drotm"):
                     routine = getattr(library, f"scipy_cblas_{name}64_")
                     real = ctypes.c_float if name[0] == "s" else ctypes.c_double
                     routine.restype = None
@@ -216,6 +238,7 @@ def _numpy_blas():
                         "ger": [ctypes.c_int, size, size, real, pointer, size, pointer, size, pointer, size],
                         "gemm": [ctypes.c_int, ctypes.c_int, ctypes.c_int, size, size, size, real, pointer, size,
                                  pointer, size, real, pointer, size],
+                        "rotm": [size, pointer, size, pointer, size, ctypes.POINTER(real)],
                     }[name[1:]]
             except (OSError, AttributeError, TypeError):
                 library = None
@@ -272,6 +295,20 @@ def axpy_call(alpha: float, x: np.ndarray, y: np.ndarray) -> tuple | None:
         return None
     routine = library.scipy_cblas_saxpy64_ if y.dtype == np.float32 else library.scipy_cblas_daxpy64_
     return routine, (y.size, alpha, _address(x), 1, _address(y), 1)
+
+
+def rotm_call(x: np.ndarray, y: np.ndarray, h11: float, h12: float, h21: float, h22: float) -> tuple | None:
+    """x, y = h11 * x + h12 * y, h21 * x + h22 * y in place, both at once (each element of x and y read once
+    and written once), prepared, not run (see ``axpby_call``): NumPy's BLAS ``srotm``/``drotm``, the modified
+    Givens rotation with a full H (flag -1), held by the arguments; None where that library or these arrays
+    do not allow it (as ``axpby``, x writeable and aligned too)."""
+    library = _level1(y, x, 1.0) if x.flags.writeable and x.flags.aligned else None
+    if library is None:
+        return None
+    single = x.dtype == np.float32
+    routine = library.scipy_cblas_srotm64_ if single else library.scipy_cblas_drotm64_
+    h = ((ctypes.c_float if single else ctypes.c_double) * 5)(-1.0, h11, h21, h12, h22)  # flag, then H by columns
+    return routine, (x.size, _address(x), 1, _address(y), 1, h)
 
 
 @contextmanager

@@ -101,11 +101,20 @@ class OuterProduct(_Factors):
         decay 1; else one ``gemm`` with inner dimension 1 (beta = decay), one pass over target instead
         of a scaling pass and ``ger`` (a batch-1 momentum update of 784 x 512: 55 against 70 us),
         where NumPy's BLAS takes target in place (else the two passes)."""
+        run(self.add_calls(target, alpha, decay))
+
+    def add_calls(self, target: np.ndarray, alpha: float, decay: float = 1.0) -> list[Call]:
+        """``add_to`` as prepared calls (``scaled_calls``). They hold addresses, not the arrays: valid while target
+        and both factors are alive and keep their memory, and for this ``scale`` (a prepared update replays
+        them: ``engine/one_sample``)."""
+        alpha = alpha * self.scale
+        calls = []
         if decay != 1.0:
-            if blas.gemm_tn(alpha * self.scale, self.x[None, :], self.dz[None, :], decay, target, fallback=False):
-                return
-            target *= decay
-        blas.ger(alpha * self.scale, self.x, self.dz, target)
+            call = blas.gemm_tn_call(alpha, self.x[None, :], self.dz[None, :], decay, target)
+            if call is not None:
+                return [call]
+            calls.append((np.multiply, (target, decay, target)))
+        return calls + [blas.ger_call(alpha, self.x, self.dz, target)]
 
     def __repr__(self) -> str:
         return f"OuterProduct(shape={self.shape}, dtype={self.dtype}, scale={self.scale})"
@@ -248,7 +257,9 @@ def add_scaled(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.nda
 def scaled_calls(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> list[Call]:
     """``add_scaled`` as prepared calls, built now and run later (BLAS arguments checked and addresses taken
     here, so that running them is the calls alone: ``engine/pool.split_calls``)."""
-    if isinstance(grad, (BatchProduct, OuterProduct)):
+    if isinstance(grad, OuterProduct):
+        return grad.add_calls(target, alpha, decay)
+    if isinstance(grad, BatchProduct):
         return [(grad.add_to, (target, alpha, decay))]
     call = None if target.size < blas.MIN_SIZE else (
         blas.axpy_call(alpha, grad, target) if decay == 1.0 else blas.axpby_call(alpha, grad, decay, target))
@@ -270,7 +281,8 @@ def add_squared(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.nd
 
 
 def squared_calls(target: np.ndarray, alpha: float, grad: Gradient, scratch: np.ndarray, decay: float = 1.0) -> list[Call]:
-    """``add_squared`` as prepared calls (see ``scaled_calls``); an OuterProduct's squared factors are built now."""
+    """``add_squared`` as prepared calls (see ``scaled_calls``); an OuterProduct's squared factors are built now,
+    and held by the call (its bound ``add_to``: calls prepared with their addresses would not keep them alive)."""
     if isinstance(grad, OuterProduct):
         squared = OuterProduct(np.square(grad.x), np.square(grad.dz), grad.scale * grad.scale)
         return [(squared.add_to, (target, alpha, decay))]

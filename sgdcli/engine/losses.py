@@ -201,6 +201,30 @@ class CrossEntropy(Loss):
         # C order whatever pred's layout, so that value_and_grad's reshape(-1) is a view of it.
         return np.subtract(pred, np.maximum.reduce(pred, axis=1, keepdims=True), order="C")
 
+    def value_and_grad_of_label(self, pred: np.ndarray, label: int, out: np.ndarray) -> tuple[float, np.ndarray]:
+        """``value_and_grad`` of one sample, logits pred (1, C), with a class index ``label`` the caller has
+        checked (0 <= label < C): the same operations (the same bits) without the checks, the gradient
+        written into ``out`` (1, C, pred's dtype, C-contiguous) and returned. For a prepared batch-1
+        update (``engine/one_sample``)."""
+        np.subtract(pred, np.maximum.reduce(pred, axis=1, keepdims=True), out=out)
+        return self._labelled(out, int(label))
+
+    @staticmethod
+    def _labelled(shifted: np.ndarray, labels: np.ndarray | int) -> tuple[float, np.ndarray]:
+        """The mean loss and its gradient (written over ``shifted``: shifted logits (N, C), C-contiguous)
+        from each row's label as its index in the flat (N * C) array (intp (N,), or an int for one row:
+        the same element read and written, without an index array)."""
+        n = len(shifted)
+        flat = shifted.reshape(-1)  # a view: the shifted logits are C-contiguous
+        picked = flat[labels]
+        grad = np.exp(shifted, out=shifted)
+        sums = np.add.reduce(grad, axis=1, keepdims=True)
+        value = (float(np.add.reduce(np.log(sums), axis=None)) - float(np.add.reduce(picked))) / n
+        # softmax / N in one pass over (N, C): exp(s) * (1 / (N * sum_c exp(s))), then - onehot / N
+        grad *= np.reciprocal(sums * n, out=sums)
+        flat[labels] -= 1.0 / n
+        return value, grad
+
     def value(self, pred: np.ndarray, target: np.ndarray) -> float:
         target = self._prepare(pred, target)
         shifted = self._shifted(pred)
@@ -221,15 +245,7 @@ class CrossEntropy(Loss):
         if target.ndim == 1:
             labels = np.arange(0, shifted.size, shifted.shape[1])  # each row's label in the flat (N * C) array
             labels += target.astype(np.intp, copy=False)  # (uint64 + int64 would be float64)
-            flat = shifted.reshape(-1)  # a view: _shifted's array is a new C-contiguous one
-            picked = flat[labels]
-            grad = np.exp(shifted, out=shifted)
-            sums = np.add.reduce(grad, axis=1, keepdims=True)
-            value = (float(np.add.reduce(np.log(sums), axis=None)) - float(np.add.reduce(picked))) / n
-            # softmax / N in one pass over (N, C): exp(s) * (1 / (N * sum_c exp(s))), then - onehot / N
-            grad *= np.reciprocal(sums * n, out=sums)
-            flat[labels] -= 1.0 / n
-            return value, grad
+            return self._labelled(shifted, labels)
         lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         shifted -= lse  # log-probabilities
         value = -float(np.sum(shifted * target)) / n

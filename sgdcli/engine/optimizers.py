@@ -1,16 +1,13 @@
-"""Gradient-descent optimizers: a base class owning the loop and state, one formula per subclass.
+"""Gradient-descent optimizers: one formula per class; the loop, the state and its checkpoint form are the
+base class's (``engine/optimizer_base``).
 
 Symbols in the update rules: w is a parameter array, g its gradient, lr the learning rate
-passed to ``step``, t the 1-based number of the step being taken. Every update writes into
-the parameter arrays in place; the caller's gradient arrays are never modified. Without an
-L2 weight_decay an update allocates nothing: it works in place and in one scratch array per
-parameter. A gradient may be a ``gradients.OuterProduct`` (a dense weight's from one sample):
-SGD and Adam, whose rules only add multiples of g and of g * g, apply its factors with BLAS
-rank-1 updates; the others build it first, into a work array kept like the scratch. Updates of
-the form y = b * y + a * x (moments, velocity, the weights) are one BLAS pass where NumPy's BLAS
-allows (``gradients.add_scaled``), else NumPy's passes through the scratch. An element-wise
-update (``elementwise``: AdaGrad, RMSProp, Adam) of a large array runs in parts on OpenBLAS's threads
-(``engine/pool.py``), with the same bits.
+passed to ``step``, t the 1-based number of the step being taken. A gradient may be a
+``gradients.OuterProduct`` (a dense weight's from one sample): SGD and Adam, whose rules only add
+multiples of g and of g * g, apply its factors with BLAS rank-1 updates; the others build it first,
+into a work array kept like the scratch. Updates of the form y = b * y + a * x (moments, velocity,
+the weights) are one BLAS pass where NumPy's BLAS allows (``gradients.add_scaled``), else NumPy's
+passes through the scratch.
 """
 
 from __future__ import annotations
@@ -19,197 +16,14 @@ import math
 
 import numpy as np
 
-from . import pool
-from .allocator import aligned_copy, aligned_full, work_array
-from .gradients import BatchProduct, Call, Gradient, OuterProduct, add_scaled, run, scaled_calls, squared_calls
+from . import blas
+from .allocator import aligned_full
+from .gradients import Call, Gradient, OuterProduct, scaled_calls, squared_calls
+from .optimizer_base import Optimizer
 
+__all__ = ["Optimizer", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW"]
 
-class Optimizer:
-    """Base class: iterates over named parameters, keeps lazy per-parameter state and the step count.
-
-    A subclass sets its hyperparameters, returns its zero state from ``_init_state`` (arrays on a cache line:
-    ``allocator.aligned_full``) and implements ``_update(w, g, state, lr, scratch)`` in place, or returns it as
-    prepared calls from ``_calls`` (an ``elementwise`` one: its parts' calls are built before the pool runs them).
-    ``scratch`` is a work array shaped like w whose contents mean nothing: kept from step to step so that an
-    update allocates nothing, and never part of the state (``state_dict``). While ``_update`` runs, ``self.iterations``
-    counts the step in progress (t). A subclass with ``takes_factored = True`` gets an OuterProduct g as it is
-    (touching it only through ``gradients.add_scaled`` / ``scaled_calls`` and ``squared_calls``), else g is built
-    first; likewise a BatchProduct with ``takes_products`` (only through ``add_scaled``, each call a gemm).
-
-    ``weight_decay`` is an L2 penalty folded into the gradient, g = g + weight_decay * w (``AdamW``: decoupled decay).
-
-    Subnormal flush: after every ``flush_every()``-th step, state values with |x| < finfo.tiny / finfo.eps
-    (9.9e-32 in float32, 1.0e-292 in float64) become 0. A state that only decays (the momentum of a pixel that is
-    0 in every sample) otherwise ends in subnormal floats, on which sqrt and division (and on many CPUs every
-    operation) run several times slower. A value shrinking by a factor d per step takes 23 ln 2 / -ln d steps
-    (float32; float64 more) from that threshold to the subnormals: over 32 for d >= 0.61, 151 for d = 0.9. The
-    interval is the largest power of two under that for the state's fastest decay (``DECAYS``; 128 for momentum or
-    beta1 0.9), FLUSH_EVERY (32) at least, so a decaying value is caught first, and a flush's three passes come 4x
-    less often than every 32 steps. Only values float rounding already makes invisible change: adding such a value
-    to any |w| > 1.7e-24 leaves w unchanged, and beside epsilon >= 1e-10 under a square root it is below one
-    rounding unit.
-    """
-
-    FLUSH_EVERY = 32
-    DECAYS: tuple[str, ...] = ()  # the attributes holding what the state is multiplied by each step
-    takes_factored = False
-    takes_products = False
-    elementwise = False  # _calls compute each element from the same element of each array, and write state in place
-
-    def __init__(self, weight_decay: float = 0.0) -> None:
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
-        self.iterations = 0
-        self._state: dict[str, dict[str, np.ndarray]] = {}
-        self._scratch: dict[str, np.ndarray] = {}  # work arrays, one per parameter; not state
-        self._built: dict[str, np.ndarray] = {}  # where an OuterProduct gradient is built; not state
-        # True after load_state_dict until the next step has matched the state to the parameters.
-        self._loaded_unverified = False
-        self._flush_interval: tuple[tuple, int] = ((), 0)  # (the settings it was worked out from, the interval)
-
-    # --- what a subclass provides -------------------------------------------------------------
-
-    def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
-        """Fresh state for one parameter, e.g. ``{"velocity": zeros_like(param)}``."""
-        return {}
-
-    def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
-                scratch: np.ndarray) -> None:
-        run(self._calls(param, grad, state, learning_rate, scratch))
-
-    def _calls(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
-               scratch: np.ndarray) -> list[Call]:
-        """The update as prepared calls (``gradients.scaled_calls``), for a subclass that does not override
-        ``_update``: an ``elementwise`` one's parts are built before ``engine/pool`` runs them."""
-        raise NotImplementedError
-
-    def flush_every(self) -> int:
-        """Steps between subnormal flushes (see the class doc); FLUSH_EVERY set on an instance wins if longer."""
-        key = (self.FLUSH_EVERY, *(getattr(self, name) for name in self.DECAYS))
-        if self._flush_interval[0] != key:  # worked out again only when a setting has changed
-            decays = [d for d in key[1:] if 0 < d < 1]
-            steps = 23 * math.log(2) / -math.log(min(decays)) if decays else 0
-            self._flush_interval = (key, max(self.FLUSH_EVERY, 1 << int(math.log2(steps)) if steps >= 1 else 1))
-        return self._flush_interval[1]
-
-    def _apply_weight_decay(self, param: np.ndarray, grad: Gradient, learning_rate: float) -> Gradient:
-        """L2 penalty: return g + weight_decay * w as a new array (the caller's g is untouched)."""
-        if not self.weight_decay:
-            return grad
-        decayed = param * self.weight_decay
-        if isinstance(grad, OuterProduct):
-            grad.add_to(decayed, 1.0)
-        else:  # (a BatchProduct built by rows, as wherever g is built: the same bits when clipping built it first)
-            decayed += grad.materialize() if isinstance(grad, BatchProduct) else grad
-        return decayed
-
-    # --- the loop -------------------------------------------------------------------------------
-
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, Gradient], learning_rate: float) -> None:
-        """Apply one update to every array in ``params`` in place, using ``grads`` with the same keys
-        (arrays, or ``gradients.OuterProduct``)."""
-        if grads.keys() != params.keys():
-            missing = [key for key in params if key not in grads]
-            unexpected = [key for key in grads if key not in params]
-            raise ValueError(f"gradients do not match parameters: missing {missing}, unexpected {unexpected}")
-        for key, param in params.items():
-            if grads[key].shape != param.shape:
-                raise ValueError(f"gradient for {key!r} has shape {grads[key].shape}, parameter has {param.shape}")
-        if self._loaded_unverified:
-            self._verify_loaded_state(params)
-        # A plain float keeps float32 arrays float32 (an np.float64 scalar would upcast temporaries).
-        learning_rate = float(learning_rate)
-        self.iterations += 1
-        flush = self.iterations % self.flush_every() == 0
-        for key, param in params.items():
-            state = self._state.get(key)
-            if state is None:
-                state = self._state[key] = self._init_state(param)
-            scratch = work_array(self._scratch, key, param)
-            grad = self._apply_weight_decay(param, grads[key], learning_rate)
-            in_parts = self.elementwise and param.size >= pool.MIN_ELEMENTS
-            rows = in_parts and isinstance(grad, BatchProduct) and grad.product is None and param.flags.c_contiguous
-            if not rows and (isinstance(grad, OuterProduct) and not self.takes_factored
-                             or isinstance(grad, BatchProduct) and not self.takes_products):
-                grad = grad.materialize(out=work_array(self._built, key, param))
-            if in_parts and (rows or isinstance(grad, np.ndarray)):  # engine/pool; a BatchProduct g built there
-                names, built = tuple(state), work_array(self._built, key, param) if rows else grad
-                pool.split_array_calls(lambda parts: self._calls(parts[0], parts[1], dict(zip(names, parts[3:])),
-                                       learning_rate, parts[2]), param, built, scratch, *state.values(),
-                                       rows=(param.shape[1], grad.rows_call) if rows else None)
-                grad = None
-            if grad is not None:
-                self._update(param, grad, state, learning_rate, scratch)
-            if flush:
-                for array in state.values():
-                    _flush_subnormal(array, scratch)
-
-    # --- saving and restoring -------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Flat copy of the state: ``"<state name>/<parameter key>"`` arrays plus ``"iterations"``."""
-        state = {
-            f"{name}/{key}": array.copy()
-            for key, per_param in self._state.items()
-            for name, array in per_param.items()
-        }
-        state["iterations"] = np.array(self.iterations, dtype=np.int64)
-        return state
-
-    def load_state_dict(self, state: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None) -> None:
-        """Replace the state with a copy of ``state`` (as produced by ``state_dict``).
-
-        Raises ValueError, changing nothing, if an entry is malformed or names state this optimizer does not keep.
-        Matching against the parameters (keys, shapes, floating point): now when ``params`` is given, else at ``step``.
-        """
-        if "iterations" not in state:
-            raise ValueError("optimizer state has no 'iterations' entry")
-        iterations = np.asarray(state["iterations"])
-        if iterations.size != 1 or not np.issubdtype(iterations.dtype, np.integer) or iterations.item() < 0:
-            raise ValueError(f"optimizer 'iterations' must be one non-negative integer, got {iterations!r}")
-        loaded: dict[str, dict[str, np.ndarray]] = {}
-        for entry, value in state.items():
-            if entry == "iterations":
-                continue
-            name, _, key = entry.partition("/")
-            if not name or not key:
-                raise ValueError(f"unexpected optimizer state entry {entry!r}; expected 'iterations' or '<state>/<parameter>'")
-            loaded.setdefault(key, {})[name] = aligned_copy(value)
-        for key, arrays in loaded.items():
-            expected = sorted(self._init_state(next(iter(arrays.values()))))
-            if sorted(arrays) != expected:
-                raise ValueError(
-                    f"optimizer state for parameter {key!r} has {sorted(arrays)}, but "
-                    f"{type(self).__name__} keeps {expected or 'no state'}"
-                )
-        self.iterations = int(iterations.item())
-        self._state = loaded
-        self._loaded_unverified = True
-        if params is not None:
-            self._verify_loaded_state(params)
-
-    def _verify_loaded_state(self, params: dict[str, np.ndarray]) -> None:
-        """Match state restored by ``load_state_dict`` to the parameters of the first step after it."""
-        unexpected = sorted(self._state.keys() - params.keys())
-        # After at least one step an optimizer that keeps state has it for every parameter.
-        keeps_state = bool(params) and bool(self._init_state(next(iter(params.values()))))
-        missing = sorted(params.keys() - self._state.keys()) if keeps_state and self.iterations else []
-        if unexpected or missing:
-            raise ValueError(f"optimizer state does not match parameters: missing {missing}, unexpected {unexpected}")
-        for key, per_param in self._state.items():
-            param = params[key]
-            for name, array in per_param.items():
-                if array.shape != param.shape:
-                    raise ValueError(f"optimizer state {name}/{key} has shape {array.shape}, parameter has {param.shape}")
-                if array.dtype.kind != "f":
-                    raise ValueError(f"optimizer state {name}/{key} is {array.dtype}; expected floating point")
-                per_param[name] = array.astype(param.dtype, copy=False)
-        self._loaded_unverified = False
-
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "iterations")
-        return f"{type(self).__name__}({settings})"
+PRE_DECAY_MIN = 2.0**-10  # the least momentum whose batch-1 update divides g by it (SGD._rank_one_calls)
 
 
 class SGD(Optimizer):
@@ -218,11 +32,13 @@ class SGD(Optimizer):
     momentum == 0:  w -= lr * g
     momentum > 0:   v = momentum * v - lr * g;  w += v
     nesterov:       v = momentum * v - lr * g;  w += momentum * v - lr * g
-    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built; without
-    Nesterov (which reads g twice) a BatchProduct g by one gemm into v (or w), never stored.
+    (v is the "velocity" state, starting at 0.) An OuterProduct g is added by BLAS ger, never built (with
+    momentum, ger then one pass over w and v: ``_rank_one_calls``); without Nesterov (which reads g twice) a
+    BatchProduct g by one gemm into v (or w), never stored.
     """
 
     takes_factored = True
+    replayable = True
     DECAYS = ("momentum",)
 
     @property
@@ -241,20 +57,36 @@ class SGD(Optimizer):
     def _init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
         return {"velocity": aligned_full(param.shape, param.dtype, 0)} if self.momentum else {}
 
-    def _update(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
-                scratch: np.ndarray) -> None:
+    def _calls(self, param: np.ndarray, grad: Gradient, state: dict[str, np.ndarray], learning_rate: float,
+               scratch: np.ndarray) -> list[Call]:
         if not self.momentum:
-            add_scaled(param, -learning_rate, grad, scratch)
-            return
+            return scaled_calls(param, -learning_rate, grad, scratch)
         velocity = state["velocity"]
-        add_scaled(velocity, -learning_rate, grad, scratch, decay=self.momentum)
+        if isinstance(grad, OuterProduct) and not self.nesterov:
+            calls = self._rank_one_calls(param, grad, velocity, learning_rate)
+            if calls is not None:
+                return calls
+        calls = scaled_calls(velocity, -learning_rate, grad, scratch, decay=self.momentum)
         if self.nesterov:
-            add_scaled(param, -learning_rate, grad, scratch)
-            add_scaled(param, self.momentum, velocity, scratch)
-        elif isinstance(grad, OuterProduct):  # batch 1: a threaded BLAS axpy right after ger made
-            param += velocity  # the update bimodal (median 983 us, fastest 250) in the race; NumPy's pass is not
-        else:
-            add_scaled(param, 1.0, velocity, scratch)
+            return calls + scaled_calls(param, -learning_rate, grad, scratch) + scaled_calls(param, self.momentum,
+                                                                                           velocity, scratch)
+        if isinstance(grad, OuterProduct):  # batch 1: a threaded BLAS axpy right after ger made the update
+            return calls + [(np.add, (param, velocity, param))]  # bimodal (median 983 us, fastest 250); NumPy's is not
+        return calls + scaled_calls(param, 1.0, velocity, scratch)
+
+    def _rank_one_calls(self, param: np.ndarray, grad: OuterProduct, velocity: np.ndarray,
+                        learning_rate: float) -> list[Call] | None:
+        """Momentum with a rank-1 g (batch 1) in two passes: v' = v - (lr / m) g (BLAS ``ger``), then
+        (w, v) = (w + m v', m v') in one pass over both (BLAS ``rotm``): v = m v - lr g and w += v up to
+        rounding, with one read of v fewer than ``gemm`` (beta = m: its scaling pass, then the product's) and
+        w += v (784 x 512, one thread, AMD Zen 5: 48 against 54 us). Only for momentum >= PRE_DECAY_MIN (lr / m at most 1024 lr:
+        v' overflows only where lr g itself is near float32's limit) and where BLAS runs ``rotm``; else None."""
+        if self.momentum < PRE_DECAY_MIN:
+            return None
+        rotation = blas.rotm_call(param, velocity, 1.0, self.momentum, 0.0, self.momentum)
+        if rotation is None:
+            return None
+        return grad.add_calls(velocity, -learning_rate / self.momentum) + [rotation]
 
 
 class AdaGrad(Optimizer):
@@ -384,12 +216,3 @@ class AdamW(Adam):
         if self.weight_decay:
             param *= 1 - learning_rate * self.weight_decay
         return grad
-
-
-def _flush_subnormal(array: np.ndarray, scratch: np.ndarray) -> None:
-    """Set the entries of ``array`` with |x| < finfo.tiny / finfo.eps to 0 (see Optimizer)."""
-    if array.dtype.kind != "f":
-        return
-    keep, info = np.abs(array, out=scratch), np.finfo(array.dtype)
-    np.greater_equal(keep, info.tiny / info.eps, out=keep)  # 1.0 or 0.0: no boolean temporary
-    array *= keep  # NaN compares False but stays NaN (NaN * 0)

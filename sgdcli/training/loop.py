@@ -15,6 +15,7 @@ from sgdcli.engine.allocator import retain_freed_memory
 from sgdcli.engine.gradients import Gradient, as_array, clip_by_global_norm, squared_norm, surely_finite
 from sgdcli.engine.losses import Loss
 from sgdcli.engine.model import Sequential
+from sgdcli.engine.one_sample import OneSampleUpdate
 from sgdcli.engine.optimizers import Optimizer
 from sgdcli.engine.schedules import Schedule
 from sgdcli.engine.search import CoordinateSearch
@@ -111,6 +112,10 @@ def train_epochs(
     search = isinstance(problem.optimizer, CoordinateSearch)  # derivative-free: decided once, not per batch
     parallel = problem.parallel
     accumulated: dict[str, np.ndarray] | None = None  # a chunked batch's gradient (engine/accumulate.py)
+    # Batch 1 of a dense network with SGD: prepared once (engine/one_sample.py), the same bits. Clipping and
+    # layer statistics scale or read the gradients between the passes: they take the general path.
+    one = OneSampleUpdate.prepare(model, problem.loss, problem.optimizer, y) if (
+        size == 1 and parallel is None and not search and problem.clip_norm is None and observer is None) else None
     while position.epoch < epochs:
         if shuffled:
             if position.batch == 0:
@@ -132,7 +137,15 @@ def train_epochs(
                 else:
                     index = order[first:last]
                     xb, yb = x[index], y[index]
-                if search:
+                if one is not None:
+                    value = one.gradient(xb, yb)
+                    if not math.isfinite(value):
+                        raise _diverged(position, f"the loss is {value}")
+                    if not one.surely_finite():
+                        _check_gradients(one.grads, position)
+                    one.step(problem.schedule(position.updates))
+                    position.forward_passes += 1
+                elif search:
                     value, passes = problem.optimizer.step(
                         params, lambda xb=xb, yb=yb: problem.loss.value(model.predict(xb), yb),
                         problem.schedule(position.updates))
