@@ -5,10 +5,11 @@
 malloc aligns a block to 16 bytes, so where a weight array's first element falls against a 64-byte
 cache line depends on the heap (sgdcli/engine/allocator.py). This times the three passes a batch-1
 SGD-momentum update makes over the 784 x 512 float32 first layer of benchmarks/bench.py, through the
-engine's own calls and on one BLAS thread as the training loop runs batch 1: the forward product
-x @ W, the velocity's rank-1 update v = m v - lr x dzᵀ (``OuterProduct.add_to``: one gemm of inner
-dimension 1) and w += v, with W and v placed at each offset from a cache line. Inputs are Fashion-MNIST
-training images when the Debian package is there, else random images with the same share of zeros.
+engine's own calls (the ones ``SGD`` prepares) and on one BLAS thread as the training loop runs batch 1:
+the forward product x @ W, the velocity's rank-1 update v' = v - (lr / m) x dzᵀ (BLAS ger) and
+(w, v) = (w + m v', m v') (BLAS rotm: ``SGD._rank_one_calls``), with W and v placed at each offset from a
+cache line. Inputs are Fashion-MNIST training images when the Debian package is there, else random images
+with the same share of zeros.
 
 It first checks that every placement computes the same bits (the same calls on the same values), then
 times each placement round by round in a rotating order and prints the median per pass and in all.
@@ -26,6 +27,7 @@ from bench_common import DATA, experiment
 from sgdcli.engine import blas
 from sgdcli.engine.allocator import ALIGNMENT
 from sgdcli.engine.gradients import OuterProduct
+from sgdcli.engine.optimizers import SGD
 from sgdcli.training import build
 
 D, M = 784, 512
@@ -51,17 +53,23 @@ def images(count: int) -> np.ndarray:
 
 
 def updates(x: np.ndarray, dz: np.ndarray, weight: np.ndarray, velocity: np.ndarray) -> np.ndarray:
-    """Seconds spent in each of the three passes, summed over the rows of x."""
+    """Seconds spent in each of the three passes, summed over the rows of x (the calls are prepared untimed)."""
     spent = np.zeros(3)
     clock = time.perf_counter
+    optimizer, scratch = SGD(momentum=0.9), np.empty_like(weight)
     for row in range(len(x)):
         xb = x[row : row + 1]
+        calls = optimizer._calls(weight, OuterProduct(xb[0], dz[row]), {"velocity": velocity}, 0.001, scratch)
+        names = [getattr(function, "__name__", "") for function, _ in calls]
+        if len(calls) != 2 or "ger" not in names[0] or "rotm" not in names[1]:
+            raise SystemExit(f"SGD prepares {names} here, not ger then rotm: not the update this script times")
+        (ger, ger_arguments), (rotm, rotm_arguments) = calls
         start = clock()
         xb @ weight
         product = clock()
-        OuterProduct(xb[0], dz[row]).add_to(velocity, -0.001, decay=0.9)
+        ger(*ger_arguments)
         rank_one = clock()
-        weight += velocity
+        rotm(*rotm_arguments)
         spent += (product - start, rank_one - product, clock() - rank_one)
     return spent
 
@@ -90,11 +98,12 @@ def main() -> None:
             order = OFFSETS[r % len(OFFSETS):] + OFFSETS[: r % len(OFFSETS)]
             for offset in order:
                 times[offset].append(updates(x, dz, *arrays[offset]) / len(x))
-    print(f"{'offset from a cache line':>26}  {'x @ W':>8}  {'v = m v - lr x dzᵀ':>19}  {'w += v':>8}  {'all three':>10}")
+    ger_pass, rotm_pass = "v' = v - (lr/m) x dzᵀ", "w, v = w + m v', m v'"
+    print(f"{'offset from a cache line':>26}  {'x @ W':>8}  {ger_pass:>22}  {rotm_pass:>22}  {'all three':>10}")
     for offset, rounds in times.items():
         median = [statistics.median(r[k] for r in rounds) * 1e6 for k in range(3)]
         total = statistics.median(float(r.sum()) for r in rounds) * 1e6
-        print(f"{offset:>23} B  {median[0]:6.1f} us  {median[1]:16.1f} us  {median[2]:5.1f} us  {total:7.1f} us")
+        print(f"{offset:>23} B  {median[0]:6.1f} us  {median[1]:19.1f} us  {median[2]:19.1f} us  {total:7.1f} us")
 
 
 if __name__ == "__main__":

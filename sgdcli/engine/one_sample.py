@@ -5,10 +5,11 @@ At batch 1 (``training.batch.mode: sgd``) an update's arithmetic is small beside
 path (``Sequential.forward``, the loss's ``value_and_grad``, ``Sequential.backward(factored=True)``, the
 gradient check and ``Optimizer.step``) makes ~230 Python calls an update and decides again, for every update,
 what it decided for the last: which BLAS routine, whether it writes in place, which addresses. On the
-784-512-10 race (benchmarks/bench.py, one BLAS thread, AMD Zen 5) that is ~68 of a momentum update's ~142 us;
+784-512-10 race (benchmarks/bench.py, one BLAS thread, AMD Zen 5) that was ~68 of a momentum update's ~142 us;
 the rest is the first layer's passes over its weights. Here a model of dense layers trained with a
-replayable optimizer (``Optimizer.step_calls``: SGD, plain or momentum, without weight decay) runs the same
-operations on the same values in the same order, into arrays of its own:
+replayable optimizer (``Optimizer.replays``: SGD, plain, momentum or Nesterov, without weight decay) runs the
+same operations on the same values in the same order, into arrays of its own (that loop: momentum 141-146 ->
+100-102 us an update with SGD's rank-1 momentum pass, plain SGD 91-95 -> 61-64 us):
 
 - forward: each layer's product ``x @ W`` into its own (1, M) array, then ``+= b`` and the activation as the
   layer applies them (``Dense.forward``);
