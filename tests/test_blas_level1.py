@@ -54,25 +54,31 @@ def test_axpby_and_axpy_compute_numpys_formula_in_place(dtype) -> None:
     np.testing.assert_allclose(y, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("case", ["small", "strided", "overlapping", "zero scale", "int", "mixed dtypes", "no library"])
-def test_arrays_blas_must_not_take_are_refused_untouched(case, monkeypatch) -> None:
+def refused_arrays(case: str, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    """x and y as one case of what BLAS must not take (or with NumPy's BLAS out of reach: "no library")."""
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(300, 200)), rng.normal(size=(300, 200))
-    alpha, beta = 0.5, 0.5
     if case == "small":
         x, y = x[:2], y[:2]
     elif case == "strided":
         x, y = x[:, ::2], y[:, ::2]
     elif case == "overlapping":
         x = y
-    elif case == "zero scale":
-        beta = 0.0
     elif case == "int":
         x, y = x.astype(np.int64), y.astype(np.int64)
     elif case == "mixed dtypes":
         x = x.astype(np.float32)
-    else:
+    elif case == "read-only x":
+        x.flags.writeable = False
+    elif case == "no library":
         monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
+    return x, y
+
+
+@pytest.mark.parametrize("case", ["small", "strided", "overlapping", "zero scale", "int", "mixed dtypes", "no library"])
+def test_arrays_blas_must_not_take_are_refused_untouched(case, monkeypatch) -> None:
+    x, y = refused_arrays(case, monkeypatch)
+    alpha, beta = 0.5, 0.0 if case == "zero scale" else 0.5
     before = y.copy()
     assert blas.axpby(alpha, x, beta, y) is False
     assert blas.axpy(beta, x, y) is False
@@ -182,22 +188,7 @@ def test_rotm_updates_both_arrays_at_once_in_place(dtype) -> None:
 
 @pytest.mark.parametrize("case", ["small", "strided", "overlapping", "int", "mixed dtypes", "read-only x", "no library"])
 def test_rotm_refuses_what_blas_must_not_take(case, monkeypatch) -> None:
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(300, 200)), rng.normal(size=(300, 200))
-    if case == "small":
-        x, y = x[:2], y[:2]
-    elif case == "strided":
-        x, y = x[:, ::2], y[:, ::2]
-    elif case == "overlapping":
-        x = y
-    elif case == "int":
-        x, y = x.astype(np.int64), y.astype(np.int64)
-    elif case == "mixed dtypes":
-        x = x.astype(np.float32)
-    elif case == "read-only x":
-        x.flags.writeable = False
-    else:
-        monkeypatch.setattr(blas, "_NUMPY_BLAS", [None])
+    x, y = refused_arrays(case, monkeypatch)
     assert blas.rotm_call(x, y, 1.0, 0.9, 0.0, 0.9) is None
 
 
