@@ -128,7 +128,7 @@ def test_state_loaded_between_updates_is_the_state_the_next_updates_write() -> N
     # load_state_dict replaces the velocity arrays: the prepared calls, which hold addresses, are made again
     # (replayed as they were, they would update the old arrays and leave the loaded ones behind).
     prepared, general = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
-    update = OneSampleUpdate.prepare(prepared.model, prepared.loss, prepared.optimizer, prepared.y)
+    update = OneSampleUpdate.prepare(prepared.model, prepared.loss, prepared.optimizer, prepared.x, prepared.y)
     params = general.model.parameters()
     for row in range(24):
         if row == 12:
@@ -154,19 +154,93 @@ def test_what_it_does_not_take_goes_the_general_way(optimizer, model) -> None:
     if model == "dropout":
         layers.append(Dropout(0.5))
     layers.append(Dense.create(8, 3, Identity(), glorot_uniform, rng, np.float32))
-    assert OneSampleUpdate.prepare(Sequential(layers), CrossEntropy(), optimizer(), np.array([0, 1, 2])) is None
+    x = np.zeros((3, 6), dtype=np.float32)
+    assert OneSampleUpdate.prepare(Sequential(layers), CrossEntropy(), optimizer(), x, np.array([0, 1, 2])) is None
 
 
-def test_labels_out_of_range_are_the_losses_to_report() -> None:
-    # Checked once when prepared: a bad label leaves cross-entropy's own check (and message) to every update.
-    for labels in (np.array([0, 1, 5]), np.array([-1, 0, 1]), np.array([0.0, 1.0, 2.0])):
-        problem = make_problem("relu-cross-entropy", "plain", rows=3)
-        update = OneSampleUpdate.prepare(problem.model, problem.loss, problem.optimizer, labels)
-        assert update is not None and not update._labels
-    problem = make_problem("relu-cross-entropy", "plain", rows=3)
-    problem.y = np.array([0, 1, 7])
-    with pytest.raises(ValueError, match=r"class label 7 out of range for 5 outputs"):
+@pytest.mark.parametrize("bad", [7, -1])
+def test_a_label_out_of_range_gets_cross_entropys_own_message(bad: int, counted) -> None:
+    # Checked each update (a label may change between epochs): out of range, the loss's own check reports it.
+    problem = make_problem("relu-cross-entropy", "plain", rows=6)
+    epochs = train_epochs(problem, Position(), 3, np.random.default_rng(1), np.random.default_rng(2))
+    next(epochs)
+    problem.y[4] = bad
+    with pytest.raises(ValueError, match=f"class label {bad} out of range for 5 outputs"):
+        next(epochs)
+    assert counted
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "float64 rows"])
+def test_rows_the_general_path_reads_in_place_only_if_contiguous(layout: str, counted) -> None:
+    # The general path's first weight gradient reads the row itself: BLAS for a contiguous one, NumPy's passes
+    # for a strided one (other bits). Rows not contiguous in the model's dtype go the general way; rows of
+    # another dtype are converted on entry (a contiguous copy) either way, so those take the prepared path.
+    problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
+    for problem in problems:
+        problem.x = {"fortran": np.asfortranarray(problem.x),
+                     "strided": np.repeat(problem.x, 2, axis=1)[:, ::2],
+                     "float64 rows": problem.x.astype(np.float64)}[layout]
+    prepared = OneSampleUpdate.prepare(problems[0].model, problems[0].loss, problems[0].optimizer,
+                                       problems[0].x, problems[0].y)
+    assert (prepared is not None) == (layout == "float64 rows")
+    assert train(problems[0], 2) == train(problems[1], 2, General())
+    assert bool(counted) == (layout == "float64 rows")
+    assert_same_bits(*problems)
+
+
+@pytest.mark.parametrize("x", [np.zeros(24, np.float32), np.zeros((24, 39), np.float32), np.zeros((24, 1, 40), np.float32)],
+                         ids=["one-dimensional", "too narrow", "three-dimensional"])
+def test_inputs_that_do_not_fit_get_the_dense_layers_message(x) -> None:
+    problem = make_problem("relu-cross-entropy", "plain")
+    problem.x = x
+    assert OneSampleUpdate.prepare(problem.model, problem.loss, problem.optimizer, problem.x, problem.y) is None
+    with pytest.raises(ValueError, match="Dense layer expects inputs of shape"):
         train(problem, 1)
+
+
+class SmoothedCrossEntropy(CrossEntropy):
+    def value_and_grad(self, pred, target):
+        value, grad = super().value_and_grad(pred, target)
+        return value * 0.5, grad * 0.5
+
+
+class DampedSGD(SGD):
+    def _update(self, param, grad, state, learning_rate, scratch):
+        super()._update(param, grad, state, learning_rate * 0.5, scratch)
+
+
+@pytest.mark.parametrize("subclass", ["loss", "optimizer"])
+def test_a_subclass_computes_its_own_way(subclass: str) -> None:
+    problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
+    for problem in problems:
+        if subclass == "loss":
+            problem.loss = SmoothedCrossEntropy()
+        else:
+            problem.optimizer = DampedSGD(momentum=0.9)
+    assert train(problems[0], 2) == train(problems[1], 2, General())
+    assert_same_bits(*problems)
+    reference = make_problem("relu-cross-entropy", "momentum")
+    train(reference, 2)
+    assert not np.array_equal(reference.model.state_dict()["0.weight"], problems[0].model.state_dict()["0.weight"])
+
+
+@pytest.mark.parametrize("change", ["momentum", "weight decay", "nesterov"])
+def test_settings_changed_between_epochs_are_the_ones_the_next_updates_use(change: str, counted) -> None:
+    problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
+    for problem, observer in zip(problems, (None, General())):
+        epochs = train_epochs(problem, Position(), 3, np.random.default_rng(1), np.random.default_rng(2),
+                              observer=observer)
+        next(epochs)
+        if change == "momentum":
+            problem.optimizer.momentum = 0.5
+        elif change == "weight decay":
+            problem.optimizer.weight_decay = 1e-2
+        else:
+            problem.optimizer.nesterov = True
+        for _ in epochs:
+            pass
+    assert len(counted) == 3 * 24
+    assert_same_bits(*problems)
 
 
 @pytest.mark.parametrize("poison, message", [(np.nan, "the loss is nan"),
@@ -193,7 +267,7 @@ def test_an_update_allocates_nothing_weight_sized_and_stays_in_its_dtype() -> No
     model = dense_model(rng, (300, 120, 3), (ReLU(), Identity()))
     optimizer = SGD(momentum=0.9)
     x, y = rng.normal(size=(40, 300)).astype(np.float32), rng.integers(0, 3, size=40)
-    update = OneSampleUpdate.prepare(model, CrossEntropy(), optimizer, y)
+    update = OneSampleUpdate.prepare(model, CrossEntropy(), optimizer, x, y)
     for row in range(2):  # the first step makes the velocity
         update.gradient(x[row:row + 1], y[row:row + 1])
         update.step(0.01)

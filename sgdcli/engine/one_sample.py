@@ -13,14 +13,18 @@ same operations on the same values in the same order, into arrays of its own (th
 
 - forward: each layer's product ``x @ W`` into its own (1, M) array, then ``+= b`` and the activation as the
   layer applies them (``Dense.forward``);
-- the loss: cross-entropy with a class label through ``CrossEntropy.value_and_grad_of_label`` (the labels
-  checked once, when this is built), any other loss through its ``value_and_grad``;
+- the loss: cross-entropy with an integer class label in range through ``CrossEntropy.value_and_grad_of_label``,
+  any other loss or target (a label out of range included, for the loss's own message) through its
+  ``value_and_grad``;
 - backward: the activation's backward, copied into the array the weight gradient's factor lives in, the
   bias gradient ``dz + 0.0`` and ``dz @ W.T`` as ``Dense.backward_factored`` computes them;
 - the check: ``surely_finite`` passes exactly where ``training.loop``'s check would (the same squared norms
   from the factors); where it does not, the caller runs that check on ``grads``, the same gradients;
 - the step: ``Optimizer.begin_step``, the calls of ``Optimizer.step_calls`` (made again only when the
-  learning rate or the state's arrays change), ``Optimizer.flush_state``.
+  learning rate, the state's arrays or the optimizer's settings change; ``Optimizer.step`` itself where
+  changed settings no longer replay), ``Optimizer.flush_state``.
+
+What it does not take (``prepare``) goes the general way: the same results, more calls.
 
 So the bits are the general path's (tests/test_one_sample.py trains both ways and compares every array after
 every update), and a run, its resume and a run the general path takes (layer statistics, clipping) agree.
@@ -52,12 +56,13 @@ class OneSampleUpdate:
     the general path).
     """
 
-    def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer, labels_checked: bool) -> None:
+    def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer, labels: bool) -> None:
         dtype = model.dtype
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.layers: list[Dense] = [stage for _, stage in model.stages]
         self.params = model.parameters()
-        self._labels = labels_checked and isinstance(loss, CrossEntropy)
+        self._labels = labels and type(loss) is CrossEntropy  # (a subclass may compute its own way)
+        self._classes = self.layers[-1].units
         self._largest = float(np.finfo(dtype).max)
         new = lambda width: aligned_full((1, width), dtype, 0)  # noqa: E731 (one row: 64-byte aligned, zeros)
         self._x = new(self.layers[0].in_features)  # the input, copied: the first weight gradient's factor
@@ -76,22 +81,30 @@ class OneSampleUpdate:
         self._bias = [self.grads[f"{index}.bias"] for index, _ in model.stages]
         self._calls: list[Call] = []
         self._prepared_for: tuple[float, int] | None = None  # (learning rate, optimizer.state_version)
+        self._settings: tuple | None = None  # the optimizer's settings when it was last asked whether it replays
+        self._replays = False
 
     @classmethod
-    def prepare(cls, model: Sequential, loss: Loss, optimizer: Optimizer, y: np.ndarray) -> OneSampleUpdate | None:
-        """The prepared update for training ``model`` on targets ``y`` (all of them: cross-entropy's labels
-        are checked here, once), or None where it does not apply: a stage that is not a plain ``Dense`` layer
-        (conv, batch norm, dropout), an image model, a dtype other than float32/float64, or an optimizer whose
-        step cannot be replayed (``Optimizer.replays``: Adam, RMSProp, AdaGrad; weight decay)."""
+    def prepare(cls, model: Sequential, loss: Loss, optimizer: Optimizer, x: np.ndarray,
+                y: np.ndarray) -> OneSampleUpdate | None:
+        """The prepared update for training ``model`` on rows of ``x`` with targets ``y``, or None where it
+        does not apply, so that the general path runs (and reports what does not fit): a model or stage other
+        than a plain ``Sequential`` of plain ``Dense`` layers (conv, batch norm, dropout, subclasses), an
+        image model, a dtype other than float32/float64, x not (N, the first layer's inputs) with y as long, or
+        rows that are not contiguous in the model's dtype (the general path's weight gradient reads the row
+        in place, where BLAS takes only contiguous factors), or an optimizer whose step cannot be replayed
+        (``Optimizer.replays``: Adam, RMSProp, AdaGrad, weight decay, a subclass's own update)."""
         stages = [stage for _, stage in model.stages]
-        if (not stages or model.input_shape is not None or model.dtype not in (np.float32, np.float64)
+        dtype = model.dtype
+        if (type(model) is not Sequential or not stages or model.input_shape is not None
+                or dtype not in (np.float32, np.float64)
                 or any(type(stage) is not Dense or set(stage.params) != {"weight", "bias"} for stage in stages)):
             return None
-        labels = np.asarray(y)
-        classes = stages[-1].units
-        checked = bool(labels.ndim == 1 and labels.dtype.kind in "iu" and len(labels)
-                       and labels.min() >= 0 and labels.max() < classes)
-        update = cls(model, loss, optimizer, checked)
+        x, y = np.asanyarray(x), np.asanyarray(y)
+        if x.ndim != 2 or x.shape[1] != stages[0].in_features or len(y) != len(x) or (
+                x.dtype == dtype and not x[:1].flags.c_contiguous):
+            return None
+        update = cls(model, loss, optimizer, labels=y.ndim == 1 and y.dtype.kind in "iu")
         return update if optimizer.replays(update.grads) else None
 
     def gradient(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -106,9 +119,10 @@ class OneSampleUpdate:
             if inputs is not a[number]:
                 np.copyto(a[number], inputs)
                 inputs = a[number]
-        if self._labels:
-            value, dout = self.loss.value_and_grad_of_label(inputs, int(y[0]), self._dout)
-        else:
+        label = int(y[0]) if self._labels else -1
+        if 0 <= label < self._classes:
+            value, dout = self.loss.value_and_grad_of_label(inputs, label, self._dout)
+        else:  # other losses and targets; a label out of range, for cross-entropy's own message
             value, dout = self.loss.value_and_grad(inputs, y)
         if not math.isfinite(value):
             return value
@@ -134,8 +148,16 @@ class OneSampleUpdate:
         return True
 
     def step(self, learning_rate: float) -> None:
-        """The optimizer's step with ``grads``: the same bits as ``optimizer.step(params, grads, learning_rate)``."""
+        """The optimizer's step with ``grads``: the same bits as ``optimizer.step(params, grads, learning_rate)``,
+        which it is where the optimizer's settings, changed since this was prepared, no longer replay."""
         optimizer = self.optimizer
+        settings = optimizer.settings()
+        if settings != self._settings:  # the first step, or momentum, weight decay... set since the last one
+            self._settings, self._prepared_for = settings, None
+            self._replays = optimizer.replays(self.grads)
+        if not self._replays:
+            optimizer.step(self.params, self.grads, learning_rate)
+            return
         flush = optimizer.begin_step(self.params)
         prepared_for = (float(learning_rate), optimizer.state_version)
         if prepared_for != self._prepared_for:

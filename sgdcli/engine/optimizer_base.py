@@ -174,9 +174,16 @@ class Optimizer:
         with t (``replayable``: Adam's bias corrections) or are split by the pool (``elementwise``), nor with
         weight decay, nor for a gradient the step would build first (a BatchProduct, or an OuterProduct for an
         optimizer that does not take it as it is)."""
+        cls = type(self)
         return (self.replayable and not self.elementwise and not self.weight_decay
+                and cls.step is Optimizer.step and cls._update is Optimizer._update  # (a subclass's own: not replayed)
                 and all(isinstance(grad, np.ndarray) or isinstance(grad, OuterProduct) and self.takes_factored
                         for grad in grads.values()))
+
+    def settings(self) -> tuple:
+        """The hyperparameters as they are now (the public attributes but the step count): prepared calls
+        (``step_calls``) hold them, so a caller that replays them prepares them again when they change."""
+        return tuple((name, value) for name, value in vars(self).items() if name[0] != "_" and name != "iterations")
 
     def flush_state(self) -> None:
         """The subnormal flush of every state array (what ``step`` does at the end of a step ``begin_step``

@@ -80,7 +80,9 @@ class SGD(Optimizer):
         (w, v) = (w + m v', m v') in one pass over both (BLAS ``rotm``): v = m v - lr g and w += v up to
         rounding, with one read of v fewer than ``gemm`` (beta = m: its scaling pass, then the product's) and
         w += v (784 x 512, one thread, AMD Zen 5: 48 against 54 us). Only for momentum >= PRE_DECAY_MIN (lr / m at most 1024 lr:
-        v' overflows only where lr g itself is near float32's limit) and where BLAS runs ``rotm``; else None."""
+        v' overflows only where lr g itself is near float32's limit) and where BLAS runs ``rotm``; else None.
+        rotm reads w into v's row too (0 * w): an infinite weight makes its velocity NaN, and the divergence
+        check stops training at the next update, where w += v went on with the infinite weight."""
         if self.momentum < PRE_DECAY_MIN:
             return None
         rotation = blas.rotm_call(param, velocity, 1.0, self.momentum, 0.0, self.momentum)

@@ -114,7 +114,7 @@ def train_epochs(
     accumulated: dict[str, np.ndarray] | None = None  # a chunked batch's gradient (engine/accumulate.py)
     # Batch 1 of a dense network with SGD: prepared once (engine/one_sample.py), the same bits. Clipping and
     # layer statistics scale or read the gradients between the passes: they take the general path.
-    one = OneSampleUpdate.prepare(model, problem.loss, problem.optimizer, y) if (
+    one = OneSampleUpdate.prepare(model, problem.loss, problem.optimizer, x, y) if (
         size == 1 and parallel is None and not search and problem.clip_norm is None and observer is None) else None
     while position.epoch < epochs:
         if shuffled:
