@@ -285,3 +285,20 @@ def test_an_update_allocates_nothing_weight_sized_and_stays_in_its_dtype() -> No
               *(v for k, v in optimizer.state_dict().items() if k != "iterations")]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32)}
     assert optimizer.iterations == 40
+
+
+@pytest.mark.parametrize("replaced", ["optimizer", "loss"])
+def test_an_optimizer_or_loss_replaced_between_epochs_is_the_one_used(replaced: str, counted) -> None:
+    problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
+    for problem, observer in zip(problems, (None, General())):
+        epochs = train_epochs(problem, Position(), 3, np.random.default_rng(1), np.random.default_rng(2),
+                              observer=observer)
+        next(epochs)
+        if replaced == "optimizer":
+            problem.optimizer = SGD(momentum=0.5)
+        else:
+            problem.loss = SmoothedCrossEntropy()
+        for _ in epochs:
+            pass
+    assert len(counted) == 24  # the first epoch; the rest went the general way
+    assert_same_bits(*problems)

@@ -137,7 +137,7 @@ def train_epochs(
                 else:
                     index = order[first:last]
                     xb, yb = x[index], y[index]
-                if one is not None:
+                if one is not None and one.optimizer is problem.optimizer and one.loss is problem.loss:
                     value = one.gradient(xb, yb)
                     if not math.isfinite(value):
                         raise _diverged(position, f"the loss is {value}")
