@@ -7,7 +7,6 @@ between the passes, so the loop takes ``Sequential.forward`` / ``backward`` and 
 
 from __future__ import annotations
 
-import copy
 import tracemalloc
 
 import numpy as np
