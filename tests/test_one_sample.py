@@ -223,22 +223,34 @@ def test_a_subclass_computes_its_own_way(subclass: str) -> None:
     assert not np.array_equal(reference.model.state_dict()["0.weight"], problems[0].model.state_dict()["0.weight"])
 
 
-@pytest.mark.parametrize("change", ["momentum", "weight decay", "nesterov"])
-def test_settings_changed_between_epochs_are_the_ones_the_next_updates_use(change: str, counted) -> None:
+def changed_after_the_first_epoch(change) -> tuple[Problem, Problem]:
+    """Two runs of three epochs, prepared and general, with ``change(problem)`` after the first."""
     problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
     for problem, observer in zip(problems, (None, General())):
         epochs = train_epochs(problem, Position(), 3, np.random.default_rng(1), np.random.default_rng(2),
                               observer=observer)
         next(epochs)
-        if change == "momentum":
-            problem.optimizer.momentum = 0.5
-        elif change == "weight decay":
-            problem.optimizer.weight_decay = 1e-2
-        else:
-            problem.optimizer.nesterov = True
+        change(problem)
         for _ in epochs:
             pass
+    return problems
+
+
+SETTINGS = {"momentum": ("momentum", 0.5), "weight decay": ("weight_decay", 1e-2), "nesterov": ("nesterov", True)}
+
+
+@pytest.mark.parametrize("change", SETTINGS)
+def test_settings_changed_between_epochs_are_the_ones_the_next_updates_use(change: str, counted) -> None:
+    problems = changed_after_the_first_epoch(lambda problem: setattr(problem.optimizer, *SETTINGS[change]))
     assert len(counted) == 3 * 24
+    assert_same_bits(*problems)
+
+
+@pytest.mark.parametrize("replaced", ["optimizer", "loss"])
+def test_an_optimizer_or_loss_replaced_between_epochs_is_the_one_used(replaced: str, counted) -> None:
+    new = {"optimizer": lambda: SGD(momentum=0.5), "loss": SmoothedCrossEntropy}[replaced]
+    problems = changed_after_the_first_epoch(lambda problem: setattr(problem, replaced, new()))
+    assert len(counted) == 24  # the first epoch; the rest went the general way
     assert_same_bits(*problems)
 
 
@@ -284,20 +296,3 @@ def test_an_update_allocates_nothing_weight_sized_and_stays_in_its_dtype() -> No
               *(v for k, v in optimizer.state_dict().items() if k != "iterations")]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32)}
     assert optimizer.iterations == 40
-
-
-@pytest.mark.parametrize("replaced", ["optimizer", "loss"])
-def test_an_optimizer_or_loss_replaced_between_epochs_is_the_one_used(replaced: str, counted) -> None:
-    problems = make_problem("relu-cross-entropy", "momentum"), make_problem("relu-cross-entropy", "momentum")
-    for problem, observer in zip(problems, (None, General())):
-        epochs = train_epochs(problem, Position(), 3, np.random.default_rng(1), np.random.default_rng(2),
-                              observer=observer)
-        next(epochs)
-        if replaced == "optimizer":
-            problem.optimizer = SGD(momentum=0.5)
-        else:
-            problem.loss = SmoothedCrossEntropy()
-        for _ in epochs:
-            pass
-    assert len(counted) == 24  # the first epoch; the rest went the general way
-    assert_same_bits(*problems)
