@@ -21,6 +21,7 @@ from sgdcli import api
 from sgdcli.cli.app import app
 from sgdcli.config.loading import load_config
 from sgdcli.errors import RunDirError
+from sgdcli.runs import checkpoint
 
 runner = CliRunner()
 
@@ -102,6 +103,10 @@ def test_wall_seconds_add_up_over_segments_like_train_seconds(tmp_path):
     stopper = SlowFirstSegment(8)  # 8 updates of at least 0.05 s in the first segment
     run = api.train(config_for("minibatch"), runs_dir=tmp_path, reporter=stopper, should_stop=stopper).run_dir
     first = json.loads((run / "summary.json").read_text())
+    # An interrupted run's wall seconds are its checkpoint's, the ones a resume adds to (not the later moment
+    # of the summary: saving the checkpoint took time the resumed run would not count, and its total could
+    # come out below the interrupted run's).
+    assert first["wall_seconds"] == round(checkpoint.load(run / "checkpoints" / "last.safetensors").meta["wall_seconds"], 3)
     resumed = api.resume(run).summary
     assert first["wall_seconds"] >= 0.4
     assert resumed["wall_seconds"] >= resumed["train_seconds"] >= 0.4

@@ -127,8 +127,7 @@ class Session:
 
         Nothing is written until every check has passed: no symbolic links in the run, config.yaml
         equal to the checkpoint's config and the request (only training.epochs may grow), the same
-        data files and split. Provably damaged checkpoints are then moved aside, never deleted.
-        """
+        data files and split. Provably damaged checkpoints are then moved aside, never deleted."""
         run_dir = Path(run_dir)
         if not (run_dir / runs.CONFIG).is_file():
             raise RunDirError("not a run directory (no config.yaml)", source=str(run_dir))
@@ -241,7 +240,7 @@ class Session:
             except Interrupted:
                 if self.position.batch:  # stopped inside an epoch: count its training time
                     self.train_seconds += time.perf_counter() - resumed
-                self._save_last()  # mid-epoch state: `--resume` continues from this very update
+                self._saved_wall = self._save_last().meta["wall_seconds"]  # `--resume` continues from this update
                 status = "interrupted"
                 where = f"epoch {self.position.epoch + 1}" if self.position.batch else f"the end of epoch {self.position.epoch}"
                 message = (f"interrupted after update {self.position.updates} ({where}); "
@@ -264,8 +263,9 @@ class Session:
 
     def _finish(self, status: str, message: str | None, stopped_early: bool, started: float) -> TrainResult:
         """The end-of-run files, then summary.json: a run whose files could not all be written is `failed`, and says
-        what resume redraws (resuming.rewrite_note). Wall seconds: up to here, as the checkpoints carry them."""
-        failure, wall = None, self.wall_before + time.perf_counter() - started
+        what resume redraws (resuming.rewrite_note). Wall seconds up to here, as checkpoints carry them (interrupted:
+        the checkpoint's, which a resume adds to, so that a resumed run's total is never the smaller)."""
+        failure, wall = None, self._saved_wall if status == "interrupted" else self.wall_before + time.perf_counter() - started
         try:
             rows = runs.read_metrics(self.run_dir / runs.METRICS)
             try:  # the recorders' files first: their frames and snapshots are only in memory
