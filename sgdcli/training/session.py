@@ -240,7 +240,7 @@ class Session:
             except Interrupted:
                 if self.position.batch:  # stopped inside an epoch: count its training time
                     self.train_seconds += time.perf_counter() - resumed
-                self._saved_wall = self._save_last().meta["wall_seconds"]  # `--resume` continues from this update
+                self._save_last()  # mid-epoch state: `--resume` continues from this very update
                 status = "interrupted"
                 where = f"epoch {self.position.epoch + 1}" if self.position.batch else f"the end of epoch {self.position.epoch}"
                 message = (f"interrupted after update {self.position.updates} ({where}); "
@@ -340,8 +340,8 @@ class Session:
             checkpoint.save(folder / f"epoch-{row['epoch']:04d}{checkpoint.SUFFIX}", state)
 
     def _save_last(self) -> checkpoint.Checkpoint:
-        state = self._state()
-        folder = self.run_dir / runs.CHECKPOINTS
+        state, folder = self._state(), self.run_dir / runs.CHECKPOINTS
+        self._saved_wall = state.meta["wall_seconds"]  # what an interrupted run's summary says (_finish)
         # The old `last` becomes `previous` only once the new one is safely written.
         checkpoint.save(folder / runs.LAST, state, before_replace=lambda: runs.keep_previous(folder))
         return state
