@@ -58,12 +58,11 @@ class OneSampleUpdate:
 
     def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer, labels: bool) -> None:
         dtype = model.dtype
-        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.loss, self.optimizer = loss, optimizer
         self.layers: list[Dense] = [stage for _, stage in model.stages]
         self.params = model.parameters()
         self._labels = labels and type(loss) is CrossEntropy  # (a subclass may compute its own way)
         self._classes = self.layers[-1].units
-        self._largest = float(np.finfo(dtype).max)
         new = lambda width: aligned_full((1, width), dtype, 0)  # noqa: E731 (one row: 64-byte aligned, zeros)
         self._x = new(self.layers[0].in_features)  # the input, copied: the first weight gradient's factor
         self._z = [new(layer.units) for layer in self.layers]  # x @ W + b, then the activation where in place
@@ -79,6 +78,7 @@ class OneSampleUpdate:
             self.grads[f"{index}.weight"] = OuterProduct(inputs[number][0], self._dz[number][0])
             self.grads[f"{index}.bias"] = aligned_full((layer.units,), dtype, 0)
         self._bias = [self.grads[f"{index}.bias"] for index, _ in model.stages]
+        self._weights = [self.grads[f"{index}.weight"] for index, _ in model.stages]
         self._calls: list[Call] = []
         self._prepared_for: tuple[float, int] | None = None  # (learning rate, optimizer.state_version)
         self._settings: tuple | None = None  # the optimizer's settings when it was last asked whether it replays
@@ -137,15 +137,10 @@ class OneSampleUpdate:
         return value
 
     def surely_finite(self) -> bool:
-        """True where ``training.loop``'s gradient check passes for certain: every weight gradient's squared
-        norm ‖x‖² ‖dz‖² (``OuterProduct.squared_norm``) finite and at most finfo.max, which makes its bias's
-        (‖dz‖², the same values) finite too. False leaves the verdict to that check, on ``grads``."""
-        for grad in self.grads.values():
-            if isinstance(grad, OuterProduct):
-                xx, dd = float(np.dot(grad.x, grad.x)), float(np.dot(grad.dz, grad.dz))
-                if not (math.isfinite(xx) and math.isfinite(dd) and xx * dd <= self._largest):
-                    return False
-        return True
+        """True where ``training.loop``'s gradient check passes for certain: every weight gradient's squared norm
+        (``OuterProduct.squared_norm``, the check's own) finite, which makes its bias's (‖dz‖², the same values)
+        finite too. False leaves the verdict to that check, on ``grads``."""
+        return all(math.isfinite(grad.squared_norm()) for grad in self._weights)
 
     def step(self, learning_rate: float) -> None:
         """The optimizer's step with ``grads``: the same bits as ``optimizer.step(params, grads, learning_rate)``,
