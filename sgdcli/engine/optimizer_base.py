@@ -137,9 +137,8 @@ class Optimizer:
                 grad = None
             if grad is not None:
                 self._update(param, grad, state, learning_rate, scratch)
-            if flush:
-                for array in state.values():
-                    _flush_subnormal(array, scratch)
+        if flush:
+            self.flush_state()
 
     def begin_step(self, params: dict[str, np.ndarray]) -> bool:
         """A step's bookkeeping before its updates (``step`` starts with it): state restored by
